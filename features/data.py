@@ -1,0 +1,261 @@
+"""Data specs: turn ``--data`` strings into labelled image splits with a content fingerprint.
+
+Specs (see CONTRACT.md):
+
+``digits``
+    scikit-learn's handwritten digits (8x8 grey, 1,797 images), split into ``train`` and ``test``
+    by a seeded stratified split.
+``npz:PATH``
+    a NumPy archive with uint8 ``x_train`` (N,H,W,C or N,H,W), int ``y_train``, ``x_test``,
+    ``y_test``, optional ``x_val``/``y_val`` and ``class_names``.
+``folder:PATH``
+    an image tree ``PATH/<split>/<class>/<image>`` with splits ``train``, ``test`` and optional ``val``.
+``torchvision:NAME``
+    a torchvision data set (``torchvision:CIFAR10``), downloaded into ``<data root>/torchvision``.
+
+Every split keeps the data's own order; row ``i`` of a split has the stable sample id ``ids[i]``.
+The fingerprint hashes the content (arrays) or the file list with sizes and modification times,
+so a changed data set never reuses stale cached features.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserInputError
+
+SPLITS = ("train", "val", "test")
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+DIGITS_TEST_FRACTION = 0.25
+
+
+@dataclass
+class Split:
+    """One split of a data set: either in-memory uint8 images or a list of image files."""
+
+    name: str
+    labels: np.ndarray
+    images: np.ndarray | None = None
+    paths: list[Path] | None = None
+    ids: np.ndarray = field(default=None)
+
+    def __post_init__(self):
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if self.ids is None:
+            self.ids = np.arange(len(self.labels), dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.images is not None
+
+
+@dataclass
+class Dataset:
+    """A named, fingerprinted set of splits sharing one list of class names."""
+
+    spec: str
+    splits: dict[str, Split]
+    class_names: list[str]
+    fingerprint: str
+
+    @property
+    def short_name(self) -> str:
+        kind, _, rest = self.spec.partition(":")
+        base = Path(rest).stem if rest else kind
+        return _slug(base if kind in ("npz", "folder") else (rest or kind))
+
+
+def _slug(text: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
+    return keep.strip("-")[:40] or "data"
+
+
+def _hash_arrays(*named: tuple[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name, arr in named:
+        arr = np.ascontiguousarray(arr)
+        h.update(f"{name}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def _as_uint8_images(arr: np.ndarray, what: str) -> np.ndarray:
+    if arr.ndim not in (3, 4) or (arr.ndim == 4 and arr.shape[-1] not in (1, 3, 4)):
+        raise UserInputError(
+            f"{what} has shape {arr.shape}; expected (N,H,W) grey or (N,H,W,C) with C in 1, 3, 4")
+    if arr.dtype != np.uint8:
+        if np.issubdtype(arr.dtype, np.integer) and arr.size and arr.min() >= 0 and arr.max() <= 255:
+            arr = arr.astype(np.uint8)
+        else:
+            raise UserInputError(f"{what} has dtype {arr.dtype}; store images as uint8 in 0..255")
+    return arr
+
+
+def load_digits_data(seed: int = 0) -> Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    y = bunch.target.astype(np.int64)
+    idx = np.arange(len(y))
+    tr, te = train_test_split(idx, test_size=DIGITS_TEST_FRACTION, stratify=y, random_state=seed)
+    tr.sort()
+    te.sort()
+    splits = {
+        "train": Split("train", y[tr], images=images[tr], ids=tr.astype(np.int64)),
+        "test": Split("test", y[te], images=images[te], ids=te.astype(np.int64)),
+    }
+    fp = _hash_arrays(("images", images), ("y", y), ("train", tr), ("test", te))
+    return Dataset("digits", splits, [str(c) for c in bunch.target_names], fp)
+
+
+def load_npz_data(path: str | Path) -> Dataset:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UserInputError(f"npz file {path} does not exist; give an existing path as --data npz:PATH")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as exc:  # not a zip, truncated, pickled objects
+        raise UserInputError(f"cannot read {path} as a NumPy .npz archive ({exc.__class__.__name__}: {exc})") from None
+    with archive:
+        keys = set(archive.files)
+        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in keys]
+        if missing:
+            raise UserInputError(
+                f"{path} lacks the keys {', '.join(missing)}; an npz data set needs x_train, y_train, "
+                f"x_test, y_test (optional x_val, y_val, class_names); it has {', '.join(sorted(keys)) or 'none'}")
+        if ("x_val" in keys) != ("y_val" in keys):
+            raise UserInputError(f"{path} has only one of x_val / y_val; store both or neither")
+        splits, named = {}, []
+        for split in SPLITS:
+            if f"x_{split}" not in keys:
+                continue
+            x = _as_uint8_images(archive[f"x_{split}"], f"{path}:x_{split}")
+            y = np.asarray(archive[f"y_{split}"]).reshape(-1)
+            if len(x) != len(y):
+                raise UserInputError(
+                    f"{path}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels; they must match")
+            if not np.issubdtype(y.dtype, np.integer):
+                raise UserInputError(f"{path}: y_{split} has dtype {y.dtype}; labels must be integers")
+            if len(y) and y.min() < 0:
+                raise UserInputError(f"{path}: y_{split} has negative labels; use class indices 0..K-1")
+            splits[split] = Split(split, y.astype(np.int64), images=x)
+            named += [(f"x_{split}", x), (f"y_{split}", y)]
+        n_classes = int(max(int(s.labels.max()) for s in splits.values() if len(s)) + 1)
+        if "class_names" in keys:
+            names = [str(c) for c in np.asarray(archive["class_names"]).reshape(-1)]
+            if len(names) < n_classes:
+                raise UserInputError(
+                    f"{path}: class_names has {len(names)} entries but labels go up to {n_classes - 1}")
+        else:
+            names = [str(i) for i in range(n_classes)]
+        named.append(("class_names", np.asarray(names, dtype=np.str_)))
+    return Dataset(f"npz:{path}", splits, names, _hash_arrays(*named))
+
+
+def load_folder_data(root: str | Path) -> Dataset:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise UserInputError(f"image folder {root} does not exist; give --data folder:PATH with PATH/<split>/<class>/<image>")
+    present = [s for s in SPLITS if (root / s).is_dir()]
+    for needed in ("train", "test"):
+        if needed not in present:
+            raise UserInputError(
+                f"{root} has no '{needed}' folder; lay images out as {root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg")
+    class_names = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    if not class_names:
+        raise UserInputError(f"{root}/train has no class folders; expected {root}/train/<class>/<image>")
+    index = {c: i for i, c in enumerate(class_names)}
+    h = hashlib.sha256()
+    splits = {}
+    for split in present:
+        paths, labels = [], []
+        for cdir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
+            if cdir.name not in index:
+                raise UserInputError(
+                    f"{cdir} is a class that {root}/train does not have; every class needs training images")
+            for f in sorted(cdir.iterdir()):
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                    st = f.stat()
+                    h.update(f"{f.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+                    paths.append(f)
+                    labels.append(index[cdir.name])
+        if not paths:
+            raise UserInputError(f"{root}/{split} holds no images with extensions {sorted(IMAGE_EXTENSIONS)}")
+        splits[split] = Split(split, np.asarray(labels), paths=paths)
+    return Dataset(f"folder:{root}", splits, class_names, h.hexdigest())
+
+
+def load_torchvision_data(name: str, root: Path) -> Dataset:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, name, None)
+    if cls is None or not isinstance(cls, type):
+        raise UserInputError(f"torchvision has no data set '{name}'; try torchvision:CIFAR10, torchvision:MNIST, ...")
+    target = Path(root) / "torchvision"
+    splits, named = {}, []
+    for split, train in (("train", True), ("test", False)):
+        try:
+            ds = cls(root=str(target), train=train, download=True)
+        except Exception as exc:
+            raise UserInputError(
+                f"could not load or download torchvision:{name} into {target} ({exc.__class__.__name__}: {exc}); "
+                f"without network, pass the data as npz:PATH or folder:PATH") from None
+        data = getattr(ds, "data", None)
+        if data is not None:
+            x = np.asarray(data.numpy() if hasattr(data, "numpy") else data)
+        else:
+            x = np.stack([np.asarray(ds[i][0].convert("RGB")) for i in range(len(ds))])
+        y = np.asarray(getattr(ds, "targets", [ds[i][1] for i in range(len(ds))]))
+        x = _as_uint8_images(x, f"torchvision:{name} {split}")
+        splits[split] = Split(split, y, images=x)
+        named += [(f"x_{split}", x), (f"y_{split}", y)]
+    names = [str(c) for c in getattr(ds, "classes", range(int(splits["train"].labels.max()) + 1))]
+    return Dataset(f"torchvision:{name}", splits, names, _hash_arrays(*named))
+
+
+def default_data_root() -> Path:
+    """``$TRANSFERLAB_DATA``, else ``data/`` of a source checkout, else ``~/.cache/transferlab``."""
+    env = os.environ.get("TRANSFERLAB_DATA")
+    if env:
+        return Path(env).expanduser()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file():
+        return checkout / "data"
+    return Path.home() / ".cache" / "transferlab"
+
+
+def load_dataset(spec: "str | Dataset", root: str | Path | None = None, seed: int = 0) -> Dataset:
+    """Resolve a ``--data`` spec into a :class:`Dataset`.
+
+    Parameters
+    ----------
+    spec : str or Dataset
+        ``digits``, ``npz:PATH``, ``folder:PATH`` or ``torchvision:NAME``; a Dataset passes through.
+    root : path, optional
+        Where ``torchvision:`` data sets are downloaded (default :func:`default_data_root`).
+    seed : int
+        Seed of the ``digits`` train/test split.
+    """
+    if isinstance(spec, Dataset):
+        return spec
+    kind, sep, rest = str(spec).partition(":")
+    if kind == "digits" and not sep:
+        return load_digits_data(seed)
+    if sep and rest:
+        if kind == "npz":
+            return load_npz_data(rest)
+        if kind == "folder":
+            return load_folder_data(rest)
+        if kind == "torchvision":
+            return load_torchvision_data(rest, Path(root) if root else default_data_root())
+    raise UserInputError(
+        f"unknown data spec '{spec}'; use digits, npz:PATH, folder:PATH or torchvision:NAME")

@@ -1,0 +1,45 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def make_npz(path: Path, n_train=48, n_test=24, size=16, n_classes=3, seed=0, grey=False, val=0) -> Path:
+    """Class-dependent random images: class c has a brighter band in row block c."""
+    rng = np.random.default_rng(seed)
+
+    def draw(n):
+        y = np.arange(n) % n_classes
+        shape = (n, size, size) if grey else (n, size, size, 3)
+        x = rng.integers(0, 120, size=shape, dtype=np.uint8)
+        band = size // n_classes
+        for i, c in enumerate(y):
+            x[i, c * band:(c + 1) * band] += 120
+        return x, y.astype(np.int64)
+
+    arrays = {}
+    for split, n in (("train", n_train), ("test", n_test), ("val", val)):
+        if n:
+            arrays[f"x_{split}"], arrays[f"y_{split}"] = draw(n)
+    arrays["class_names"] = np.array([f"class{c}" for c in range(n_classes)])
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture
+def tiny_npz(tmp_path):
+    return make_npz(tmp_path / "tiny.npz")
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    from features import build_backbone
+
+    return build_backbone("lite0")

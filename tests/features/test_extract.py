@@ -1,0 +1,174 @@
+import hashlib
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from features import UserInputError, extract, load_dataset
+from features import extraction as extract_mod
+from features.cache import read_status, verify
+from tests.conftest import ROOT, make_npz
+
+LAYERS = ["bn1", "blocks.1", "blocks.4", "bn2"]
+
+
+def _hook_features(model, images: np.ndarray, size: int, layers, pool) -> dict:
+    """Independent computation: plain forward hooks on the timm model, preprocessing done here."""
+    x = torch.from_numpy(images)
+    x = (x[..., None].repeat(1, 1, 1, 3) if x.ndim == 3 else x).permute(0, 3, 1, 2).float() / 255
+    x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+    x = (x - 0.5) / 0.5
+    got = {}
+    mods = dict(model.named_modules())
+    hs = [mods[n].register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, o)) for n in layers]
+    with torch.no_grad():
+        model(x)
+    for h in hs:
+        h.remove()
+    if pool == "gap":
+        return {n: got[n].mean((2, 3)).numpy() for n in layers}
+    return {n: F.adaptive_avg_pool2d(got[n], 2).flatten(1).numpy() for n in layers}
+
+
+def _read(path, split, layer):
+    with h5py.File(path, "r") as f:
+        return f[f"{split}/features/{layer}"][()]
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("pool", ["gap", "grid:2"])
+def test_cached_features_equal_a_forward_hook(tmp_path, tiny_npz, lite0, pool):
+    path = extract(f"npz:{tiny_npz}", lite0, layers=",".join(LAYERS), pool=pool, image_size=32, dtype="float32",
+                   cache_dir=tmp_path / "c", batch_size=16, progress=False)
+    data = np.load(tiny_npz)
+    for split in ("train", "test"):
+        ref = _hook_features(lite0.model, data[f"x_{split}"], 32, LAYERS, pool)
+        for layer in LAYERS:
+            got = _read(path, split, layer)
+            rel = np.abs(got - ref[layer]).max() / np.abs(ref[layer]).max()
+            assert rel < 1e-3, (split, layer, rel)
+    with h5py.File(path, "r") as f:
+        assert list(f["test/labels"][()]) == list(data["y_test"])
+        assert f["train/features/blocks.4"].attrs["depth"] == 5
+        assert f["train/features/bn2"].fletcher32 and f.attrs["pooling"] == pool
+
+
+def test_second_run_is_a_cache_hit_that_touches_nothing(tmp_path, tiny_npz, lite0, monkeypatch):
+    kw = dict(layers="bn1,blocks.2", image_size=32, cache_dir=tmp_path, progress=False)
+    path = extract(f"npz:{tiny_npz}", lite0, **kw)
+    before = (_digest(path), path.stat().st_mtime_ns)
+    monkeypatch.setattr(extract_mod.FeatureTap, "__call__", lambda *a: pytest.fail("backbone ran on a cache hit"))
+    assert extract(f"npz:{tiny_npz}", lite0, **kw) == path
+    assert (_digest(path), path.stat().st_mtime_ns) == before
+
+
+def test_more_layers_later_compute_only_the_missing_ones(tmp_path, tiny_npz, lite0, monkeypatch):
+    kw = dict(image_size=32, cache_dir=tmp_path, progress=False, batch_size=16)
+    path = extract(f"npz:{tiny_npz}", lite0, layers="bn1", **kw)
+    first = _read(path, "train", "bn1")
+    asked = []
+    real_init = extract_mod.FeatureTap.__init__
+    monkeypatch.setattr(extract_mod.FeatureTap, "__init__",
+                        lambda self, m, layers, *a, **k: (asked.append(list(layers)), real_init(self, m, layers, *a, **k))[1])
+    assert extract(f"npz:{tiny_npz}", lite0, layers="bn1,blocks.3", **kw) == path
+    assert asked == [["blocks.3"], ["blocks.3"]]  # one pass per split, only the new layer
+    assert np.array_equal(_read(path, "train", "bn1"), first)
+    assert read_status(path)["splits"]["test"]["complete"]
+
+
+def test_changed_inputs_give_a_different_key(tmp_path, tiny_npz, lite0):
+    base = dict(layers="bn1", image_size=32, cache_dir=tmp_path, progress=False)
+    paths = {extract(f"npz:{tiny_npz}", lite0, **base)}
+    paths.add(extract(f"npz:{tiny_npz}", lite0, **{**base, "pool": "gmp"}))
+    paths.add(extract(f"npz:{tiny_npz}", lite0, **{**base, "image_size": 24}))
+    paths.add(extract(f"npz:{tiny_npz}", lite0, **{**base, "dtype": "float32"}))
+    paths.add(extract(f"npz:{tiny_npz}", "lite0", weights="random", **base))
+    other = make_npz(tmp_path / "other.npz", seed=5)
+    paths.add(extract(f"npz:{other}", lite0, **base))
+    assert len(paths) == 6
+
+
+class Boom(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_values_as_a_clean_run(tmp_path, lite0):
+    npz = make_npz(tmp_path / "d.npz", n_train=70, n_test=20)
+    kw = dict(layers="bn1,blocks.2,bn2", image_size=32, batch_size=16, progress=False, dtype="float16")
+    clean = extract(f"npz:{npz}", lite0, cache_dir=tmp_path / "clean", **kw)
+
+    def stop_after_two(split, n_done):
+        if split == "train" and n_done == 32:
+            raise Boom
+
+    with pytest.raises(Boom):
+        extract(f"npz:{npz}", lite0, cache_dir=tmp_path / "resumed", on_batch=stop_after_two, **kw)
+    partial = next((tmp_path / "resumed").glob("*.h5"))
+    st = read_status(partial)
+    assert st["splits"]["train"]["n_done"] == 32 and not st["splits"]["train"]["complete"]
+    seen = []
+    extract(f"npz:{npz}", lite0, cache_dir=tmp_path / "resumed", on_batch=lambda s, n: seen.append((s, n)), **kw)
+    assert seen[0] == ("train", 48)  # resumed from n_done, not from zero
+    for split in ("train", "test"):
+        for layer in ("bn1", "blocks.2", "bn2"):
+            assert np.array_equal(_read(partial, split, layer), _read(clean, split, layer))
+    assert verify(partial) == []
+
+
+def test_kill_9_mid_extraction_resumes_to_the_same_values(tmp_path, lite0):
+    npz = make_npz(tmp_path / "d.npz", n_train=400, n_test=16)
+    kw = dict(layers="bn1,blocks.3", image_size=32, batch_size=8, progress=False)
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from features import extract
+        def on_batch(split, n):
+            if n == 24:
+                print("ready", flush=True)
+            if n >= 24:
+                time.sleep(0.02)
+        extract("npz:{npz}", "lite0", cache_dir={str(tmp_path / "killed")!r}, on_batch=on_batch, **{kw!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.kill()  # SIGKILL while batches are being written
+    proc.wait()
+    path = next((tmp_path / "killed").glob("*.h5"))
+    st = read_status(path)
+    assert st is None or not st["splits"]["train"]["complete"]
+    extract(f"npz:{npz}", lite0, cache_dir=tmp_path / "killed", **kw)
+    clean = extract(f"npz:{npz}", lite0, cache_dir=tmp_path / "clean", **kw)
+    path = next((tmp_path / "killed").glob("*.h5"))
+    for layer in ("bn1", "blocks.3"):
+        assert np.array_equal(_read(path, "train", layer), _read(clean, "train", layer))
+    assert verify(path) == []
+
+
+def test_verify_catches_a_truncated_file(tmp_path, tiny_npz, lite0):
+    path = extract(f"npz:{tiny_npz}", lite0, layers="bn1,bn2", image_size=32, cache_dir=tmp_path, progress=False)
+    assert verify(path) == []
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert verify(path)
+    out = subprocess.run([sys.executable, "-m", "pipeline", "cache", "verify", str(path)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "DAMAGED" in out.stdout
+
+
+def test_flipped_bytes_in_a_feature_chunk_are_detected(tmp_path, tiny_npz, lite0):
+    path = extract(f"npz:{tiny_npz}", lite0, layers="bn2", image_size=32, dtype="float32", cache_dir=tmp_path,
+                   progress=False)
+    with h5py.File(path, "r") as f:
+        offset = f["train/features/bn2"].id.get_chunk_info(0).byte_offset
+    raw = bytearray(path.read_bytes())
+    raw[offset + 100] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    assert any("damaged" in p for p in verify(path))
