@@ -80,17 +80,17 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=dtype)
 
 
-def _batches(split, start: int, batch_size: int, image_size: int, interp: str, device, num_workers: int):
-    """Yield uint8 (B,3,H,W) tensors on ``device`` from row ``start`` on."""
+def _batches(split, start: int, batch_size: int, bb: Backbone, image_size: int, device, num_workers: int):
+    """Yield normalised float (B,3,S,S) tensors on ``device`` from row ``start`` on."""
     pin = device.type == "cuda"
     if split.in_memory:
         for s in range(start, len(split), batch_size):
             x = torch.from_numpy(np.ascontiguousarray(to_rgb_uint8(split.images[s:s + batch_size]))).permute(0, 3, 1, 2)
             if pin:
                 x = x.pin_memory()
-            yield x.to(device, non_blocking=pin)
+            yield normalize_batch(x.to(device, non_blocking=pin), image_size, bb.mean, bb.std, bb.interpolation)
         return
-    ds = ImageFiles(split.paths[start:], image_size, interp)
+    ds = ImageFiles(split.paths[start:], image_size, bb.mean, bb.std, bb.interpolation)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          pin_memory=pin, persistent_workers=False)
     try:
@@ -260,8 +260,7 @@ def _extract_split(f, split, infos, model, pooling, size, dtype, batch_size, dev
     try:
         done = start
         with torch.inference_mode(), _autocast(dev):
-            for x in _batches(split, start, batch_size, size, bb.interpolation, dev, workers):
-                x = normalize_batch(x, size, bb.mean, bb.std, bb.interpolation)
+            for x in _batches(split, start, batch_size, bb, size, dev, workers):
                 if dev.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
                 out = tap(x)

@@ -3,7 +3,7 @@
 Every image becomes 3 channels (grey is repeated, alpha dropped), is resized to ``image_size`` x
 ``image_size`` with an antialiased resize using the weights' own interpolation, and is normalised
 with the weights' own mean and std. In-memory images are resized as whole batches on the compute
-device; image files are decoded and resized by PIL in DataLoader workers.
+device; image files are decoded by PIL and resized with the same arithmetic in DataLoader workers.
 """
 from __future__ import annotations
 
@@ -43,31 +43,36 @@ def normalize_batch(x: torch.Tensor, image_size: int, mean, std, interpolation: 
     return (x - m) / s
 
 
-def load_image_file(path: "str | Path", image_size: int, interpolation: str = "bicubic") -> np.ndarray:
-    """Read one image file as (S,S,3) uint8, resized with PIL's antialiasing filter."""
+def read_image(path: "str | Path") -> np.ndarray:
+    """Read one image file at its own size as (H,W,3) uint8; unreadable files name themselves."""
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            resample = Image.Resampling.BICUBIC if interpolation_mode(interpolation) == "bicubic" else Image.Resampling.BILINEAR
-            im = im.resize((image_size, image_size), resample=resample)
-            return np.asarray(im, dtype=np.uint8)
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise UserInputError(f"image {path} does not exist") from None
     except Exception as exc:
         raise UserInputError(f"cannot read image {path} ({exc.__class__.__name__}); remove or replace the file") from None
 
 
-class ImageFiles(torch.utils.data.Dataset):
-    """Image files decoded and resized to uint8 (3,S,S) tensors, for a DataLoader with workers."""
+def preprocess_image(image: np.ndarray, image_size: int, mean, std, interpolation: str = "bicubic") -> torch.Tensor:
+    """(H,W[,C]) uint8 -> normalised float (3,S,S): the same arithmetic as a batch of in-memory images."""
+    x = torch.from_numpy(np.ascontiguousarray(to_rgb_uint8(image[None])[0])).permute(2, 0, 1)[None]
+    return normalize_batch(x, image_size, mean, std, interpolation)[0]
 
-    def __init__(self, paths, image_size: int, interpolation: str = "bicubic"):
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Image files as normalised float (3,S,S) tensors, decoded and resized in DataLoader workers.
+
+    Resizing uses the same torch antialiased interpolation as in-memory arrays, so an image gives
+    the same features whether it came from an ``npz`` archive or from a PNG file.
+    """
+
+    def __init__(self, paths, image_size: int, mean, std, interpolation: str = "bicubic"):
         self.paths = list(paths)
-        self.image_size = image_size
-        self.interpolation = interpolation
+        self.args = (image_size, tuple(mean), tuple(std), interpolation)
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        arr = load_image_file(self.paths[i], self.image_size, self.interpolation)
-        return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        return preprocess_image(read_image(self.paths[i]), *self.args)

@@ -109,6 +109,45 @@ def cmd_cache(a):
             print(f"removed {p}")
 
 
+def cmd_train(a):
+    from classifiers import train_head
+
+    res = train_head(a.features, a.layer, a.head, out=a.out, preprocessing=a.preprocessing, pca=a.pca,
+                     val_fraction=a.val_fraction, seed=a.seed, n_jobs=a.n_jobs, full_grid=a.full_grid)
+    print(f"{a.layer}  {a.head}  params={json.dumps(res.get('params', {}), default=str)}  "
+          f"val_accuracy={res['val_accuracy']:.4f}  test_accuracy={res['test_accuracy']:.4f}")
+    if a.out:
+        print(f"saved {Path(a.out) / 'head.joblib'}")
+
+
+def cmd_predict(a):
+    from pipeline.predict import predict
+
+    rows = predict(a.model, a.images, batch_size=a.batch_size, device=a.device, progress=not a.json)
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        print(f"{r['path']}\t{r['class']}\t{r['score']:.4f}")
+
+
+def cmd_sweep(a):
+    from pipeline.sweep import SweepConfig, sweep
+
+    fields = SweepConfig.__dataclass_fields__
+    cfg = SweepConfig(**{k: v for k, v in vars(a).items() if k in fields and v is not None})
+    summary = sweep(cfg, progress=not a.quiet)
+    out = Path(cfg.out)
+    from pipeline.report import best_per_curve
+
+    for b in best_per_curve(summary["rows"])[:6]:
+        print(f"best: {b['backbone']}/{b['weights']} {b['head']}{' ' + str(b['shots']) + '-shot' if b['shots'] else ''}"
+              f": {b['best_layer']} test {b['best_test']:.3f} (last layer {b['last_test']:.3f})")
+    t = summary["timing"]
+    print(f"extract {t['extract_seconds']:.1f} s, heads {t['train_seconds']:.1f} s")
+    print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'depth_vs_accuracy.png'}, {out / 'report.md'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="transferlab", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -137,17 +176,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_cache)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    p = sub.add_parser("train", help="train a head on cached features of one layer")
+    p.add_argument("--features", required=True, help="a cache file written by extract")
+    p.add_argument("--layer", required=True, help="a layer stored in the file (module path)")
+    p.add_argument("--head", default="logreg", help="svm, svm-rbf, logreg, mlp or knn")
+    p.add_argument("--out", default=None, help="directory for head.joblib and head.json")
+    p.add_argument("--preprocessing", default=None, help="none, l2, standardize or l2+standardize (default: per head)")
+    p.add_argument("--pca", type=_positive_int, default=None, help="reduce features to this many dimensions first")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="validation share of train when the data has no val split")
+    p.add_argument("--full-grid", action="store_true", help="the full 45-value C grid of Kornblith et al. for logreg")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-jobs", type=int, default=1)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="classify image files with a saved head")
+    p.add_argument("--model", required=True, help="a directory written by train --out")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("sweep", help="the main job: extract every layer, train every head, write results and report")
+    p.add_argument("--config", default=None, help="TOML or YAML file with any of these flags")
+    p.add_argument("--data", default=None, help="digits (default), npz:PATH, folder:PATH or torchvision:NAME")
+    p.add_argument("--backbone", default=None, help="comma-separated backbones (default lite0)")
+    p.add_argument("--weights", default=None, help="comma-separated: imagenet (default), random, PATH")
+    p.add_argument("--heads", default=None, help="comma-separated heads (default logreg,svm)")
+    p.add_argument("--layers", default=None, help="all (default) or comma-separated module paths")
+    p.add_argument("--pool", default=None, help="comma-separated poolings (default gap)")
+    p.add_argument("--image-size", default=None, help="comma-separated sizes (default 64; 0 = the backbone's own)")
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--shots", default=None, help="low-shot: comma-separated examples per class, e.g. 1,5,10,50")
+    p.add_argument("--repeats", type=_positive_int, default=None, help="redraw validation split and seeds N times")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--val-fraction", type=float, default=None)
+    p.add_argument("--preprocessing", default=None)
+    p.add_argument("--full-grid", action="store_const", const=True, default=None)
+    p.add_argument("--out", default=None, help="output directory (default runs/sweep)")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--batch-size", type=_positive_int, default=None)
+    p.add_argument("--n-jobs", type=int, default=None, help="parallel head fits (joblib; default all cores)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_sweep)
     return ap
 
 
-_EXTRA_COMMANDS: list = []
-
-
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "image_size", None) is not None and args.image_size <= 0:
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        from pipeline.config import apply_config
+
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        try:
+            args = apply_config(parser, sub, argv, args)
+        except UserInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    if isinstance(getattr(args, "image_size", None), int) and args.image_size <= 0:
         print(f"error: --image-size {args.image_size} must be a positive number of pixels, e.g. --image-size 64",
               file=sys.stderr)
         return 2

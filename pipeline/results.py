@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 
 RESULT_COLUMNS = [
-    "backbone", "weights", "layer", "depth", "rel_depth", "dim", "head", "preprocessing", "params",
+    "backbone", "weights", "pool", "image_size", "layer", "depth", "rel_depth", "dim", "head", "preprocessing", "params",
     "shots", "repeat", "seed", "val_accuracy", "test_accuracy", "fit_seconds", "n_train", "cache_file",
 ]
-ROW_KEY = ("backbone", "weights", "layer", "head", "shots", "repeat")
+ROW_KEY = ("backbone", "weights", "pool", "image_size", "layer", "head", "shots", "repeat")
 
 
 def row_key(row: dict) -> tuple:

@@ -1,0 +1,92 @@
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from features import extraction
+from pipeline.results import RESULT_COLUMNS
+from pipeline.sweep import SweepConfig, sweep
+from tests.conftest import ROOT, make_npz
+
+
+@pytest.fixture
+def tiny_sweep(tmp_path):
+    npz = make_npz(tmp_path / "d.npz", n_train=60, n_test=30, size=16)
+    return dict(data=f"npz:{npz}", backbone="lite0", heads="logreg,knn", layers="bn1,blocks.2,blocks.5,bn2",
+                image_size="32", out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), n_jobs=1)
+
+
+def _rows(out):
+    with open(out / "results.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_sweep_writes_the_four_files_and_matches_train(tiny_sweep, tmp_path):
+    from classifiers import train_head
+
+    summary = sweep(SweepConfig(**tiny_sweep), progress=False)
+    out = tmp_path / "run"
+    for name in ("results.csv", "results.json", "depth_vs_accuracy.png", "report.md"):
+        assert (out / name).stat().st_size > 0, name
+    rows = _rows(out)
+    assert set(RESULT_COLUMNS) <= set(rows[0])
+    assert len(rows) == 4 * 2
+    assert [r["layer"] for r in rows if r["head"] == "logreg"] == ["bn1", "blocks.2", "blocks.5", "bn2"]
+    best = max((r for r in rows if r["head"] == "logreg"), key=lambda r: float(r["test_accuracy"]))
+    direct = train_head(best["cache_file"], best["layer"], "logreg", seed=0)
+    assert float(best["test_accuracy"]) == pytest.approx(direct["test_accuracy"], abs=1e-6)
+    report = (out / "report.md").read_text()
+    top = max(rows, key=lambda r: (float(r["test_accuracy"]), -int(r["depth"])))
+    assert f"| {top['head']} | all | {top['layer']} |" in report
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["config"]["heads"] == ["logreg", "knn"] and "torch" in saved["versions"]
+    assert summary["timing"]["fits_run"] == 8
+
+
+def test_warm_rerun_does_not_run_the_backbone_or_refit(tiny_sweep, tmp_path, monkeypatch):
+    sweep(SweepConfig(**tiny_sweep), progress=False)
+    calls = []
+    real = extraction.FeatureTap.__call__
+    monkeypatch.setattr(extraction.FeatureTap, "__call__", lambda self, x: (calls.append(1), real(self, x))[1])
+    summary = sweep(SweepConfig(**tiny_sweep), progress=False)
+    assert calls == []
+    assert summary["timing"]["fits_run"] == 0 and len(_rows(tmp_path / "run")) == 8
+
+
+def test_pretrained_and_random_weights_are_both_swept_and_keyed_apart(tiny_sweep, tmp_path):
+    cfg = SweepConfig(**{**tiny_sweep, "weights": "imagenet,random", "heads": "logreg", "layers": "bn1,bn2"})
+    summary = sweep(cfg, progress=False)
+    assert {r["weights"] for r in summary["rows"]} == {"imagenet", "random"}
+    assert len(set(summary["cache_files"])) == 2
+
+
+def test_low_shot_rows_use_k_examples_per_class(tiny_sweep):
+    cfg = SweepConfig(**{**tiny_sweep, "heads": "knn", "layers": "bn2", "shots": "2,5"})
+    rows = sweep(cfg, progress=False)["rows"]
+    # 2 per class: too few to hold out a validation split; 5 per class: 20% (3 images) held out
+    assert sorted((r["shots"], r["n_train"]) for r in rows) == [("2", "6"), ("5", "12")]
+
+
+def test_config_file_supplies_flags_and_unknown_keys_are_refused(tiny_sweep, tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text("\n".join(f'{k} = "{v}"' if not isinstance(v, int) else f"{k} = {v}"
+                              for k, v in {**tiny_sweep, "heads": "knn", "layers": "bn2"}.items()))
+    out = subprocess.run([sys.executable, "-m", "pipeline", "sweep", "--config", str(toml), "--quiet"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert [r["head"] for r in _rows(tmp_path / "run")] == ["knn"]
+    toml.write_text('colour = "blue"\n')
+    out = subprocess.run([sys.executable, "-m", "pipeline", "sweep", "--config", str(toml)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "unknown keys colour" in out.stderr
+
+
+def test_embedded_default_sweep_reaches_95_percent_on_digits(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pipeline", "sweep", "--out", str(tmp_path / "run"),
+                          "--cache-dir", str(tmp_path / "cache"), "--quiet"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    rows = _rows(tmp_path / "run")
+    assert {r["layer"] for r in rows} == {"bn1", "bn2"} | {f"blocks.{i}" for i in range(7)}
+    assert max(float(r["test_accuracy"]) for r in rows) >= 0.95
