@@ -47,7 +47,7 @@ def read_image(path: "str | Path") -> np.ndarray:
     """Read one image file at its own size as (H,W,3) uint8; unreadable files name themselves."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            return np.array(im.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise UserInputError(f"image {path} does not exist") from None
     except Exception as exc:

@@ -1,0 +1,63 @@
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from features import extract
+from pipeline.predict import predict
+from tests.conftest import ROOT, make_npz
+
+
+@pytest.fixture
+def trained(tmp_path, lite0):
+    npz = make_npz(tmp_path / "d.npz", n_train=60, n_test=24, size=16)
+    path = extract(f"npz:{npz}", lite0, layers="blocks.2,bn2", image_size=32, cache_dir=tmp_path / "c", progress=False)
+    out = subprocess.run([sys.executable, "-m", "pipeline", "train", "--features", str(path), "--layer", "blocks.2",
+                          "--head", "logreg", "--out", str(tmp_path / "head")], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "test_accuracy=" in out.stdout
+    return tmp_path, npz, path
+
+
+def test_predict_on_png_files_matches_the_head_on_cached_rows(trained):
+    from classifiers import load_head
+
+    tmp_path, npz, path = trained
+    x = np.load(npz)["x_test"]
+    files = []
+    for i, img in enumerate(x):
+        files.append(tmp_path / f"img{i}.png")
+        Image.fromarray(img).save(files[-1])
+    head, meta = load_head(tmp_path / "head")
+    with h5py.File(path, "r") as f:
+        rows = f["test/features/blocks.2"][()].astype(np.float32)
+    expected = head.predict(rows)
+    got = predict(tmp_path / "head", files, batch_size=7, progress=False)
+    assert [g["label"] for g in got] == list(expected)
+    assert [g["class"] for g in got] == [f"class{int(c)}" for c in expected]
+    acc = np.mean([g["label"] == y for g, y in zip(got, np.load(npz)["y_test"])])
+    assert acc == pytest.approx(meta["test_accuracy"], abs=1e-9)
+    cli = subprocess.run([sys.executable, "-m", "pipeline", "predict", "--model", str(tmp_path / "head"),
+                          *map(str, files[:3])], cwd=ROOT, capture_output=True, text=True)
+    assert cli.returncode == 0, cli.stderr
+    lines = [l.split("\t") for l in cli.stdout.strip().splitlines()]
+    assert [(p, c) for p, c, _ in lines] == [(str(f), g["class"]) for f, g in zip(files[:3], got)]
+
+
+def test_tampered_head_and_unreadable_image_are_refused_with_exit_2(trained):
+    tmp_path, _, _ = trained
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    out = subprocess.run([sys.executable, "-m", "pipeline", "predict", "--model", str(tmp_path / "head"), str(bad)],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "bad.png" in out.stderr and "Traceback" not in out.stderr
+    joblib_file = tmp_path / "head" / "head.joblib"
+    joblib_file.write_bytes(joblib_file.read_bytes() + b"\0")
+    ok = tmp_path / "ok.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(ok)
+    out = subprocess.run([sys.executable, "-m", "pipeline", "predict", "--model", str(tmp_path / "head"), str(ok)],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "sha256" in out.stderr and "Traceback" not in out.stderr
