@@ -114,8 +114,9 @@ def cmd_train(a):
 
     res = train_head(a.features, a.layer, a.head, out=a.out, preprocessing=a.preprocessing, pca=a.pca,
                      val_fraction=a.val_fraction, seed=a.seed, n_jobs=a.n_jobs, full_grid=a.full_grid)
+    val = "n/a (no validation split possible)" if res.get("val_accuracy") is None else f"{res['val_accuracy']:.4f}"
     print(f"{a.layer}  {a.head}  params={json.dumps(res.get('params', {}), default=str)}  "
-          f"val_accuracy={res['val_accuracy']:.4f}  test_accuracy={res['test_accuracy']:.4f}")
+          f"val_accuracy={val}  test_accuracy={res['test_accuracy']:.4f}")
     if a.out:
         print(f"saved {Path(a.out) / 'head.joblib'}")
 

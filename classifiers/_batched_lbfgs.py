@@ -1,0 +1,352 @@
+"""Internals of :mod:`classifiers.fast_logreg`: row source, preconditioner basis, batched L-BFGS.
+
+Everything here works on torch tensors; the public surface and the maths are described in
+:mod:`classifiers.fast_logreg`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from features.errors import UserInputError
+
+from ._validation import check_features
+
+_EVAL_ROWS = 16384
+
+
+def torch_max(a, b):
+    import torch
+
+    return torch.maximum(a, b)
+
+
+class RowSource:
+    """Rows of an array or ``h5py.Dataset``, held on the device or streamed in chunks."""
+
+    def __init__(self, X, device, memory_budget, dtype):
+        import torch
+
+        self.dtype = dtype
+        if X.ndim != 2 or X.shape[0] == 0:
+            raise UserInputError(f"features must be a non-empty 2-D array, got shape {X.shape}")
+        self.n, self.d = (int(s) for s in X.shape)
+        self.device = torch.device(device)
+        self._X = X
+        self._full = None
+        if self.n * self.d * 4 <= memory_budget:
+            self._full = torch.as_tensor(check_features(np.asarray(X[()] if _is_h5(X) else X)))
+            self._full = self._full.to(device=self.device, dtype=dtype)
+            self.rows = min(self.n, _EVAL_ROWS)
+        else:
+            rows = max(1, int(memory_budget // (self.d * 4)))
+            step = (X.chunks or (1,))[0] if _is_h5(X) else 1
+            self.rows = max(step, rows // step * step)
+
+    @property
+    def streamed(self) -> bool:
+        return self._full is None
+
+    def rotate_(self, mu, V) -> bool:
+        """Replace rows held in memory by ``(X - mu) V``; False (nothing done) when streamed."""
+        if self._full is None:
+            return False
+        self._full = (self._full - mu) @ V
+        self.d = int(V.shape[1])
+        return True
+
+    def chunks(self):
+        """Yield (start, stop, rows as a tensor of the solve's dtype on the device) over all rows."""
+        import torch
+
+        for start in range(0, self.n, self.rows):
+            stop = min(self.n, start + self.rows)
+            if self._full is not None:
+                yield start, stop, self._full[start:stop]
+            else:
+                block = check_features(self._X[start:stop], "features chunk")
+                yield start, stop, torch.as_tensor(block).to(device=self.device, dtype=self.dtype)
+
+
+def _is_h5(X) -> bool:
+    try:
+        import h5py
+    except ImportError:  # pragma: no cover - h5py is a dependency
+        return False
+    return isinstance(X, h5py.Dataset)
+
+
+def _lowrank(source, mu, rank, seed=0):
+    """Top ``rank`` eigenpairs of the centred Gram by randomized subspace iteration (3 passes),
+    and the mean of the remaining eigenvalues."""
+    import torch
+
+    k = min(rank + 8, source.d, source.n)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    Q = torch.randn(source.d, k, generator=gen, dtype=source.dtype).to(source.device)
+    sq = torch.zeros((), dtype=torch.float64, device=source.device)
+    for step in range(3):
+        Y = torch.zeros_like(Q)
+        for _, _, c in source.chunks():
+            c = c - mu
+            if step == 0:
+                sq += (c * c).sum(dtype=torch.float64)
+            Y += c.T @ (c @ Q)
+        if step < 2:
+            Q = torch.linalg.qr(Y)[0]
+    lam, U = torch.linalg.eigh(Q.T @ Y)  # Q^T G Q, the Gram restricted to the subspace
+    lam, U = lam[-rank:].clamp_min(0), U[:, -rank:]
+    rest = ((sq - lam.sum(dtype=torch.float64)) / max(1, source.d - lam.numel())).clamp_min(0)
+    return Q @ U, lam, rest.to(source.dtype)
+
+
+def _basis(source, preconditioner, max_eigh_dim, rank=128):
+    """Feature mean, orthonormal basis V (D, r) or None, and eigenvalues lam (r,) of the centred Gram.
+
+    With fewer rows than dimensions the basis spans the rows only (kernel trick, float64), which is
+    exact: the optimum lies in the row space. ``eigh``: V is the full eigenbasis, computed in the
+    solve's precision (it only shapes the preconditioner). ``lowrank``: returns (mu, None, None,
+    (V_k, lam_k, lam_rest)), the top eigenpairs and the mean remaining eigenvalue.
+    """
+    import torch
+
+    f64, dtype = torch.float64, source.dtype
+    if preconditioner == "auto":
+        if source.n < source.d and source.n <= max_eigh_dim:
+            preconditioner = "eigh"
+        else:
+            preconditioner = "eigh" if source.d <= 2 * rank else "lowrank"
+    total = torch.zeros(source.d, dtype=f64, device=source.device)
+    for _, _, c in source.chunks():
+        total += c.sum(0, dtype=f64)
+    mu = total / source.n
+    if preconditioner != "diag" and source.n < source.d:
+        Xc = torch.cat([c.to(f64) - mu for _, _, c in source.chunks()])
+        s, U = torch.linalg.eigh(Xc @ Xc.T)
+        keep = s > s.max().clamp_min(1e-300) * 1e-10
+        V = (Xc.T @ U[:, keep]) / s[keep].sqrt()
+        return mu.to(dtype), V.to(dtype), s[keep].to(dtype), None
+    mu_c = mu.to(dtype)
+    if preconditioner == "lowrank":
+        return mu_c, None, None, _lowrank(source, mu_c, min(rank, source.d))
+    if preconditioner == "diag":
+        sq = torch.zeros(source.d, dtype=f64, device=source.device)
+        for _, _, c in source.chunks():
+            sq += ((c - mu_c) ** 2).sum(0, dtype=f64)
+        return mu_c, None, sq.to(dtype), None
+    gram = torch.zeros(source.d, source.d, dtype=f64, device=source.device)
+    for _, _, c in source.chunks():
+        c = c - mu_c
+        gram += c.T @ c
+    lam, V = torch.linalg.eigh(gram.to(dtype))
+    return mu_c, V, lam.clamp_min(0), None
+
+
+class _Problem:
+    """Loss, gradient and preconditioner of a stack of problems (one per C) in (A, b) coordinates.
+
+    ``A`` is (g, K, r) with ``W^T = A V^T`` (V None: the rows are already rotated, W = A), and ``b``
+    is (g, K). Products are taken as ``W^T X^T`` and ``R^T X`` (class-major), the fast layout for
+    the few columns a problem has.
+    """
+
+    def __init__(self, source, y_idx, n_classes, mu, V, lam, basis=None, lowrank=None):
+        import torch
+
+        self.source, self.K, self.mu, self.V, self.lam, self.lowrank = source, n_classes, mu, V, lam, lowrank
+        self.basis = V if basis is None else basis  # maps A back to W (None: identity)
+        self.r = source.d if lam is None else lam.numel()
+        self.P = self.r * n_classes + n_classes
+        self.y = torch.as_tensor(y_idx, device=source.device)
+
+    def split(self, x):
+        g = x.shape[0]
+        return x[:, : self.r * self.K].view(g, self.K, self.r), x[:, self.r * self.K :]
+
+    def evaluate(self, x, C):
+        """Objective (g,) float64, gradient (g, P) and mean curvature (g,) at parameters x (g, P).
+
+        The mean curvature ``mean_i (1 - sum_k p_ik^2) / (K - 1)`` is 1/K at W = 0 and shrinks as
+        the rows get classified confidently; it scales the preconditioner.
+        """
+        import torch
+
+        g, K = x.shape[0], self.K
+        A, b = self.split(x)
+        WT = A.reshape(g * K, self.r)
+        if self.V is not None:
+            WT = WT @ self.V.T  # (g*K, D)
+        offset = (b.reshape(g * K) - WT @ self.mu).unsqueeze(1)
+        loss = torch.zeros(g, dtype=torch.float64, device=x.device)
+        RtX = torch.zeros_like(WT)
+        Rsum = torch.zeros(g * K, dtype=WT.dtype, device=x.device)
+        curv = torch.zeros(g, dtype=torch.float64, device=x.device)
+        for start, stop, Xc in self.source.chunks():
+            n = stop - start
+            Z = torch.addmm(offset, WT, Xc.T).view(g, K, n)
+            lse = torch.logsumexp(Z, 1, keepdim=True)
+            yc = self.y[start:stop].view(1, 1, n).expand(g, 1, n)
+            loss += (lse.squeeze(1) - Z.gather(1, yc).squeeze(1)).sum(1, dtype=torch.float64)
+            R = torch.exp(Z - lse)
+            curv += (1.0 - (R * R).sum(1)).sum(1, dtype=torch.float64)
+            R.scatter_add_(1, yc, torch.full((g, 1, n), -1.0, dtype=R.dtype, device=R.device))
+            R = R.view(g * K, n)
+            RtX.addmm_(R, Xc)
+            Rsum += R.sum(1)
+        RtX -= torch.outer(Rsum, self.mu)
+        gA = RtX if self.V is None else RtX @ self.V
+        gA = gA.view(g, K, self.r) * C.view(g, 1, 1) + A
+        gb = Rsum.view(g, K) * C.view(g, 1)
+        f = C.double() * loss + 0.5 * (A.double() ** 2).sum((1, 2))
+        h = (curv / (self.source.n * (K - 1))).clamp_min(1e-6 / K).to(x.dtype)
+        return f, torch.cat([gA.reshape(g, -1), gb], 1), h
+
+    def grad_max(self, grad):
+        """Largest gradient entry per problem in the original coordinates (W, b), as scikit-learn measures it."""
+        gA, gb = self.split(grad)
+        if self.basis is not None:
+            gA = gA @ self.basis.T
+        return torch_max(gA.abs().flatten(1).amax(1), gb.abs().amax(1))
+
+    def precondition(self, q, C, h):
+        """Apply the inverse of ``I + h C X_c^T X_c`` (centred over classes) to directions q (g, P).
+
+        With ``h = 1/2`` this is Böhning's bound of the Hessian; with the current mean curvature
+        it follows the Hessian as the rows saturate (large C), where the bound is far too big.
+        """
+        import torch
+
+        qA, qb = self.split(q)
+        m = qA.mean(1, keepdim=True)
+        hC = (h * C).view(-1, 1, 1)
+        if self.lowrank is None:
+            outA = (qA - m) / (1.0 + hC * self.lam.view(1, 1, -1)) + m
+        else:  # exact on the top eigen-directions, the mean remaining eigenvalue elsewhere
+            Vk, lam_k, rest = self.lowrank
+            c = qA - m
+            shrink = 1.0 / (1.0 + hC * lam_k.view(1, 1, -1)) - 1.0 / (1.0 + hC * rest)
+            outA = c / (1.0 + hC * rest) + ((c @ Vk) * shrink) @ Vk.T + m
+        outb = (qb - qb.mean(-1, keepdim=True)) / (h * C * self.source.n).clamp_min(1e-12).view(-1, 1)
+        return torch.cat([outA.reshape(q.shape[0], -1), outb], 1)
+
+
+def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=30):
+    """Batched preconditioned L-BFGS with per-problem Armijo backtracking. Returns x, n_iter, converged."""
+    import torch
+
+    g, P = x.shape
+    ftol = 1e-10 if x.dtype == torch.float32 else 1e-15  # relative decrease below rounding noise
+    S = torch.zeros(history_size, g, P, dtype=x.dtype, device=x.device)
+    Y = torch.zeros_like(S)
+    rho = torch.zeros(history_size, g, dtype=x.dtype, device=x.device)
+    gamma = torch.ones(g, dtype=x.dtype, device=x.device)
+    n_iter = torch.zeros(g, dtype=torch.long)
+    done = torch.zeros(g, dtype=torch.bool)
+    converged = torch.zeros(g, dtype=torch.bool)
+    scale = C * problem.source.n
+    f, grad, h = problem.evaluate(x, C)
+    for it in range(max_iter + 1):
+        gnorm = (problem.grad_max(grad) / scale).cpu()
+        converged |= gnorm <= tol
+        done |= converged
+        if it == max_iter or bool(done.all()):
+            break
+        a = (~done).nonzero().squeeze(1).to(x.device)
+        order = [(it - 1 - j) % history_size for j in range(min(it, history_size))]
+        q = grad[a].clone()
+        alphas = []
+        for j in order:
+            alpha = rho[j, a] * (S[j, a] * q).sum(1)
+            q -= alpha[:, None] * Y[j, a]
+            alphas.append(alpha)
+        d = gamma[a, None] * problem.precondition(q, C[a], h[a])
+        for j, alpha in zip(reversed(order), reversed(alphas)):
+            beta = rho[j, a] * (Y[j, a] * d).sum(1)
+            d += S[j, a] * (alpha - beta)[:, None]
+        d = -d
+        gd = (grad[a] * d).sum(1)
+        bad = gd >= 0  # lost descent: restart that problem's memory from the preconditioner
+        if bool(bad.any()):
+            rho[:, a[bad]] = 0
+            d[bad] = -problem.precondition(grad[a[bad]], C[a[bad]], h[a[bad]])
+            gd[bad] = (grad[a[bad]] * d[bad]).sum(1)
+        t = torch.ones(a.numel(), dtype=x.dtype, device=x.device)
+        pending = torch.arange(a.numel(), device=x.device)
+        f_new = f[a].clone()
+        g_new = grad[a].clone()
+        h_new = h[a].clone()
+        accepted = torch.zeros(a.numel(), dtype=torch.bool, device=x.device)
+        for _ in range(max_ls):
+            idx = a[pending]
+            ft, gt, ht = problem.evaluate(x[idx] + t[pending, None] * d[pending], C[idx])
+            ok = ft <= f[idx] + 1e-4 * t[pending].double() * gd[pending].double()
+            f_new[pending[ok]] = ft[ok]
+            g_new[pending[ok]] = gt[ok]
+            h_new[pending[ok]] = ht[ok]
+            accepted[pending[ok]] = True
+            pending = pending[~ok]
+            if pending.numel() == 0:
+                break
+            t[pending] *= 0.5
+        # no decrease found, or one below float precision: as good as it gets
+        tiny = (f[a] - f_new) <= ftol * f[a].abs().clamp_min(1.0)
+        done[a[~accepted | tiny].cpu()] = True
+        n_iter[a.cpu()] += 1
+        keep = a[accepted]
+        if keep.numel() == 0:
+            continue
+        s = t[accepted, None] * d[accepted]
+        yv = g_new[accepted] - grad[keep]
+        sy = (s * yv).sum(1)
+        slot = it % history_size
+        good = sy > 1e-10 * (s * s).sum(1).sqrt() * (yv * yv).sum(1).sqrt()
+        rho[slot, keep] = torch.where(good, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))
+        S[slot, keep] = s
+        Y[slot, keep] = yv
+        h[keep] = h_new[accepted]
+        yMy = (yv * problem.precondition(yv, C[keep], h[keep])).sum(1)
+        gamma[keep] = torch.where(good, sy / yMy.clamp_min(1e-30), gamma[keep])
+        x[keep] += s
+        f[keep] = f_new[accepted]
+        grad[keep] = g_new[accepted]
+    return x, n_iter.numpy(), converged.numpy()
+
+
+def solve_path(source, y_idx, n_classes, Cs, tol, max_iter, history_size, block_size, preconditioner,
+               max_eigh_dim):
+    """Solve every C (any order); returns coefs (G, K', D), intercepts (G, K'), n_iter, converged.
+
+    K' is 1 for two classes (binomial layout: the multinomial problem at C/2 is the binomial one
+    at C, with ``w = w_1 - w_0``), else the number of classes.
+    """
+    import torch
+
+    K, tdtype = n_classes, source.dtype
+    mu, V, lam, lowrank = _basis(source, preconditioner, max_eigh_dim)
+    if V is not None and source.rotate_(mu, V):  # passes then skip the products with V
+        problem = _Problem(source, y_idx, K, torch.zeros_like(lam), None, lam, basis=V)
+    else:
+        problem = _Problem(source, y_idx, K, mu, V, lam, lowrank=lowrank)
+
+    order = np.argsort(Cs, kind="stable")
+    C_model = torch.as_tensor(Cs[order] / (2.0 if K == 2 else 1.0), dtype=tdtype, device=source.device)
+    solutions = torch.zeros(Cs.size, problem.P, dtype=tdtype, device=source.device)
+    n_iter = np.zeros(Cs.size, dtype=int)
+    converged = np.zeros(Cs.size, dtype=bool)
+    start_point = torch.zeros(problem.P, dtype=tdtype, device=source.device)
+    for lo in range(0, Cs.size, max(1, block_size)):
+        hi = min(Cs.size, lo + max(1, block_size))
+        x0 = start_point.expand(hi - lo, -1).clone()
+        x, it, conv = _lbfgs(problem, x0, C_model[lo:hi], tol, max_iter, history_size)
+        solutions[lo:hi], n_iter[lo:hi], converged[lo:hi] = x, it, conv
+        start_point = x[-1]
+
+    A, b = problem.split(solutions)
+    W = A if V is None else A @ V.T  # (G, K, D)
+    intercept = b - W @ mu
+    W, intercept = W.double().cpu().numpy(), intercept.double().cpu().numpy()
+    if K == 2:
+        W = W[:, 1:2] - W[:, 0:1]
+        intercept = intercept[:, 1:2] - intercept[:, 0:1]
+    inverse = np.argsort(order)
+    return W[inverse], intercept[inverse], n_iter[inverse], converged[inverse]

@@ -1,0 +1,165 @@
+"""Saving and loading heads: ``head.joblib`` (the fitted estimator) beside ``head.json`` (what it is).
+
+``head.json`` records where the head came from (layer, backbone, weights, preprocessing, cache
+file and key, class names...), how good it is (``val_accuracy``, ``test_accuracy``, per-class
+report), the library versions, and ``head_sha256``, the SHA-256 of ``head.joblib``.
+
+Unpickling runs code, so :func:`load_head` verifies before it loads: the file's hash must equal
+``head_sha256`` and the installed scikit-learn and joblib must be the versions that wrote it.
+Both files are written atomically (temporary file in the same folder, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import joblib
+import numpy as np
+
+from features.errors import UserInputError
+
+HEAD_FILE = "head.joblib"
+META_FILE = "head.json"
+FORMAT_VERSION = 1
+CHECKED_VERSIONS = ("scikit-learn", "joblib")
+
+
+def library_versions() -> dict:
+    """Versions of python, numpy, scikit-learn, joblib and torch (None when not installed)."""
+    versions = {"python": platform.python_version()}
+    for dist in ("numpy", "scikit-learn", "joblib", "torch"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    return versions
+
+
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_head(out_dir, estimator, meta: dict) -> Path:
+    """Write ``out_dir/head.joblib`` and ``out_dir/head.json``.
+
+    Parameters
+    ----------
+    out_dir : str or path-like
+        Created if missing.
+    estimator : fitted scikit-learn estimator
+        Usually the ``Pipeline`` of :attr:`HeadResult.estimator`.
+    meta : dict
+        Provenance and scores (layer, backbone, weights, preprocessing, params, val_accuracy,
+        test_accuracy, ...). ``versions``, ``head_file``, ``head_sha256`` and ``format_version``
+        are added.
+
+    Returns
+    -------
+    pathlib.Path
+        The path of ``head.json``.
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserInputError(f"cannot create output folder {out}: {exc.strerror}") from None
+    head_path = out / HEAD_FILE
+    _atomic_write(head_path, lambda fh: joblib.dump(estimator, fh))
+    record = _jsonable(dict(meta))
+    record.update(format_version=FORMAT_VERSION, versions=library_versions(), head_file=HEAD_FILE,
+                  head_sha256=file_sha256(head_path))
+    text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    _atomic_write(out / META_FILE, lambda fh: fh.write(text.encode()))
+    return out / META_FILE
+
+
+def read_head_meta(model_dir) -> dict:
+    """The parsed ``head.json`` of a saved head (no unpickling)."""
+    path = Path(model_dir) / META_FILE
+    if not path.is_file():
+        raise UserInputError(f"{path} does not exist: pass a folder written by `transferlab train --out`")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserInputError(f"{path} is not valid JSON ({exc}): retrain the head with `transferlab train`") from None
+    if not isinstance(meta, dict):
+        raise UserInputError(f"{path} is not a head description: retrain the head with `transferlab train`")
+    return meta
+
+
+def load_head(model_dir):
+    """Load a saved head after checking its hash and library versions.
+
+    Parameters
+    ----------
+    model_dir : str or path-like
+        A folder written by :func:`save_head`.
+
+    Returns
+    -------
+    estimator : fitted scikit-learn estimator
+    meta : dict
+        The contents of ``head.json``.
+
+    Raises
+    ------
+    UserInputError
+        Missing files, a ``head.joblib`` whose SHA-256 differs from ``head.json``, or a
+        scikit-learn / joblib version other than the one that saved it. Nothing is unpickled then.
+    """
+    meta = read_head_meta(model_dir)
+    head_path = Path(model_dir) / HEAD_FILE
+    if not head_path.is_file():
+        raise UserInputError(f"{head_path} does not exist: retrain the head with `transferlab train --out {model_dir}`")
+    expected = meta.get("head_sha256")
+    actual = file_sha256(head_path)
+    if not expected or actual != expected:
+        raise UserInputError(f"{head_path} does not match the sha256 in {META_FILE} (file changed or corrupted); "
+                             "refusing to unpickle it: retrain the head with `transferlab train`")
+    saved = meta.get("versions") or {}
+    installed = library_versions()
+    for dist in CHECKED_VERSIONS:
+        if saved.get(dist) != installed[dist]:
+            raise UserInputError(f"{head_path} was saved with {dist} {saved.get(dist)}, this environment has "
+                                 f"{installed[dist]}: install {dist}=={saved.get(dist)} or retrain the head")
+    return joblib.load(head_path), meta

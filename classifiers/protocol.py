@@ -1,0 +1,264 @@
+"""The selection protocol: choose hyperparameters on validation rows, refit on train+val, test once.
+
+1. Validation rows are the data's own ``val`` split when there is one, else a seeded stratified
+   fraction of train. When neither is possible (say one example per class), there is no
+   selection: the head's default hyperparameters are used and ``selection`` says why.
+2. Every grid point is fitted on the training rows (preprocessing included, so scalers and PCA
+   see training rows only) and scored on the validation rows; the first best in grid order wins.
+   Grid points are independent fits run through joblib; the ``logreg`` head with the torch solver
+   fits the whole C grid in one batched solve instead.
+3. The chosen head is refitted on train+val and evaluated once on test.
+
+The test rows are not passed to any code that runs before step 3.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from sklearn.base import clone
+from sklearn.metrics import classification_report
+from sklearn.model_selection import ParameterGrid, train_test_split
+from sklearn.pipeline import Pipeline
+
+from features.errors import UserInputError
+
+from ._parallel import parallel
+from ._validation import check_features, check_labels, check_two_classes
+from .fast_logreg import BatchedLogisticRegressionCV, TorchLogisticRegression
+from .heads import adapt_to_data, default_grid, get_head_spec, make_head
+from .preprocessing import describe_preprocessing
+
+
+@dataclass
+class HeadResult:
+    """Outcome of :func:`select_and_fit`; ``to_dict()`` gives everything but the estimator."""
+
+    estimator: Pipeline
+    head: str
+    params: dict
+    val_accuracy: float | None
+    test_accuracy: float | None
+    fit_seconds: float
+    val_scores: list = field(default_factory=list)
+    report: dict | None = None
+    seed: int = 0
+    preprocessing: str = "none"
+    pca: int | None = None
+    selection: str = ""
+    solver: str | None = None
+    n_train: int = 0
+    n_val: int = 0
+    n_test: int = 0
+    notes: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        row = asdict(self)
+        row.pop("estimator")
+        return row
+
+
+def sample_shots(y, k: int, seed: int = 0) -> np.ndarray:
+    """Indices of ``k`` examples of every class, drawn with a seed.
+
+    For one seed the draws are nested: the ``k=1`` examples are among the ``k=5`` ones.
+
+    Parameters
+    ----------
+    y : array-like of shape (N,)
+        Labels.
+    k : int
+        Examples per class (``--shots``).
+    seed : int
+        Seed of the draw.
+
+    Returns
+    -------
+    ndarray of int64
+        Sorted row indices, ``k`` per class.
+
+    Examples
+    --------
+    >>> sample_shots([0, 0, 1, 1, 1], 1, seed=0).size
+    2
+    """
+    y = np.asarray(y)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise UserInputError(f"shots must be a positive number of examples per class, got {k!r}")
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in np.unique(y):
+        rows = np.flatnonzero(y == c)
+        if rows.size < k:
+            raise UserInputError(f"class {c} has only {rows.size} training examples, fewer than shots={k}: lower shots")
+        picked.append(rows[rng.permutation(rows.size)[:k]])
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def stratified_holdout(y, fraction: float = 0.2, seed: int = 0):
+    """Split row indices of ``y`` into (train, val), stratified and seeded.
+
+    Returns ``(train_idx, val_idx, None)``, or ``(None, None, reason)`` when a stratified split
+    is impossible (a class with a single example, or fewer validation rows than classes).
+    """
+    if not 0.0 < fraction < 1.0:
+        raise UserInputError(f"val_fraction must be between 0 and 1, got {fraction}")
+    y = np.asarray(y)
+    classes, counts = np.unique(y, return_counts=True)
+    n_val = math.ceil(fraction * y.size)
+    if counts.min() < 2:
+        return None, None, f"class {classes[counts.argmin()]} has a single training example"
+    if n_val < classes.size or y.size - n_val < classes.size:
+        return None, None, f"{y.size} training rows cannot hold a stratified {fraction:g} validation split"
+    train_idx, val_idx = train_test_split(np.arange(y.size), test_size=fraction, stratify=y, random_state=seed)
+    return np.sort(train_idx), np.sort(val_idx), None
+
+
+def _fit_score(template, params, X_tr, y_tr, X_val, y_val, n_classes):
+    est = clone(template).set_params(**{f"head__{k}": v for k, v in params.items()})
+    est, _ = adapt_to_data(est, X_tr.shape[0], X_tr.shape[1], n_classes)
+    est.fit(X_tr, y_tr)
+    return float(np.mean(est.predict(X_val) == y_val))
+
+
+def _batched_logreg_scores(template, Cs, X_tr, y_tr, X_val, y_val, n_classes):
+    pre, _ = adapt_to_data(Pipeline(template.steps[:-1] + [("head", "passthrough")]), X_tr.shape[0],
+                           X_tr.shape[1], n_classes)
+    Z_tr = pre.fit_transform(X_tr, y_tr)
+    Z_val = pre.transform(X_val)
+    h = template.named_steps["head"]
+    cv = BatchedLogisticRegressionCV(Cs=Cs, tol=h.tol, max_iter=h.max_iter, device=h.device,
+                                     memory_budget=h.memory_budget).fit(Z_tr, y_tr, Z_val, y_val)
+    return [float(s) for s in cv.scores_]
+
+
+def _select(template, head, grid_points, X_tr, y_tr, X_val, y_val, n_classes, n_jobs, backend):
+    """Validation accuracy per grid point. Sees training and validation rows only."""
+    Cs = [p["C"] for p in grid_points] if all(list(p) == ["C"] for p in grid_points) else None
+    if head == "logreg" and isinstance(template.named_steps["head"], TorchLogisticRegression) and Cs:
+        return _batched_logreg_scores(template, Cs, X_tr, y_tr, X_val, y_val, n_classes)
+    with parallel(n_jobs, backend) as run:
+        return run(_fit_score, [(template, p, X_tr, y_tr, X_val, y_val, n_classes) for p in grid_points])
+
+
+def select_and_fit(X_train, y_train, X_val, y_val, X_test, y_test, head: str, *, preprocessing: str | None = None,
+                   pca: int | None = None, grid=None, full_grid: bool = False, val_fraction: float = 0.2,
+                   seed: int = 0, n_jobs: int = 1, backend: str | None = None, solver: str | None = None,
+                   head_params: dict | None = None, class_names=None) -> HeadResult:
+    """Choose a head's hyperparameters on validation rows, refit on train+val, evaluate once on test.
+
+    Parameters
+    ----------
+    X_train, y_train : arrays (N, D) and (N,)
+        Training features and integer labels.
+    X_val, y_val : arrays or None
+        The data's own validation split; None carves a stratified ``val_fraction`` of train.
+    X_test, y_test : arrays or None
+        Test rows, used once, after the refit (None: no test evaluation).
+    head : str
+        Registered head name (see :func:`classifiers.heads.available_heads`).
+    preprocessing, pca : optional
+        See :func:`classifiers.heads.make_head`; default: the head's own preprocessing, no PCA.
+    grid : list or dict, optional
+        Values of the head's grid parameter, or ``{parameter: values}``; default: the registry's.
+    full_grid : bool
+        Use the registry's full grid (Kornblith's 45 C values for logreg).
+    val_fraction : float
+        Fraction of train held out when there is no validation split.
+    seed : int
+        Seed of the held-out split and of every seeded estimator.
+    n_jobs, backend : int, str or None
+        joblib workers and backend for the grid's independent fits (None: joblib's current
+        default, so ``joblib.parallel_config`` applies).
+    solver : {"torch", "sklearn"}, optional
+        logreg only; torch (default) fits the whole C grid in one batched solve.
+    head_params : dict, optional
+        Extra estimator parameters (e.g. ``{"device": "cuda"}``).
+    class_names : sequence of str, optional
+        Names of labels 0..K-1 for the per-class report.
+
+    Returns
+    -------
+    HeadResult
+    """
+    started = time.perf_counter()
+    spec = get_head_spec(head)
+    X_train = check_features(X_train, "training features")
+    y_train = check_labels(y_train, X_train.shape[0], "training labels")
+    check_two_classes(y_train)
+    template = make_head(head, preprocessing=preprocessing, pca=pca, seed=seed, solver=solver, **(head_params or {}))
+    if grid is None:
+        grid = default_grid(head, full=full_grid)
+    elif not isinstance(grid, dict):
+        grid = {spec.param: list(grid)}
+    grid_points = list(ParameterGrid(grid))
+    if not grid_points:
+        raise UserInputError("the hyperparameter grid is empty: give at least one value")
+
+    if X_val is not None:
+        X_val = check_features(X_val, "validation features")
+        y_val = check_labels(y_val, X_val.shape[0], "validation labels")
+        if X_val.shape[1] != X_train.shape[1]:
+            raise UserInputError(f"validation features have {X_val.shape[1]} dims, training {X_train.shape[1]}")
+        X_sel, y_sel, selection, reason = X_train, y_train, "val split", None
+    else:
+        tr, va, reason = stratified_holdout(y_train, val_fraction, seed)
+        if reason is None:
+            X_sel, y_sel, X_val, y_val = X_train[tr], y_train[tr], X_train[va], y_train[va]
+            selection = f"train fraction {val_fraction:g} (seed {seed})"
+    n_classes = np.unique(y_train).size
+    if reason is not None:
+        params = {} if spec.param in (head_params or {}) else {spec.param: spec.default}
+        val_scores, val_accuracy = [], None
+        selection = f"none: {reason}; default hyperparameters"
+        X_fit, y_fit, n_val = X_train, y_train, 0
+    else:
+        scores = _select(template, head, grid_points, X_sel, y_sel, X_val, y_val, n_classes, n_jobs, backend)
+        best = int(np.argmax(scores))
+        params, val_accuracy = dict(grid_points[best]), float(scores[best])
+        val_scores = [{"params": dict(p), "val_accuracy": float(s)} for p, s in zip(grid_points, scores)]
+        n_val = X_val.shape[0]
+        same_rows = X_sel is not X_train
+        X_fit = X_train if same_rows else np.concatenate([X_train, X_val])
+        y_fit = y_train if same_rows else np.concatenate([y_train, y_val])
+
+    final = clone(template).set_params(**{f"head__{k}": v for k, v in params.items()})
+    final, notes = adapt_to_data(final, X_fit.shape[0], X_fit.shape[1], np.unique(y_fit).size)
+    final.fit(X_fit, y_fit)
+    fit_seconds = time.perf_counter() - started
+
+    test_accuracy, report, n_test = None, None, 0
+    if X_test is not None:  # the single look at the test rows
+        X_test = check_features(X_test, "test features")
+        y_test = check_labels(y_test, X_test.shape[0], "test labels")
+        pred = final.predict(X_test)
+        test_accuracy = float(np.mean(pred == y_test))
+        labels = np.union1d(np.unique(y_fit), np.unique(y_test))
+        names = [str(class_names[i]) if class_names is not None and 0 <= i < len(class_names) else str(i)
+                 for i in labels]
+        report = classification_report(y_test, pred, labels=labels, target_names=names, output_dict=True,
+                                       zero_division=0)
+        n_test = X_test.shape[0]
+    head_step = final.named_steps["head"]
+    return HeadResult(
+        estimator=final, head=head, params=_plain(params), val_accuracy=val_accuracy, test_accuracy=test_accuracy,
+        fit_seconds=fit_seconds, val_scores=_plain(val_scores), report=_plain(report), seed=seed,
+        preprocessing=describe_preprocessing(preprocessing or spec.preprocessing, pca), pca=pca,
+        selection=selection, solver=("torch" if isinstance(head_step, TorchLogisticRegression) else "sklearn")
+        if spec.solvers else None, n_train=int(X_fit.shape[0] - n_val), n_val=int(n_val), n_test=int(n_test),
+        notes=notes,
+    )
+
+
+def _plain(value):
+    """numpy scalars and tuples to plain JSON-able Python values."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -1,0 +1,138 @@
+"""Training heads on cached features: the Python API behind ``transferlab train`` and the sweep.
+
+:func:`train_head` reads one layer's train/val/test rows from the HDF5 cache, runs the selection
+protocol (:func:`classifiers.protocol.select_and_fit`), saves the head when asked, and returns one
+results row. :func:`train_layers` does that for many layers through joblib.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from features.errors import UserInputError
+
+from ._parallel import parallel
+from ._validation import check_two_classes
+from .heads import get_head_spec
+from .persistence import save_head
+from .protocol import sample_shots, select_and_fit
+from .reader import layer_info, list_layers, load_split, read_cache_meta
+
+# root attributes of the cache copied into head.json (provenance of the features)
+_CACHE_FIELDS = ("backbone", "weights", "weights_sha256", "pooling", "image_size", "mean", "std", "dtype",
+                 "data", "data_fingerprint", "data_root", "key", "format_version")
+
+
+def train_head(features_file, layer: str, head: str, out=None, preprocessing: str | None = None,
+               pca: int | None = None, val_fraction: float = 0.2, seed: int = 0, n_jobs: int = 1,
+               full_grid: bool = False, shots: int | None = None, *, grid=None, solver: str | None = None,
+               backend: str | None = None, head_params: dict | None = None) -> dict:
+    """Train one head on one cached layer and return its results row.
+
+    Parameters
+    ----------
+    features_file : str or path-like
+        HDF5 cache written by ``transferlab extract``; its ``train`` and ``test`` splits (and
+        ``val`` when present) must be complete.
+    layer : str
+        Layer name, see :func:`classifiers.reader.list_layers`.
+    head : str
+        ``svm``, ``svm-rbf``, ``logreg``, ``mlp`` or ``knn``.
+    out : str or path-like, optional
+        Folder for ``head.joblib`` and ``head.json``; nothing is saved when None.
+    preprocessing, pca, val_fraction, seed, n_jobs, full_grid, grid, solver, backend, head_params
+        See :func:`classifiers.protocol.select_and_fit`.
+    shots : int, optional
+        Train on ``shots`` examples per class of the train split (seeded by ``seed``).
+
+    Returns
+    -------
+    dict
+        ``backbone, weights, layer, depth, dim, head, preprocessing, pca, params, val_accuracy,
+        test_accuracy, fit_seconds, selection, solver, n_train, n_val, n_test, seed, shots,
+        features_file, key, report, val_scores, notes, out``.
+
+    Examples
+    --------
+    >>> row = train_head("cache/digits-lite0.h5", "blocks.3", "logreg", out="runs/b3")  # doctest: +SKIP
+    >>> row["test_accuracy"]  # doctest: +SKIP
+    0.95
+    """
+    get_head_spec(head)
+    meta = read_cache_meta(features_file)
+    info = layer_info(features_file, layer, "train")
+    X_tr, y_tr, _ = load_split(features_file, "train", layer)
+    X_te, y_te, _ = load_split(features_file, "test", layer)
+    X_va = y_va = None
+    if "val" in meta["splits"]:
+        X_va, y_va, _ = load_split(features_file, "val", layer)
+    check_two_classes(y_tr, f"training labels of {os.fspath(features_file)}")
+    if shots is not None:
+        rows = sample_shots(y_tr, shots, seed)
+        X_tr, y_tr = X_tr[rows], y_tr[rows]
+    class_names = meta.get("class_names") if isinstance(meta.get("class_names"), list) else None
+    result = select_and_fit(
+        X_tr, y_tr, X_va, y_va, X_te, y_te, head, preprocessing=preprocessing, pca=pca, grid=grid,
+        full_grid=full_grid, val_fraction=val_fraction, seed=seed, n_jobs=n_jobs, backend=backend, solver=solver,
+        head_params=head_params, class_names=class_names,
+    )
+    row = {
+        "backbone": meta.get("backbone"),
+        "weights": meta.get("weights"),
+        "layer": layer,
+        "depth": info["depth"],
+        "dim": info["dim"],
+        **result.to_dict(),
+        "shots": shots,
+        "features_file": meta["path"],
+        "key": meta.get("key"),
+        "out": None,
+    }
+    if out is not None:
+        head_meta = {k: meta[k] for k in _CACHE_FIELDS if k in meta}
+        head_meta.update({k: v for k, v in row.items() if k not in ("out", "format_version")})
+        head_meta.update(cache_format_version=meta.get("format_version"), class_names=class_names,
+                         cache_versions=meta.get("versions"), layer_pooling=info["pooling"])
+        save_head(out, result.estimator, head_meta)
+        row["out"] = str(Path(out).resolve())
+    return row
+
+
+def _train_one(features_file, layer, head, out, kwargs):
+    return train_head(features_file, layer, head, out=out, **kwargs)
+
+
+def train_layers(features_file, layers=None, head: str = "logreg", out=None, *, n_jobs: int = 1,
+                 backend: str | None = None, **kwargs) -> list[dict]:
+    """Train one head per layer, the layers in parallel through joblib; rows in depth order.
+
+    Parameters
+    ----------
+    features_file : str or path-like
+        The HDF5 cache.
+    layers : list of str, optional
+        Layer names; default every layer of the train split.
+    head : str
+        Head name.
+    out : str or path-like, optional
+        Each layer's head is saved to ``out/<layer>/``.
+    n_jobs, backend : int, str or None
+        joblib workers and backend across layers (each layer's grid then runs serially).
+    **kwargs
+        Passed to :func:`train_head` (preprocessing, pca, seed, shots, ...).
+
+    Returns
+    -------
+    list of dict
+    """
+    if "n_jobs" in kwargs:
+        raise UserInputError("train_layers takes n_jobs for the layers; each layer's grid runs serially")
+    available = list_layers(features_file)
+    layers = available if layers is None else list(layers)
+    for layer in layers:
+        layer_info(features_file, layer)  # unknown layer: error listing the valid ones, before any work
+    jobs = [(features_file, layer, head, None if out is None else Path(out) / layer, kwargs) for layer in layers]
+    with parallel(n_jobs, backend) as run:
+        rows = run(_train_one, jobs)
+    return sorted(rows, key=lambda r: r["depth"])

@@ -1,0 +1,141 @@
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import softmax
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+
+from classifiers._batched_lbfgs import RowSource
+from classifiers.fast_logreg import BatchedLogisticRegressionCV, TorchLogisticRegression, fit_logreg_path
+from features.errors import UserInputError
+
+
+def _sk(C, X, y):
+    return LogisticRegression(C=C, tol=1e-8, max_iter=5000).fit(X, y)
+
+
+def _rel(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("C", [0.01, 0.1, 1.0])
+def test_matches_sklearn_coefficients_and_accuracy(digits_arrays, C):
+    X, y, Xt, yt = digits_arrays
+    sk = _sk(C, X, y)
+    path = fit_logreg_path(X, y, [C], tol=1e-5, max_iter=1000)
+    coef, intercept = path.coefs[0], path.intercepts[0]
+    assert coef.shape == sk.coef_.shape == (10, 64)
+    assert _rel(coef, sk.coef_) < 1e-2
+    # intercepts are defined up to a constant shared by all classes
+    assert _rel(intercept - intercept.mean(), sk.intercept_ - sk.intercept_.mean()) < 2e-2
+    acc = np.mean(path.predict(Xt)[0] == yt)
+    assert abs(acc - sk.score(Xt, yt)) <= 0.005
+
+
+def test_binary_problem_matches_sklearn_binomial_layout(digits_arrays):
+    X, y, Xt, yt = digits_arrays
+    yb, ytb = (y >= 5).astype(int), (yt >= 5).astype(int)
+    sk = _sk(0.1, X, yb)
+    model = TorchLogisticRegression(C=0.1, tol=1e-5, max_iter=1000).fit(X, yb)
+    assert model.coef_.shape == (1, 64)
+    assert _rel(model.coef_, sk.coef_) < 1e-2
+    assert model.intercept_ == pytest.approx(sk.intercept_, abs=1e-2)
+    assert abs(model.score(Xt, ytb) - sk.score(Xt, ytb)) <= 0.005
+    np.testing.assert_allclose(model.predict_proba(Xt), sk.predict_proba(Xt), atol=1e-2)
+
+
+def test_fewer_rows_than_dimensions_matches_sklearn():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 200)).astype(np.float32)
+    y = np.repeat(np.arange(3), 10)
+    X[:, :3] += 2.0 * np.eye(3)[y]
+    sk = _sk(0.5, X, y)
+    path = fit_logreg_path(X, y, [0.5], tol=1e-5, max_iter=1000)
+    assert _rel(path.coefs[0], sk.coef_) < 1e-2
+
+
+def test_grid_path_equals_each_C_fitted_alone(digits_arrays):
+    X, y, _, _ = digits_arrays
+    Cs = [1.0, 0.001, 0.1]  # unsorted on purpose: results come back in this order
+    path = fit_logreg_path(X, y, Cs, tol=1e-5, max_iter=1000, block_size=2)
+    for i, C in enumerate(Cs):
+        alone = fit_logreg_path(X, y, [C], tol=1e-5, max_iter=1000)
+        assert _rel(path.coefs[i], alone.coefs[0]) < 1e-2
+    assert path.n_iter.max() < 1000
+
+
+def test_chunked_hdf5_gives_the_in_memory_result(digits_arrays, tmp_path):
+    import h5py
+
+    X, y, _, _ = digits_arrays
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f.create_dataset("X", data=X, chunks=(64, X.shape[1]))
+    in_memory = fit_logreg_path(X, y, [0.01, 1.0], tol=1e-8, max_iter=1000, dtype="float64")
+    budget = 150 * X.shape[1] * 4  # a quarter of the rows at a time
+    with h5py.File(tmp_path / "x.h5", "r") as f:
+        assert RowSource(f["X"], "cpu", budget, torch.float32).streamed
+        assert RowSource(f["X"], "cpu", budget, torch.float32).rows == 128
+        chunked = fit_logreg_path(f["X"], y, [0.01, 1.0], tol=1e-8, max_iter=1000, memory_budget=budget,
+                                  dtype="float64")
+    for i in range(2):
+        assert _rel(chunked.coefs[i], in_memory.coefs[i]) < 1e-5
+    np.testing.assert_array_equal(chunked.predict(X), in_memory.predict(X))
+
+
+def test_cv_scores_are_validation_accuracies_and_pick_the_best(digits_arrays):
+    X, y, Xv, yv = digits_arrays
+    Cs = [1e-4, 1e-2, 1.0]
+    cv = BatchedLogisticRegressionCV(Cs=Cs, tol=1e-5, max_iter=1000).fit(X, y, Xv, yv)
+    independent = [_sk(C, X, y).score(Xv, yv) for C in Cs]
+    np.testing.assert_allclose(cv.scores_, independent, atol=0.005)
+    assert cv.C_ == Cs[int(np.argmax(cv.scores_))]
+    assert cv.score(Xv, yv) == pytest.approx(max(cv.scores_))
+    assert cv.estimator_for(1e-2).score(Xv, yv) == pytest.approx(cv.scores_[1])
+    with pytest.raises(UserInputError, match="X_val"):
+        BatchedLogisticRegressionCV(Cs=Cs).fit(X, y)
+
+
+def test_estimator_follows_the_sklearn_contract(digits_arrays):
+    X, y, Xt, _ = digits_arrays
+    model = TorchLogisticRegression(C=0.3, max_iter=50)
+    assert clone(model).get_params() == model.get_params()
+    assert not hasattr(model, "coef_")
+    fitted = model.fit(X, y)
+    assert fitted is model
+    proba = model.predict_proba(Xt)
+    np.testing.assert_allclose(proba, softmax(model.decision_function(Xt), axis=1), rtol=1e-5)
+    np.testing.assert_array_equal(model.predict(Xt), proba.argmax(1))
+    restored = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(restored.predict(Xt), model.predict(Xt))
+
+
+def test_bad_inputs_raise_user_errors(digits_arrays):
+    X, y, _, _ = digits_arrays
+    with pytest.raises(UserInputError, match="single class"):
+        fit_logreg_path(X, np.zeros(len(y), dtype=int), [1.0])
+    with pytest.raises(UserInputError, match="positive"):
+        fit_logreg_path(X, y, [0.0])
+    bad = X.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(UserInputError, match="NaN"):
+        fit_logreg_path(bad, y, [1.0])
+
+
+def test_diagonal_preconditioner_reaches_the_same_solution(digits_arrays):
+    X, y, _, _ = digits_arrays
+    eigh = fit_logreg_path(X, y, [0.1], tol=1e-5, max_iter=1000)
+    diag = fit_logreg_path(X, y, [0.1], tol=1e-5, max_iter=1000, preconditioner="diag")
+    assert _rel(diag.coefs[0], eigh.coefs[0]) < 1e-2
+    assert _rel(diag.coefs[0], _sk(0.1, X, y).coef_) < 1e-2
+
+
+def test_low_rank_preconditioner_for_wide_features_matches_sklearn():
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(n_samples=600, n_features=300, n_informative=20, n_classes=4, random_state=0)
+    X = X.astype(np.float32)
+    for pre in ("auto", "lowrank"):  # 300 dims > 2 x rank 128: auto picks the low-rank one
+        path = fit_logreg_path(X, y, [0.05], tol=1e-5, max_iter=1000, preconditioner=pre)
+        assert _rel(path.coefs[0], _sk(0.05, X, y).coef_) < 1e-2
