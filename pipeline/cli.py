@@ -149,6 +149,17 @@ def cmd_sweep(a):
     print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'depth_vs_accuracy.png'}, {out / 'report.md'}")
 
 
+def cmd_finetune(a):
+    from pipeline.finetune import finetune
+
+    kw = {k: v for k, v in vars(a).items() if k not in ("command", "func", "config")}
+    m = finetune(**kw)
+    val = m.get("val_accuracy")
+    print(f"{m.get('mode', a.mode)}: {m.get('epochs_run')} epoch(s), val_accuracy="
+          f"{'n/a' if val is None else format(val, '.4f')}  test_accuracy={m['test_accuracy']:.4f}")
+    print(f"wrote {Path(m.get('out', a.out or '.')) / 'metrics.json'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="transferlab", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -221,6 +232,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-jobs", type=int, default=None, help="parallel head fits (joblib; default all cores)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("finetune", help="end-to-end training: head, last:N, full (low lr) or scratch")
+    p.add_argument("--config", default=None, help="TOML or YAML file with any of these flags")
+    p.add_argument("--data", default="digits", help="digits, npz:PATH, folder:PATH or torchvision:NAME")
+    p.add_argument("--backbone", default="lite0")
+    p.add_argument("--mode", default="head", help="head, last:N, full or scratch")
+    p.add_argument("--out", default=None, help="run directory (checkpoint, metrics.json, model.pt)")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default per mode)")
+    p.add_argument("--weights", default="imagenet")
+    p.add_argument("--image-size", type=int, default=None, help="default: the backbone's own")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--warmup-epochs", type=float, default=None)
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random resized crop / flip")
+    p.add_argument("--patience", type=int, default=None, help="early stopping after N epochs without val gain")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation steps")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--overwrite", action="store_true", help="discard a run in --out with another config")
+    p.add_argument("--init-head-from", default=None, help="a train --out directory: linear probe, then fine-tune")
+    p.add_argument("--append-to", default=None, help="a sweep directory or results.csv to add the result to")
+    p.add_argument("--max-train", type=int, default=None, help="use at most N training images")
+    p.add_argument("--lr-spread", type=float, default=None, help="full mode: classifier lr / stem lr")
+    p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto")
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--bn-stats", choices=["frozen", "update"], default=None)
+    p.add_argument("--quiet", dest="progress", action="store_false")
+    p.set_defaults(func=cmd_finetune)
     return ap
 
 

@@ -1,0 +1,28 @@
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT, make_npz
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "pipeline", "finetune", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True)
+
+
+def test_finetune_cli_runs_and_writes_metrics(tmp_path):
+    npz = make_npz(tmp_path / "d.npz", n_train=30, n_test=12, size=16)
+    out = run("--data", f"npz:{npz}", "--mode", "last:1", "--epochs", "1", "--image-size", "32", "--batch-size", "16",
+              "--out", tmp_path / "ft", "--quiet")
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 1 and f"test_accuracy={metrics['test_accuracy']:.4f}" in out.stdout
+
+
+def test_finetune_cli_bad_input_is_one_line_exit_2(tmp_path):
+    npz = make_npz(tmp_path / "d.npz", n_train=30, n_test=12, size=16)
+    for args, needle in ((["--mode", "last:99"], "last:99"), (["--lr", "0"], "lr"), (["--mode", "wild"], "wild")):
+        out = run("--data", f"npz:{npz}", "--image-size", "32", "--out", tmp_path / "ft", *args)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        last = out.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: ") and needle in last
