@@ -50,6 +50,7 @@ from .finetune_model import (DEFAULT_LR, DEFAULT_LR_SPREAD, DEFAULT_WEIGHT_DECAY
 from .finetune_saved import load_finetuned, predict_finetuned, save_finetuned, write_json
 from .finetune_train import (CHECKPOINT_FORMAT, SplitData, Trainer, load_checkpoint, rng_state, save_checkpoint,
                              seed_everything, set_rng_state)
+from .report import refresh_report
 from .results import append_row, read_rows, row_key
 
 __all__ = ["finetune", "parse_mode", "load_finetuned", "predict_finetuned", "Mode"]
@@ -367,6 +368,7 @@ def _append_result(target: Path, fm, cfg: dict, metrics: dict, n_train: int) -> 
         same = [r for r in read_rows(path) if row_key(r) == row_key(row) and r.get("params") == params]
         if not same:
             append_row(path, row)
+            refresh_report(path.parent)
     except OSError as exc:
         raise UserInputError(f"cannot append to {path} ({exc.strerror or exc.__class__.__name__}); "
                              f"give a writable sweep directory or .csv as --append-to") from None

@@ -162,3 +162,23 @@ def write_report(out: Path, summary: dict) -> Path:
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def refresh_report(out: "str | Path") -> Path | None:
+    """Rewrite ``results.json`` and the report of a sweep directory from its ``results.csv``.
+
+    Used when rows are added after the sweep (``finetune --append-to``), so the report shows
+    fine-tuning beside the cached-feature heads. Returns None when ``out`` holds no sweep.
+    """
+    from .results import read_rows
+
+    out = Path(out)
+    summary_path = out / "results.json"
+    if not summary_path.is_file():
+        return None
+    summary = json.loads(summary_path.read_text())
+    summary["rows"] = read_rows(out / "results.csv")
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str))
+    tmp.replace(summary_path)
+    return write_report(out, summary)

@@ -59,3 +59,14 @@ def test_torchvision_resnet_builds_with_default_preprocessing_offline():
 def test_bad_backbone_inputs_name_the_input(spec, weights, needle):
     with pytest.raises(UserInputError, match=needle):
         build_backbone(spec, weights=weights)
+
+
+def test_timm_backbone_loads_a_local_file_through_pretrained_cfg_overlay(tmp_path):
+    src = build_backbone("timm:resnet18", weights="random", seed=3)
+    path = tmp_path / "resnet18.pth"
+    torch.save(src.model.state_dict(), path)
+    bb = build_backbone("timm:resnet18", weights=str(path))
+    assert torch.equal(bb.model.layer3[0].conv1.weight, src.model.layer3[0].conv1.weight)
+    assert bb.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    from features import catalog
+    assert [i.name for i in catalog(bb.model, "all", "gap", 32)] == ["act1", "layer1", "layer2", "layer3", "layer4"]

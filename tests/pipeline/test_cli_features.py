@@ -82,3 +82,15 @@ def test_two_processes_on_the_same_key_both_finish_with_one_sound_file(tmp_path)
     assert outs[0][0].strip() == outs[1][0].strip()
     assert any("cache hit" in err for _, err in outs)  # the second one reused the first one's work
     assert run("cache", "verify", "--cache-dir", tmp_path / "c").returncode == 0
+
+
+def test_cache_info_and_rm(tmp_path):
+    npz = make_npz(tmp_path / "d.npz", n_train=12, n_test=6)
+    out = run("extract", "--data", f"npz:{npz}", "--image-size", "32", "--layers", "bn1", "--cache-dir",
+              tmp_path / "c", "--quiet")
+    path = out.stdout.strip().splitlines()[-1]
+    info = run("cache", "info", path)
+    assert info.returncode == 0 and '"n_total": 12' in info.stdout and '"bn1"' in info.stdout
+    rm = run("cache", "rm", path)
+    assert rm.returncode == 0 and not (tmp_path / "c" / path).exists()
+    assert run("cache", "rm", path).returncode == 2

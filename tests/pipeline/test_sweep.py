@@ -90,3 +90,18 @@ def test_embedded_default_sweep_reaches_95_percent_on_digits(tmp_path):
     rows = _rows(tmp_path / "run")
     assert {r["layer"] for r in rows} == {"bn1", "bn2"} | {f"blocks.{i}" for i in range(7)}
     assert max(float(r["test_accuracy"]) for r in rows) >= 0.95
+
+
+def test_finetune_appended_to_a_sweep_shows_in_its_report(tiny_sweep, tmp_path):
+    from pipeline.finetune import finetune
+
+    cfg = SweepConfig(**{**tiny_sweep, "heads": "logreg", "layers": "bn1,bn2"})
+    sweep(cfg, progress=False)
+    m = finetune(tiny_sweep["data"], "lite0", mode="head", out=tmp_path / "ft", epochs=1, image_size=32,
+                 batch_size=16, append_to=tmp_path / "run", progress=False)
+    rows = _rows(tmp_path / "run")
+    ft = [r for r in rows if r["head"] == "finetune:head"]
+    assert len(ft) == 1 and float(ft[0]["test_accuracy"]) == pytest.approx(m["test_accuracy"])
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "finetune:head" in report
+    assert len(json.loads((tmp_path / "run" / "results.json").read_text())["rows"]) == 3
