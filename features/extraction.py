@@ -8,6 +8,7 @@ to HDF5 as batches finish; see :mod:`features.cache` for the crash-safety rules.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import sys
@@ -212,7 +213,7 @@ def _extract_locked(path, key, meta, dataset, bb, wanted, pooling, size, dtype, 
     model = bb.model.to(dev).eval()
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    workers = num_workers if num_workers is not None else min(4, (len(__import__("os").sched_getaffinity(0)) or 1))
+    workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
     f, created = _open_for_write(path, key, meta, class_names, log)
     info = {i.name: i for i in wanted}
     try:
