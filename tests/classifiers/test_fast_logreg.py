@@ -139,3 +139,21 @@ def test_low_rank_preconditioner_for_wide_features_matches_sklearn():
     for pre in ("auto", "lowrank"):  # 300 dims > 2 x rank 128: auto picks the low-rank one
         path = fit_logreg_path(X, y, [0.05], tol=1e-5, max_iter=1000, preconditioner=pre)
         assert _rel(path.coefs[0], _sk(0.05, X, y).coef_) < 1e-2
+
+
+def _objective(C, coef, intercept, X, y):
+    p = softmax(X @ coef.T + intercept, axis=1)
+    return C * -np.log(p[np.arange(len(y)), y]).sum() + 0.5 * (coef ** 2).sum()
+
+
+def test_large_C_warm_starts_are_not_taken_as_converged(digits_arrays):
+    """Along the path each large C gets its own solution, at least as good as sklearn's default fit."""
+    X, y, _, _ = digits_arrays
+    Cs = [1.0, 100.0, 1e4]
+    path = fit_logreg_path(X, y, Cs)  # default tol, warm starts along the path
+    for i, C in enumerate(Cs):
+        sk = LogisticRegression(C=C, max_iter=100).fit(X, y)  # scikit-learn's defaults
+        mine = _objective(C, path.coefs[i], path.intercepts[i], X, y)
+        assert mine <= 1.01 * _objective(C, sk.coef_, sk.intercept_, X, y), C
+    assert path.n_iter[1] > 0 and path.n_iter[2] > 0
+    assert _rel(path.coefs[2], path.coefs[1]) > 0.05
