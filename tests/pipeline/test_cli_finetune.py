@@ -26,3 +26,25 @@ def test_finetune_cli_bad_input_is_one_line_exit_2(tmp_path):
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         last = out.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and needle in last
+
+
+def test_predict_uses_a_finetuned_model_like_predict_finetuned(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.finetune_saved import load_finetuned, predict_finetuned
+    from pipeline.predict import predict
+
+    npz = make_npz(tmp_path / "d.npz", n_train=30, n_test=12, size=16)
+    assert run("--data", f"npz:{npz}", "--mode", "head", "--epochs", "1", "--image-size", "32", "--batch-size", "16",
+               "--out", tmp_path / "ft", "--quiet").returncode == 0
+    x = np.load(npz)["x_test"]
+    files = []
+    for i, img in enumerate(x):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(img).save(files[-1])
+    model, meta = load_finetuned(tmp_path / "ft")
+    probs = predict_finetuned(model, meta, x)
+    rows = predict(tmp_path / "ft", files, batch_size=5, progress=False)
+    assert [r["label"] for r in rows] == list(probs.argmax(1))
+    np.testing.assert_allclose([r["score"] for r in rows], probs.max(1), rtol=1e-4)
