@@ -105,3 +105,17 @@ def test_finetune_appended_to_a_sweep_shows_in_its_report(tiny_sweep, tmp_path):
     report = (tmp_path / "run" / "report.md").read_text()
     assert "finetune:head" in report
     assert len(json.loads((tmp_path / "run" / "results.json").read_text())["rows"]) == 3
+
+
+def test_two_backbones_share_the_relative_depth_axis(tiny_sweep):
+    cfg = SweepConfig(**{**tiny_sweep, "backbone": "lite0,torchvision:resnet18", "weights": "random",
+                         "heads": "knn", "layers": "all"})
+    rows = sweep(cfg, progress=False)["rows"]
+    by = {}
+    for r in rows:
+        by.setdefault(r["backbone"], []).append((int(r["depth"]), float(r["rel_depth"]), r["layer"]))
+    assert [l for _, _, l in sorted(by["torchvision:resnet18"])] == ["relu", "layer1", "layer2", "layer3", "layer4"]
+    assert len(by["lite0"]) == 9
+    for pts in by.values():
+        rel = [r for _, r, _ in sorted(pts)]
+        assert rel[0] == 0.0 and rel[-1] == 1.0 and rel == sorted(rel)
