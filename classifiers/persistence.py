@@ -11,7 +11,6 @@ Both files are written atomically (temporary file in the same folder, then ``os.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -22,6 +21,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 
+from features.backbones import sha256_file as file_sha256
 from features.errors import UserInputError
 
 HEAD_FILE = "head.joblib"
@@ -39,15 +39,6 @@ def library_versions() -> dict:
         except metadata.PackageNotFoundError:
             versions[dist] = None
     return versions
-
-
-def file_sha256(path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _jsonable(value):
