@@ -172,3 +172,14 @@ def test_flipped_bytes_in_a_feature_chunk_are_detected(tmp_path, tiny_npz, lite0
     raw[offset + 100] ^= 0xFF
     path.write_bytes(bytes(raw))
     assert any("damaged" in p for p in verify(path))
+
+
+def test_a_plan_that_does_not_fit_the_disk_is_refused_with_the_numbers(tmp_path, tiny_npz, lite0, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10_000, 9_000, 1_000))
+    with pytest.raises(UserInputError, match=r"needs 0\.\d MB but .* has 0\.0 MB free"):
+        extract(f"npz:{tiny_npz}", lite0, layers="bn2", image_size=32, cache_dir=tmp_path, progress=False)
+    assert list(tmp_path.glob("*.h5")) == []
