@@ -37,7 +37,6 @@ accuracies) can then differ by points; lower ``tol`` when large-C solutions matt
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
@@ -133,9 +132,9 @@ def fit_logreg_path(
         Arithmetic of the solve (float64: slower, for tolerances below float32's reach).
     num_threads : int, optional
         Torch CPU threads during the solve (restored after). Default: one for small problems,
-        whose many small operations thread badly, else half the CPU cores (at most torch's
-        setting): spinning OpenMP threads slow down by 10x or more on a machine shared with
-        other jobs.
+        whose many small operations thread badly, else torch's setting (all cores in a plain
+        process, cores / n_jobs inside joblib's workers). On a machine shared with other jobs,
+        pass fewer: spinning OpenMP threads slow down by 10x or more under contention.
 
     Returns
     -------
@@ -172,7 +171,9 @@ def fit_logreg_path(
     source = RowSource(X, device, memory_budget, tdtype)
     if num_threads is None:
         small = source.n * source.d * Cs.size * K < _SMALL_WORK
-        num_threads = 1 if small else min(torch.get_num_threads(), max(1, (os.cpu_count() or 2) // 2))
+        # torch's own count: every core in a plain process, and what joblib allots inside its workers
+        # (loky sets OMP_NUM_THREADS to cores / n_jobs), so parallel fits do not oversubscribe.
+        num_threads = 1 if small else torch.get_num_threads()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(num_threads)))
     try:
