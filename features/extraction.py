@@ -24,7 +24,7 @@ from . import cache as fcache
 from .backbones import Backbone, build_backbone, resolve_device
 from .data import Dataset, default_data_root, load_dataset
 from .errors import UserInputError
-from .layers import LayerInfo, catalog, default_layers
+from .layers import LayerInfo, catalog, default_layers, resolve_names
 from .pooling import Pooling, parse_pooling
 from .preprocess import ImageFiles, interpolation_mode, normalize_batch, to_rgb_uint8
 
@@ -147,12 +147,11 @@ def extract(data, backbone="lite0", layers="all", pool="gap", image_size: int | 
     dataset = load_dataset(data, seed=seed)
     bb = build_backbone(backbone, weights=weights, seed=seed)
     size = int(image_size or bb.input_size)
-    wanted = catalog(bb.model, layers, pooling, size, dtype)
-    # depth = position among the default catalog plus what was asked for, in forward order
-    union = list(dict.fromkeys(default_layers(bb.model) + [i.name for i in wanted]))
-    depth = {i.name: i.depth for i in catalog(bb.model, union, pooling, size, dtype)}
-    wanted = [LayerInfo(i.name, depth[i.name], i.channels, i.stride, i.raw_shape, i.dim, i.bytes_per_image)
-              for i in wanted]
+    # one probe over the default catalog plus what was asked for: depth is the position in that
+    # forward order, so a layer has the same depth whichever others are requested with it
+    requested = resolve_names(bb.model, layers)
+    union = list(dict.fromkeys(default_layers(bb.model) + requested))
+    wanted = [i for i in catalog(bb.model, union, pooling, size, dtype) if i.name in set(requested)]
     meta = {"format_version": fcache.FORMAT_VERSION, "data": dataset.spec, "data_name": dataset.short_name,
             "data_fingerprint": dataset.fingerprint, "backbone": bb.spec, "arch": bb.arch, "weights": bb.weights,
             "weights_sha256": bb.weights_sha256, "image_size": size, "resize": f"antialias-{interpolation_mode(bb.interpolation)}",

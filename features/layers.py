@@ -121,8 +121,7 @@ def catalog(model: nn.Module, layers: "str | list[str]" = "all", pool: "str | Po
     if dtype not in DTYPE_BYTES:
         raise UserInputError(f"unknown dtype '{dtype}'; use float16 or float32")
     defaults = _candidates(model)
-    if isinstance(layers, str):
-        layers = defaults if layers.strip() in ("all", "") else [s.strip() for s in layers.split(",") if s.strip()]
+    layers = resolve_names(model, layers)
     mods = dict(model.named_modules())
     unknown = [n for n in layers if n not in mods or n == ""]
     if unknown:
@@ -142,6 +141,15 @@ def catalog(model: nn.Module, layers: "str | list[str]" = "all", pool: "str | Po
         out.append(LayerInfo(name, depth, int(ch), _stride(shape, image_size), shape, int(dim),
                              int(dim * DTYPE_BYTES[dtype])))
     return out
+
+
+def resolve_names(model: nn.Module, layers: "str | list[str]") -> list[str]:
+    """``"all"`` (or empty) -> the default catalog; a comma-separated string -> its names; a list as is."""
+    if isinstance(layers, str):
+        if layers.strip() in ("all", ""):
+            return _candidates(model)
+        return [s.strip() for s in layers.split(",") if s.strip()]
+    return list(layers)
 
 
 def default_layers(model: nn.Module) -> list[str]:

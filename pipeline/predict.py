@@ -48,8 +48,8 @@ def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progr
                           desc="predict", unit="batch"):
                 chunk = paths[s:s + batch_size]
                 x = torch.stack([preprocess_image(read_image(p), size, mean, std, bb.interpolation) for p in chunk])
-                feats = tap(x.to(dev))[layer].cpu().numpy().astype(meta.get("dtype", "float32"))
-                feats = feats.astype(np.float32)
+                # round to the cache's storage dtype, as the head's training rows were
+                feats = tap(x.to(dev))[layer].cpu().numpy().astype(meta.get("dtype", "float32")).astype(np.float32)
                 labels = head.predict(feats)
                 if hasattr(head, "predict_proba"):
                     scores = head.predict_proba(feats).max(axis=1)

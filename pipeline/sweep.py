@@ -18,7 +18,7 @@ from pathlib import Path
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
-from features import UserInputError, build_backbone, catalog, extract, load_dataset, read_status
+from features import UserInputError, build_backbone, catalog, extract, load_dataset
 from features.extraction import versions
 
 from .report import write_report
@@ -129,12 +129,11 @@ def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, *
                        device=cfg.device, progress=progress, log=lambda m: None)
         t_extract += time.perf_counter() - t0
         cache_files.append(str(path))
-        st = read_status(path)["splits"]["train"]["layers"]
         n_layers = len(infos)
         for rank, info in enumerate(infos):
             for head, shots, rep in itertools.product(cfg.heads, cfg.shots or [0], range(cfg.repeats)):
                 job = {"backbone": bspec, "weights": wspec, "layer": info.name, "depth": rank,
-                       "rel_depth": _rel_depth(rank, n_layers), "dim": st[info.name]["dim"], "head": head,
+                       "rel_depth": _rel_depth(rank, n_layers), "dim": info.dim, "head": head,
                        "repeat": rep, "seed": cfg.seed + rep, "cache_file": str(path), "pool": pool,
                        "image_size": side, "shots": shots, "preprocessing": cfg.preprocessing,
                        "val_fraction": cfg.val_fraction, "full_grid": cfg.full_grid}
