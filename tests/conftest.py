@@ -43,3 +43,14 @@ def lite0():
     from features import build_backbone
 
     return build_backbone("lite0")
+
+
+def write_pngs(images: np.ndarray, folder: Path, prefix: str = "img") -> list[Path]:
+    """Save uint8 images as lossless PNG files, in order; returns their paths."""
+    from PIL import Image
+
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(folder / f"{prefix}{i}.png")
+        Image.fromarray(img).save(paths[-1])
+    return paths

@@ -48,8 +48,8 @@ def bad_inputs(tmp_path):
 def test_bad_extract_input_is_one_line_exit_2_and_leaves_no_finished_file(bad_inputs, args, needle):
     cache = bad_inputs / "cache"
     args = [a.replace("{t}", str(bad_inputs)) for a in args]
-    out = run("extract", *args, "--image-size" if "--image-size" not in args else "--quiet",
-              *(["16"] if "--image-size" not in args else []), "--cache-dir", cache, "--quiet")
+    size = [] if "--image-size" in args else ["--image-size", "16"]
+    out = run("extract", *args, *size, "--cache-dir", cache, "--quiet")
     _assert_one_line_error(out, needle)
     for f in cache.glob("*.h5") if cache.exists() else []:
         st = read_status(f)

@@ -2,7 +2,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import ROOT, make_npz
+from tests.conftest import ROOT, make_npz, write_pngs
 
 
 def run(*args):
@@ -30,8 +30,6 @@ def test_finetune_cli_bad_input_is_one_line_exit_2(tmp_path):
 
 def test_predict_uses_a_finetuned_model_like_predict_finetuned(tmp_path):
     import numpy as np
-    from PIL import Image
-
     from pipeline.finetune_saved import load_finetuned, predict_finetuned
     from pipeline.predict import predict
 
@@ -39,10 +37,7 @@ def test_predict_uses_a_finetuned_model_like_predict_finetuned(tmp_path):
     assert run("--data", f"npz:{npz}", "--mode", "head", "--epochs", "1", "--image-size", "32", "--batch-size", "16",
                "--out", tmp_path / "ft", "--quiet").returncode == 0
     x = np.load(npz)["x_test"]
-    files = []
-    for i, img in enumerate(x):
-        files.append(tmp_path / f"{i}.png")
-        Image.fromarray(img).save(files[-1])
+    files = write_pngs(x, tmp_path)
     model, meta = load_finetuned(tmp_path / "ft")
     probs = predict_finetuned(model, meta, x)
     rows = predict(tmp_path / "ft", files, batch_size=5, progress=False)

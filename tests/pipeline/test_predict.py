@@ -8,7 +8,7 @@ from PIL import Image
 
 from features import extract
 from pipeline.predict import predict
-from tests.conftest import ROOT, make_npz
+from tests.conftest import ROOT, make_npz, write_pngs
 
 
 @pytest.fixture
@@ -27,10 +27,7 @@ def test_predict_on_png_files_matches_the_head_on_cached_rows(trained):
 
     tmp_path, npz, path = trained
     x = np.load(npz)["x_test"]
-    files = []
-    for i, img in enumerate(x):
-        files.append(tmp_path / f"img{i}.png")
-        Image.fromarray(img).save(files[-1])
+    files = write_pngs(x, tmp_path)
     head, meta = load_head(tmp_path / "head")
     with h5py.File(path, "r") as f:
         rows = f["test/features/blocks.2"][()].astype(np.float32)
