@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from features import build_backbone, extract  # noqa: E402
-from features.data import Dataset, Split  # noqa: E402
-from features.preprocess import normalize_batch, to_rgb_uint8  # noqa: E402
+from transferlab.features import build_backbone, extract  # noqa: E402
+from transferlab.features.data import Dataset, Split  # noqa: E402
+from transferlab.features.preprocess import normalize_batch, to_rgb_uint8  # noqa: E402
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_small.npz"
 

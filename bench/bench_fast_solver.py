@@ -30,8 +30,8 @@ from threadpoolctl import threadpool_limits
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from classifiers.fast_logreg import fit_logreg_path  # noqa: E402
-from classifiers.heads import default_grid  # noqa: E402
+from transferlab.classifiers.fast_logreg import fit_logreg_path  # noqa: E402
+from transferlab.classifiers.heads import default_grid  # noqa: E402
 
 
 def synthetic(n_train=5000, n_test=1000, dim=1280, seed=0):
@@ -47,7 +47,7 @@ def synthetic(n_train=5000, n_test=1000, dim=1280, seed=0):
 
 
 def cached(path, layer=None):
-    from classifiers.reader import list_layers, load_split
+    from transferlab.features.cache import list_layers, load_split
 
     layer = layer or list_layers(path)[-1]
     X, y, _ = load_split(path, "train", layer)

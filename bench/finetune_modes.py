@@ -49,7 +49,7 @@ def make_slice(src: Path, dst: Path, n_train: int, n_test: int, seed: int = 0) -
 
 
 def run_modes(npz: Path, work: Path, epochs: int, size: int) -> list:
-    from pipeline.finetune import finetune
+    from transferlab.finetuning import finetune
 
     rows = []
     for i, (label, mode, extra) in enumerate(RUNS):
@@ -67,10 +67,10 @@ def run_modes(npz: Path, work: Path, epochs: int, size: int) -> list:
 
 def kill_and_resume(npz: Path, work: Path) -> dict:
     """Kill -9 a fine-tuning subprocess after its first checkpoint, rerun it, compare with an unbroken run."""
-    from pipeline.finetune import finetune
+    from transferlab.finetuning import finetune
 
     kw = dict(mode="last:2", epochs=3, image_size=32, batch_size=32, max_train=300, progress=False)
-    code = ("import sys; sys.path.insert(0, %r); from pipeline.finetune import finetune; "
+    code = ("import sys; sys.path.insert(0, %r); from transferlab.finetuning import finetune; "
             "finetune(%r, out=%r, **%r)" % (str(ROOT), f"npz:{npz}", str(work / "killed"), kw))
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
     ckpt = work / "killed" / "checkpoint.pt"

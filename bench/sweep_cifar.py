@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline.report import best_per_curve  # noqa: E402
-from pipeline.sweep import SweepConfig, sweep  # noqa: E402
+from transferlab.pipeline.report import best_per_curve  # noqa: E402
+from transferlab.pipeline.sweep import SweepConfig, sweep  # noqa: E402
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_small.npz"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.errors import UserInputError
+from transferlab.util import UserInputError
 
 from ._validation import check_features
 

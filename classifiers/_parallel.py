@@ -7,7 +7,7 @@ from contextlib import contextmanager, nullcontext
 import joblib
 from joblib import Parallel, delayed
 
-from features.errors import UserInputError
+from transferlab.util import UserInputError
 
 
 def check_backend(backend: str | None) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.errors import UserInputError
+from transferlab.util import UserInputError
 
 
 def check_features(X, name: str = "features") -> np.ndarray:

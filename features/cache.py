@@ -1,26 +1,39 @@
-"""HDF5 feature cache: one file per extraction key, resumable, checksummed, verifiable.
+"""The HDF5 feature cache: the one module that knows its layout; it writes, reads and verifies it.
 
-Layout (CONTRACT.md)::
+Layout (the interface contract's, extended)::
 
-    /                          attrs: format_version, key, backbone, arch, weights, weights_sha256,
-                                      image_size, resize, mean, std, pooling, dtype, data,
-                                      data_fingerprint, class_names (JSON), versions (JSON)
+    /                          attrs: format_version, key, data, data_name, data_fingerprint,
+                                      class_names (JSON), catalog (JSON: the backbone's default
+                                      layers in forward order), versions (JSON), and the resolved
+                                      extraction spec (features.spec): backbone, weights, seed,
+                                      image_size, pooling, dtype, arch, weights_sha256, mean, std,
+                                      interpolation, resize
     /<split>/labels            int64 (N,)
     /<split>/ids               int64 (N,) stable sample ids (row i holds sample ids[i])
     /<split>/features/<layer>  float16 or float32 (N, D), chunked by rows, fletcher32;
-                               attrs: depth, raw_shape, pooling, n_done, complete
+                               attrs: depth, rel_depth, raw_shape, pooling, n_done, complete
     /<split>                   attrs: n_total, n_done, complete
 
-The key hashes (data fingerprint, backbone, weights fingerprint, preprocessing, pooling, dtype); the
-split is a group inside the file, and layers asked for later go into the same file. Every dataset
-carries HDF5's fletcher32 checksum, so damage is detected on read. ``n_done`` is committed only after
-the rows it covers are flushed and ``complete`` is set last, so a file is never taken as finished
-work before it is, and a crash at any moment leaves a file that resumes from ``n_done``. A lock file
-beside the cache file keeps two processes from writing the same key at once.
+Integrity rule
+--------------
+- *Key.* The file name ends in the first 12 hex digits of the key, a SHA-256 over the data
+  fingerprint, the cache format version and the spec's deciding fields (architecture, weights
+  fingerprint, image size, resize, mean, std, pooling, dtype). Another key never reuses the file:
+  a file whose stored key differs, or that cannot be read, is moved aside (``*.damaged-<time>``),
+  never deleted.
+- *Complete.* A layer of a split is finished work when its ``complete`` attribute is true and its
+  ``n_done`` equals the split's ``n_total``; completeness is per layer, so an interrupted run that
+  was adding one layer leaves the finished layers usable. ``n_done`` is raised only after the rows
+  it covers are flushed, and ``complete`` is set last.
+- *Crash.* A kill at any moment leaves a file that resumes from each layer's ``n_done``. A split's
+  own ``n_done``/``complete`` summarise its layers (for ``cache ls``); readers decide per layer.
+- *Damage.* Every dataset carries HDF5's fletcher32 checksum, so a flipped byte is detected on read;
+  :func:`verify` reads every byte.
+- *Concurrency.* ``<file>.lock`` (an flock, released when the process dies) keeps two processes
+  from writing one key at once.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -30,28 +43,36 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .errors import UserInputError
+from transferlab.util import UserInputError, library_versions, sha256_json
+
+from .spec import ExtractionSpec
 
 FORMAT_VERSION = 1
-KEY_FIELDS = ("format_version", "data_fingerprint", "arch", "weights_sha256", "image_size", "resize",
-              "mean", "std", "pooling", "dtype")
 SUFFIX = ".h5"
+_RERUN = "rerun `transferlab extract` to finish it"
 
 
-def compute_key(meta: dict) -> str:
-    """sha256 over the fields that decide what the features are (not over the split or the layers)."""
-    payload = {k: meta[k] for k in KEY_FIELDS}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()
+# --- names and keys -------------------------------------------------------------------------------
+
+def compute_key(spec: ExtractionSpec, data_fingerprint: str) -> str:
+    """SHA-256 over what decides the features (not over the split or the layers)."""
+    return sha256_json({"format_version": FORMAT_VERSION, "data_fingerprint": data_fingerprint, **spec.key_fields()})
 
 
-def file_name(meta: dict, key: str) -> str:
+def file_name(spec: ExtractionSpec, data_name: str, key: str) -> str:
     def slug(s):
         return "".join(c if c.isalnum() or c in "-" else "-" for c in str(s)).strip("-")[:40]
 
-    parts = [meta["data_name"], meta["backbone"].split(":")[-1],
-             "imagenet" if meta["weights"] == "imagenet" else ("random" if meta["weights"] == "random" else "file"),
-             f"{meta['image_size']}px", meta["pooling"].replace(":", ""), meta["dtype"]]
+    weights = spec.weights if spec.weights in ("imagenet", "random") else "file"
+    parts = [data_name, spec.backbone.split(":")[-1], weights, f"{spec.image_size}px",
+             spec.pooling.replace(":", ""), spec.dtype]
     return "_".join(slug(p) for p in parts) + f"_{key[:12]}{SUFFIX}"
+
+
+def cache_path(cache_dir: "str | Path", spec: ExtractionSpec, dataset) -> tuple[Path, str]:
+    """``(path, key)`` of the cache file for a resolved spec and a data set."""
+    key = compute_key(spec, dataset.fingerprint)
+    return Path(cache_dir) / file_name(spec, dataset.short_name, key), key
 
 
 @contextmanager
@@ -73,8 +94,117 @@ def locked(path: Path, timeout: float = -1, notify=None):
 
 
 def _attr(v):
-    return v.decode() if isinstance(v, bytes) else v
+    if isinstance(v, bytes):
+        v = v.decode()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
 
+
+# --- writing --------------------------------------------------------------------------------------
+
+class CacheWriter:
+    """Writes one cache file under the integrity rule above; use as a context manager.
+
+    Parameters
+    ----------
+    path : Path
+        The cache file (created when missing; moved aside when its key differs or it is unreadable).
+    key : str
+        :func:`compute_key` of ``spec`` and the data.
+    spec : ExtractionSpec
+        Resolved spec, written whole as root attributes.
+    dataset : features.data.Dataset
+        Its spec, name, fingerprint and class names become root attributes.
+    catalog : list of str
+        The backbone's default layers in forward order (the depth axis).
+    log : callable
+        Receives warnings (a file moved aside).
+    """
+
+    def __init__(self, path: Path, key: str, spec: ExtractionSpec, dataset, catalog: list, log=print):
+        self.path, self.created = Path(path), not Path(path).exists()
+        if not self.created:
+            st = read_status(self.path)
+            if st is None or st["attrs"].get("key") != key:
+                moved = quarantine(self.path)
+                log(f"warning: {self.path.name} could not be read back (or has another key); moved it to "
+                    f"{moved.name} and starting afresh")
+                self.created = True
+        self.f = h5py.File(self.path, "a")
+        if self.created:
+            attrs = {k: v for k, v in spec.to_dict().items() if v is not None}
+            attrs.update(format_version=FORMAT_VERSION, key=key, data=dataset.spec, data_name=dataset.short_name,
+                         data_fingerprint=dataset.fingerprint, class_names=json.dumps(list(dataset.class_names)),
+                         catalog=json.dumps(list(catalog)), versions=json.dumps(library_versions()))
+            self.f.attrs.update(attrs)
+            self.f.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def prepare(self, split, infos, chunk_bytes: int = 1 << 20) -> int:
+        """Create the split's labels, ids and one dataset per layer; return the first row to compute.
+
+        ``split`` is a :class:`features.data.Split`; ``infos`` are :class:`features.layers.LayerInfo`.
+        """
+        n = len(split)
+        grp = self.f.require_group(split.name)
+        if "labels" not in grp:
+            grp.create_dataset("labels", data=split.labels, fletcher32=True)
+            grp.create_dataset("ids", data=split.ids, fletcher32=True)
+            grp.attrs.update({"n_total": n, "n_done": 0, "complete": False})
+        elif grp["labels"].shape != (n,) or not np.array_equal(grp["labels"][()], split.labels):
+            raise UserInputError(f"{self.path}:{split.name} holds other labels than the data set; "
+                                 f"`transferlab cache rm {self.path}` and extract again")
+        feats = grp.require_group("features")
+        dtype = self.f.attrs["dtype"]
+        pooling = _attr(self.f.attrs["pooling"])
+        for i in infos:
+            if i.name not in feats:
+                rows = int(max(1, min(n, chunk_bytes // (i.dim * (2 if dtype == "float16" else 4)))))
+                ds = feats.create_dataset(i.name, shape=(n, i.dim), maxshape=(None, i.dim), dtype=dtype,
+                                          chunks=(rows, i.dim), fletcher32=True)
+                ds.attrs.update({"depth": i.depth, "rel_depth": i.rel_depth, "raw_shape": list(i.raw_shape),
+                                 "pooling": pooling, "n_done": 0, "complete": False})
+        grp.attrs["complete"] = False
+        self.f.flush()
+        return min(int(feats[i.name].attrs["n_done"]) for i in infos)
+
+    def write(self, split: str, start: int, rows: dict) -> int:
+        """Store rows ``start:start+B`` of each layer, flush, then commit ``n_done``; returns the new end."""
+        grp = self.f[split]
+        feats = grp["features"]
+        end = start
+        for name, arr in rows.items():
+            end = start + arr.shape[0]
+            feats[name][start:end] = arr
+        self.f.flush()  # rows on disk before n_done says so
+        for name in rows:
+            feats[name].attrs["n_done"] = end
+        grp.attrs["n_done"] = min(int(d.attrs["n_done"]) for d in feats.values())
+        self.f.flush()
+        return end
+
+    def finish(self, split: str, names) -> None:
+        """Mark the layers complete (last), then the split's summary."""
+        grp = self.f[split]
+        feats = grp["features"]
+        for name in names:
+            feats[name].attrs["complete"] = True
+        self.f.flush()
+        done = [int(d.attrs["n_done"]) for d in feats.values()]
+        grp.attrs["n_done"] = min(done)
+        grp.attrs["complete"] = all(bool(d.attrs["complete"]) for d in feats.values())
+        self.f.flush()
+
+
+# --- status and management ------------------------------------------------------------------------
 
 def split_status(grp: h5py.Group) -> dict:
     layers = {}
@@ -93,27 +223,22 @@ def read_status(path: "str | Path") -> dict | None:
     try:
         with h5py.File(path, "r") as f:
             attrs = {k: _attr(v) for k, v in f.attrs.items()}
-            for k in ("mean", "std"):
-                if k in attrs:
-                    attrs[k] = [float(x) for x in np.atleast_1d(attrs[k])]
             splits = {name: split_status(g) for name, g in f.items() if isinstance(g, h5py.Group)}
     except (OSError, KeyError, ValueError):
         return None
     return {"attrs": attrs, "splits": splits}
 
 
+def layer_complete(split_st: dict | None, layer: str) -> bool:
+    ls = (split_st or {}).get("layers", {}).get(layer)
+    return ls is not None and ls["complete"] and ls["n_done"] == split_st["n_total"]
+
+
 def is_complete(status: dict | None, splits, layers) -> bool:
+    """Whether every named layer of every named split is finished work."""
     if not status:
         return False
-    for s in splits:
-        st = status["splits"].get(s)
-        if st is None:
-            return False
-        for layer in layers:
-            ls = st["layers"].get(layer)
-            if ls is None or not ls["complete"] or ls["n_done"] != st["n_total"]:
-                return False
-    return True
+    return all(layer_complete(status["splits"].get(s), layer) for s in splits for layer in layers)
 
 
 def cache_files(cache_dir: "str | Path") -> list[Path]:
@@ -205,3 +330,123 @@ def quarantine(path: Path) -> Path:
     target = path.with_name(path.name + f".damaged-{time.strftime('%Y%m%d-%H%M%S')}")
     os.replace(path, target)
     return target
+
+
+# --- reading finished work ------------------------------------------------------------------------
+
+def _open(features_file) -> h5py.File:
+    path = os.fspath(features_file)
+    if not os.path.isfile(path):
+        raise UserInputError(f"features file {path} does not exist: run `transferlab extract` first, "
+                             "or pass the path it printed")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise UserInputError(f"features file {path} is not a readable HDF5 cache ({exc}): "
+                             "`transferlab cache verify` says why; rebuild it with `transferlab extract`") from None
+
+
+def read_cache_meta(features_file) -> dict:
+    """Root attributes of a cache as plain Python values (JSON ones decoded), plus ``path`` and ``splits``.
+
+    Examples
+    --------
+    >>> read_cache_meta("data/cache/digits_lite0_....h5")["image_size"]  # doctest: +SKIP
+    64
+    """
+    with _open(features_file) as f:
+        meta = {k: _attr(v) for k, v in f.attrs.items()}
+        meta["splits"] = [name for name in f if isinstance(f[name], h5py.Group)]
+    for key in ("versions", "class_names", "catalog"):
+        if isinstance(meta.get(key), str):
+            try:
+                meta[key] = json.loads(meta[key])
+            except json.JSONDecodeError:
+                pass
+    meta["path"] = os.path.abspath(os.fspath(features_file))
+    return meta
+
+
+def read_spec(features_file) -> ExtractionSpec:
+    """The resolved extraction spec stored in a cache file."""
+    return ExtractionSpec.from_dict(read_cache_meta(features_file))
+
+
+def _split_group(f: h5py.File, split: str) -> h5py.Group:
+    if split not in f or not isinstance(f[split], h5py.Group):
+        present = ", ".join(n for n in f if isinstance(f[n], h5py.Group)) or "none"
+        raise UserInputError(f"split {split!r} is not in {f.filename} (splits: {present}): {_RERUN}")
+    return f[split]
+
+
+def _layers(group: h5py.Group) -> list[str]:
+    if "features" not in group:
+        return []
+    feats = group["features"]
+    names = []
+    feats.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return sorted(names, key=lambda n: (int(feats[n].attrs.get("depth", 1 << 30)), n))
+
+
+def list_layers(features_file, split: str = "train") -> list[str]:
+    """Layer names stored for a split, in depth order (generic to specialised).
+
+    Examples
+    --------
+    >>> list_layers("cache/digits-lite0.h5")  # doctest: +SKIP
+    ['blocks.0', 'blocks.1', 'blocks.2', 'bn2']
+    """
+    with _open(features_file) as f:
+        return _layers(_split_group(f, split))
+
+
+def _layer_dataset(f, split, layer, finished=True) -> h5py.Dataset:
+    group = _split_group(f, split)
+    if "features" not in group or layer not in group["features"] or not isinstance(group["features"][layer], h5py.Dataset):
+        valid = _layers(group)
+        listing = ", ".join(valid) if valid else "none: extract some layers first"
+        raise UserInputError(f"layer {layer!r} is not in split {split!r} of {f.filename}; valid layers: {listing}")
+    ds = group["features"][layer]
+    if ds.ndim != 2:
+        raise UserInputError(f"layer {layer!r} of {f.filename} has shape {ds.shape}, not (rows, dims): "
+                             "rebuild the cache with `transferlab extract`")
+    if finished:
+        n_total = int(group.attrs.get("n_total", -1))
+        n_done = int(ds.attrs.get("n_done", -1))
+        if not bool(ds.attrs.get("complete", False)) or n_done != n_total:
+            raise UserInputError(f"layer {layer!r} of split {split!r} in {f.filename} is incomplete "
+                                 f"({n_done}/{n_total} rows done): {_RERUN}")
+    return ds
+
+
+def layer_info(features_file, layer: str, split: str = "train") -> dict:
+    """``{"layer", "depth", "rel_depth", "dim", "dtype", "pooling", "raw_shape"}`` of one stored layer."""
+    with _open(features_file) as f:
+        ds = _layer_dataset(f, split, layer, finished=False)
+        return {"layer": layer, "depth": int(ds.attrs.get("depth", -1)),
+                "rel_depth": float(ds.attrs.get("rel_depth", float("nan"))), "dim": int(ds.shape[1]),
+                "dtype": str(ds.dtype), "pooling": _attr(ds.attrs.get("pooling")),
+                "raw_shape": _attr(ds.attrs.get("raw_shape"))}
+
+
+def load_split(features_file, split: str, layer: str):
+    """Features, labels and sample ids of one finished split and layer.
+
+    Returns
+    -------
+    X : ndarray of float32, shape (N, D)
+    y : ndarray of int64, shape (N,)
+    ids : ndarray of int64, shape (N,)
+    """
+    with _open(features_file) as f:
+        ds = _layer_dataset(f, split, layer)
+        group = f[split]
+        if "labels" not in group:
+            raise UserInputError(f"split {split!r} of {f.filename} has no labels: {_RERUN}")
+        y = np.asarray(group["labels"][()], dtype=np.int64)
+        ids = np.asarray(group["ids"][()], dtype=np.int64) if "ids" in group else np.arange(y.size, dtype=np.int64)
+        if ds.shape[0] != y.size or ids.size != y.size:
+            raise UserInputError(f"layer {layer!r} of split {split!r} in {f.filename} has {ds.shape[0]} rows for "
+                                 f"{y.size} labels: {_RERUN}")
+        X = np.asarray(ds[()], dtype=np.float32)
+    return X, y, ids

@@ -1,6 +1,6 @@
 """Data specs: turn ``--data`` strings into labelled image splits with a content fingerprint.
 
-Specs (see CONTRACT.md):
+Specs (the interface contract's ``--data``):
 
 ``digits``
     scikit-learn's handwritten digits (8x8 grey, 1,797 images), split into ``train`` and ``test``
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserInputError
+from transferlab.util import UserInputError
 
 SPLITS = ("train", "val", "test")
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}

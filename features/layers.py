@@ -6,8 +6,17 @@ A layer is named by its module path in the backbone as built, exactly as ``model
 spells it (the scheme of torchvision's ``feature_extraction``): ``blocks.3`` for EfficientNet,
 ``layer2`` for a ResNet, ``features.7`` for a VGG. Its features are the module's *output*, taken
 after the module has run (for EfficientNet blocks: the block's output; for ResNet stages: the
-stage's output). Depth is the position in the order of the forward pass, which is measured by one
-probe forward pass with hooks, not assumed from registration order.
+stage's output). Order is the order of the forward pass, measured by one probe forward pass with
+hooks, not assumed from registration order.
+
+Depth: one definition
+---------------------
+The depth axis is the backbone's default catalog (below), in forward order: catalog layer ``i`` has
+depth ``i`` and relative depth ``i / (n - 1)`` (0 = stem, 1 = the last catalog layer). Any other
+module has the depth of the first catalog layer whose output comes at or after its own (a module
+inside ``blocks.2`` has the depth of ``blocks.2``; a module after the last one, ``n``). So a layer's
+depth never depends on which other layers were asked for with it. :func:`catalog` computes it, the
+cache stores it per layer (``depth``, ``rel_depth``), and everything downstream reads it from there.
 
 Default set (``--layers all``): the stem, every stage or block group, and the head's last
 activation. For timm EfficientNet/MobileNet: ``bn1``, ``blocks.0`` .. ``blocks.N``, ``bn2``; for
@@ -26,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import UserInputError
+from transferlab.util import UserInputError
 from .pooling import Pooling, parse_pooling
 
 CLASSIFIER_NAMES = ("fc", "classifier", "head", "heads", "global_pool", "avgpool", "pre_logits", "fc_norm")
@@ -36,7 +45,8 @@ DTYPE_BYTES = {"float16": 2, "float32": 4}
 @dataclass(frozen=True)
 class LayerInfo:
     name: str
-    depth: int  # 0-based position in forward order among the catalog
+    depth: int  # position on the catalog's depth axis (module docstring)
+    rel_depth: float  # depth / (catalog size - 1)
     channels: int
     stride: int
     raw_shape: tuple  # (C, H, W) at the probed image size
@@ -44,7 +54,7 @@ class LayerInfo:
     bytes_per_image: int
 
     def as_row(self) -> dict:
-        return {"layer": self.name, "depth": self.depth, "channels": self.channels, "stride": self.stride,
+        return {"layer": self.name, "depth": self.depth, "rel_depth": self.rel_depth, "channels": self.channels, "stride": self.stride,
                 "raw_shape": "x".join(map(str, self.raw_shape)), "dim": self.dim,
                 "bytes_per_image": self.bytes_per_image}
 
@@ -128,18 +138,25 @@ def catalog(model: nn.Module, layers: "str | list[str]" = "all", pool: "str | Po
         raise UserInputError(
             f"unknown layer{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; valid layers: "
             f"{', '.join(defaults)} (or any module path of model.named_modules())")
-    shapes = probe(model, list(dict.fromkeys(layers)), image_size)
+    shapes = probe(model, list(dict.fromkeys(defaults + layers)), image_size)
     missing = [n for n in layers if n not in shapes]
     if missing:
         raise UserInputError(f"layer {', '.join(missing)} is not run by the forward pass (or gives no tensor); "
                              f"choose from {', '.join(defaults)}")
+    order = list(shapes)
+    axis = [n for n in order if n in defaults]
+    n_axis = len(axis)
+    wanted = set(layers)
     out = []
-    for depth, (name, shape) in enumerate(shapes.items()):
+    for pos, (name, shape) in enumerate(shapes.items()):
+        if name not in wanted:
+            continue
+        depth = next((i for i, a in enumerate(axis) if order.index(a) >= pos), n_axis)
         flat = len(shape) == 1
         ch = shape[0] if len(shape) != 2 else shape[1]  # (L, C) token maps
         dim = pooling.dim(ch, flat=flat)
-        out.append(LayerInfo(name, depth, int(ch), _stride(shape, image_size), shape, int(dim),
-                             int(dim * DTYPE_BYTES[dtype])))
+        out.append(LayerInfo(name, depth, round(depth / (n_axis - 1), 4) if n_axis > 1 else 1.0, int(ch),
+                             _stride(shape, image_size), shape, int(dim), int(dim * DTYPE_BYTES[dtype])))
     return out
 
 

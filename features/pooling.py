@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .errors import UserInputError
+from transferlab.util import UserInputError
 
 VALID = "gap, gmp, gap+gmp or grid:K (K >= 1)"
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .errors import UserInputError
+from transferlab.util import UserInputError
 
 
 def to_rgb_uint8(images: np.ndarray) -> np.ndarray:

@@ -1,6 +1,6 @@
 """``transferlab`` command line: each subcommand parses, calls one function of the Python API, prints.
 
-Errors the user can fix (:class:`features.errors.UserInputError`) print one line and exit 2.
+Errors the user can fix (:class:`transferlab.UserInputError`) print one line and exit 2.
 """
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import json
 import sys
 from pathlib import Path
 
-from features.errors import UserInputError
+from transferlab.util import UserInputError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error form: one line, ``error: ...``, exit 2 (no usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -29,10 +36,22 @@ def _add_backbone_args(p, default_backbone="lite0"):
     p.add_argument("--seed", type=int, default=0, help="seed for random weights and data splits")
 
 
+def _image_size(text: str) -> int:
+    from transferlab.features.spec import parse_image_size
+
+    try:
+        return parse_image_size(text)
+    except UserInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+IMAGE_SIZE_HELP = "input side in pixels (default 64; 0 = the backbone's own)"
+
+
 def _add_extract_args(p):
     p.add_argument("--layers", default="all", help="comma-separated module paths, or all (the default catalog)")
     p.add_argument("--pool", default="gap", help="gap, gmp, gap+gmp or grid:K")
-    p.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the backbone's own)")
+    p.add_argument("--image-size", type=_image_size, default=None, help=IMAGE_SIZE_HELP)
     p.add_argument("--dtype", default="float16", help="storage dtype: float16 or float32")
     p.add_argument("--cache-dir", default=None, help="cache directory (default: data/cache)")
     p.add_argument("--batch-size", type=_positive_int, default=64)
@@ -41,15 +60,17 @@ def _add_extract_args(p):
 
 
 def cmd_layers(a):
-    from features import build_backbone, catalog
+    from transferlab.features import ExtractionSpec, build_backbone, catalog
 
-    bb = build_backbone(a.backbone, weights=a.weights, seed=a.seed)
-    size = a.image_size or bb.input_size
-    infos = catalog(bb.model, a.layers, a.pool, size, a.dtype)
+    spec = ExtractionSpec(a.backbone, a.weights, a.seed, a.image_size, a.pool, a.dtype)
+    bb = build_backbone(spec.backbone, weights=spec.weights, seed=spec.seed)
+    spec = spec.resolve(bb)
+    infos = catalog(bb.model, a.layers, spec.pool, spec.image_size, spec.dtype)
     if a.json:
         print(json.dumps([i.as_row() for i in infos], indent=2))
         return
-    print(f"# {bb.spec} ({bb.arch}), {size} px, pooling {a.pool}, {a.dtype}: generic (top) to specialised (bottom)")
+    print(f"# {bb.spec} ({bb.arch}), {spec.image_size} px, pooling {spec.pooling}, {spec.dtype}: "
+          f"generic (top) to specialised (bottom)")
     print(f"{'depth':>5}  {'layer':<16} {'channels':>8} {'stride':>6} {'raw (CxHxW)':>14} {'dim':>7} {'bytes/img':>9}")
     for i in infos:
         r = i.as_row()
@@ -57,17 +78,17 @@ def cmd_layers(a):
 
 
 def cmd_extract(a):
-    from features import extract
+    from transferlab.features import ExtractionSpec, extract
 
-    path = extract(a.data, a.backbone, layers=a.layers, pool=a.pool, image_size=a.image_size, dtype=a.dtype,
-                   weights=a.weights, seed=a.seed, cache_dir=a.cache_dir, batch_size=a.batch_size,
+    spec = ExtractionSpec(a.backbone, a.weights, a.seed, a.image_size, a.pool, a.dtype)
+    path = extract(a.data, layers=a.layers, spec=spec, cache_dir=a.cache_dir, batch_size=a.batch_size,
                    device=a.device, num_workers=a.workers, progress=not a.quiet)
     print(path)
 
 
 def cmd_cache(a):
-    from features import cache as fc
-    from features import default_cache_dir
+    from transferlab.features import cache as fc
+    from transferlab.features import default_cache_dir
 
     cdir = Path(a.cache_dir) if a.cache_dir else default_cache_dir()
     if a.action == "ls":
@@ -110,7 +131,7 @@ def cmd_cache(a):
 
 
 def cmd_train(a):
-    from classifiers import train_head
+    from transferlab.classifiers import train_head
 
     res = train_head(a.features, a.layer, a.head, out=a.out, preprocessing=a.preprocessing, pca=a.pca,
                      val_fraction=a.val_fraction, seed=a.seed, n_jobs=a.n_jobs, full_grid=a.full_grid)
@@ -122,7 +143,7 @@ def cmd_train(a):
 
 
 def cmd_predict(a):
-    from pipeline.predict import predict
+    from transferlab.pipeline.predict import predict
 
     rows = predict(a.model, a.images, batch_size=a.batch_size, device=a.device, progress=not a.json)
     if a.json:
@@ -133,13 +154,15 @@ def cmd_predict(a):
 
 
 def cmd_sweep(a):
-    from pipeline.sweep import SweepConfig, sweep
+    from dataclasses import fields
 
-    fields = SweepConfig.__dataclass_fields__
-    cfg = SweepConfig(**{k: v for k, v in vars(a).items() if k in fields and v is not None})
-    summary = sweep(cfg, progress=not a.quiet)
+    from transferlab.pipeline.report import best_per_curve
+    from transferlab.pipeline.sweep import SweepConfig, sweep
+
+    names = {f.name for f in fields(SweepConfig)}
+    cfg = SweepConfig(**{k: v for k, v in vars(a).items() if k in names and v is not None})
+    summary = sweep(cfg, progress=not a.quiet, log=lambda m: print(m, file=sys.stderr))
     out = Path(cfg.out)
-    from pipeline.report import best_per_curve
 
     for b in best_per_curve(summary["rows"])[:6]:
         print(f"best: {b['backbone']}/{b['weights']} {b['head']}{' ' + str(b['shots']) + '-shot' if b['shots'] else ''}"
@@ -150,26 +173,78 @@ def cmd_sweep(a):
 
 
 def cmd_finetune(a):
-    from pipeline.finetune import finetune
+    from transferlab.finetuning import FinetuneConfig, finetune
+    from transferlab.pipeline.sweep import append_finetune
 
-    kw = {k: v for k, v in vars(a).items() if k not in ("command", "func", "config")}
-    m = finetune(**kw)
+    cfg = FinetuneConfig(**{k: v for k, v in vars(a).items() if k in FinetuneConfig.field_names()})
+    m = finetune(cfg, progress=not a.quiet)
     val = m.get("val_accuracy")
-    print(f"{m.get('mode', a.mode)}: {m.get('epochs_run')} epoch(s), val_accuracy="
+    print(f"{m['mode']}: {m.get('epochs_run')} epoch(s), val_accuracy="
           f"{'n/a' if val is None else format(val, '.4f')}  test_accuracy={m['test_accuracy']:.4f}")
-    print(f"wrote {Path(m.get('out', a.out or '.')) / 'metrics.json'}")
+    if a.append_to:
+        print(f"appended to {append_finetune(a.append_to, m)}")
+    print(f"wrote {Path(m['out']) / 'metrics.json'} and {Path(m['out']) / 'model.pt'}")
+
+
+# finetune flags: help text here, defaults only in FinetuneConfig (absent flags leave its defaults)
+FINETUNE_FLAGS = [
+    ("--data", {"help": "digits, npz:PATH, folder:PATH or torchvision:NAME"}),
+    ("--backbone", {"help": "lite0, timm:NAME or torchvision:NAME"}),
+    ("--mode", {"help": "head, last:N, full or scratch"}),
+    ("--out", {"help": "run directory (checkpoint, metrics.json, model.pt; default runs/finetune_<data>_<backbone>_<mode>)"}),
+    ("--epochs", {"type": int}),
+    ("--lr", {"type": float, "help": "peak learning rate (default per mode)"}),
+    ("--weights", {"help": "imagenet, random or a weights file"}),
+    ("--image-size", {"type": _image_size, "help": IMAGE_SIZE_HELP}),
+    ("--batch-size", {"type": int}),
+    ("--optimizer", {"choices": ["adamw", "sgd"]}),
+    ("--weight-decay", {"type": float, "help": "default 0.01 (adamw) or 5e-4 (sgd)"}),
+    ("--warmup-epochs", {"type": float, "help": "default 10%% of the epochs"}),
+    ("--label-smoothing", {"type": float}),
+    ("--no-augment", {"dest": "augment", "action": "store_false", "help": "no random resized crop / flip"}),
+    ("--patience", {"type": int, "help": "early stopping after N epochs without val gain"}),
+    ("--val-fraction", {"type": float}),
+    ("--accumulate", {"type": int, "help": "gradient accumulation steps"}),
+    ("--device", {"help": "auto, cpu, cuda, cuda:N or mps"}),
+    ("--seed", {"type": int}),
+    ("--resume", {"action": argparse.BooleanOptionalAction, "help": "continue a matching run in --out"}),
+    ("--overwrite", {"action": "store_true", "help": "discard a run in --out with another config"}),
+    ("--init-head-from", {"help": "a train --out directory: linear probe, then fine-tune"}),
+    ("--max-train", {"type": int, "help": "use at most N training images"}),
+    ("--lr-spread", {"type": float, "help": "full mode: classifier lr / stem lr"}),
+    ("--amp", {"choices": ["auto", "off", "bf16", "fp16"]}),
+    ("--num-workers", {"type": int, "help": "DataLoader workers for image folders"}),
+    ("--bn-stats", {"choices": ["frozen", "update"], "help": "default frozen (scratch: update)"}),
+]
+
+
+def _add_finetune_args(p):
+    from dataclasses import fields
+
+    from transferlab.finetuning.config import FinetuneConfig
+
+    defaults = {f.name: f.default for f in fields(FinetuneConfig)}
+    p.add_argument("--config", default=None, help="TOML or YAML file with any of these flags")
+    for flag, kw in FINETUNE_FLAGS:
+        dest = kw.get("dest", flag[2:].replace("-", "_"))
+        default = defaults[dest]
+        if kw.get("action") not in ("store_true", "store_false") and default is not None:
+            kw = {**kw, "help": f"{kw.get('help', '')} (default: {default})".lstrip()}
+        p.add_argument(flag, default=argparse.SUPPRESS, **kw)
+    p.add_argument("--append-to", default=None, help="a sweep directory or results.csv to add the result to")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="transferlab", description=__doc__.splitlines()[0])
+    ap = _Parser(prog="transferlab", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("layers", help="list the extractable layers of a backbone, generic to specialised")
     _add_backbone_args(p)
-    p.add_argument("--layers", default="all")
-    p.add_argument("--pool", default="gap")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--dtype", default="float16")
+    p.add_argument("--layers", default="all", help="comma-separated module paths, or all (the default catalog)")
+    p.add_argument("--pool", default="gap", help="gap, gmp, gap+gmp or grid:K")
+    p.add_argument("--image-size", type=_image_size, default=None, help=IMAGE_SIZE_HELP)
+    p.add_argument("--dtype", default="float16", help="float16 or float32 (for the bytes per image)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_layers)
 
@@ -217,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", default=None, help="comma-separated heads (default logreg,svm)")
     p.add_argument("--layers", default=None, help="all (default) or comma-separated module paths")
     p.add_argument("--pool", default=None, help="comma-separated poolings (default gap)")
-    p.add_argument("--image-size", default=None, help="comma-separated sizes (default 64; 0 = the backbone's own)")
+    p.add_argument("--image-size", default=None, help="comma-separated input sides (default 64; 0 = the backbone's own)")
     p.add_argument("--dtype", default=None)
     p.add_argument("--shots", default=None, help="low-shot: comma-separated examples per class, e.g. 1,5,10,50")
     p.add_argument("--repeats", type=_positive_int, default=None, help="redraw validation split and seeds N times")
@@ -234,36 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("finetune", help="end-to-end training: head, last:N, full (low lr) or scratch")
-    p.add_argument("--config", default=None, help="TOML or YAML file with any of these flags")
-    p.add_argument("--data", default="digits", help="digits, npz:PATH, folder:PATH or torchvision:NAME")
-    p.add_argument("--backbone", default="lite0")
-    p.add_argument("--mode", default="head", help="head, last:N, full or scratch")
-    p.add_argument("--out", default=None, help="run directory (checkpoint, metrics.json, model.pt)")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default per mode)")
-    p.add_argument("--weights", default="imagenet")
-    p.add_argument("--image-size", type=int, default=None, help="default: the backbone's own")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--warmup-epochs", type=float, default=None)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="no random resized crop / flip")
-    p.add_argument("--patience", type=int, default=None, help="early stopping after N epochs without val gain")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--accumulate", type=int, default=1, help="gradient accumulation steps")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--overwrite", action="store_true", help="discard a run in --out with another config")
-    p.add_argument("--init-head-from", default=None, help="a train --out directory: linear probe, then fine-tune")
-    p.add_argument("--append-to", default=None, help="a sweep directory or results.csv to add the result to")
-    p.add_argument("--max-train", type=int, default=None, help="use at most N training images")
-    p.add_argument("--lr-spread", type=float, default=None, help="full mode: classifier lr / stem lr")
-    p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto")
-    p.add_argument("--num-workers", type=int, default=None)
-    p.add_argument("--bn-stats", choices=["frozen", "update"], default=None)
-    p.add_argument("--quiet", dest="progress", action="store_false")
+    _add_finetune_args(p)
     p.set_defaults(func=cmd_finetune)
     return ap
 
@@ -272,20 +318,11 @@ def main(argv=None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    if getattr(args, "config", None):
-        from pipeline.config import apply_config
-
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
-        try:
-            args = apply_config(parser, sub, argv, args)
-        except UserInputError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    if isinstance(getattr(args, "image_size", None), int) and args.image_size <= 0:
-        print(f"error: --image-size {args.image_size} must be a positive number of pixels, e.g. --image-size 64",
-              file=sys.stderr)
-        return 2
     try:
+        if getattr(args, "config", None):
+            from transferlab.pipeline.config import apply_config
+
+            args = apply_config(args, args.config)
         args.func(args)
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from features.errors import UserInputError
+from transferlab.util import UserInputError
 
 
 def load_config(path: "str | Path") -> dict:
@@ -35,15 +35,26 @@ def load_config(path: "str | Path") -> dict:
     return {k.replace("-", "_"): (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in data.items()}
 
 
-def apply_config(parser, sub_parser, argv, args):
-    """Re-parse ``argv`` with the config file's values as defaults of ``sub_parser``."""
-    if not getattr(args, "config", None):
-        return args
-    values = load_config(args.config)
-    known = {a.dest for a in sub_parser._actions}
+def config_fields(command: str) -> set:
+    """The keys a ``--config`` file may hold for ``sweep`` or ``finetune``: the fields of its config class."""
+    from dataclasses import fields
+
+    if command == "sweep":
+        from .sweep import SweepConfig as cls
+    else:
+        from transferlab.finetuning.config import FinetuneConfig as cls
+    return {f.name for f in fields(cls)}
+
+
+def apply_config(args, path):
+    """Fill ``args`` (an argparse namespace) from the config file wherever the command line left a flag out."""
+    values = load_config(path)
+    known = config_fields(args.command)
     unknown = sorted(set(values) - known)
     if unknown:
-        raise UserInputError(f"config file {args.config} has unknown keys {', '.join(unknown)}; "
-                             f"valid: {', '.join(sorted(known - {'help', 'config', 'func'}))}")
-    sub_parser.set_defaults(**values)
-    return parser.parse_args(argv)
+        raise UserInputError(f"config file {path} has unknown keys {', '.join(unknown)}; "
+                             f"valid: {', '.join(sorted(known))}")
+    for k, v in values.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    return args

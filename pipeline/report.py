@@ -1,4 +1,8 @@
-"""The sweep's report: ``depth_vs_accuracy.png`` and a self-contained ``report.md``."""
+"""The sweep's report: ``depth_vs_accuracy.png`` and a self-contained ``report.md``.
+
+Both are derived from ``results.csv`` and written whole and atomically (``transferlab.util``): a
+kill leaves the previous version, which the next run or ``finetune --append-to`` replaces.
+"""
 from __future__ import annotations
 
 import json
@@ -6,6 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from transferlab.util import atomic_write, write_json
 
 
 def _f(v, default=float("nan")):
@@ -75,7 +81,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Layer depth against accuracy")
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
     plt.close(fig)
 
 
@@ -159,9 +165,7 @@ def write_report(out: Path, summary: dict) -> Path:
               f"{timing['fits_reused']} reused from an earlier run).", "", "Cache files:", ""]
     lines += [f"- `{c}`" for c in summary["cache_files"]]
     lines += ["", "Configuration and versions: `results.json`."]
-    path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic_write(out / "report.md", "\n".join(lines) + "\n")
 
 
 def refresh_report(out: "str | Path") -> Path | None:
@@ -178,7 +182,5 @@ def refresh_report(out: "str | Path") -> Path | None:
         return None
     summary = json.loads(summary_path.read_text())
     summary["rows"] = read_rows(out / "results.csv")
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    tmp.replace(summary_path)
+    write_json(summary_path, summary)
     return write_report(out, summary)

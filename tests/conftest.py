@@ -40,7 +40,7 @@ def tiny_npz(tmp_path):
 
 @pytest.fixture(scope="session")
 def lite0():
-    from features import build_backbone
+    from transferlab.features import build_backbone
 
     return build_backbone("lite0")
 
@@ -54,3 +54,37 @@ def write_pngs(images: np.ndarray, folder: Path, prefix: str = "img") -> list[Pa
         paths.append(folder / f"{prefix}{i}.png")
         Image.fromarray(img).save(paths[-1])
     return paths
+
+
+from tests.cache_fixtures import (cache_no_val, cache_with_val, cache_writer, digits_arrays,  # noqa: E402,F401
+                                  split_data)
+
+
+class CliResult:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def run_cli(*args, cwd=None) -> CliResult:
+    """Run ``transferlab ARGS`` in this process through ``main(argv)``; output captured, exit code returned.
+
+    Tests use a subprocess only where a real process is the point (kill -9, locks, ``python -m``).
+    """
+    import contextlib
+    import io
+
+    from transferlab.pipeline.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:  # argparse errors
+                code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        os.chdir(old)
+    return CliResult(code, out.getvalue(), err.getvalue())

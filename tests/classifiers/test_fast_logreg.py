@@ -7,9 +7,9 @@ from scipy.special import softmax
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 
-from classifiers._batched_lbfgs import RowSource
-from classifiers.fast_logreg import BatchedLogisticRegressionCV, TorchLogisticRegression, fit_logreg_path
-from features.errors import UserInputError
+from transferlab.classifiers._batched_lbfgs import RowSource
+from transferlab.classifiers.fast_logreg import BatchedLogisticRegressionCV, TorchLogisticRegression, fit_logreg_path
+from transferlab.util import UserInputError
 
 
 def _sk(C, X, y):
@@ -87,14 +87,35 @@ def test_chunked_hdf5_gives_the_in_memory_result(digits_arrays, tmp_path):
 def test_cv_scores_are_validation_accuracies_and_pick_the_best(digits_arrays):
     X, y, Xv, yv = digits_arrays
     Cs = [1e-4, 1e-2, 1.0]
-    cv = BatchedLogisticRegressionCV(Cs=Cs, tol=1e-5, max_iter=1000).fit(X, y, Xv, yv)
+    cv = BatchedLogisticRegressionCV(Cs=Cs, tol=1e-5, max_iter=1000, refit=False).fit(X, y, Xv, yv)
     independent = [_sk(C, X, y).score(Xv, yv) for C in Cs]
     np.testing.assert_allclose(cv.scores_, independent, atol=0.005)
     assert cv.C_ == Cs[int(np.argmax(cv.scores_))]
     assert cv.score(Xv, yv) == pytest.approx(max(cv.scores_))
     assert cv.estimator_for(1e-2).score(Xv, yv) == pytest.approx(cv.scores_[1])
-    with pytest.raises(UserInputError, match="X_val"):
-        BatchedLogisticRegressionCV(Cs=Cs).fit(X, y)
+
+
+def test_cv_refits_on_train_and_val_at_the_chosen_c(digits_arrays):
+    X, y, Xv, yv = digits_arrays
+    cv = BatchedLogisticRegressionCV(Cs=[1e-4, 1e-2, 1.0], tol=1e-6, max_iter=1000).fit(X, y, Xv, yv)
+    direct = TorchLogisticRegression(C=cv.C_, tol=1e-6, max_iter=1000).fit(np.concatenate([X, Xv]),
+                                                                           np.concatenate([y, yv]))
+    assert _rel(cv.coef_, direct.coef_) < 1e-4
+
+
+def test_cv_plain_fit_holds_out_its_own_stratified_validation_rows(digits_arrays):
+    from sklearn.model_selection import train_test_split
+
+    X, y, _, _ = digits_arrays
+    Cs = [1e-4, 1e-2, 1.0]
+    cv = BatchedLogisticRegressionCV(Cs=Cs, tol=1e-5, max_iter=1000, val_fraction=0.25, random_state=3).fit(X, y)
+    tr, va = train_test_split(np.arange(len(y)), test_size=150, stratify=y, random_state=3)
+    independent = [_sk(C, X[tr], y[tr]).score(X[va], y[va]) for C in Cs]
+    np.testing.assert_allclose(cv.scores_, independent, atol=0.01)
+    assert "held-out" in cv.selection_ and cv.C_ == Cs[int(np.argmax(cv.scores_))]
+    # string labels work as in any scikit-learn classifier
+    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+    assert set(BatchedLogisticRegressionCV(Cs=Cs).fit(X, names[y]).predict(X[:20])) <= set(names)
 
 
 def test_estimator_follows_the_sklearn_contract(digits_arrays):

@@ -7,9 +7,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-from classifiers.fast_logreg import TorchLogisticRegression
-from classifiers.heads import adapt_to_data, available_heads, default_grid, default_preprocessing, make_head
-from features.errors import UserInputError
+from transferlab.classifiers.fast_logreg import TorchLogisticRegression
+from transferlab.classifiers.heads import adapt_to_data, available_heads, default_grid, default_preprocessing, make_head
+from transferlab.util import UserInputError
 
 DIRECT = {
     "svm": (dict(C=0.1), lambda: make_pipeline(Normalizer(), LinearSVC(C=0.1, random_state=0, max_iter=5000))),

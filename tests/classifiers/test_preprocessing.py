@@ -3,8 +3,8 @@ import pytest
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from classifiers.preprocessing import PREPROCESSING, describe_preprocessing, make_preprocessing
-from features.errors import UserInputError
+from transferlab.classifiers.preprocessing import PREPROCESSING, describe_preprocessing, make_preprocessing
+from transferlab.util import UserInputError
 
 
 def _fit(name, X, pca=None):

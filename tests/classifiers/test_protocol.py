@@ -2,9 +2,9 @@ import joblib
 import numpy as np
 import pytest
 
-from classifiers.heads import make_head
-from classifiers.protocol import sample_shots, select_and_fit, stratified_holdout
-from features.errors import UserInputError
+from transferlab.classifiers.heads import make_head
+from transferlab.classifiers.protocol import sample_shots, select_and_fit, stratified_holdout
+from transferlab.util import UserInputError
 
 
 @pytest.fixture

@@ -4,14 +4,15 @@ import h5py
 import numpy as np
 import pytest
 
-from classifiers.persistence import load_head
-from classifiers.reader import load_split
-from classifiers.train import train_head, train_layers
-from features.errors import UserInputError
+from transferlab.classifiers.persistence import load_head
+from transferlab.features.cache import load_split
+from transferlab.classifiers.train import train_head, train_layers
+from transferlab.util import UserInputError
 
-CONTRACT_FIELDS = {"layer", "backbone", "weights", "weights_sha256", "preprocessing", "pooling", "image_size", "mean",
-                   "std", "class_names", "data", "features_file", "key", "params", "val_accuracy", "test_accuracy",
-                   "report", "versions", "seed", "head_sha256"}
+CONTRACT_FIELDS = {"layer", "backbone", "weights", "preprocessing", "class_names", "data", "features_file", "key",
+                   "params", "val_accuracy", "test_accuracy", "report", "versions", "seed", "head_sha256", "extraction"}
+SPEC_FIELDS = {"backbone", "weights", "seed", "image_size", "pooling", "dtype", "arch", "weights_sha256", "mean", "std",
+               "interpolation", "resize"}
 
 
 def test_train_head_uses_the_val_split_and_saves_a_loadable_head(cache_with_val, tmp_path):
@@ -21,6 +22,7 @@ def test_train_head_uses_the_val_split_and_saves_a_loadable_head(cache_with_val,
     assert row["preprocessing"] == "l2" and set(row["params"]) == {"n_neighbors"}
     meta = json.loads((tmp_path / "m" / "head.json").read_text())
     assert CONTRACT_FIELDS <= set(meta)
+    assert SPEC_FIELDS <= set(meta["extraction"]) and meta["extraction"]["image_size"] == 224
     assert meta["test_accuracy"] == row["test_accuracy"] and meta["class_names"][3] == "digit3"
     assert "digit3" in meta["report"]
     head, _ = load_head(tmp_path / "m")
@@ -53,8 +55,8 @@ def test_incomplete_cache_and_unknown_layer_are_user_errors(cache_with_val):
     with pytest.raises(UserInputError, match="valid layers: stem, blocks.3, conv_head"):
         train_head(cache_with_val, "head", "svm")
     with h5py.File(cache_with_val, "a") as f:
-        f["val"].attrs["complete"] = False
-    with pytest.raises(UserInputError, match="'val'.*incomplete"):
+        f["val/features/stem"].attrs["complete"] = False
+    with pytest.raises(UserInputError, match="'stem' of split 'val'.*incomplete"):
         train_head(cache_with_val, "stem", "svm")
 
 

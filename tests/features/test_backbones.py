@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from features import UserInputError, build_backbone
-from features.preprocess import normalize_batch
+from transferlab.features import UserInputError, build_backbone
+from transferlab.features.preprocess import normalize_batch
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -68,5 +68,5 @@ def test_timm_backbone_loads_a_local_file_through_pretrained_cfg_overlay(tmp_pat
     bb = build_backbone("timm:resnet18", weights=str(path))
     assert torch.equal(bb.model.layer3[0].conv1.weight, src.model.layer3[0].conv1.weight)
     assert bb.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    from features import catalog
+    from transferlab.features import catalog
     assert [i.name for i in catalog(bb.model, "all", "gap", 32)] == ["act1", "layer1", "layer2", "layer3", "layer4"]

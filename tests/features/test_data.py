@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from features import UserInputError, load_dataset
+from transferlab.features import UserInputError, load_dataset
 from tests.conftest import make_npz
 
 

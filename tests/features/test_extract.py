@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from features import UserInputError, extract, load_dataset
-from features import extraction as extract_mod
-from features.cache import read_status, verify
+from transferlab.features import UserInputError, extract
+from transferlab.features import extraction as extract_mod
+from transferlab.features.cache import read_status, verify
 from tests.conftest import ROOT, make_npz
 
 LAYERS = ["bn1", "blocks.1", "blocks.4", "bn2"]
@@ -129,7 +129,7 @@ def test_kill_9_mid_extraction_resumes_to_the_same_values(tmp_path, lite0):
     script = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
-        from features import extract
+        from transferlab.features import extract
         def on_batch(split, n):
             if n == 24:
                 print("ready", flush=True)
@@ -158,7 +158,7 @@ def test_verify_catches_a_truncated_file(tmp_path, tiny_npz, lite0):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     assert verify(path)
-    out = subprocess.run([sys.executable, "-m", "pipeline", "cache", "verify", str(path)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "transferlab", "cache", "verify", str(path)], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode != 0 and "DAMAGED" in out.stdout
 

@@ -1,8 +1,7 @@
 import pytest
 import torch
-import torch.nn.functional as F
 
-from features import UserInputError, catalog, parameter_groups, parse_pooling
+from transferlab.features import UserInputError, catalog, parameter_groups, parse_pooling
 
 
 def test_pooling_matches_direct_reductions():

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from features.cache import read_status
-from tests.conftest import ROOT, make_npz
+from transferlab.features.cache import read_status
+from tests.conftest import ROOT, make_npz, run_cli
 
 
 def run(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=cwd, capture_output=True, text=True)
+    return run_cli(*args, cwd=cwd)
 
 
 def _assert_one_line_error(out, needle):
@@ -41,7 +41,7 @@ def bad_inputs(tmp_path):
     (["--data", "folder:{t}/imgs"], "broken.jpg"),
     (["--data", "digits", "--backbone", "vgg99"], "unknown backbone 'vgg99'"),
     (["--data", "digits", "--layers", "blocks.42"], "valid layers: bn1, blocks.0"),
-    (["--data", "digits", "--image-size", "0"], "--image-size 0 must be a positive"),
+    (["--data", "digits", "--image-size", "100000"], "image size 100000 is out of range"),
     (["--data", "digits", "--dtype", "int8"], "unknown dtype 'int8'"),
     (["--data", "digits", "--pool", "median"], "unknown pooling 'median'"),
 ])
@@ -75,7 +75,7 @@ def test_two_processes_on_the_same_key_both_finish_with_one_sound_file(tmp_path)
     npz = make_npz(tmp_path / "d.npz", n_train=96, n_test=16)
     args = ["extract", "--data", f"npz:{npz}", "--image-size", "32", "--layers", "bn1,blocks.2",
             "--batch-size", "8", "--cache-dir", tmp_path / "c", "--quiet"]
-    procs = [subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, args)], cwd=ROOT,
+    procs = [subprocess.Popen([sys.executable, "-m", "transferlab", *map(str, args)], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs

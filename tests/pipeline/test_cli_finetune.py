@@ -1,13 +1,10 @@
 import json
-import subprocess
-import sys
 
-from tests.conftest import ROOT, make_npz, write_pngs
+from tests.conftest import make_npz, run_cli, write_pngs
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "pipeline", "finetune", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True)
+    return run_cli("finetune", *args)
 
 
 def test_finetune_cli_runs_and_writes_metrics(tmp_path):
@@ -30,8 +27,8 @@ def test_finetune_cli_bad_input_is_one_line_exit_2(tmp_path):
 
 def test_predict_uses_a_finetuned_model_like_predict_finetuned(tmp_path):
     import numpy as np
-    from pipeline.finetune_saved import load_finetuned, predict_finetuned
-    from pipeline.predict import predict
+    from transferlab.finetuning.saved import load_finetuned, predict_finetuned
+    from transferlab.pipeline.predict import predict
 
     npz = make_npz(tmp_path / "d.npz", n_train=30, n_test=12, size=16)
     assert run("--data", f"npz:{npz}", "--mode", "head", "--epochs", "1", "--image-size", "32", "--batch-size", "16",

@@ -1,29 +1,25 @@
-import subprocess
-import sys
-
 import h5py
 import numpy as np
 import pytest
 from PIL import Image
 
-from features import extract
-from pipeline.predict import predict
-from tests.conftest import ROOT, make_npz, write_pngs
+from transferlab.features import extract
+from transferlab.pipeline.predict import predict
+from tests.conftest import make_npz, run_cli, write_pngs
 
 
 @pytest.fixture
 def trained(tmp_path, lite0):
     npz = make_npz(tmp_path / "d.npz", n_train=60, n_test=24, size=16)
     path = extract(f"npz:{npz}", lite0, layers="blocks.2,bn2", image_size=32, cache_dir=tmp_path / "c", progress=False)
-    out = subprocess.run([sys.executable, "-m", "pipeline", "train", "--features", str(path), "--layer", "blocks.2",
-                          "--head", "logreg", "--out", str(tmp_path / "head")], cwd=ROOT, capture_output=True, text=True)
+    out = run_cli("train", "--features", path, "--layer", "blocks.2", "--head", "logreg", "--out", tmp_path / "head")
     assert out.returncode == 0, out.stderr
     assert "test_accuracy=" in out.stdout
     return tmp_path, npz, path
 
 
 def test_predict_on_png_files_matches_the_head_on_cached_rows(trained):
-    from classifiers import load_head
+    from transferlab.classifiers import load_head
 
     tmp_path, npz, path = trained
     x = np.load(npz)["x_test"]
@@ -37,8 +33,7 @@ def test_predict_on_png_files_matches_the_head_on_cached_rows(trained):
     assert [g["class"] for g in got] == [f"class{int(c)}" for c in expected]
     acc = np.mean([g["label"] == y for g, y in zip(got, np.load(npz)["y_test"])])
     assert acc == pytest.approx(meta["test_accuracy"], abs=1e-9)
-    cli = subprocess.run([sys.executable, "-m", "pipeline", "predict", "--model", str(tmp_path / "head"),
-                          *map(str, files[:3])], cwd=ROOT, capture_output=True, text=True)
+    cli = run_cli("predict", "--model", tmp_path / "head", *files[:3])
     assert cli.returncode == 0, cli.stderr
     lines = [l.split("\t") for l in cli.stdout.strip().splitlines()]
     assert [(p, c) for p, c, _ in lines] == [(str(f), g["class"]) for f, g in zip(files[:3], got)]
@@ -48,13 +43,11 @@ def test_tampered_head_and_unreadable_image_are_refused_with_exit_2(trained):
     tmp_path, _, _ = trained
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG garbage")
-    out = subprocess.run([sys.executable, "-m", "pipeline", "predict", "--model", str(tmp_path / "head"), str(bad)],
-                         cwd=ROOT, capture_output=True, text=True)
+    out = run_cli("predict", "--model", tmp_path / "head", bad)
     assert out.returncode == 2 and "bad.png" in out.stderr and "Traceback" not in out.stderr
     joblib_file = tmp_path / "head" / "head.joblib"
     joblib_file.write_bytes(joblib_file.read_bytes() + b"\0")
     ok = tmp_path / "ok.png"
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(ok)
-    out = subprocess.run([sys.executable, "-m", "pipeline", "predict", "--model", str(tmp_path / "head"), str(ok)],
-                         cwd=ROOT, capture_output=True, text=True)
+    out = run_cli("predict", "--model", tmp_path / "head", ok)
     assert out.returncode == 2 and "sha256" in out.stderr and "Traceback" not in out.stderr

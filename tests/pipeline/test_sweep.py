@@ -1,14 +1,12 @@
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
 
-from features import extraction
-from pipeline.results import RESULT_COLUMNS
-from pipeline.sweep import SweepConfig, sweep
-from tests.conftest import ROOT, make_npz
+from transferlab.features import extraction
+from transferlab.pipeline.results import RESULT_COLUMNS
+from transferlab.pipeline.sweep import SweepConfig, sweep
+from tests.conftest import make_npz, run_cli
 
 
 @pytest.fixture
@@ -24,7 +22,7 @@ def _rows(out):
 
 
 def test_sweep_writes_the_four_files_and_matches_train(tiny_sweep, tmp_path):
-    from classifiers import train_head
+    from transferlab.classifiers import train_head
 
     summary = sweep(SweepConfig(**tiny_sweep), progress=False)
     out = tmp_path / "run"
@@ -73,19 +71,16 @@ def test_config_file_supplies_flags_and_unknown_keys_are_refused(tiny_sweep, tmp
     toml = tmp_path / "run.toml"
     toml.write_text("\n".join(f'{k} = "{v}"' if not isinstance(v, int) else f"{k} = {v}"
                               for k, v in {**tiny_sweep, "heads": "knn", "layers": "bn2"}.items()))
-    out = subprocess.run([sys.executable, "-m", "pipeline", "sweep", "--config", str(toml), "--quiet"],
-                         cwd=ROOT, capture_output=True, text=True)
+    out = run_cli("sweep", "--config", toml, "--quiet")
     assert out.returncode == 0, out.stderr
     assert [r["head"] for r in _rows(tmp_path / "run")] == ["knn"]
     toml.write_text('colour = "blue"\n')
-    out = subprocess.run([sys.executable, "-m", "pipeline", "sweep", "--config", str(toml)], cwd=ROOT,
-                         capture_output=True, text=True)
+    out = run_cli("sweep", "--config", toml)
     assert out.returncode == 2 and "unknown keys colour" in out.stderr
 
 
 def test_embedded_default_sweep_reaches_95_percent_on_digits(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "pipeline", "sweep", "--out", str(tmp_path / "run"),
-                          "--cache-dir", str(tmp_path / "cache"), "--quiet"], cwd=ROOT, capture_output=True, text=True)
+    out = run_cli("sweep", "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache", "--quiet")
     assert out.returncode == 0, out.stderr
     rows = _rows(tmp_path / "run")
     assert {r["layer"] for r in rows} == {"bn1", "bn2"} | {f"blocks.{i}" for i in range(7)}
@@ -93,12 +88,15 @@ def test_embedded_default_sweep_reaches_95_percent_on_digits(tmp_path):
 
 
 def test_finetune_appended_to_a_sweep_shows_in_its_report(tiny_sweep, tmp_path):
-    from pipeline.finetune import finetune
+    from transferlab.finetuning import finetune
+    from transferlab.pipeline.sweep import append_finetune
 
     cfg = SweepConfig(**{**tiny_sweep, "heads": "logreg", "layers": "bn1,bn2"})
     sweep(cfg, progress=False)
     m = finetune(tiny_sweep["data"], "lite0", mode="head", out=tmp_path / "ft", epochs=1, image_size=32,
-                 batch_size=16, append_to=tmp_path / "run", progress=False)
+                 batch_size=16, progress=False)
+    append_finetune(tmp_path / "run", m)
+    append_finetune(tmp_path / "run", m)  # the same run twice adds one row
     rows = _rows(tmp_path / "run")
     ft = [r for r in rows if r["head"] == "finetune:head"]
     assert len(ft) == 1 and float(ft[0]["test_accuracy"]) == pytest.approx(m["test_accuracy"])

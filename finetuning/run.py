@@ -1,8 +1,8 @@
 """Fine-tuning: train a pretrained CNN end to end on a data set, resumably.
 
-``finetune(data, backbone, mode, out)`` builds the backbone with a new classifier for the data's
+``finetune(FinetuneConfig(data, backbone, mode, out))`` builds the backbone with a new classifier for the data's
 classes, freezes it according to ``mode`` (``head``, ``last:N``, ``full``, ``scratch``; see
-:mod:`pipeline.finetune_model`), trains it with AdamW (or SGD with momentum), a linear warm-up and a
+:mod:`transferlab.finetuning.model`), trains it with AdamW (or SGD with momentum), a linear warm-up and a
 cosine decay defined by the requested number of epochs, keeps the weights of the epoch with the
 best validation accuracy (early stopping with ``patience``), and reports the test accuracy of
 those weights. Validation data is the data set's own ``val`` split, else a seeded stratified
@@ -10,7 +10,9 @@ those weights. Validation data is the data set's own ``val`` split, else a seede
 
 Files in ``out``
 ----------------
-``checkpoint.pt``   after every epoch (atomic); a rerun with the same ``out`` and the same
+Integrity rule of the run directory
+-----------------------------------
+``checkpoint.pt``   after every epoch (atomic, ``transferlab.util.atomic_write``); a rerun with the same ``out`` and the same
                     configuration continues from it exactly, a rerun with another configuration is
                     refused unless ``overwrite`` (the schedule depends on ``epochs``, so a finished
                     1-epoch run is *not* the first epoch of a 2-epoch run).
@@ -18,7 +20,11 @@ Files in ``out``
                     per epoch, the trainable groups and parameter names, the resolved
                     configuration and versions; rewritten after every epoch with ``complete`` false.
 ``model.pt``        the final weights (state dict) and ``model.json`` what :func:`load_finetuned`
-                    needs to rebuild the model for inference.
+                    needs to rebuild the model for inference (with the resolved extraction spec);
+                    both written atomically after the test evaluation, ``model.json`` last, and
+                    ``metrics.json`` with ``complete`` true after them: a run is finished work
+                    only when ``metrics.json`` says ``complete``. A kill leaves the last
+                    checkpoint, from which the same command resumes.
 
 Default learning rates (AdamW; SGD uses 10x): ``head`` 1e-3, ``last:N`` 1e-3, ``full`` 3e-4 for the
 classifier with a geometric spread down to 3e-6 for the stem (``lr_spread`` 100), ``scratch`` 1e-3.
@@ -28,34 +34,33 @@ AMP (bf16 when supported, else fp16 with a GradScaler) and channels_last only on
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
-import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from features.backbones import resolve_device
-from features.data import load_dataset
-from features.errors import UserInputError
+from transferlab.features.backbones import resolve_device
+from transferlab.features.data import load_dataset
+from transferlab.util import UserInputError, library_versions, sha256_json, write_json
 
-from .finetune_model import (DEFAULT_LR, DEFAULT_LR_SPREAD, DEFAULT_WEIGHT_DECAY, SGD_LR_FACTOR, Mode,
+from transferlab.features.spec import ExtractionSpec
+
+from .config import FinetuneConfig
+
+from .model import (DEFAULT_LR, DEFAULT_LR_SPREAD, DEFAULT_WEIGHT_DECAY, SGD_LR_FACTOR, Mode,
                              WarmupCosine, build_finetune_model, init_classifier_from_head, make_optimizer,
                              optimizer_param_groups, parse_mode)
-from .finetune_saved import load_finetuned, predict_finetuned, save_finetuned, write_json
-from .finetune_train import (CHECKPOINT_FORMAT, SplitData, Trainer, load_checkpoint, rng_state, save_checkpoint,
+from .saved import load_finetuned, predict_finetuned, save_finetuned
+from .train import (CHECKPOINT_FORMAT, SplitData, Trainer, load_checkpoint, rng_state, save_checkpoint,
                              seed_everything, set_rng_state)
-from .report import refresh_report
-from .results import append_row, read_rows, row_key
 
-__all__ = ["finetune", "parse_mode", "load_finetuned", "predict_finetuned", "Mode"]
+__all__ = ["finetune", "FinetuneConfig", "parse_mode", "load_finetuned", "predict_finetuned", "Mode"]
 
-RUN_FILES = ("checkpoint.pt", "checkpoint.pt.tmp", "metrics.json", "model.pt", "model.json")
+RUN_FILES = ("checkpoint.pt", "metrics.json", "model.pt", "model.json")
 # configuration entries that do not change the numbers (a run may resume with other values)
 UNKEYED = ("data", "device", "num_workers")
 
@@ -63,33 +68,6 @@ UNKEYED = ("data", "device", "num_workers")
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise UserInputError(message)
-
-
-def _check_arguments(a: dict) -> None:
-    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
-    whole = lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool)  # noqa: E731
-    _check(a["lr"] is None or (num(a["lr"]) and a["lr"] > 0), f"--lr must be a number > 0, got {a['lr']}")
-    _check(whole(a["epochs"]) and a["epochs"] >= 1, f"--epochs must be a whole number >= 1, got {a['epochs']}")
-    _check(whole(a["batch_size"]) and a["batch_size"] >= 1, f"--batch-size must be >= 1, got {a['batch_size']}")
-    _check(whole(a["accumulate"]) and a["accumulate"] >= 1, f"--accumulate must be >= 1, got {a['accumulate']}")
-    _check(a["optimizer"] in ("adamw", "sgd"), f"unknown --optimizer '{a['optimizer']}'; use adamw or sgd")
-    _check(a["weight_decay"] is None or (num(a["weight_decay"]) and a["weight_decay"] >= 0),
-           f"--weight-decay must be >= 0, got {a['weight_decay']}")
-    _check(a["warmup_epochs"] is None or (num(a["warmup_epochs"]) and a["warmup_epochs"] >= 0),
-           f"--warmup-epochs must be >= 0, got {a['warmup_epochs']}")
-    _check(num(a["label_smoothing"]) and 0 <= a["label_smoothing"] < 1,
-           f"--label-smoothing must be in [0, 1), got {a['label_smoothing']}")
-    _check(num(a["val_fraction"]) and 0 <= a["val_fraction"] < 1,
-           f"--val-fraction must be in [0, 1), got {a['val_fraction']}")
-    _check(a["patience"] is None or (whole(a["patience"]) and a["patience"] >= 1),
-           f"--patience must be a whole number >= 1 (or left out for no early stopping), got {a['patience']}")
-    _check(a["max_train"] is None or (whole(a["max_train"]) and a["max_train"] >= 1),
-           f"--max-train must be >= 1, got {a['max_train']}")
-    _check(a["image_size"] is None or (whole(a["image_size"]) and a["image_size"] >= 8),
-           f"--image-size must be a whole number >= 8, got {a['image_size']}")
-    _check(a["lr_spread"] is None or (num(a["lr_spread"]) and a["lr_spread"] >= 1),
-           f"--lr-spread must be >= 1 (1 = one learning rate for all groups), got {a['lr_spread']}")
-    _check(a["amp"] in ("auto", "off", "bf16", "fp16"), f"unknown --amp '{a['amp']}'; use auto, off, bf16 or fp16")
 
 
 def _prepare_out(out: Path) -> Path:
@@ -132,21 +110,8 @@ def _split_data(ds, val_fraction: float, max_train: int | None, seed: int) -> tu
     return SplitData.from_split(tr, idx), val, SplitData.from_split(ds.splits["test"]), source
 
 
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for dist in ("transferlab", "torch", "torchvision", "timm", "numpy", "scikit-learn"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            out[dist] = "unknown"
-    return out
-
-
 def config_key(cfg: dict) -> str:
-    keyed = {k: v for k, v in cfg.items() if k not in UNKEYED}
-    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
+    return sha256_json({k: v for k, v in cfg.items() if k not in UNKEYED})
 
 
 def _resolve_amp(amp: str, dev: torch.device) -> str:
@@ -165,106 +130,80 @@ def _refuse_other_config(out: Path, old: dict, new: dict) -> None:
                          f"use another --out or pass --overwrite to discard it")
 
 
-def finetune(data, backbone="lite0", mode="head", out=None, epochs=5, lr=None, weights="imagenet",
-             image_size=None, batch_size=64, optimizer="adamw", weight_decay=None, warmup_epochs=None,
-             label_smoothing=0.0, augment=True, patience=None, val_fraction=0.1, accumulate=1, device="auto",
-             seed=0, resume=True, init_head_from=None, append_to=None, max_train=None, progress=True,
-             lr_spread=None, amp="auto", num_workers=None, overwrite=False, bn_stats=None) -> dict:
-    """Fine-tune ``backbone`` on ``data`` in ``mode`` and return the metrics (also in ``out/metrics.json``).
+def finetune(config: "FinetuneConfig | str | None" = None, backbone: str | None = None, *, progress: bool = True,
+             **overrides) -> dict:
+    """Fine-tune a backbone on a data set and return the metrics (also in ``out/metrics.json``).
 
     Parameters
     ----------
-    data : str or Dataset
-        A data spec (``digits``, ``npz:PATH``, ``folder:PATH``, ``torchvision:NAME``).
-    backbone, weights : str
-        As for ``build_backbone``; ``scratch`` always uses the architecture's random initialisation.
-    mode : str
-        ``head``, ``last:N``, ``full`` or ``scratch``.
-    out : path, optional
-        Run directory (default ``runs/finetune_<data>_<backbone>_<mode>``).
-    epochs : int
-        Requested epochs; the cosine schedule spans exactly these.
-    lr : float, optional
-        Peak learning rate of the classifier; default per mode and optimizer (module docstring).
-    image_size : int, optional
-        Input size; default the backbone's own (224 for lite0).
-    weight_decay, warmup_epochs : float, optional
-        Defaults 0.01 (AdamW) / 5e-4 (SGD) and 10% of ``epochs``.
-    augment : bool
-        Random resized crop and horizontal flip, on the batch tensors (turn off for digits or text).
-    patience : int, optional
-        Stop after this many epochs without a better validation accuracy (default: never).
-    val_fraction : float
-        Share of train held out (stratified, seeded) when the data has no ``val`` split.
-    accumulate : int
-        Optimizer step every ``accumulate`` batches (effective batch ``batch_size * accumulate``).
-    resume : bool
-        Continue from ``out/checkpoint.pt`` when its configuration matches; False starts over and
-        discards that run. A checkpoint of another configuration is refused either way.
-    init_head_from : path, optional
-        Directory of a trained logreg head (last layer, gap, no PCA) to start the classifier from.
-    append_to : path, optional
-        A sweep directory or results.csv to append a ``finetune:MODE`` row to.
-    max_train : int, optional
-        Use at most this many training images (stratified, seeded).
-    lr_spread : float, optional
-        Ratio of the classifier's learning rate to the first group's (default 100 for full, else 1).
-    amp : str
-        ``auto``, ``off``, ``bf16`` or ``fp16``; CUDA only.
-    overwrite : bool
-        Discard a run in ``out`` with another configuration (or a corrupt checkpoint).
-    bn_stats : str, optional
-        ``frozen`` (default for pretrained modes: BatchNorm running statistics stay fixed) or
-        ``update`` (trainable groups re-estimate them; always so for ``scratch``).
+    config : FinetuneConfig, or a data spec
+        The whole configuration; a data spec (``digits``, ``npz:PATH``, ...) is taken as
+        ``FinetuneConfig(data=config, backbone=backbone, **overrides)``.
+    progress : bool
+        Progress bars and per-epoch lines on stderr.
+    **overrides
+        Fields of :class:`FinetuneConfig` (``mode``, ``epochs``, ``out``, ...).
 
     Examples
     --------
     >>> m = finetune("digits", mode="last:2", epochs=1, image_size=32, augment=False)  # doctest: +SKIP
     >>> m["test_accuracy"]                                                              # doctest: +SKIP
     """
-    mode = parse_mode(mode)
-    optimizer = str(optimizer).lower()
-    _check_arguments(locals())
-    dev = resolve_device(device)
-    amp = _resolve_amp(amp, dev)
-    ds = load_dataset(data, seed=seed)
-    out = Path(out).expanduser() if out else Path("runs") / (
-        f"finetune_{ds.short_name}_{str(backbone).split(':')[-1]}_{mode.name.replace(':', '')}")
+    if isinstance(config, FinetuneConfig):
+        c = replace(config, **overrides) if overrides else config
+    else:
+        if config is not None:
+            overrides["data"] = config
+        if backbone is not None:
+            overrides["backbone"] = backbone
+        c = FinetuneConfig(**overrides)
+    mode, optimizer, seed, epochs = parse_mode(c.mode), c.optimizer, c.seed, c.epochs
+    dev = resolve_device(c.device)
+    amp = _resolve_amp(c.amp, dev)
+    ds = load_dataset(c.data, seed=seed)
+    out = Path(c.out).expanduser() if c.out else Path("runs") / (
+        f"finetune_{ds.short_name}_{str(c.backbone).split(':')[-1]}_{mode.name.replace(':', '')}")
     _prepare_out(out)
-    train, val, test, val_source = _split_data(ds, val_fraction, max_train, seed)
-    _check(patience is None or val is not None, "--patience needs validation data; use --val-fraction > 0")
+    train, val, test, val_source = _split_data(ds, c.val_fraction, c.max_train, seed)
+    _check(c.patience is None or val is not None, "--patience needs validation data; use --val-fraction > 0")
+    _check(len(ds.class_names) >= 2 and np.unique(train.labels).size >= 2,
+           f"{ds.spec}: the training split has a single class; a classifier needs at least two")
     num_classes = len(ds.class_names)
-    fm = build_finetune_model(backbone, mode, num_classes, weights, image_size or 64, seed,
-                              bn_stats="update" if mode.kind == "scratch" else bn_stats)
+    fm = build_finetune_model(c.backbone, mode, num_classes, c.weights, c.image_size, seed,
+                              bn_stats="update" if mode.kind == "scratch" else c.bn_stats)
     bb = fm.backbone
-    image_size = int(image_size or bb.input_size)
-    head_info = init_classifier_from_head(fm, init_head_from, fm.catalog_groups[-1]) if init_head_from else None
+    spec = ExtractionSpec(bb.spec, bb.weights, seed, c.image_size, "gap", "float32").resolve(bb)
+    image_size = spec.image_size
+    head_info = init_classifier_from_head(fm, c.init_head_from, fm.catalog_groups[-1]) if c.init_head_from else None
 
-    lr = float(lr if lr is not None else DEFAULT_LR[mode.kind] * (SGD_LR_FACTOR if optimizer == "sgd" else 1.0))
+    lr = float(c.lr if c.lr is not None else DEFAULT_LR[mode.kind] * (SGD_LR_FACTOR if optimizer == "sgd" else 1.0))
     cfg = {"data": ds.spec, "data_fingerprint": ds.fingerprint, "backbone": bb.spec, "weights": bb.weights,
            "weights_sha256": bb.weights_sha256, "mode": mode.name, "epochs": int(epochs), "lr": lr,
-           "lr_spread": float(lr_spread if lr_spread is not None else DEFAULT_LR_SPREAD[mode.kind]),
-           "image_size": image_size, "batch_size": int(batch_size), "accumulate": int(accumulate),
+           "lr_spread": float(c.lr_spread if c.lr_spread is not None else DEFAULT_LR_SPREAD[mode.kind]),
+           "image_size": image_size, "batch_size": int(c.batch_size), "accumulate": int(c.accumulate),
            "optimizer": optimizer,
-           "weight_decay": float(weight_decay if weight_decay is not None else DEFAULT_WEIGHT_DECAY[optimizer]),
-           "warmup_epochs": float(warmup_epochs if warmup_epochs is not None else 0.1 * epochs),
-           "bn_stats": fm.bn_stats, "label_smoothing": float(label_smoothing), "augment": bool(augment), "patience": patience,
-           "val_fraction": float(val_fraction), "val_source": val_source, "max_train": max_train, "seed": int(seed),
+           "weight_decay": float(c.weight_decay if c.weight_decay is not None else DEFAULT_WEIGHT_DECAY[optimizer]),
+           "warmup_epochs": float(c.warmup_epochs if c.warmup_epochs is not None else 0.1 * epochs),
+           "bn_stats": fm.bn_stats, "label_smoothing": float(c.label_smoothing), "augment": bool(c.augment),
+           "patience": c.patience, "val_fraction": float(c.val_fraction), "val_source": val_source,
+           "max_train": c.max_train, "seed": int(seed),
            "init_head_from": head_info["dir"] if head_info else None,
            "init_head_sha256": head_info["sha256"] if head_info else None,
            "amp": amp, "channels_last": dev.type == "cuda", "device": str(dev),
-           "num_workers": int(num_workers if num_workers is not None else
+           "num_workers": int(c.num_workers if c.num_workers is not None else
                               (0 if train.images is not None else min(4, os.cpu_count() or 1)))}
     key = config_key(cfg)
 
     ckpt_path = out / "checkpoint.pt"
     ckpt = None
-    if ckpt_path.exists() and not overwrite:
+    if ckpt_path.exists() and not c.overwrite:
         ckpt = load_checkpoint(ckpt_path)
         if ckpt["config_key"] != key:
             _refuse_other_config(out, ckpt.get("config") or {}, cfg)
-        if not resume:
+        if not c.resume:
             ckpt = None
+    for tmp in out.glob(".*.tmp"):  # left by a kill during an atomic write
+        tmp.unlink(missing_ok=True)
     if ckpt is None:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
@@ -302,7 +241,7 @@ def finetune(data, backbone="lite0", mode="head", out=None, epochs=5, lr=None, w
                           best_state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
             else:
                 st["bad_epochs"] += 1
-            st["stopped"] = patience is not None and st["bad_epochs"] >= patience and epoch < epochs
+            st["stopped"] = c.patience is not None and st["bad_epochs"] >= c.patience and epoch < epochs
             st["history"].append(row)
             st["epoch"] = epoch
             save_checkpoint(ckpt_path, {"format": CHECKPOINT_FORMAT, "config_key": key, "config": cfg,
@@ -321,10 +260,8 @@ def finetune(data, backbone="lite0", mode="head", out=None, epochs=5, lr=None, w
         model.load_state_dict(st["best_state"])
     test_acc = trainer.evaluate(test, "test")
     metrics = {**base, **_summary(st), "test_accuracy": test_acc, "complete": True}
-    save_finetuned(out, fm, cfg, metrics)
+    save_finetuned(out, fm, spec, cfg, metrics)
     write_json(out / "metrics.json", metrics)
-    if append_to:
-        _append_result(Path(append_to).expanduser(), fm, cfg, metrics, len(train))
     return metrics
 
 
@@ -348,27 +285,5 @@ def _metrics_base(fm, cfg, key, ds, train, val, test, head_info, out) -> dict:
                           "frozen_groups": [g for g in fm.groups if g not in fm.trainable_groups],
                           "n_tensors": len(names), "n_parameters": int(sum(params[n].numel() for n in names)),
                           "n_parameters_total": int(sum(p.numel() for p in params.values())), "names": names},
-            "init_head": head_info, "config": cfg, "config_key": key, "versions": _versions()}
-
-
-def _append_result(target: Path, fm, cfg: dict, metrics: dict, n_train: int) -> None:
-    path = target if target.suffix == ".csv" else target / "results.csv"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        params = json.dumps({k: cfg[k] for k in ("epochs", "lr", "lr_spread", "optimizer", "weight_decay",
-                                                 "batch_size", "accumulate", "augment", "label_smoothing",
-                                                 "max_train")}, sort_keys=True)
-        row = {"backbone": cfg["backbone"], "weights": cfg["weights"], "layer": fm.catalog_groups[-1],
-               "depth": len(fm.catalog_groups) - 1, "rel_depth": 1.0, "dim": fm.feature_dim,
-               "head": f"finetune:{cfg['mode']}", "pool": "gap", "image_size": cfg["image_size"],
-               "preprocessing": "none",
-               "params": params, "shots": "", "repeat": 0, "seed": cfg["seed"],
-               "val_accuracy": metrics["val_accuracy"], "test_accuracy": metrics["test_accuracy"],
-               "fit_seconds": round(metrics["fit_seconds"], 3), "n_train": n_train, "cache_file": ""}
-        same = [r for r in read_rows(path) if row_key(r) == row_key(row) and r.get("params") == params]
-        if not same:
-            append_row(path, row)
-            refresh_report(path.parent)
-    except OSError as exc:
-        raise UserInputError(f"cannot append to {path} ({exc.strerror or exc.__class__.__name__}); "
-                             f"give a writable sweep directory or .csv as --append-to") from None
+            "last_layer": fm.catalog_groups[-1], "depth": len(fm.catalog_groups) - 1,
+            "init_head": head_info, "config": cfg, "config_key": key, "versions": library_versions()}

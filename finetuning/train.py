@@ -15,7 +15,6 @@ and the key of the configuration it belongs to. It loads with ``torch.load(weigh
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -27,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from features.errors import UserInputError
-from features.preprocess import ImageFiles, interpolation_mode, normalize_batch, to_rgb_uint8
+from transferlab.util import UserInputError, atomic_write
+from transferlab.features.preprocess import ImageFiles, interpolation_mode, normalize_batch, to_rgb_uint8
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_KEYS = ("format", "config_key", "epoch", "model", "optimizer", "scheduler", "scaler", "rng",
@@ -139,18 +138,9 @@ def seed_everything(seed: int) -> None:
 
 # --- checkpoints ------------------------------------------------------------------------------------
 
-def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(path: Path, payload: dict) -> None:
     """Write the checkpoint atomically (temporary file, fsync, ``os.replace``)."""
-    atomic_torch_save(payload, path)
+    atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def load_checkpoint(path: Path) -> dict:

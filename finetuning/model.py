@@ -33,9 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from features.backbones import Backbone, build_backbone, sha256_file
-from features.errors import UserInputError
-from features.layers import parameter_groups
+from transferlab.features.backbones import Backbone, build_backbone
+from transferlab.features.spec import DEFAULT_IMAGE_SIZE
+from transferlab.util import sha256_file
+from transferlab.util import UserInputError
+from transferlab.features.layers import parameter_groups
 
 MODES_HELP = "head, last:N (N >= 1), full or scratch"
 # AdamW defaults per mode (SGD uses 10x these): a new head learns fast, the full network from
@@ -181,7 +183,7 @@ def trainable_groups_for(mode: Mode, groups: dict, spec: str) -> list:
 
 
 def build_finetune_model(backbone: str, mode: "str | Mode", num_classes: int, weights: str = "imagenet",
-                         image_size: int = 224, seed: int = 0, bn_stats: str | None = None) -> FinetuneModel:
+                         image_size: int | None = None, seed: int = 0, bn_stats: str | None = None) -> FinetuneModel:
     """The backbone (random weights for ``scratch``) with a new classifier, frozen by ``mode``.
 
     ``bn_stats`` defaults to ``frozen`` for the pretrained modes and ``update`` for ``scratch``.
@@ -193,7 +195,8 @@ def build_finetune_model(backbone: str, mode: "str | Mode", num_classes: int, we
         raise UserInputError(f"unknown --bn-stats '{bn_stats}'; use frozen or update")
     bb = build_backbone(backbone, weights="random" if mode.kind == "scratch" else weights, seed=seed)
     head = replace_classifier(bb, num_classes, seed)
-    groups = parameter_groups(bb.model, image_size=min(int(image_size), 64))
+    # the probe only orders modules; a small input is enough
+    groups = parameter_groups(bb.model, image_size=min(int(image_size or DEFAULT_IMAGE_SIZE), DEFAULT_IMAGE_SIZE))
     trainable = trainable_groups_for(mode, groups, bb.spec)
     learn = {n for g in trainable for n in groups[g]}
     for name, p in bb.model.named_parameters():
@@ -248,17 +251,13 @@ class WarmupCosine:
 # --- a trained logistic-regression head as the starting classifier (linear probe, then fine-tune)
 
 def _load_head(run_dir: Path):
-    from classifiers import load_head  # checks the head file's sha256 and library versions
+    from transferlab.classifiers import load_head  # checks the head file's sha256 and library versions
 
     return load_head(run_dir)
 
 
 def _steps(est) -> list:
-    est = getattr(est, "best_estimator_", est)
-    steps = getattr(est, "steps", None)
-    if steps is None:
-        return [est]
-    return [getattr(s, "best_estimator_", s) for _, s in steps if s is not None and s != "passthrough"]
+    return [s for _, s in est.steps] if hasattr(est, "steps") else [est]
 
 
 def linear_from_head(est, feature_dim: int, num_classes: int, where: str) -> tuple:
@@ -272,9 +271,7 @@ def linear_from_head(est, feature_dim: int, num_classes: int, where: str) -> tup
             raise UserInputError(f"the head in {where} has a {type(step).__name__} step; only a StandardScaler "
                                  f"and a linear model fold into the classifier (train it with preprocessing "
                                  f"standardize or none, and no PCA)")
-        m = step.mean_ if getattr(step, "mean_", None) is not None else 0.0
-        s = step.scale_ if getattr(step, "scale_", None) is not None else 1.0
-        mean, scale = mean + np.asarray(m) * scale, scale * np.asarray(s)
+        mean, scale = mean + step.mean_ * scale, scale * step.scale_
     coef, intercept = getattr(final, "coef_", None), getattr(final, "intercept_", None)
     if coef is None or intercept is None:
         raise UserInputError(f"the head in {where} ({type(final).__name__}) is not linear; "
@@ -283,7 +280,7 @@ def linear_from_head(est, feature_dim: int, num_classes: int, where: str) -> tup
     if coef.shape[1] != feature_dim:
         raise UserInputError(f"the head in {where} takes {coef.shape[1]} features but the classifier's input has "
                              f"{feature_dim}; train it on the last layer with gap pooling")
-    classes = np.asarray(getattr(final, "classes_", np.arange(max(2, coef.shape[0]))))
+    classes = np.asarray(final.classes_)
     if coef.shape[0] == 1:  # binary: softmax([0, w.x + b]) equals the logistic model
         coef, intercept = np.vstack([np.zeros_like(coef), coef]), np.concatenate([[0.0], intercept])
     if not np.issubdtype(classes.dtype, np.integer) or classes.min() < 0 or classes.max() >= num_classes:
@@ -308,8 +305,7 @@ def init_classifier_from_head(fm: FinetuneModel, run_dir: "str | Path", last_lay
     if layer is not None and layer != last_layer:
         raise UserInputError(f"the head in {run_dir} was trained on layer {layer}; --init-head-from needs a head "
                              f"on the last layer ({last_layer})")
-    prep = meta.get("preprocessing") if isinstance(meta.get("preprocessing"), dict) else {}
-    pooling = meta.get("pooling", prep.get("pooling"))
+    pooling = (meta.get("extraction") or {}).get("pooling")
     if pooling is not None and str(pooling) != "gap":
         raise UserInputError(f"the head in {run_dir} uses {pooling} pooling; --init-head-from needs gap pooling")
     for key in ("backbone", "weights"):

@@ -1,8 +1,7 @@
-"""Fixtures: small HDF5 feature caches in the layout of docs/CONTRACT.md, built from sklearn's digits."""
+"""Fixtures: small HDF5 feature caches written by the cache module's writer, built from sklearn's digits."""
 
-import json
+from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
@@ -24,25 +23,33 @@ def digits_features(seed=0):
 
 def write_cache(path, labels, features, *, incomplete=(), dtype=np.float16, class_names=CLASS_NAMES,
                 chunk_rows=64):
-    """Write a feature cache: ``labels[split]`` (N,), ``features[split][layer]`` (N, D)."""
-    with h5py.File(path, "w") as f:
-        f.attrs.update(
-            format_version=1, backbone="lite0", weights="imagenet", weights_sha256="0" * 64, image_size=224,
-            mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5], pooling="gap", dtype=np.dtype(dtype).name,
-            data="digits", data_fingerprint="f" * 16, versions=json.dumps({"torch": "x"}), key="k123",
-            class_names=json.dumps(class_names),
-        )
+    """Write a feature cache through the cache module's writer: ``labels[split]`` (N,), ``features[split][layer]``.
+
+    Splits named in ``incomplete`` stop half way (their layers' ``n_done`` at N // 2, not complete).
+    """
+    from types import SimpleNamespace
+
+    from transferlab.features.cache import CacheWriter
+    from transferlab.features.data import Split
+    from transferlab.features.layers import LayerInfo
+    from transferlab.features.spec import ExtractionSpec
+
+    spec = ExtractionSpec("lite0", image_size=224, dtype=np.dtype(dtype).name, arch="timm:tf_efficientnet_lite0",
+                          weights_sha256="0" * 64, mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic")
+    dataset = SimpleNamespace(spec="digits", short_name="digits", fingerprint="f" * 16, class_names=class_names)
+    axis = sorted(LAYER_DEPTHS, key=LAYER_DEPTHS.get)
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    with CacheWriter(path, "k123", spec, dataset, axis, log=lambda m: None) as w:
         for split, y in labels.items():
-            g = f.create_group(split)
-            g.create_dataset("labels", data=np.asarray(y, dtype=np.int64))
-            g.create_dataset("ids", data=np.arange(len(y), dtype=np.int64) + 1000)
-            feats = g.create_group("features")
-            for layer, X in features[split].items():
-                ds = feats.create_dataset(layer, data=np.asarray(X, dtype=dtype),
-                                          chunks=(min(chunk_rows, len(y)), X.shape[1]), fletcher32=True)
-                ds.attrs.update(depth=LAYER_DEPTHS.get(layer, 99), raw_shape=[X.shape[1], 7, 7], pooling="gap")
-            done = len(y) // 2 if split in incomplete else len(y)
-            g.attrs.update(n_total=len(y), n_done=done, complete=split not in incomplete)
+            infos = [LayerInfo(layer, LAYER_DEPTHS.get(layer, 99), LAYER_DEPTHS.get(layer, 99) / 2, X.shape[1], 1,
+                               (X.shape[1], 7, 7), X.shape[1], 0) for layer, X in features[split].items()]
+            w.prepare(Split(split, np.asarray(y), ids=np.arange(len(y), dtype=np.int64) + 1000), infos,
+                      chunk_bytes=chunk_rows * max(X.shape[1] for X in features[split].values()) * np.dtype(dtype).itemsize)
+            n = len(y) // 2 if split in incomplete else len(y)
+            w.write(split, 0, {layer: np.asarray(X[:n], dtype=dtype) for layer, X in features[split].items()})
+            if split not in incomplete:
+                w.finish(split, list(features[split]))
     return path
 
 

@@ -7,14 +7,15 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import make_npz
-from features.errors import UserInputError
-from features.preprocess import normalize_batch
-from pipeline import finetune as ft_module
-from pipeline.finetune import finetune, load_finetuned, parse_mode, predict_finetuned
-from pipeline.finetune_model import (Mode, WarmupCosine, build_finetune_model, init_classifier_from_head,
+from transferlab.util import UserInputError
+from transferlab.features.preprocess import normalize_batch
+from transferlab.finetuning import run as ft_module
+from transferlab.finetuning import finetune, load_finetuned, parse_mode, predict_finetuned
+from transferlab.finetuning.model import (Mode, WarmupCosine, build_finetune_model, init_classifier_from_head,
                                      linear_from_head)
-from pipeline.finetune_train import random_resized_crop_flip, rng_state, set_rng_state
-from pipeline.results import read_rows
+from transferlab.finetuning.train import random_resized_crop_flip, rng_state, set_rng_state
+from transferlab.pipeline.results import read_rows
+from transferlab.pipeline.sweep import append_finetune
 
 SIZE = 32  # network input; the images themselves are 16x16
 # lite0's catalog groups are bn1 (stem), blocks.0..6, bn2 (conv_head + bn2); last:2 = blocks.6 and bn2
@@ -41,7 +42,8 @@ def head_run(tmp_path_factory, one_step_npz):
     """A finished 1-epoch head run, appended to a sweep directory."""
     root = tmp_path_factory.mktemp("head_run")
     metrics = finetune(f"npz:{one_step_npz}", mode="head", out=root / "run", epochs=1, image_size=SIZE,
-                       batch_size=16, progress=False, append_to=root / "sweep")
+                       batch_size=16, progress=False)
+    append_finetune(root / "sweep", metrics)
     return root, metrics
 
 
@@ -266,7 +268,7 @@ def test_metrics_model_files_and_results_row(head_run):
     assert on_disk["config"]["image_size"] == SIZE and "torch" in on_disk["versions"]
     meta = json.loads((root / "run" / "model.json").read_text())
     assert meta["num_classes"] == 3 and meta["class_names"] == ["class0", "class1", "class2"]
-    assert meta["backbone"] == "lite0" and meta["image_size"] == SIZE
+    assert meta["backbone"] == "lite0" and meta["extraction"]["image_size"] == SIZE
     (row,) = read_rows(root / "sweep" / "results.csv")
     assert row["head"] == "finetune:head" and row["layer"] == "bn2" and row["dim"] == "1280"
     assert float(row["rel_depth"]) == 1.0 and float(row["test_accuracy"]) == metrics["test_accuracy"]
@@ -311,7 +313,7 @@ def test_augmentation_is_seeded_batched_and_keeps_the_range():
 def _write_head(run_dir, steps, meta_extra=None):
     from sklearn.pipeline import Pipeline
 
-    from classifiers import save_head
+    from transferlab.classifiers import save_head
 
     meta = {"layer": "bn2", "backbone": "lite0", "weights": "imagenet", "pooling": "gap", **(meta_extra or {})}
     save_head(run_dir, Pipeline(steps), meta)
@@ -379,8 +381,8 @@ def test_gradient_accumulation_matches_one_larger_batch(tmp_path, one_step_npz):
 
 
 def test_validation_is_a_seeded_stratified_share_of_train_without_a_val_split(tmp_path):
-    from features.data import load_dataset
-    from pipeline.finetune import _split_data
+    from transferlab.features.data import load_dataset
+    from transferlab.finetuning.run import _split_data
 
     ds = load_dataset(f"npz:{make_npz(tmp_path / 'd.npz', n_train=48)}")
     train, val, test, source = _split_data(ds, 0.25, None, seed=3)

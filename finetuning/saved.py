@@ -1,33 +1,28 @@
 """A fine-tuned model on disk: ``model.pt`` (state dict) and ``model.json`` (how to rebuild it).
 
-``model.json`` holds the backbone spec, weights and their sha256, the architecture, the number of
-classes and their names, the input size, mean, std and interpolation of the preprocessing, and the
-sha256 of ``model.pt``. :func:`load_finetuned` rebuilds the architecture (no pretrained weights
+``model.json`` holds the resolved extraction spec (backbone, weights and their sha256, input size,
+mean, std and interpolation of the preprocessing: ``features.spec``), the architecture, the number
+of classes and their names, and the sha256 of ``model.pt``. Integrity rule: both files are written
+atomically, ``model.pt`` first; ``model.json`` names ``model.pt``'s hash, so a ``model.pt`` changed
+or truncated later is refused on load. :func:`load_finetuned` rebuilds the architecture (no pretrained weights
 needed), puts the new classifier on it and loads the state dict; :func:`predict_finetuned`
 classifies uint8 images with the same preprocessing as evaluation during fine-tuning.
 """
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from features.backbones import build_backbone, resolve_device, sha256_file
-from features.errors import UserInputError
-from features.preprocess import normalize_batch, to_rgb_uint8
+from transferlab.features.backbones import build_backbone, resolve_device
+from transferlab.features.preprocess import normalize_batch, to_rgb_uint8
+from transferlab.features.spec import ExtractionSpec
+from transferlab.util import UserInputError, atomic_write, sha256_file, write_json
 
-from .finetune_model import replace_classifier
-from .finetune_train import CHECKPOINT_FORMAT, atomic_torch_save
-
-
-def write_json(path: Path, obj: dict) -> None:
-    """Write JSON atomically (temporary file, then ``os.replace``)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+from .model import replace_classifier
+from .train import CHECKPOINT_FORMAT
 
 
 def _check(ok: bool, message: str) -> None:
@@ -35,24 +30,24 @@ def _check(ok: bool, message: str) -> None:
         raise UserInputError(message)
 
 
-def save_finetuned(out: Path, fm, cfg: dict, metrics: dict) -> None:
+def save_finetuned(out: Path, fm, spec: ExtractionSpec, cfg: dict, metrics: dict) -> None:
+    """Write ``model.pt`` then ``model.json`` (each atomically; ``model.json`` names ``model.pt``'s sha256)."""
     bb = fm.backbone
     state = {k: v.detach().to("cpu") for k, v in fm.model.state_dict().items()}
-    atomic_torch_save(state, out / "model.pt")
+    atomic_write(out / "model.pt", lambda fh: torch.save(state, fh))
     write_json(out / "model.json", {
-        "format": CHECKPOINT_FORMAT, "backbone": bb.spec, "weights": bb.weights,
-        "weights_sha256": bb.weights_sha256, "arch": bb.arch, "family": bb.family, "mode": cfg["mode"],
+        "format": CHECKPOINT_FORMAT, "backbone": bb.spec, "weights": bb.weights, "arch": bb.arch,
+        "family": bb.family, "mode": cfg["mode"], "extraction": spec.to_dict(),
         "num_classes": fm.num_classes, "class_names": metrics["class_names"], "feature_dim": fm.feature_dim,
-        "last_layer": fm.catalog_groups[-1], "image_size": cfg["image_size"], "mean": list(bb.mean),
-        "std": list(bb.std), "interpolation": bb.interpolation, "data": cfg["data"],
+        "last_layer": fm.catalog_groups[-1], "data": cfg["data"],
         "val_accuracy": metrics["val_accuracy"], "test_accuracy": metrics["test_accuracy"],
         "model_sha256": sha256_file(out / "model.pt"), "versions": metrics["versions"]})
 
 
-
-
 def load_finetuned(run_dir, device="cpu") -> tuple:
     """Rebuild a fine-tuned model for inference: ``(model in eval mode, model.json as a dict)``.
+
+    ``meta["spec"]`` is the :class:`ExtractionSpec` of the model's preprocessing.
 
     Examples
     --------
@@ -65,6 +60,7 @@ def load_finetuned(run_dir, device="cpu") -> tuple:
            f"{run_dir} has no model.json and model.pt; give the --out of a finished `transferlab finetune`")
     try:
         meta = json.loads(meta_path.read_text())
+        meta["spec"] = ExtractionSpec.from_dict(meta["extraction"])
         bb = build_backbone(meta["backbone"], weights="random", seed=0)
         replace_classifier(bb, int(meta["num_classes"]), 0)
     except UserInputError:
@@ -87,8 +83,8 @@ def predict_finetuned(model, meta: dict, images: np.ndarray, batch_size: int = 6
     x_all = torch.from_numpy(np.ascontiguousarray(to_rgb_uint8(np.asarray(images)))).permute(0, 3, 1, 2)
     dev = next(model.parameters()).device
     out = []
+    spec = meta["spec"]
     for s in range(0, len(x_all), batch_size):
-        x = normalize_batch(x_all[s:s + batch_size].to(dev), meta["image_size"], meta["mean"], meta["std"],
-                            meta["interpolation"])
+        x = normalize_batch(x_all[s:s + batch_size].to(dev), spec.image_size, spec.mean, spec.std, spec.interpolation)
         out.append(torch.softmax(model(x).float(), 1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, meta["num_classes"]), np.float32)

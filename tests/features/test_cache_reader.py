@@ -2,8 +2,8 @@ import h5py
 import numpy as np
 import pytest
 
-from classifiers.reader import layer_info, list_layers, load_split, read_cache_meta
-from features.errors import UserInputError
+from transferlab.features.cache import layer_info, list_layers, load_split, read_cache_meta
+from transferlab.util import UserInputError
 
 from sklearn.datasets import load_digits
 
@@ -25,22 +25,35 @@ def test_load_split_returns_float32_features_labels_and_ids(cache_with_val):
 
 def test_cache_meta_decodes_json_attributes(cache_no_val):
     meta = read_cache_meta(cache_no_val)
-    assert meta["class_names"] == [f"digit{i}" for i in range(10)] and meta["versions"] == {"torch": "x"}
+    assert meta["class_names"] == [f"digit{i}" for i in range(10)] and set(meta["versions"]) >= {"torch", "h5py"}
     assert meta["splits"] == ["test", "train"] and meta["backbone"] == "lite0"
 
 
 @pytest.mark.parametrize("flag", ["complete", "n_done"])
-def test_incomplete_split_is_refused(tmp_path, flag, cache_writer, split_data):
+def test_an_incomplete_layer_is_refused(tmp_path, flag, cache_writer, split_data):
     labels, features = split_data(with_val=False)
     path = cache_writer(tmp_path / "c.h5", labels, features)
     with h5py.File(path, "a") as f:
         if flag == "complete":
-            f["test"].attrs["complete"] = False
+            f["test/features/stem"].attrs["complete"] = False
         else:
-            f["test"].attrs["n_done"] = 10
+            f["test/features/stem"].attrs["n_done"] = 10
     load_split(path, "train", "stem")
     with pytest.raises(UserInputError, match=r"incomplete.*transferlab extract"):
         load_split(path, "test", "stem")
+
+
+def test_a_finished_layer_stays_readable_while_another_layer_of_its_split_is_unfinished(tmp_path, cache_writer,
+                                                                                      split_data):
+    labels, features = split_data(with_val=False)
+    path = cache_writer(tmp_path / "c.h5", labels, features)
+    with h5py.File(path, "a") as f:  # as an interrupted layer-add leaves it
+        f["train/features/conv_head"].attrs.update(n_done=76, complete=False)
+        f["train"].attrs.update(n_done=76, complete=False)
+    X, _, _ = load_split(path, "train", "blocks.3")
+    assert X.shape == (500, 64)
+    with pytest.raises(UserInputError, match=r"'conv_head' of split 'train'.*76/500"):
+        load_split(path, "train", "conv_head")
 
 
 def test_unknown_layer_lists_the_valid_layers(cache_no_val):

@@ -1,0 +1,153 @@
+"""The extraction spec: everything that decides what a feature vector is, parsed and validated once.
+
+A spec names the backbone, its weights and seed, the input side, the pooling and the storage dtype
+(what the user chooses), and, once :meth:`ExtractionSpec.resolve` has seen the built backbone, the
+facts that travel with the weights: architecture, weights fingerprint, mean, std and interpolation
+(from the weights' own config, never hard-coded). The resolved spec is written whole into the cache's
+root attributes, into ``head.json`` and into a fine-tuned ``model.json``; whoever reads one of those
+files rebuilds the spec with :meth:`ExtractionSpec.from_dict` instead of re-deriving any of it.
+
+Image size: one default and one rule
+------------------------------------
+``image_size=None`` means :data:`DEFAULT_IMAGE_SIZE` (64 px: CPU friendly, and what the sweep,
+``extract``, ``layers``, ``finetune`` and ``advise`` all use, so their caches are shared);
+``image_size=0`` means the backbone's own input size (224 for lite0); any other value is the side
+in pixels, at least :data:`MIN_IMAGE_SIZE` and at most :data:`MAX_IMAGE_SIZE`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+
+from transferlab.util import UserInputError, sha256_json
+
+from .pooling import parse_pooling
+
+DEFAULT_IMAGE_SIZE = 64
+MIN_IMAGE_SIZE = 8
+MAX_IMAGE_SIZE = 4096
+DTYPES = ("float16", "float32")
+# the fields that decide the features (with the data fingerprint and the cache format version)
+KEY_FIELDS = ("arch", "weights_sha256", "image_size", "resize", "mean", "std", "pooling", "dtype")
+
+
+def parse_image_size(value) -> int | None:
+    """``None`` -> None (the default), ``0``/``"native"`` -> 0 (the backbone's own), else a checked int."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().lower() == "native":
+        return 0
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        raise UserInputError(f"image size {value!r} is not a whole number; use e.g. --image-size 64 "
+                             f"(0 = the backbone's own)") from None
+    if size != 0 and not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
+        raise UserInputError(f"image size {size} is out of range; use {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} pixels "
+                             f"(0 = the backbone's own, default {DEFAULT_IMAGE_SIZE})")
+    return size
+
+
+@dataclass(frozen=True)
+class ExtractionSpec:
+    """What decides a feature vector (besides the image itself).
+
+    Parameters
+    ----------
+    backbone : str
+        ``lite0``, ``timm:NAME`` or ``torchvision:NAME``.
+    weights : str
+        ``imagenet``, ``random`` or a path to a weights file.
+    seed : int
+        Seed of random weights.
+    image_size : int or None
+        See the module docstring: None = 64 px, 0 = the backbone's own.
+    pooling : str
+        ``gap``, ``gmp``, ``gap+gmp`` or ``grid:K``.
+    dtype : str
+        Storage dtype of the cache, ``float16`` or ``float32``.
+
+    The remaining fields are filled by :meth:`resolve` from the built backbone.
+
+    Examples
+    --------
+    >>> ExtractionSpec("lite0", pooling="GAP").pooling
+    'gap'
+    >>> ExtractionSpec("lite0").image_size
+    64
+    """
+
+    backbone: str = "lite0"
+    weights: str = "imagenet"
+    seed: int = 0
+    image_size: int | None = None
+    pooling: str = "gap"
+    dtype: str = "float16"
+    arch: str | None = None
+    weights_sha256: str | None = None
+    mean: tuple | None = None
+    std: tuple | None = None
+    interpolation: str | None = None
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        set_("backbone", str(self.backbone).strip())
+        set_("weights", str(self.weights or "imagenet"))
+        try:
+            set_("seed", int(self.seed))
+        except (TypeError, ValueError):
+            raise UserInputError(f"seed {self.seed!r} is not a whole number") from None
+        size = parse_image_size(self.image_size)
+        set_("image_size", DEFAULT_IMAGE_SIZE if size is None else size)
+        set_("pooling", parse_pooling(self.pooling).name)
+        if self.dtype not in DTYPES:
+            raise UserInputError(f"unknown dtype '{self.dtype}'; use float16 or float32")
+        for k in ("mean", "std"):
+            if getattr(self, k) is not None:
+                set_(k, tuple(float(v) for v in getattr(self, k)))
+        if self.interpolation is not None:
+            set_("interpolation", "bicubic" if str(self.interpolation).lower() == "bicubic" else "bilinear")
+
+    @property
+    def resolved(self) -> bool:
+        return self.arch is not None and self.image_size > 0
+
+    @property
+    def resize(self) -> str:
+        return f"antialias-{self.interpolation}"
+
+    @property
+    def pool(self):
+        return parse_pooling(self.pooling)
+
+    def resolve(self, backbone) -> "ExtractionSpec":
+        """Fill in what the built backbone knows (architecture, fingerprint, preprocessing, native size)."""
+        return replace(self, backbone=backbone.spec, weights=backbone.weights, arch=backbone.arch,
+                       weights_sha256=backbone.weights_sha256, mean=tuple(backbone.mean), std=tuple(backbone.std),
+                       interpolation=backbone.interpolation, image_size=self.image_size or backbone.input_size)
+
+    def require_resolved(self) -> None:
+        if not self.resolved:
+            raise ValueError("ExtractionSpec.resolve(backbone) first")
+
+    def key_fields(self) -> dict:
+        self.require_resolved()
+        d = self.to_dict()
+        return {k: (list(d[k]) if isinstance(d[k], tuple) else d[k]) for k in KEY_FIELDS}
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the fields that decide the features."""
+        return sha256_json(self.key_fields())
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["resize"] = self.resize if self.interpolation else None
+        for k in ("mean", "std"):
+            if d[k] is not None:
+                d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExtractionSpec":
+        """Rebuild a spec from :meth:`to_dict` output (or the cache's root attributes)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

@@ -1,0 +1,9 @@
+"""scikit-learn's own estimator checks for the project's estimators (they must pass, none marked away)."""
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from transferlab.classifiers.fast_logreg import BatchedLogisticRegressionCV, TorchLogisticRegression
+
+
+@parametrize_with_checks([TorchLogisticRegression(), BatchedLogisticRegressionCV(Cs=[0.01, 1.0, 100.0])])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)

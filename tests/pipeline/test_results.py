@@ -1,0 +1,73 @@
+"""A results row's key holds everything that decides it: rows of other data never show as current."""
+import numpy as np
+from PIL import Image
+
+from tests.conftest import make_npz
+from transferlab.pipeline.results import STALE_FILE, append_row, read_rows
+from transferlab.pipeline.sweep import SweepConfig, sweep
+
+
+def _folder(root, x, y):
+    for split in ("train", "test"):
+        for i, (img, label) in enumerate(zip(x[split], y[split])):
+            d = root / split / f"c{label}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+def _cfg(tmp_path, data, **kw):
+    return SweepConfig(**{"data": data, "heads": "knn", "layers": "bn1,bn2", "image_size": "32",
+                          "out": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache"), "n_jobs": 1, **kw})
+
+
+def test_deleting_training_images_refits_every_row(tmp_path):
+    arrays = np.load(make_npz(tmp_path / "d.npz", n_train=60, n_test=15))
+    folder = _folder(tmp_path / "imgs", {"train": arrays["x_train"], "test": arrays["x_test"]},
+                     {"train": arrays["y_train"], "test": arrays["y_test"]})
+    first = sweep(_cfg(tmp_path, f"folder:{folder}"), progress=False)
+    assert {(r["n_train"], r["n_val"]) for r in first["rows"]} == {("48", "12")}
+    for p in sorted((folder / "train").rglob("*.png"))[::3]:  # delete 20 of the 60 training images
+        p.unlink()
+    second = sweep(_cfg(tmp_path, f"folder:{folder}"), progress=False)
+    assert second["timing"]["fits_run"] == 2 and second["stale_rows_moved"] == 2
+    assert {(r["n_train"], r["n_val"]) for r in second["rows"]} == {("32", "8")}
+    assert set(r["cache_file"] for r in second["rows"]) != set(r["cache_file"] for r in first["rows"])
+    assert len(read_rows(tmp_path / "run" / STALE_FILE)) == 2
+
+
+def test_another_data_set_into_the_same_out_never_reports_the_old_numbers(tmp_path):
+    a = make_npz(tmp_path / "a.npz", n_train=30, n_test=12, seed=1)
+    sweep(_cfg(tmp_path, f"npz:{a}"), progress=False)
+    summary = sweep(_cfg(tmp_path, "digits"), progress=False)
+    assert {r["data"] for r in summary["rows"]} == {"digits"} and len(summary["rows"]) == 2
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Data `digits`" in report and "a.npz" not in report
+    assert {r["data"] for r in read_rows(tmp_path / "run" / STALE_FILE)} == {f"npz:{a}"}
+
+
+def test_a_warm_rerun_fits_nothing_and_a_torn_last_line_is_refitted(tmp_path):
+    a = make_npz(tmp_path / "a.npz", n_train=30, n_test=12)
+    sweep(_cfg(tmp_path, f"npz:{a}"), progress=False)
+    again = sweep(_cfg(tmp_path, f"npz:{a}"), progress=False)
+    assert again["timing"]["fits_run"] == 0 and again["stale_rows_moved"] == 0
+    csv_path = tmp_path / "run" / "results.csv"
+    text = csv_path.read_text()
+    csv_path.write_text(text[: len(text) - 40])  # the last row cut mid-line, as a full disk leaves it
+    healed = sweep(_cfg(tmp_path, f"npz:{a}"), progress=False)
+    assert healed["timing"]["fits_run"] == 1 and healed["stale_rows_moved"] == 1
+    assert len(read_rows(csv_path)) == 2 and all(r["row_key"] for r in read_rows(csv_path))
+
+
+def test_another_grid_is_another_row(tmp_path):
+    a = make_npz(tmp_path / "a.npz", n_train=30, n_test=12)
+    sweep(_cfg(tmp_path, f"npz:{a}"), progress=False)
+    full = sweep(_cfg(tmp_path, f"npz:{a}", full_grid=True), progress=False)
+    assert full["timing"]["fits_run"] == 2 and full["stale_rows_moved"] == 2
+
+
+def test_append_row_writes_one_whole_line(tmp_path):
+    path = tmp_path / "r.csv"
+    append_row(path, {"layer": "a,b", "head": "knn", "row_key": "k1"})
+    append_row(path, {"layer": "c", "head": "svm", "row_key": "k2"})
+    assert [(r["layer"], r["row_key"]) for r in read_rows(path)] == [("a,b", "k1"), ("c", "k2")]

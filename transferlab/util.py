@@ -1,0 +1,103 @@
+"""Small things every stage needs, in one place: the user-error type, file hashes, atomic writes, versions.
+
+Integrity rule of :func:`atomic_write` (used for every JSON, joblib and torch file the tool writes
+whole): the bytes go to a temporary file in the same folder, are flushed and fsynced, and only then
+``os.replace`` d onto the target. A crash or a full disk at any moment leaves either the old file or
+the new one, never a mix; the temporary file is removed on an error, and one left by a kill -9 is
+named ``.<name>.<random>.tmp`` (hidden, never read as a result).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+
+class UserInputError(ValueError):
+    """Bad input from the user: the message names the input and the fix.
+
+    The CLI prints ``error: <message>`` and exits with status 2, without a traceback.
+    Library code raises it only for problems the user can correct (paths, names, values),
+    never for internal bugs.
+    """
+
+
+def sha256_file(path: "str | Path", chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_json(obj) -> str:
+    """Hex SHA-256 of a JSON-able object in canonical form (sorted keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def atomic_write(path: "str | Path", data) -> Path:
+    """Write ``data`` (bytes, str, or a callable taking a binary file object) to ``path`` atomically."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json(path: "str | Path", obj, **kw) -> Path:
+    """``atomic_write`` of ``obj`` as indented JSON (NaN refused unless ``allow_nan=True``)."""
+    kw.setdefault("allow_nan", False)
+    return atomic_write(path, json.dumps(jsonable(obj), indent=2, sort_keys=kw.pop("sort_keys", False),
+                                         default=str, **kw) + "\n")
+
+
+def jsonable(value):
+    """numpy arrays and scalars, tuples and paths to plain JSON values (recursively); NaN and inf -> None."""
+    import math
+
+    import numpy as np
+
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+VERSIONED = ("transferlab", "numpy", "torch", "torchvision", "timm", "scikit-learn", "joblib", "h5py")
+
+
+def library_versions(dists=VERSIONED) -> dict:
+    """Versions of python and the named distributions (None when not installed); one record for all files."""
+    out = {"python": platform.python_version()}
+    for dist in dists:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
