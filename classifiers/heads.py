@@ -14,7 +14,10 @@ knn       ``KNeighborsClassifier``, cosine, distance-weighted         ``n_neighb
 ========  ==========================================================  ==============  ============
 
 The logreg grid follows Kornblith et al. 2019 (C log-spaced over [1e-6, 1e5]: 12 values by default,
-their 45 with ``full=True``); the SVM grid follows VISSL ([0.01, 0.1, 1, 10, 100]).
+their 45 with ``full=True``); the SVM grid extends VISSL's ([0.01, 0.1, 1, 10, 100]) to 10^4: on
+L2-normalised features of early layers the best C often lies above 100 (on MNIST, 7 of 9 layers
+chose the old ceiling, and raising it lifted them by 6-10 points). A choice on the edge of its grid
+is noted in the results row.
 """
 
 from __future__ import annotations
@@ -196,8 +199,8 @@ def _logspace(lo, hi, n):
     return tuple(float(c) for c in np.logspace(lo, hi, n))
 
 
-register_head(HeadSpec("svm", "linear SVM (LinearSVC)", _svm, "C", (0.01, 0.1, 1.0, 10.0, 100.0),
-                       _logspace(-3, 3, 13), 1.0, "l2"))
+register_head(HeadSpec("svm", "linear SVM (LinearSVC)", _svm, "C", (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0),
+                       _logspace(-3, 5, 17), 1.0, "l2"))
 register_head(HeadSpec("svm-rbf", "kernel SVM, RBF (small data)", _svm_rbf, "C", (0.1, 1.0, 10.0, 100.0),
                        _logspace(-2, 3, 11), 1.0, "standardize"))
 register_head(HeadSpec("logreg", "multinomial L2 logistic regression", _logreg, "C", _logspace(-6, 5, 12),

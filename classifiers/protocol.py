@@ -144,7 +144,7 @@ def _select(template, spec, grid_points, X_tr, y_tr, X_val, y_val, n_classes, n_
 def select_and_fit(X_train, y_train, X_val, y_val, X_test, y_test, head: str, *, preprocessing: str | None = None,
                    pca: int | None = None, grid=None, full_grid: bool = False, val_fraction: float = 0.2,
                    seed: int = 0, n_jobs: int = 1, backend: str | None = None, solver: str | None = None,
-                   head_params: dict | None = None, class_names=None) -> HeadResult:
+                   head_params: dict | None = None, class_names=None, refit_with_val: bool = True) -> HeadResult:
     """Choose a head's hyperparameters on validation rows, refit on train+val, evaluate once on test.
 
     Parameters
@@ -176,6 +176,9 @@ def select_and_fit(X_train, y_train, X_val, y_val, X_test, y_test, head: str, *,
         Extra estimator parameters (e.g. ``{"device": "cuda"}``).
     class_names : sequence of str, optional
         Names of labels 0..K-1 for the per-class report.
+    refit_with_val : bool
+        Refit the chosen head on train+val (default). False keeps the given validation rows out of
+        the final fit: low-shot protocols validate on rows that must not become training rows.
 
     Returns
     -------
@@ -211,19 +214,25 @@ def select_and_fit(X_train, y_train, X_val, y_val, X_test, y_test, head: str, *,
         params = {} if spec.param in (head_params or {}) else {spec.param: spec.default}
         val_scores, val_accuracy = [], None
         selection = f"none: {reason}; default hyperparameters"
-        X_fit, y_fit, n_val = X_train, y_train, 0
+        X_fit, y_fit, n_val, n_train = X_train, y_train, 0, X_train.shape[0]
     else:
         scores = _select(template, spec, grid_points, X_sel, y_sel, X_val, y_val, n_classes, n_jobs, backend)
         best = int(np.argmax(scores))
         params, val_accuracy = dict(grid_points[best]), float(scores[best])
+        edge = _grid_edge(grid, params)
         val_scores = [{"params": dict(p), "val_accuracy": float(s)} for p, s in zip(grid_points, scores)]
         n_val = X_val.shape[0]
         same_rows = X_sel is not X_train
-        X_fit = X_train if same_rows else np.concatenate([X_train, X_val])
-        y_fit = y_train if same_rows else np.concatenate([y_train, y_val])
+        if same_rows or not refit_with_val:  # a holdout of train (refit on all of train), or val kept out
+            X_fit, y_fit = X_train, y_train
+        else:
+            X_fit, y_fit = np.concatenate([X_train, X_val]), np.concatenate([y_train, y_val])
+        n_train = X_train.shape[0] - (n_val if same_rows else 0)
 
     final = clone(template).set_params(**{f"head__{k}": v for k, v in params.items()})
     final, notes = adapt_to_data(final, X_fit.shape[0], X_fit.shape[1], np.unique(y_fit).size)
+    if reason is None and edge:
+        notes.append(edge)
     final.fit(X_fit, y_fit)
     fit_seconds = time.perf_counter() - started
 
@@ -245,9 +254,21 @@ def select_and_fit(X_train, y_train, X_val, y_val, X_test, y_test, head: str, *,
         fit_seconds=fit_seconds, val_scores=_plain(val_scores), report=_plain(report), seed=seed,
         preprocessing=describe_preprocessing(preprocessing or spec.preprocessing, pca), pca=pca,
         selection=selection, solver=("torch" if isinstance(head_step, TorchLogisticRegression) else "sklearn")
-        if spec.solvers else None, n_train=int(X_fit.shape[0] - n_val), n_val=int(n_val), n_test=int(n_test),
+        if spec.solvers else None, n_train=int(n_train), n_val=int(n_val), n_test=int(n_test),
         notes=notes,
     )
+
+
+def _grid_edge(grid: dict, params: dict) -> str | None:
+    """A note when a chosen numeric value is the largest or smallest of a grid of 3 or more values."""
+    for name, values in grid.items():
+        values = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(values) >= 3 and name in params:
+            if params[name] == max(values) and max(values) != min(values):
+                return f"{name}={params[name]:g} at the grid edge (largest of {len(values)}): widen the grid"
+            if params[name] == min(values) and name in ("C", "alpha"):  # k=1 is a floor, not an edge
+                return f"{name}={params[name]:g} at the grid edge (smallest of {len(values)}): widen the grid"
+    return None
 
 
 def _plain(value):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from transferlab.features.cache import layer_info, list_layers, load_split, read_cache_meta
 from transferlab.features.spec import ExtractionSpec
 from transferlab.util import UserInputError
@@ -44,7 +46,9 @@ def train_head(features_file, layer: str, head: str, out=None, preprocessing: st
     preprocessing, pca, val_fraction, seed, n_jobs, full_grid, grid, solver, backend, head_params
         See :func:`classifiers.protocol.select_and_fit`.
     shots : int, optional
-        Train on ``shots`` examples per class of the train split (seeded by ``seed``).
+        Train on ``shots`` examples per class of the train split (seeded by ``seed``). Without a
+        ``val`` split, the training rows not drawn serve as validation rows (so even 1-shot
+        selects on data, never on test).
 
     Returns
     -------
@@ -68,14 +72,19 @@ def train_head(features_file, layer: str, head: str, out=None, preprocessing: st
     if "val" in meta["splits"]:
         X_va, y_va, _ = load_split(features_file, "val", layer)
     check_two_classes(y_tr, f"training labels of {os.fspath(features_file)}")
+    refit_with_val = True
     if shots is not None:
         rows = sample_shots(y_tr, shots, seed)
+        if X_va is None:  # low-shot: the training rows not drawn are labelled data never trained on
+            rest = np.setdiff1d(np.arange(y_tr.size), rows)
+            if rest.size and np.unique(y_tr[rest]).size == np.unique(y_tr).size:
+                X_va, y_va, refit_with_val = X_tr[rest], y_tr[rest], False
         X_tr, y_tr = X_tr[rows], y_tr[rows]
     class_names = meta.get("class_names") if isinstance(meta.get("class_names"), list) else None
     result = select_and_fit(
         X_tr, y_tr, X_va, y_va, X_te, y_te, head, preprocessing=preprocessing, pca=pca, grid=grid,
         full_grid=full_grid, val_fraction=val_fraction, seed=seed, n_jobs=n_jobs, backend=backend, solver=solver,
-        head_params=head_params, class_names=class_names,
+        head_params=head_params, class_names=class_names, refit_with_val=refit_with_val,
     )
     row = {
         "backbone": meta.get("backbone"),

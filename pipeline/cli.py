@@ -165,8 +165,17 @@ def cmd_sweep(a):
     out = Path(cfg.out)
 
     for b in best_per_curve(summary["rows"])[:6]:
-        print(f"best: {b['backbone']}/{b['weights']} {b['head']}{' ' + str(b['shots']) + '-shot' if b['shots'] else ''}"
-              f": {b['best_layer']} test {b['best_test']:.3f} (last layer {b['last_test']:.3f})")
+        shots = f" {b['shots']}-shot" if b["shots"] else ""
+        if b["val_choice"] is None:
+            print(f"{b['backbone']}/{b['weights']} {b['head']}{shots}: no validation rows, no layer chosen")
+            continue
+        print(f"chosen on val: {b['backbone']}/{b['weights']} {b['head']}{shots}: {b['val_choice']} "
+              f"val {b['val_choice_val']:.3f} ± {b['val_choice_se']:.3f}, its test {b['val_choice_test']:.3f} "
+              f"(last layer test {b['last_test']:.3f})")
+    if summary.get("decision"):
+        d = summary["decision"]
+        print(f"recommendation: {d['strategy']} (runner-up {d['runner_up']}{', close call' if d['close'] else ''}); "
+              f"see report.md")
     t = summary["timing"]
     print(f"extract {t['extract_seconds']:.1f} s, heads {t['train_seconds']:.1f} s")
     print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'depth_vs_accuracy.png'}, {out / 'report.md'}")
@@ -233,6 +242,39 @@ def _add_finetune_args(p):
         p.add_argument(flag, default=argparse.SUPPRESS, **kw)
     p.add_argument("--append-to", default=None, help="a sweep directory or results.csv to add the result to")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def cmd_advise(a):
+    from transferlab.pipeline.advise import advise
+
+    adv = advise(a.data, a.backbone, image_size=a.image_size, pool=a.pool, seed=a.seed, max_train=a.max_train,
+                 max_val=a.max_val, compare_random=a.random, scores=a.scores, finetune_probe=a.finetune_probe,
+                 cache_dir=a.cache_dir, device=a.device, progress=not a.quiet,
+                 log=(lambda m: None) if a.quiet or a.json else (lambda m: print(m, file=sys.stderr)))
+    if a.json:
+        from transferlab.util import jsonable
+
+        print(json.dumps(jsonable(adv.to_dict()), indent=2))
+        return
+    print(f"strategy: {adv.strategy}" + ("  (close call)" if adv.close else ""))
+    print(f"runner-up: {adv.runner_up}")
+    if adv.chosen_layer:
+        print(f"layer: {adv.chosen_layer}")
+    print("evidence:")
+    for r in adv.reasons:
+        print(f"  - {r}")
+    curve = adv.evidence.get("curve") or []
+    if curve:
+        print(f"  {'layer':<12} {'rel.depth':>9} {'val acc':>8} {'+-se':>6} {'knn':>6} {'logme':>7}")
+        from transferlab.pipeline.decision import stderr
+
+        for p in curve:
+            knn = "" if p["knn"] is None else f"{p['knn']:.3f}"
+            lm = "" if p["logme"] is None else f"{p['logme']:+.3f}"
+            print(f"  {p['layer']:<12} {p['rel_depth']:>9.2f} {p['val_accuracy']:>8.3f} "
+                  f"{stderr(p['val_accuracy'], p['n_val']):>6.3f} {knn:>6} {lm:>7}")
+    print("thresholds: " + ", ".join(f"{k}={v}" for k, v in adv.thresholds.items()))
+    print(f"next: {adv.next_command}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -307,6 +349,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-jobs", type=int, default=None, help="parallel head fits (joblib; default all cores)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("advise", help="measure the evidence and name the transfer regime for a data set")
+    p.add_argument("--data", required=True, help="digits, npz:PATH, folder:PATH or torchvision:NAME")
+    p.add_argument("--backbone", default="lite0", help="an ImageNet backbone: lite0, timm:NAME or torchvision:NAME")
+    p.add_argument("--image-size", type=_image_size, default=None, help=IMAGE_SIZE_HELP)
+    p.add_argument("--pool", default="gap", help="gap, gmp, gap+gmp or grid:K")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subsample and the validation split")
+    p.add_argument("--max-train", type=_positive_int, default=5000, help="training rows measured on (stratified cap)")
+    p.add_argument("--max-val", type=_positive_int, default=2000, help="validation rows measured on (stratified cap)")
+    p.add_argument("--no-random", dest="random", action="store_false",
+                   help="skip the random-weights comparison (faster; no from-scratch evidence)")
+    p.add_argument("--no-scores", dest="scores", action="store_false", help="skip kNN and LogME per layer")
+    p.add_argument("--finetune-probe", action="store_true", help="also fine-tune last:2 briefly on the subset")
+    p.add_argument("--cache-dir", default=None, help="feature cache directory")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--json", action="store_true", help="print the advice as one JSON object (key 'strategy')")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.set_defaults(func=cmd_advise)
 
     p = sub.add_parser("finetune", help="end-to-end training: head, last:N, full (low lr) or scratch")
     _add_finetune_args(p)

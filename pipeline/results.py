@@ -35,7 +35,7 @@ from transferlab.util import atomic_write, sha256_json
 RESULT_COLUMNS = [
     "backbone", "weights", "pool", "image_size", "layer", "depth", "rel_depth", "dim", "head", "preprocessing",
     "params", "shots", "repeat", "seed", "val_accuracy", "test_accuracy", "fit_seconds", "n_train", "n_val",
-    "selection", "data", "data_fingerprint", "cache_key", "cache_file", "grid", "val_fraction", "row_key",
+    "selection", "notes", "data", "data_fingerprint", "cache_key", "cache_file", "grid", "val_fraction", "row_key",
 ]
 STALE_FILE = "results.stale.csv"
 

@@ -21,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
@@ -99,8 +100,28 @@ def _fit_one(job: dict) -> dict:
                val_accuracy="" if res.get("val_accuracy") is None else round(float(res["val_accuracy"]), 6),
                test_accuracy=round(float(res["test_accuracy"]), 6),
                fit_seconds=round(float(res.get("fit_seconds", time.perf_counter() - t0)), 3),
-               n_train=res.get("n_train", ""), n_val=res.get("n_val", ""), selection=res.get("selection", ""))
+               n_train=res.get("n_train", ""), n_val=res.get("n_val", ""), selection=res.get("selection", ""),
+               notes="; ".join(res.get("notes") or []))
     return row
+
+
+def class_counts(dataset) -> dict:
+    """Labelled images per class outside the test split (what a head or a fine-tune can learn from)."""
+    counts = {name: 0 for name in dataset.class_names}
+    for name, split in dataset.splits.items():
+        if name != "test":
+            for c, n in zip(*np.unique(split.labels, return_counts=True)):
+                counts[dataset.class_names[int(c)]] += int(n)
+    return counts
+
+
+def decision_of(summary: dict) -> dict | None:
+    """The recommendation from a sweep's rows (see :mod:`transferlab.pipeline.decision`)."""
+    from .decision import decide
+    from .report import evidence_from_rows
+
+    ev = evidence_from_rows(summary["rows"], summary.get("class_counts"))
+    return decide(ev).to_dict() if ev is not None else None
 
 
 def _layer_names(layers, meta: dict) -> list[str]:
@@ -193,10 +214,12 @@ def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, *
         t_train += time.perf_counter() - t0
     rows = read_rows(csv_path)
     summary = {"config": asdict(cfg), "versions": library_versions(), "rows": rows, "cache_files": cache_files,
-               "class_names": dataset.class_names, "data_fingerprint": dataset.fingerprint,
+               "class_names": dataset.class_names, "class_counts": class_counts(dataset),
+               "data_fingerprint": dataset.fingerprint,
                "timing": {"extract_seconds": round(t_extract, 2), "train_seconds": round(t_train, 2),
                           "fits_run": len(jobs), "fits_reused": len(rows) - len(jobs)},
                "stale_rows_moved": len(stale)}
+    summary["decision"] = decision_of(summary)
     write_json(out / "results.json", summary)
     write_report(out, summary)
     return summary

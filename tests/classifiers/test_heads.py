@@ -11,13 +11,29 @@ from transferlab.classifiers.fast_logreg import TorchLogisticRegression
 from transferlab.classifiers.heads import adapt_to_data, available_heads, default_grid, default_preprocessing, make_head
 from transferlab.util import UserInputError
 
+def _shrunk_standardize(k=10.0):
+    """The shrunk standardisation computed directly: scale_j = sqrt((n var_j + k mean(var)) / (n + k))."""
+    from sklearn.preprocessing import FunctionTransformer
+
+    class Ref(FunctionTransformer):
+        def fit(self, X, y=None):
+            n, var = X.shape[0], X.var(0)
+            self.mu_, self.sd_ = X.mean(0), np.sqrt((n * var + k * var.mean()) / (n + k))
+            return self
+
+        def transform(self, X):
+            return (X - self.mu_) / self.sd_
+
+    return Ref()
+
+
 DIRECT = {
     "svm": (dict(C=0.1), lambda: make_pipeline(Normalizer(), LinearSVC(C=0.1, random_state=0, max_iter=5000))),
-    "svm-rbf": (dict(C=10.0), lambda: make_pipeline(StandardScaler(), SVC(C=10.0, gamma="scale", random_state=0))),
+    "svm-rbf": (dict(C=10.0), lambda: make_pipeline(_shrunk_standardize(), SVC(C=10.0, gamma="scale", random_state=0))),
     "knn": (dict(n_neighbors=3), lambda: make_pipeline(
         Normalizer(), KNeighborsClassifier(3, weights="distance", metric="cosine", algorithm="brute"))),
     "mlp": (dict(alpha=1e-3, hidden_layer_sizes=(32,), max_iter=300), lambda: make_pipeline(
-        StandardScaler(), MLPClassifier((32,), alpha=1e-3, early_stopping=True, max_iter=300, random_state=0))),
+        _shrunk_standardize(), MLPClassifier((32,), alpha=1e-3, early_stopping=True, max_iter=300, random_state=0))),
 }
 
 
@@ -54,7 +70,7 @@ def test_grids_follow_kornblith_and_vissl():
     assert len(C) == 12 and C[0] == pytest.approx(1e-6) and C[-1] == pytest.approx(1e5)
     full = default_grid("logreg", full=True)["C"]
     assert len(full) == 45 and np.allclose(np.diff(np.log10(full)), 11 / 44)
-    assert default_grid("svm")["C"] == [0.01, 0.1, 1.0, 10.0, 100.0]
+    assert default_grid("svm")["C"] == [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0]
     assert list(default_grid("mlp")) == ["alpha"] and list(default_grid("knn")) == ["n_neighbors"]
 
 

@@ -23,13 +23,17 @@ def test_standardize_learns_from_training_rows_only():
     train, test = rng.normal(2.0, 3.0, size=(50, 4)), rng.normal(-5.0, 1.0, size=(30, 4))
     pipe = _fit("standardize", train)
     np.testing.assert_allclose(pipe.named_steps["standardize"].mean_, train.mean(0))
-    np.testing.assert_allclose(pipe.transform(test), (test - train.mean(0)) / train.std(0))
+    var = train.var(0)
+    shrunk_sd = np.sqrt((50 * var + 10 * var.mean()) / (50 + 10))  # variance shrunk by 10 pseudo-rows
+    np.testing.assert_allclose(pipe.transform(test), (test - train.mean(0)) / shrunk_sd)
 
 
 def test_l2_then_standardize_in_that_order():
     X = np.random.default_rng(2).normal(size=(40, 6)) + 3
     unit = X / np.linalg.norm(X, axis=1, keepdims=True)
-    np.testing.assert_allclose(_fit("l2+standardize", X).transform(X), StandardScaler().fit_transform(unit))
+    var = unit.var(0)
+    expected = (unit - unit.mean(0)) / np.sqrt((40 * var + 10 * var.mean()) / 50)
+    np.testing.assert_allclose(_fit("l2+standardize", X).transform(X), expected)
 
 
 def test_none_leaves_features_alone_and_pca_reduces_dimension():
@@ -50,3 +54,21 @@ def test_description_records_preprocessing_and_pca():
 def test_bad_preprocessing_is_a_user_error(name, pca):
     with pytest.raises(UserInputError, match="preprocessing|pca"):
         make_preprocessing(name, pca)
+
+
+def test_shrunk_standardisation_is_standardscaler_on_many_rows_and_tames_near_constant_dims_on_few():
+    import numpy as np
+    from sklearn.preprocessing import StandardScaler
+
+    from transferlab.classifiers.preprocessing import ShrunkStandardScaler
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(20000, 8)) * np.arange(1, 9)
+    np.testing.assert_allclose(ShrunkStandardScaler().fit(X).scale_, StandardScaler().fit(X).scale_, rtol=1e-2)
+    np.testing.assert_allclose(ShrunkStandardScaler(prior_rows=0).fit(X[:50]).transform(X[:50]),
+                               StandardScaler().fit(X[:50]).transform(X[:50]))
+    few = rng.normal(size=(10, 100))
+    few[:, 0] = 1e-4 * rng.normal(size=10)  # a dimension that is nearly constant on these 10 rows
+    plain = np.abs(StandardScaler().fit_transform(few)[:, 0]).max()
+    shrunk = np.abs(ShrunkStandardScaler().fit_transform(few)[:, 0]).max()
+    assert plain > 1.0 and shrunk < 1e-3

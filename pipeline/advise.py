@@ -1,0 +1,245 @@
+"""``transferlab advise``: measure the evidence on a capped subset, then name the transfer regime.
+
+What it measures (all on training and validation rows; the test split is never read):
+
+1. size: images per class, total, balance;
+2. the depth curve on validation: a logistic-regression probe (C chosen on validation) on every
+   catalog layer, with its standard error;
+3. training-free scores per layer: cosine k-NN accuracy and LogME
+   (:mod:`transferlab.classifiers.transferability`);
+4. similarity to the source: the ImageNet classifier's mean top-1 confidence and entropy on the
+   validation images, and the pretrained-vs-random gap at the best layers;
+5. the probe's learning curve at the chosen layer (25/50/100% of the training rows);
+6. optionally (``finetune_probe``) a short ``last:2`` fine-tune on the subset.
+
+Large data sets are subsampled (stratified, seeded) to ``max_train`` training and ``max_val``
+validation rows; the per-class size used for the decision is the full data set's. The features go
+through the normal cache (keyed by the subset's fingerprint), so a second ``advise`` reuses them.
+:func:`transferlab.pipeline.decision.decide` turns the evidence into the recommendation.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from transferlab.classifiers.protocol import select_and_fit
+from transferlab.classifiers.transferability import knn_accuracy, logme
+from transferlab.features import ExtractionSpec, build_backbone, default_layers, extract, load_dataset
+from transferlab.features.cache import layer_info, load_split, read_cache_meta
+from transferlab.features.data import Dataset, Split
+from transferlab.util import UserInputError, sha256_json
+
+from .decision import THRESHOLDS, Evidence, LayerPoint, decide
+
+LOGME_ROWS = 3000
+
+
+@dataclass
+class Advice:
+    strategy: str
+    runner_up: str
+    close: bool
+    chosen_layer: str | None
+    reasons: list
+    evidence: dict
+    facts: dict
+    thresholds: dict
+    next_command: str
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _take(y: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Sorted indices of a stratified sample of ``n`` rows (all rows when ``n`` >= len)."""
+    if n >= y.size:
+        return np.arange(y.size)
+    from sklearn.model_selection import train_test_split
+
+    _, idx = train_test_split(np.arange(y.size), test_size=n, stratify=y, random_state=seed)
+    return np.sort(idx)
+
+
+def _subset(split: Split, idx: np.ndarray, name: str) -> Split:
+    if split.in_memory:
+        return Split(name, split.labels[idx], images=split.images[idx], ids=split.ids[idx])
+    return Split(name, split.labels[idx], paths=[split.paths[i] for i in idx], ids=split.ids[idx])
+
+
+def advice_subset(ds: Dataset, max_train: int, max_val: int, val_fraction: float, seed: int) -> Dataset:
+    """A Dataset of capped, stratified train and val splits (no test split): what advise measures on."""
+    tr = ds.splits["train"]
+    if "val" in ds.splits and len(ds.splits["val"]):
+        val, source, train_idx = ds.splits["val"], "val split", np.arange(len(tr))
+        val_idx = _take(val.labels, max_val, seed)
+    else:
+        from sklearn.model_selection import train_test_split
+
+        try:
+            train_idx, val_idx = train_test_split(np.arange(len(tr)), test_size=val_fraction, stratify=tr.labels,
+                                                  random_state=seed)
+        except ValueError:
+            raise UserInputError(f"{ds.spec}: too few images per class to hold out validation rows; "
+                                 f"add images or a val split") from None
+        val, source = tr, f"{val_fraction:g} of train"
+        val_idx = np.sort(val_idx)[_take(tr.labels[np.sort(val_idx)], max_val, seed)]
+        train_idx = np.sort(train_idx)
+    train_idx = train_idx[_take(tr.labels[train_idx], max_train, seed)]
+    splits = {"train": _subset(tr, train_idx, "train"), "val": _subset(val, val_idx, "val")}
+    fp = sha256_json({"data": ds.fingerprint, "train": train_idx.tolist(), "val": val_idx.tolist(), "val_from": source})
+    sub = Dataset(f"{ds.spec}#advise", splits, ds.class_names, fp)
+    sub.val_source = source
+    return sub
+
+
+def _probe(X, y, Xv, yv, seed) -> float:
+    return float(select_and_fit(X, y, Xv, yv, None, None, "logreg", seed=seed).val_accuracy)
+
+
+def _curve(path, layers, seed, scores: bool, log) -> list:
+    points = []
+    for name in layers:
+        X, y, _ = load_split(path, "train", name)
+        Xv, yv, _ = load_split(path, "val", name)
+        info = layer_info(path, name)
+        acc = _probe(X, y, Xv, yv, seed)
+        p = LayerPoint(name, info["rel_depth"], acc, int(yv.size))
+        if scores:
+            p.knn = knn_accuracy(X, y, Xv, yv, k=10)
+            rows = np.sort(_take(y, LOGME_ROWS, seed))
+            p.logme = logme(X[rows], y[rows])
+        log(f"  {name:<12} val {acc:.3f}" + (f"  knn {p.knn:.3f}  logme {p.logme:+.3f}" if scores else ""))
+        points.append(p)
+    return points
+
+
+def _source_confidence(path, layer) -> tuple:
+    logits, _, _ = load_split(path, "val", layer)
+    z = logits.astype(np.float64)
+    z -= z.max(1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(1, keepdims=True)
+    ent = -(p * np.log(np.clip(p, 1e-12, None))).sum(1) / math.log(p.shape[1])
+    return float(p.max(1).mean()), float(ent.mean())
+
+
+def _learning_curve(path, layer, seed) -> dict:
+    X, y, _ = load_split(path, "train", layer)
+    Xv, yv, _ = load_split(path, "val", layer)
+    out = {}
+    for frac in (0.25, 0.5, 1.0):
+        idx = _take(y, max(int(round(frac * y.size)), 2 * np.unique(y).size), seed)
+        out[frac] = _probe(X[idx], y[idx], Xv, yv, seed)
+    return out
+
+
+def _next_command(strategy, data, backbone, image_size, decision) -> str:
+    size = f" --image-size {image_size}"
+    if strategy == "generic-features":
+        layers = ",".join(dict.fromkeys([decision.facts.get("peak_layer"), decision.facts.get("last_layer")]))
+        return f"transferlab sweep --data {data} --backbone {backbone}{size} --layers {layers} --heads logreg,svm"
+    if strategy == "linear-probe":
+        return (f"transferlab sweep --data {data} --backbone {backbone}{size} "
+                f"--layers {decision.facts.get('last_layer')} --heads logreg")
+    if strategy == "fine-tune":
+        return f"transferlab finetune --data {data} --backbone {backbone}{size} --mode last:2 --epochs 10"
+    return f"transferlab finetune --data {data} --backbone {backbone}{size} --mode scratch --epochs 30"
+
+
+def advise(data, backbone: str = "lite0", image_size=None, pool: str = "gap", seed: int = 0,
+           max_train: int = 5000, max_val: int = 2000, val_fraction: float = 0.2, compare_random: bool = True,
+           scores: bool = True, finetune_probe: bool = False, cache_dir=None, device: str = "auto",
+           progress: bool = False, log=None) -> Advice:
+    """Measure the evidence and recommend one of the four regimes.
+
+    Parameters
+    ----------
+    data : str or Dataset
+        A data spec (``digits``, ``npz:PATH``, ``folder:PATH``).
+    backbone : str
+        ImageNet backbone (``lite0``, ``timm:NAME``, ``torchvision:NAME``).
+    image_size, pool : see :class:`transferlab.features.ExtractionSpec`.
+    max_train, max_val : int
+        Caps of the stratified subset measured on.
+    compare_random : bool
+        Also probe the same architecture with random weights (the pretrained-vs-random gap).
+    scores : bool
+        kNN accuracy and LogME per layer.
+    finetune_probe : bool
+        Also fine-tune ``last:2`` briefly on the subset and compare.
+
+    Returns
+    -------
+    Advice
+        ``strategy``, ``runner_up``, ``reasons``, the evidence, the thresholds and ``next_command``.
+
+    Examples
+    --------
+    >>> a = advise("digits")              # doctest: +SKIP
+    >>> a.strategy                        # doctest: +SKIP
+    'generic-features'
+    """
+    started = time.perf_counter()
+    log = log or (lambda m: print(m, file=sys.stderr))
+    ds = load_dataset(data, seed=seed)
+    y = ds.splits["train"].labels
+    classes, counts = np.unique(y, return_counts=True)
+    if classes.size < 2:
+        raise UserInputError(f"{ds.spec} has a single class in its training split ({ds.class_names[classes[0]] if classes.size else 'none'}); "
+                             f"a classifier needs at least two")
+    if int(counts.min()) < 2:
+        raise UserInputError(f"{ds.spec}: class {ds.class_names[int(classes[counts.argmin()])]} has "
+                             f"{int(counts.min())} training image; advise needs at least 2 per class to hold out "
+                             f"validation rows (with fewer, use a linear probe: transferlab train ... --head logreg)")
+    sub = advice_subset(ds, max_train, max_val, val_fraction, seed)
+    spec = ExtractionSpec(backbone, "imagenet", seed, image_size, pool)
+    bb = build_backbone(spec.backbone, "imagenet", seed)
+    # the source classifier's logits ride along in the same pass (pooling passes flat outputs through)
+    extra = [bb.classifier] if bb.classifier in dict(bb.model.named_modules()) and bb.class_names else []
+    log(f"advise: {ds.spec}, {len(sub.splits['train'])} train / {len(sub.splits['val'])} val rows "
+        f"({sub.val_source}), {bb.spec} at {spec.image_size or bb.input_size} px")
+    path = extract(sub, bb, layers=default_layers(bb.model) + extra, spec=spec, cache_dir=cache_dir, device=device,
+                   progress=progress, log=lambda m: None)
+    layers = list(read_cache_meta(path)["catalog"])
+    conf, ent = _source_confidence(path, extra[0]) if extra else (None, None)
+    log("pretrained, per layer (validation):")
+    curve = _curve(path, layers, seed, scores, log)
+    random_best = None
+    if compare_random:
+        rspec = ExtractionSpec(backbone, "random", seed, image_size, pool)
+        rpath = extract(sub, layers="all", spec=rspec, cache_dir=cache_dir, device=device, progress=progress,
+                        log=lambda m: None)
+        log("random weights, per layer (validation):")
+        random_best = max(p.val_accuracy for p in _curve(rpath, layers, seed, False, log))
+    full_counts = counts
+    ev = Evidence(n_train=int(y.size), n_classes=int(classes.size), per_class_min=int(full_counts.min()),
+                  per_class_median=float(np.median(full_counts)), curve=curve, random_best=random_best,
+                  random_n_val=len(sub.splits["val"]), source_confidence=conf, source_entropy=ent)
+    first = decide(ev)
+    layer = first.facts.get("peak_layer") if first.strategy == "generic-features" else first.facts.get("last_layer")
+    ev.learning_curve = _learning_curve(path, layer, seed)
+    if finetune_probe:
+        import shutil
+        import tempfile
+
+        from transferlab.finetuning import finetune
+
+        probe_data = Dataset(sub.spec, {**sub.splits, "test": sub.splits["val"]}, sub.class_names, sub.fingerprint)
+        out = tempfile.mkdtemp(prefix="transferlab-advise-")
+        try:
+            m = finetune(probe_data, backbone, mode="last:2", epochs=2, image_size=spec.image_size, seed=seed,
+                         augment=False, out=out, progress=progress)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        ev.finetune_val = m["val_accuracy"]
+    decision = decide(ev)
+    spec_name = ds.spec
+    return Advice(decision.strategy, decision.runner_up, decision.close, decision.chosen_layer, decision.reasons,
+                  ev.to_dict(), decision.facts, dict(THRESHOLDS),
+                  _next_command(decision.strategy, spec_name, backbone, spec.image_size, decision),
+                  round(time.perf_counter() - started, 1))

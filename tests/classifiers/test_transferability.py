@@ -1,0 +1,60 @@
+"""LogME and kNN: against direct computations and known properties."""
+import numpy as np
+import pytest
+from scipy.stats import multivariate_normal
+from sklearn.datasets import load_digits
+from sklearn.neighbors import KNeighborsClassifier
+
+from transferlab.classifiers.transferability import _fixed_point, knn_accuracy, logme, logme_evidence
+
+
+def test_logme_evidence_is_the_gaussian_marginal_likelihood():
+    rng = np.random.default_rng(0)
+    F = rng.normal(size=(12, 4))
+    y = rng.normal(size=12)
+    for alpha, beta in ((1.0, 1.0), (0.3, 2.5), (4.0, 0.7)):
+        cov = np.eye(12) / beta + F @ F.T / alpha
+        direct = multivariate_normal(mean=np.zeros(12), cov=cov).logpdf(y) / 12
+        assert logme_evidence(F, y, alpha, beta) == pytest.approx(direct, rel=1e-10)
+
+
+def test_logme_evidence_with_more_dimensions_than_rows():
+    rng = np.random.default_rng(1)
+    F, y = rng.normal(size=(5, 9)), rng.normal(size=5)
+    cov = np.eye(5) / 1.7 + F @ F.T / 0.4
+    assert logme_evidence(F, y, 0.4, 1.7) == pytest.approx(multivariate_normal(np.zeros(5), cov).logpdf(y) / 5)
+
+
+def test_the_fixed_point_maximises_the_evidence():
+    rng = np.random.default_rng(2)
+    F = rng.normal(size=(60, 6))
+    y = F @ rng.normal(size=6) + 0.5 * rng.normal(size=60)
+    U, s, _ = np.linalg.svd(F, full_matrices=False)
+    alpha, beta = _fixed_point(U, s, 6, y, max_iter=200, tol=1e-12)
+    best = logme_evidence(F, y, alpha, beta)
+    for fa, fb in ((1.5, 1), (1 / 1.5, 1), (1, 1.5), (1, 1 / 1.5)):
+        assert logme_evidence(F, y, alpha * fa, beta * fb) < best
+
+
+def test_a_hand_checked_one_dimensional_case():
+    # F = [[1], [-1]], y = [1, -1]: sigma = 2, F^T y = 2. At alpha = beta = 1: m = 2/3, residual
+    # ||F m - y||^2 = 2 (1/3)^2 = 2/9, evidence = (0 + 0 - log 2pi - 1/9 - 2/9 - log 3 / 2 ... ) / 2
+    F, y = np.array([[1.0], [-1.0]]), np.array([1.0, -1.0])
+    expected = (-np.log(2 * np.pi) - 0.5 * (2 / 9) - 0.5 * (4 / 9) - 0.5 * np.log(3)) / 2
+    assert logme_evidence(F, y, 1.0, 1.0) == pytest.approx(expected)
+
+
+def test_logme_ranks_features_that_separate_the_classes_higher():
+    X, y = load_digits(return_X_y=True)
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=X.shape)
+    assert logme(X / 16, y) > logme(noise, y)
+    assert logme(X / 16 + 0.5 * noise, y) < logme(X / 16, y)
+
+
+def test_knn_accuracy_equals_scikit_learns_cosine_knn():
+    X, y = load_digits(return_X_y=True)
+    for k in (1, 5, 10):
+        ref = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute").fit(X[:1000], y[:1000])
+        expected = np.mean(ref.predict(X[1000:]) == y[1000:])
+        assert knn_accuracy(X[:1000], y[:1000], X[1000:], y[1000:], k=k) == pytest.approx(expected, abs=0.003)
