@@ -36,6 +36,7 @@ from transferlab.util import UserInputError, sha256_json
 from .decision import THRESHOLDS, Evidence, LayerPoint, decide
 
 LOGME_ROWS = 3000
+MIN_PER_CLASS = 5  # fewer training images in a class: nothing can be measured, say so
 
 
 @dataclass
@@ -192,10 +193,17 @@ def advise(data, backbone: str = "lite0", image_size=None, pool: str = "gap", se
     if classes.size < 2:
         raise UserInputError(f"{ds.spec} has a single class in its training split ({ds.class_names[classes[0]] if classes.size else 'none'}); "
                              f"a classifier needs at least two")
-    if int(counts.min()) < 2:
-        raise UserInputError(f"{ds.spec}: class {ds.class_names[int(classes[counts.argmin()])]} has "
-                             f"{int(counts.min())} training image; advise needs at least 2 per class to hold out "
-                             f"validation rows (with fewer, use a linear probe: transferlab train ... --head logreg)")
+    if int(counts.min()) < MIN_PER_CLASS:
+        small = ds.class_names[int(classes[counts.argmin()])]
+        warning = (f"warning: class {small} has {int(counts.min())} training image(s), fewer than {MIN_PER_CLASS}: "
+                   f"too few to hold out validation rows and measure anything; with this little data a linear "
+                   f"probe on the last layer is the safe default")
+        log(warning)
+        sizes = {"n_train": int(y.size), "n_classes": int(classes.size), "per_class_min": int(counts.min()),
+                 "per_class_median": float(np.median(counts))}
+        return Advice("linear-probe", "generic-features", True, None, [warning], sizes, sizes, dict(THRESHOLDS),
+                      f"transferlab sweep --data {ds.spec} --backbone {backbone} --heads logreg --layers all",
+                      round(time.perf_counter() - started, 1))
     sub = advice_subset(ds, max_train, max_val, val_fraction, seed)
     spec = ExtractionSpec(backbone, "imagenet", seed, image_size, pool)
     bb = build_backbone(spec.backbone, "imagenet", seed)

@@ -1,0 +1,76 @@
+"""`transferlab advise`: evidence measured on train/val only, a regime named, --json, bad input."""
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_npz, run_cli
+from transferlab.pipeline.decision import REGIMES
+
+
+@pytest.fixture(scope="module")
+def advice(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("advise")
+    npz = make_npz(tmp / "d.npz", n_train=90, n_test=30, size=16)
+    out = run_cli("advise", "--data", f"npz:{npz}", "--image-size", "32", "--max-train", "60", "--max-val", "30",
+                  "--cache-dir", tmp / "cache", "--json", "--quiet")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout), npz, tmp
+
+
+def test_json_names_a_regime_with_its_evidence(advice):
+    adv, _, _ = advice
+    assert adv["strategy"] in REGIMES and adv["runner_up"] in REGIMES and adv["runner_up"] != adv["strategy"]
+    assert set(adv) >= {"strategy", "runner_up", "close", "reasons", "evidence", "thresholds", "next_command"}
+    curve = adv["evidence"]["curve"]
+    assert [p["layer"] for p in curve] == ["bn1"] + [f"blocks.{i}" for i in range(7)] + ["bn2"]
+    assert all(0 <= p["val_accuracy"] <= 1 and p["n_val"] == 18 and p["logme"] is not None for p in curve)
+    assert adv["evidence"]["random_best"] is not None and 0 < adv["evidence"]["source_confidence"] <= 1
+    assert adv["evidence"]["per_class_median"] == 30 and adv["next_command"].startswith("transferlab ")
+
+
+def test_advise_never_reads_the_test_split(advice, monkeypatch):
+    from transferlab.features import cache
+
+    _, npz, tmp = advice
+    seen = []
+    real = cache.load_split
+    monkeypatch.setattr(cache, "load_split", lambda p, split, layer: (seen.append(split), real(p, split, layer))[1])
+    from transferlab.pipeline import advise as advise_mod
+
+    monkeypatch.setattr(advise_mod, "load_split", cache.load_split)
+    advise_mod.advise(f"npz:{npz}", image_size=32, max_train=60, max_val=30, cache_dir=tmp / "cache",
+                      compare_random=False, scores=False, log=lambda m: None)
+    assert seen and set(seen) <= {"train", "val"}
+
+
+def test_the_text_output_states_thresholds_and_the_next_command(advice):
+    _, npz, tmp = advice
+    out = run_cli("advise", "--data", f"npz:{npz}", "--image-size", "32", "--max-train", "60", "--max-val", "30",
+                  "--cache-dir", tmp / "cache", "--quiet", "--no-random")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("strategy: ") and "runner-up: " in out.stdout
+    assert "thresholds: large_per_class=" in out.stdout and "next: transferlab " in out.stdout
+
+
+def test_too_few_images_per_class_is_said_and_defaults_to_a_linear_probe(tmp_path):
+    npz = make_npz(tmp_path / "few.npz", n_train=9, n_test=6, size=16)
+    out = run_cli("advise", "--data", f"npz:{npz}", "--image-size", "32", "--json", "--quiet",
+                  "--cache-dir", tmp_path / "cache")
+    assert out.returncode == 0, out.stderr
+    adv = json.loads(out.stdout)
+    assert adv["strategy"] == "linear-probe" and "too few" in adv["reasons"][0]
+
+
+@pytest.mark.parametrize("case", ["single class", "unreadable"])
+def test_bad_input_is_one_line_exit_2(tmp_path, case):
+    if case == "single class":
+        x = np.zeros((20, 8, 8), np.uint8)
+        np.savez(tmp_path / "d.npz", x_train=x, y_train=np.zeros(20, int), x_test=x[:4], y_test=np.zeros(4, int))
+    else:
+        (tmp_path / "d.npz").write_bytes(b"not an archive")
+    out = run_cli("advise", "--data", f"npz:{tmp_path / 'd.npz'}", "--quiet", "--cache-dir", tmp_path / "c")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert ("single class" in lines[0]) if case == "single class" else ("d.npz" in lines[0])
