@@ -25,7 +25,7 @@ from sklearn.metrics import classification_report
 from sklearn.model_selection import ParameterGrid, train_test_split
 from sklearn.pipeline import Pipeline
 
-from transferlab.util import UserInputError
+from transferlab.util import UserInputError, jsonable
 
 from ._parallel import parallel
 from ._validation import check_features, check_labels, check_two_classes
@@ -250,8 +250,8 @@ def select_and_fit(X_train, y_train, X_val, y_val, X_test, y_test, head: str, *,
         n_test = X_test.shape[0]
     head_step = final.named_steps["head"]
     return HeadResult(
-        estimator=final, head=head, params=_plain(params), val_accuracy=val_accuracy, test_accuracy=test_accuracy,
-        fit_seconds=fit_seconds, val_scores=_plain(val_scores), report=_plain(report), seed=seed,
+        estimator=final, head=head, params=jsonable(params), val_accuracy=val_accuracy, test_accuracy=test_accuracy,
+        fit_seconds=fit_seconds, val_scores=jsonable(val_scores), report=jsonable(report), seed=seed,
         preprocessing=describe_preprocessing(preprocessing or spec.preprocessing, pca), pca=pca,
         selection=selection, solver=("torch" if isinstance(head_step, TorchLogisticRegression) else "sklearn")
         if spec.solvers else None, n_train=int(n_train), n_val=int(n_val), n_test=int(n_test),
@@ -269,14 +269,3 @@ def _grid_edge(grid: dict, params: dict) -> str | None:
             if params[name] == min(values) and name in ("C", "alpha"):  # k=1 is a floor, not an edge
                 return f"{name}={params[name]:g} at the grid edge (smallest of {len(values)}): widen the grid"
     return None
-
-
-def _plain(value):
-    """numpy scalars and tuples to plain JSON-able Python values."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
