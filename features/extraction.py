@@ -158,6 +158,11 @@ def extract(data, backbone="lite0", layers="all", pool="gap", image_size: int | 
         cdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserInputError(f"cannot create cache directory {cdir} ({exc.strerror}); pass --cache-dir DIR") from None
+    from . import distributed
+
+    if distributed.is_distributed():  # under torchrun: every rank its shard, rank 0 merges (features.distributed)
+        return distributed.extract_sharded(path, key, spec, dataset, bb, wanted, axis, batch_size, device,
+                                           num_workers, progress, log, on_batch)
     with fcache.locked(path, notify=log):
         return _extract_locked(path, key, spec, dataset, bb, wanted, axis, batch_size, device, num_workers,
                                progress, log, on_batch)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -83,7 +84,8 @@ def cmd_extract(a):
     spec = ExtractionSpec(a.backbone, a.weights, a.seed, a.image_size, a.pool, a.dtype)
     path = extract(a.data, layers=a.layers, spec=spec, cache_dir=a.cache_dir, batch_size=a.batch_size,
                    device=a.device, num_workers=a.workers, progress=not a.quiet)
-    print(path)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, from rank 0
+        print(path)
 
 
 def cmd_cache(a):
