@@ -307,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--n-jobs", type=int, default=None, help="parallel head fits (joblib; default all cores)")
+    p.add_argument("--backend", default=None, help="joblib backend for head fits: loky (default), dask, ray")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sweep)
 
