@@ -60,6 +60,7 @@ from transferlab.util import UserInputError, sha256_json
 from . import cache as fcache
 from .backbones import resolve_device
 from .data import Dataset, Split
+from .decode import decoder_for
 
 PART_SUFFIX = ".part"
 # collectives wait this long for the slowest rank (rank 0's merge of a large file included)
@@ -143,7 +144,7 @@ def _init_group(dev: torch.device):
 
 
 def extract_sharded(path, key, spec, dataset: Dataset, bb, wanted, axis, batch_size: int, device: str,
-                    num_workers, progress: bool, log, on_batch=None) -> Path:
+                    num_workers, progress: bool, log, on_batch=None, decode: str = "auto") -> Path:
     """Run on every torchrun rank: extract this rank's rows into its part, rank 0 merges; returns the cache path.
 
     The arguments are those :func:`features.extraction.extract` has resolved (cache path and key,
@@ -154,7 +155,7 @@ def extract_sharded(path, key, spec, dataset: Dataset, bb, wanted, axis, batch_s
     created, ctrl = _init_group(dev)
     try:
         return _run(Path(path), key, spec, dataset, bb, wanted, axis, int(batch_size), dev, num_workers,
-                    progress, log, on_batch, rank, size, ctrl)
+                    progress, log, on_batch, rank, size, ctrl, decode)
     finally:
         if created:
             dist.destroy_process_group()
@@ -177,7 +178,7 @@ def _raise_first_error(err, size, ctrl):
 
 
 def _run(path, key, spec, dataset, bb, wanted, axis, batch_size, dev, num_workers, progress, log, on_batch,
-         rank, size, ctrl):
+         rank, size, ctrl, decode="auto"):
     from .extraction import plan
 
     say = log if rank == 0 else (lambda msg: None)
@@ -198,7 +199,7 @@ def _run(path, key, spec, dataset, bb, wanted, axis, batch_size, dev, num_worker
         err = None
         try:
             _extract_part(path, key, spec, dataset, bb, wanted, axis, todo, batch_size, dev, num_workers,
-                          progress and rank == 0, log, on_batch, rank, size)
+                          progress and rank == 0, log, on_batch, rank, size, decode)
         except UserInputError as exc:
             err = str(exc)
         _raise_first_error(err, size, ctrl)
@@ -237,7 +238,7 @@ def _plan_work(path, dataset, wanted, size, say, plan) -> dict:
 
 
 def _extract_part(path, key, spec, dataset, bb, wanted, axis, todo, batch_size, dev, num_workers, progress, log,
-                  on_batch, rank, size):
+                  on_batch, rank, size, decode="auto"):
     from .extraction import _extract_split
 
     rows = {s: shard_rows(len(dataset.splits[s]), batch_size, rank, size) for s in todo}
@@ -259,12 +260,13 @@ def _extract_part(path, key, spec, dataset, bb, wanted, axis, todo, batch_size, 
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
+    decode = decoder_for(dataset, decode, dev)
     info = {i.name: i for i in wanted}
     try:
         with fcache.CacheWriter(part, pkey, spec, shards, axis, log=log) as writer:
             for s, names in todo.items():
                 _extract_split(writer, shards.splits[s], [info[n] for n in names], model, spec, batch_size, dev,
-                               workers, progress, on_batch)
+                               workers, progress, on_batch, decode)
     finally:
         bb.model.to("cpu")
 

@@ -58,6 +58,8 @@ def _add_extract_args(p):
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers for image folders")
+    p.add_argument("--decode", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="where image files are decoded (auto: on the GPU for folder data on CUDA)")
 
 
 def cmd_layers(a):
@@ -83,7 +85,7 @@ def cmd_extract(a):
 
     spec = ExtractionSpec(a.backbone, a.weights, a.seed, a.image_size, a.pool, a.dtype)
     path = extract(a.data, layers=a.layers, spec=spec, cache_dir=a.cache_dir, batch_size=a.batch_size,
-                   device=a.device, num_workers=a.workers, progress=not a.quiet)
+                   device=a.device, num_workers=a.workers, progress=not a.quiet, decode=a.decode)
     if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, from rank 0
         print(path)
 
