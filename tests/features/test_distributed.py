@@ -165,3 +165,23 @@ def test_torchrun_two_ranks_resume_per_rank_and_equal_a_single_process_run(tmp_p
     assert_same_cache(_reference(tmp_path, npz), final)
     res = run_cli("cache", "verify", final)
     assert res.returncode == 0 and res.stdout.startswith("ok"), res.stdout
+
+
+def test_rank0_plan_removes_parts_of_another_world_size_and_refuses_a_full_disk(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from transferlab.features.extraction import plan
+
+    npz = make_npz(tmp_path / "tiny.npz", n_train=20, n_test=9)
+    r, todo = _resolved(npz, tmp_path / "dist")
+    old_part = fdist.part_path(r["path"], 2, 4)
+    old_part.write_bytes(b"a part of a 4-rank run")
+    notes = []
+    assert fdist._plan_work(r["path"], r["dataset"], r["wanted"], 2, notes.append, plan) == todo
+    assert not old_part.exists() and any("another number of ranks" in n for n in notes)
+    _, total = plan(r["dataset"], r["wanted"], todo)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(fdist.shutil, "disk_usage", lambda p: usage(1 << 40, 0, int(1.5 * total)))
+    with pytest.raises(UserInputError, match=r"part files, then the merged file"):
+        fdist._plan_work(r["path"], r["dataset"], r["wanted"], 2, notes.append, plan)
+    assert not r["path"].exists()

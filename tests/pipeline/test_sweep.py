@@ -144,3 +144,14 @@ def test_unknown_or_missing_backend_is_one_line_exit_2(tiny_sweep, tmp_path):
     res = run_cli("sweep", "--data", tiny_sweep["data"], "--backend", "spark", "--out", tmp_path / "x", "--quiet")
     assert res.returncode == 2 and res.stderr.startswith("error: unknown joblib backend 'spark'")
     assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_ray_backend_without_ray_names_the_extra(tiny_sweep, tmp_path):
+    try:
+        import ray  # noqa: F401
+        pytest.skip("ray is installed here: the missing-package message cannot be shown")
+    except ImportError:
+        pass
+    res = run_cli("sweep", "--data", tiny_sweep["data"], "--backend", "ray", "--out", tmp_path / "x", "--quiet")
+    assert res.returncode == 2 and "pip install 'transferlab[ray]'" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
