@@ -450,3 +450,14 @@ def load_split(features_file, split: str, layer: str):
                                  f"{y.size} labels: {_RERUN}")
         X = np.asarray(ds[()], dtype=np.float32)
     return X, y, ids
+
+
+@contextmanager
+def open_layers(features_file, split: str, layers):
+    """Yield ``(ids, {layer: h5py.Dataset})`` of finished layers of one split, to read slices of a large file.
+
+    The datasets are valid inside the ``with`` block only; incomplete layers raise UserInputError.
+    """
+    with _open(features_file) as f:
+        datasets = {name: _layer_dataset(f, split, name) for name in layers}
+        yield np.asarray(f[split]["ids"][()], dtype=np.int64), datasets

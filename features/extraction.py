@@ -23,6 +23,7 @@ from transferlab.util import UserInputError
 from . import cache as fcache
 from .backbones import Backbone, build_backbone, resolve_device
 from .data import Dataset, default_data_root, load_dataset
+from .decode import decoder_for, device_batches
 from .layers import LayerInfo, catalog, default_layers, resolve_names
 from .pooling import Pooling
 from .preprocess import ImageFiles, normalize_batch, to_rgb_uint8
@@ -73,7 +74,7 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=dtype)
 
 
-def _batches(split, start: int, batch_size: int, spec: ExtractionSpec, device, num_workers: int):
+def _batches(split, start: int, batch_size: int, spec: ExtractionSpec, device, num_workers: int, decode="cpu"):
     """Yield normalised float (B,3,S,S) tensors on ``device`` from row ``start`` on."""
     pin = device.type == "cuda"
     if split.in_memory:
@@ -84,9 +85,12 @@ def _batches(split, start: int, batch_size: int, spec: ExtractionSpec, device, n
             yield normalize_batch(x.to(device, non_blocking=pin), spec.image_size, spec.mean, spec.std,
                                   spec.interpolation)
         return
-    ds = ImageFiles(split.paths[start:], spec.image_size, spec.mean, spec.std, spec.interpolation)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         pin_memory=pin, persistent_workers=False)
+    if decode == "gpu":  # workers read bytes, the device decodes (features.decode)
+        loader = device_batches(split.paths[start:], batch_size, spec, device, num_workers)
+    else:
+        ds = ImageFiles(split.paths[start:], spec.image_size, spec.mean, spec.std, spec.interpolation)
+        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                             pin_memory=pin, persistent_workers=False)
     try:
         for x in loader:
             yield x.to(device, non_blocking=pin)
@@ -107,7 +111,8 @@ def plan(dataset: Dataset, infos: list[LayerInfo], todo: dict[str, list[str]]) -
 def extract(data, backbone="lite0", layers="all", pool="gap", image_size: int | None = None,
             dtype: str = "float16", weights: str = "imagenet", seed: int = 0, cache_dir=None,
             batch_size: int = 64, device: str = "auto", num_workers: int | None = None,
-            progress: bool = True, log=None, on_batch=None, spec: ExtractionSpec | None = None) -> Path:
+            progress: bool = True, log=None, on_batch=None, spec: ExtractionSpec | None = None,
+            decode: str = "auto") -> Path:
     """Extract pooled features of many layers into the HDF5 cache and return the file's path.
 
     Parameters
@@ -127,6 +132,8 @@ def extract(data, backbone="lite0", layers="all", pool="gap", image_size: int | 
         ``pool``, ``image_size`` and ``dtype`` are ignored unless ``backbone`` is a built Backbone).
     on_batch : callable(split, n_done), optional
         Called after each batch is committed (used by tests to interrupt a run).
+    decode : ``auto``, ``cpu`` or ``gpu``
+        Where image files are decoded (:mod:`features.decode`); in-memory data ignores it.
 
     Returns
     -------
@@ -154,17 +161,23 @@ def extract(data, backbone="lite0", layers="all", pool="gap", image_size: int | 
     if fcache.is_complete(fcache.read_status(path), dataset.splits, names):
         log(f"cache hit: {path}")
         return path
+    decode = decoder_for(dataset, decode, resolve_device(device))
     try:
         cdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserInputError(f"cannot create cache directory {cdir} ({exc.strerror}); pass --cache-dir DIR") from None
+    from . import distributed
+
+    if distributed.is_distributed():  # under torchrun: every rank its shard, rank 0 merges (features.distributed)
+        return distributed.extract_sharded(path, key, spec, dataset, bb, wanted, axis, batch_size, device,
+                                           num_workers, progress, log, on_batch, decode)
     with fcache.locked(path, notify=log):
         return _extract_locked(path, key, spec, dataset, bb, wanted, axis, batch_size, device, num_workers,
-                               progress, log, on_batch)
+                               progress, log, on_batch, decode)
 
 
 def _extract_locked(path, key, spec, dataset, bb, wanted, axis, batch_size, device, num_workers, progress, log,
-                    on_batch):
+                    on_batch, decode="cpu"):
     status = fcache.read_status(path)
     if fcache.is_complete(status, dataset.splits, [i.name for i in wanted]):
         log(f"cache hit (written by another process): {path}")
@@ -191,7 +204,7 @@ def _extract_locked(path, key, spec, dataset, bb, wanted, axis, batch_size, devi
         with writer:
             for split, layer_names in todo.items():
                 _extract_split(writer, dataset.splits[split], [info[n] for n in layer_names], model, spec,
-                               batch_size, dev, workers, progress, on_batch)
+                               batch_size, dev, workers, progress, on_batch, decode)
     except UserInputError:
         if writer.created:
             path.unlink(missing_ok=True)
@@ -201,7 +214,7 @@ def _extract_locked(path, key, spec, dataset, bb, wanted, axis, batch_size, devi
     return path
 
 
-def _extract_split(writer, split, infos, model, spec, batch_size, dev, workers, progress, on_batch):
+def _extract_split(writer, split, infos, model, spec, batch_size, dev, workers, progress, on_batch, decode="cpu"):
     n = len(split)
     start = writer.prepare(split, infos)
     # batches stay aligned to the first run's
@@ -214,7 +227,7 @@ def _extract_split(writer, split, infos, model, spec, batch_size, dev, workers, 
     try:
         done = start
         with torch.inference_mode(), _autocast(dev):
-            for x in _batches(split, start, batch_size, spec, dev, workers):
+            for x in _batches(split, start, batch_size, spec, dev, workers, decode):
                 if dev.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
                 out = tap(x)

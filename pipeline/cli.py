@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -57,6 +58,8 @@ def _add_extract_args(p):
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers for image folders")
+    p.add_argument("--decode", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="where image files are decoded (auto: on the GPU for folder data on CUDA)")
 
 
 def cmd_layers(a):
@@ -82,8 +85,9 @@ def cmd_extract(a):
 
     spec = ExtractionSpec(a.backbone, a.weights, a.seed, a.image_size, a.pool, a.dtype)
     path = extract(a.data, layers=a.layers, spec=spec, cache_dir=a.cache_dir, batch_size=a.batch_size,
-                   device=a.device, num_workers=a.workers, progress=not a.quiet)
-    print(path)
+                   device=a.device, num_workers=a.workers, progress=not a.quiet, decode=a.decode)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, from rank 0
+        print(path)
 
 
 def cmd_cache(a):
@@ -347,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=_positive_int, default=None)
     p.add_argument("--n-jobs", type=int, default=None, help="parallel head fits (joblib; default all cores)")
+    p.add_argument("--backend", default=None, help="joblib backend for head fits: loky (default), dask, ray")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_sweep)
 

@@ -5,7 +5,8 @@ For each (backbone, weights, pooling, image size) the sweep extracts every reque
 heads stage's selection protocol (:func:`transferlab.classifiers.train_head`, the same call
 ``transferlab train`` makes, so a sweep row equals a ``train`` run of that layer and head). Depth
 and relative depth come from the cache, where extraction stored them. Head fits run in parallel
-through joblib. Rows are appended to ``results.csv`` as they finish, so Ctrl-C keeps the finished
+through joblib (:mod:`transferlab.classifiers._parallel`; ``backend="dask"`` or ``"ray"`` runs them on
+a cluster, each worker reading the features from the cache file's path). Rows are appended to ``results.csv`` as they finish, so Ctrl-C keeps the finished
 rows, and a rerun skips the rows whose key (:mod:`transferlab.pipeline.results`) it would compute
 again; rows of another configuration or data set are moved to ``results.stale.csv`` first.
 
@@ -22,12 +23,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
 from transferlab.features import ExtractionSpec, extract, load_dataset, parse_pooling
 from transferlab.features.spec import DEFAULT_IMAGE_SIZE, parse_image_size
 from transferlab.features.cache import layer_info, read_cache_meta
+from transferlab.classifiers._parallel import check_backend, parallel
 from transferlab.util import UserInputError, library_versions, write_json
 
 from .report import refresh_report, write_report
@@ -65,6 +66,7 @@ class SweepConfig:
     device: str = "auto"
     batch_size: int = 64
     n_jobs: int = -1
+    backend: str | None = None
 
     def __post_init__(self):
         for name in ("backbone", "weights", "heads", "pool"):
@@ -78,6 +80,7 @@ class SweepConfig:
         if any(k <= 0 for k in self.shots):
             raise UserInputError("--shots must be positive")
         ExtractionSpec(dtype=self.dtype)  # checks the dtype
+        check_backend(self.backend)
         if int(self.repeats) < 1:
             raise UserInputError(f"--repeats {self.repeats} must be at least 1")
         for name in ("backbone", "weights", "heads", "pool"):
@@ -205,10 +208,10 @@ def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, *
     t0 = time.perf_counter()
     try:
         if jobs:
-            results = Parallel(n_jobs=cfg.n_jobs, return_as="generator")(delayed(_fit_one)(j) for j in jobs)
-            for row in results:
-                append_row(csv_path, row)
-                bar.update(1)
+            with parallel(cfg.n_jobs, cfg.backend, lazy=True) as run:
+                for row in run(_fit_one, [(j,) for j in jobs]):
+                    append_row(csv_path, row)
+                    bar.update(1)
     finally:
         bar.close()
         t_train += time.perf_counter() - t0

@@ -1,0 +1,187 @@
+"""Distributed extraction: sharding by rank, per-rank parts, the merge, and a real 2-process torchrun run."""
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from transferlab.features import UserInputError, build_backbone, extract, load_dataset
+from transferlab.features import cache as fcache
+from transferlab.features import distributed as fdist
+from transferlab.features.layers import catalog, default_layers, resolve_names
+from transferlab.features.spec import ExtractionSpec
+from tests.conftest import ROOT, make_npz, run_cli
+
+LAYERS = "bn1,blocks.2,bn2"
+B = 8
+
+
+@pytest.mark.parametrize("n,world", [(50, 2), (50, 3), (48, 2), (7, 4), (0, 2), (17, 8)])
+def test_shards_cover_every_row_exactly_once_in_whole_batches(n, world):
+    shards = [fdist.shard_rows(n, B, r, world) for r in range(world)]
+    allrows = np.concatenate(shards)
+    assert np.array_equal(np.sort(allrows), np.arange(n))  # no row missing, none twice (padding dropped)
+    batches = [(0 if n == 0 else (lo, min(n, lo + B))) for lo in range(0, n, B)]
+    for r, rows in enumerate(shards):
+        assert np.all(np.diff(rows) > 0)
+        # rank r holds the single-process batches r, r+world, ... whole
+        mine = [b for k, b in enumerate(batches) if k % world == r]
+        assert rows.tolist() == [i for lo, hi in mine for i in range(lo, hi)]
+
+
+def _reference(tmp_path, npz, threads=1):
+    """A single-process run; ranks under torchrun run one intra-op thread each, so the reference does too."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return extract(f"npz:{npz}", "lite0", layers=LAYERS, image_size=32, batch_size=B,
+                       cache_dir=tmp_path / "single", progress=False, log=lambda m: None)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _tree(path):
+    with h5py.File(path, "r") as f:
+        items = {}
+        f.visititems(lambda name, obj: items.__setitem__(name, (
+            obj[()] if isinstance(obj, h5py.Dataset) else None,
+            {k: str(v) for k, v in obj.attrs.items()},
+            getattr(obj, "chunks", None), getattr(obj, "fletcher32", None))))
+        root = {k: str(v) for k, v in f.attrs.items() if k != "versions"}
+    return root, items
+
+
+def assert_same_cache(a, b):
+    root_a, items_a = _tree(a)
+    root_b, items_b = _tree(b)
+    assert root_a == root_b
+    assert items_a.keys() == items_b.keys()
+    for name, (data, attrs, chunks, fletcher) in items_a.items():
+        other = items_b[name]
+        assert attrs == other[1], name
+        assert (chunks, fletcher) == other[2:], name
+        if data is not None:
+            assert data.dtype == other[0].dtype and np.array_equal(data, other[0]), name  # bit for bit
+
+
+def _resolved(npz, cache_dir):
+    """What extract() resolves before it hands over to the distributed path."""
+    spec = ExtractionSpec("lite0", image_size=32)
+    dataset = load_dataset(f"npz:{npz}")
+    bb = build_backbone("lite0")
+    spec = spec.resolve(bb)
+    requested = resolve_names(bb.model, LAYERS)
+    axis = default_layers(bb.model)
+    infos = catalog(bb.model, list(dict.fromkeys(axis + requested)), spec.pool, spec.image_size, spec.dtype)
+    wanted = [i for i in infos if i.name in set(requested)]
+    path, key = fcache.cache_path(cache_dir, spec, dataset)
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    todo = {s: [i.name for i in wanted] for s in dataset.splits}
+    return dict(path=path, key=key, spec=spec, dataset=dataset, bb=bb, wanted=wanted,
+                axis=[i.name for i in infos if i.name in set(axis)]), todo
+
+
+def test_parts_written_rank_by_rank_merge_into_the_single_process_file(tmp_path):
+    npz = make_npz(tmp_path / "tiny.npz", n_train=50, n_test=21)
+    ref = _reference(tmp_path, npz)
+    r, todo = _resolved(npz, tmp_path / "dist")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for rank in range(3):  # three ranks, run one after another in this process
+            fdist._extract_part(r["path"], r["key"], r["spec"], r["dataset"], r["bb"], r["wanted"], r["axis"], todo,
+                                B, torch.device("cpu"), 0, False, lambda m: None, None, rank, 3)
+    finally:
+        torch.set_num_threads(old)
+    parts = sorted(p.name for p in (tmp_path / "dist").glob("*.part"))
+    assert parts == [fdist.part_path(r["path"], k, 3).name for k in range(3)]
+    with h5py.File(fdist.part_path(r["path"], 1, 3), "r") as f:  # each part carries its rows' positions
+        assert f["train/ids"][()].tolist() == fdist.shard_rows(50, B, 1, 3).tolist()
+    fdist.merge_parts(r["path"], r["key"], r["spec"], r["dataset"], r["wanted"], r["axis"], todo, B, 3,
+                      log=lambda m: None, block_bytes=1000)  # small blocks: many block boundaries
+    assert_same_cache(ref, r["path"])
+    assert not list((tmp_path / "dist").glob("*.part"))
+    assert fcache.verify(r["path"]) == []
+
+
+def test_merge_refuses_missing_or_foreign_parts_and_leaves_no_finished_file(tmp_path):
+    npz = make_npz(tmp_path / "tiny.npz", n_train=20, n_test=9)
+    r, todo = _resolved(npz, tmp_path / "dist")
+    args = (r["path"], r["key"], r["spec"], r["dataset"], r["bb"], r["wanted"], r["axis"], todo)
+    fdist._extract_part(*args, B, torch.device("cpu"), 0, False, lambda m: None, None, 0, 2)
+    with pytest.raises(UserInputError, match=r"part file .*rank1of2.part is missing"):
+        fdist.merge_parts(*args[:4], r["wanted"], r["axis"], todo, B, 2, log=lambda m: None)
+    # a part of another batch size holds other rows: refused, never merged
+    fdist._extract_part(*args, 4, torch.device("cpu"), 0, False, lambda m: None, None, 1, 2)
+    with pytest.raises(UserInputError, match="rank1of2.part belongs to another run"):
+        fdist.merge_parts(*args[:4], r["wanted"], r["axis"], todo, B, 2, log=lambda m: None)
+    assert not fcache.is_complete(fcache.read_status(r["path"]), ["train", "test"], LAYERS.split(","))
+
+
+CRASH_RANK1 = """
+    import os, sys
+    import transferlab
+
+    def on_batch(split, n_done):  # rank 1 dies hard after its first batch: a kill, not an exception
+        if os.environ["RANK"] == "1":
+            os._exit(7)
+
+    transferlab.extract("npz:{npz}", "lite0", layers="{layers}", image_size=32, batch_size={b},
+                        cache_dir="{cache}", progress=False, on_batch=on_batch)
+"""
+
+
+def _torchrun(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_torchrun_two_ranks_resume_per_rank_and_equal_a_single_process_run(tmp_path):
+    npz = make_npz(tmp_path / "tiny.npz", n_train=50, n_test=21)
+    cache = tmp_path / "dist"
+    script = tmp_path / "crash_rank1.py"
+    script.write_text(textwrap.dedent(CRASH_RANK1.format(npz=npz, layers=LAYERS, b=B, cache=cache)))
+    crashed = _torchrun(script, cwd=tmp_path)
+    assert crashed.returncode != 0, crashed.stderr[-2000:]
+    part1 = next(cache.glob("*.rank1of2.part"))
+    st = fcache.read_status(part1)["splits"]["train"]
+    assert st["layers"]["bn2"]["n_done"] == B and not st["complete"]  # rank 1 kept its first batch
+    final = part1.with_name(part1.name.split(".rank")[0])
+    assert not fcache.is_complete(fcache.read_status(final), ["train", "test"], LAYERS.split(","))
+
+    run = _torchrun("-m", "transferlab", "extract", "--data", f"npz:{npz}", "--layers", LAYERS, "--image-size", 32,
+                    "--batch-size", B, "--cache-dir", cache, "--quiet", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"rank 1/2: resuming part at rows {{'train': {B}, 'test': 0}}" in run.stderr
+    assert run.stdout.strip().splitlines() == [str(final)]  # one path, printed by rank 0
+    assert "merged 2 parts" in run.stderr
+    assert not list(cache.glob("*.part"))
+    assert_same_cache(_reference(tmp_path, npz), final)
+    res = run_cli("cache", "verify", final)
+    assert res.returncode == 0 and res.stdout.startswith("ok"), res.stdout
+
+
+def test_rank0_plan_removes_parts_of_another_world_size_and_refuses_a_full_disk(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from transferlab.features.extraction import plan
+
+    npz = make_npz(tmp_path / "tiny.npz", n_train=20, n_test=9)
+    r, todo = _resolved(npz, tmp_path / "dist")
+    old_part = fdist.part_path(r["path"], 2, 4)
+    old_part.write_bytes(b"a part of a 4-rank run")
+    notes = []
+    assert fdist._plan_work(r["path"], r["dataset"], r["wanted"], 2, notes.append, plan) == todo
+    assert not old_part.exists() and any("another number of ranks" in n for n in notes)
+    _, total = plan(r["dataset"], r["wanted"], todo)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(fdist.shutil, "disk_usage", lambda p: usage(1 << 40, 0, int(1.5 * total)))
+    with pytest.raises(UserInputError, match=r"part files, then the merged file"):
+        fdist._plan_work(r["path"], r["dataset"], r["wanted"], 2, notes.append, plan)
+    assert not r["path"].exists()
