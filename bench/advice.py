@@ -51,7 +51,8 @@ def data_spec(name: str) -> str | None:
     return f"npz:{path}" if path.exists() else None
 
 
-def measure(name: str, epochs: int, image_size: int, cache_dir: Path) -> dict:
+def measure(name: str, epochs: int, image_size: int, cache_dir: Path, keep: dict | None = None,
+            layers: str = "all") -> dict:
     from transferlab.finetuning import finetune
     from transferlab.pipeline.advise import advise
     from transferlab.pipeline.sweep import SweepConfig, sweep
@@ -65,9 +66,12 @@ def measure(name: str, epochs: int, image_size: int, cache_dir: Path) -> dict:
     rec["advice"] = {"strategy": adv.strategy, "runner_up": adv.runner_up, "close": adv.close,
                      "reasons": adv.reasons, "seconds": adv.seconds, "facts": adv.facts}
     print(f"[{name}] advise: {adv.strategy} (runner-up {adv.runner_up}) in {adv.seconds:.0f} s", file=sys.stderr)
+    if keep and keep.get("regimes") and keep.get("epochs") == epochs:  # --advice-only: regimes as measured before
+        return {**keep, "advice": rec["advice"]}
     out = SCRATCH / f"sweep_{name}_{image_size}"
-    summary = sweep(SweepConfig(data=spec, heads="logreg", image_size=str(image_size), out=str(out),
+    summary = sweep(SweepConfig(data=spec, heads="logreg", image_size=str(image_size), out=str(out), layers=layers,
                                 cache_dir=str(cache_dir)), progress=False, log=lambda m: None)
+    rec["probe_layers"] = layers
     rows = [r for r in summary["rows"] if r["weights"] == "imagenet" and not r["shots"]]
     last = max(rows, key=lambda r: int(r["depth"]))
     chosen = max(rows, key=lambda r: (float(r["val_accuracy"]), int(r["depth"])))
@@ -128,15 +132,20 @@ def main(argv=None) -> int:
     ap.add_argument("names", nargs="*", help="digits, mnist_small, cifar10_small, mnist_full, cifar10_full")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("--layers", default="all", help="layers the probes sweep (all, or a comma-separated list)")
     ap.add_argument("--render", action="store_true", help="only rewrite bench/advice.md from the records")
+    ap.add_argument("--advice-only", action="store_true",
+                    help="rerun advise only; keep the regimes measured before (same epochs)")
     a = ap.parse_args(argv)
     from transferlab.util import write_json
 
     RECORDS.mkdir(parents=True, exist_ok=True)
     for name in [] if a.render else a.names:
-        rec = measure(name, a.epochs, a.image_size, SCRATCH / "cache")
         suffix = "" if a.image_size == 64 else f"_{a.image_size}px"
-        write_json(RECORDS / f"{name}{suffix}.json", rec)
+        target = RECORDS / f"{name}{suffix}.json"
+        keep = json.loads(target.read_text()) if a.advice_only and target.exists() else None
+        rec = measure(name, a.epochs, a.image_size, SCRATCH / "cache", keep, a.layers)
+        write_json(target, rec)
         render()
     print(render())
     return 0

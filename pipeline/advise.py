@@ -4,7 +4,9 @@ What it measures (all on training and validation rows; the test split is never r
 
 1. size: images per class, total, balance;
 2. the depth curve on validation: a logistic-regression probe (C chosen on validation) on every
-   catalog layer, with its standard error;
+   catalog layer, with its standard error; when the last layer's gap to the peak is between 1 and
+   4 standard errors, those two layers are cross-validated (5 stratified folds of train+val, so
+   every labelled row validates once) and the decision is taken on that;
 3. training-free scores per layer: cosine k-NN accuracy and LogME
    (:mod:`transferlab.classifiers.transferability`);
 4. similarity to the source: the ImageNet classifier's mean top-1 confidence and entropy on the
@@ -36,6 +38,8 @@ from transferlab.util import UserInputError, sha256_json
 from .decision import THRESHOLDS, Evidence, LayerPoint, decide
 
 LOGME_ROWS = 3000
+CV_FOLDS = 5  # cross-validation folds for a close call
+CV_BELOW = 4.0  # a gap under this many standard errors (and over 1) is close enough to cross-validate
 MIN_PER_CLASS = 5  # fewer training images in a class: nothing can be measured, say so
 
 
@@ -117,6 +121,23 @@ def _curve(path, layers, seed, scores: bool, log) -> list:
         log(f"  {name:<12} val {acc:.3f}" + (f"  knn {p.knn:.3f}  logme {p.logme:+.3f}" if scores else ""))
         points.append(p)
     return points
+
+
+def _cross_validated(path, layer, seed, folds: int = 5) -> tuple[float, int]:
+    """Accuracy of the probe over ``folds`` stratified folds of train+val: every labelled row validates once.
+
+    Used when a gap is within a few standard errors on the validation split alone: pooling the folds
+    multiplies the validation rows by about ``folds`` and shrinks the standard error accordingly.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    X = np.concatenate([load_split(path, s, layer)[0] for s in ("train", "val")])
+    y = np.concatenate([load_split(path, s, layer)[1] for s in ("train", "val")])
+    correct = 0
+    for tr, va in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
+        r = select_and_fit(X[tr], y[tr], None, None, X[va], y[va], "logreg", seed=seed)
+        correct += round(r.test_accuracy * va.size)  # the fold's rows are validation rows here
+    return correct / y.size, int(y.size)
 
 
 def _source_confidence(path, layer) -> tuple:
@@ -229,6 +250,15 @@ def advise(data, backbone: str = "lite0", image_size=None, pool: str = "gap", se
                   per_class_median=float(np.median(full_counts)), curve=curve, random_best=random_best,
                   random_n_val=len(sub.splits["val"]), source_confidence=conf, source_entropy=ent)
     first = decide(ev)
+    z = first.facts.get("gap_in_se", 0.0)
+    if first.facts.get("last_gap", 0) > 0 and 1.0 < z < CV_BELOW:  # close: cross-validate the two layers
+        log(f"the last layer's gap is {z:.1f} standard errors: cross-validating "
+            f"{first.facts['peak_layer']} and {first.facts['last_layer']} ({CV_FOLDS} folds of train+val)")
+        for p in ev.curve:
+            if p.layer in (first.facts["peak_layer"], first.facts["last_layer"]):
+                p.val_accuracy, p.n_val = _cross_validated(path, p.layer, seed, CV_FOLDS)
+                log(f"  {p.layer:<12} cross-validated {p.val_accuracy:.3f} on {p.n_val} rows")
+        first = decide(ev)
     layer = first.facts.get("peak_layer") if first.strategy == "generic-features" else first.facts.get("last_layer")
     ev.learning_curve = _learning_curve(path, layer, seed)
     if finetune_probe:
