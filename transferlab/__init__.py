@@ -44,6 +44,8 @@ _API = {
     "load_finetuned": "transferlab.finetuning.saved",
     "SweepConfig": "transferlab.pipeline.sweep",
     "sweep": "transferlab.pipeline.sweep",
+    "SweepResult": "transferlab.pipeline.results",
+    "load_results": "transferlab.pipeline.results",
     "predict": "transferlab.pipeline.predict",
 }
 _ALIASES = {"verify_cache": "verify"}
