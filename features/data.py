@@ -420,7 +420,7 @@ def load_dataset(spec: "str | Dataset", root: str | Path | None = None, seed: in
     if fingerprint not in FINGERPRINTS:
         raise UserInputError(f"unknown --fingerprint '{fingerprint}'; use stat (path, size, mtime) or content (sha256)")
     kind, sep, rest = str(spec).partition(":")
-    if kind not in ("digits", "npz", "folder", "torchvision") or not sep:
+    if kind not in ("digits", "npz", "folder", "torchvision") or (not sep and kind != "digits"):
         guess = _guess_spec(str(spec))
         if guess is not None:
             spec = guess

@@ -428,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = _sub(sub, "predict", "classify image files and folders with a saved head or fine-tuned model")
-    p.add_argument("--model", required=True, help="a directory written by train (or finetune) --out")
+    p.add_argument("--model", required=True, help="a directory written by train or finetune --out, or a sweep "
+                                                  "folder (its chosen_head/)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders searched recursively")
     p.add_argument("--out", default=None, help="also write a CSV: path, class, probability or margin, top classes")
     p.add_argument("--top-k", type=_positive_int, default=3, help="classes listed per image, best first")

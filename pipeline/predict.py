@@ -104,7 +104,7 @@ def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progr
     Parameters
     ----------
     model_dir : path
-        A ``train --out`` or ``finetune --out`` directory.
+        A ``train --out`` or ``finetune --out`` directory, or a sweep folder (its ``chosen_head/``).
     images : list of paths
         Image files and folders (recursive).
     top_k : int
@@ -126,6 +126,8 @@ def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progr
         raise UserInputError(f"--top-k {top_k} must be at least 1")
     paths = expand_images(images)
     model_dir = Path(model_dir).expanduser()
+    if not (model_dir / "head.json").is_file() and (model_dir / "chosen_head" / "head.json").is_file():
+        model_dir = model_dir / "chosen_head"  # a sweep folder: the head it chose on validation accuracy
     if (model_dir / "model.json").is_file() and not (model_dir / "head.json").is_file():
         rows = _predict_finetuned(model_dir, paths, batch_size, device, progress, top_k, strict)
     else:

@@ -10,7 +10,8 @@ Examples
 >>> import transferlab                                                   # doctest: +SKIP
 >>> path = transferlab.extract("digits", "lite0", layers="blocks.3,bn2")  # doctest: +SKIP
 >>> row = transferlab.train_head(path, "blocks.3", "logreg")              # doctest: +SKIP
->>> summary = transferlab.sweep(data="digits", out="runs/sweep")         # doctest: +SKIP
+>>> res = transferlab.sweep(data="digits", out="runs/sweep")             # doctest: +SKIP
+>>> res.rows.head()                                                        # doctest: +SKIP
 
 The names are loaded on first use, so ``import transferlab`` alone does not import torch.
 """

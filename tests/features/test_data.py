@@ -176,3 +176,9 @@ def test_data_root_is_the_user_cache_not_the_checkout(monkeypatch, tmp_path):
     if sys.platform.startswith("linux"):  # platformdirs follows the XDG spec there
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
         assert default_data_root() == tmp_path / "xdg" / "transferlab"
+
+
+def test_the_word_digits_is_never_read_as_a_folder(tmp_path, monkeypatch):
+    _tree(tmp_path / "digits", {"a": 2, "b": 2})
+    monkeypatch.chdir(tmp_path)
+    assert load_dataset("digits").spec == "digits"

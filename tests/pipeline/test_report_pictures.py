@@ -57,6 +57,24 @@ def test_confusion_matrix_is_of_the_head_chosen_on_validation(swept):
     assert (out / "chosen_head" / "head.joblib").is_file()
 
 
+def test_predict_on_a_sweep_folder_uses_its_chosen_head(swept):
+    import h5py
+
+    from transferlab.classifiers import load_head
+    from transferlab.pipeline.predict import predict
+    from tests.conftest import write_pngs
+
+    tmp, _ = swept
+    out = tmp / "run"
+    head, meta = load_head(out / "chosen_head")
+    x = np.load(tmp / "d.npz")["x_test"][:6]
+    files = write_pngs(x, tmp)
+    got = predict(out, files, progress=False)
+    with h5py.File(meta["features_file"], "r") as f:
+        rows = f[f"test/features/{meta['layer']}"][:6].astype(np.float32)
+    assert [g["label"] for g in got] == list(head.predict(rows))
+
+
 def test_train_layer_best_picks_the_validation_choice_of_that_head(swept):
     tmp, _ = swept
     rows = [r for r in read_rows(tmp / "run" / "results.csv") if r["head"] == "knn"]
