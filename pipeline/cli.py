@@ -342,6 +342,8 @@ def main(argv=None) -> int:
 
             args = apply_config(args, args.config)
         args.func(args)
+    except SystemExit as exc:  # a command's own status (cache verify: damage found; predict: files skipped)
+        return exc.code if isinstance(exc.code, int) else 1
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
