@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.util import atomic_write
+from transferlab.util import UserInputError, atomic_write
 
 GROUPS = (("generic", 0.0, 1 / 3), ("middle", 1 / 3, 2 / 3), ("specialised", 2 / 3, 1.01))
 
@@ -214,8 +214,15 @@ def write_pictures(out: Path, summary: dict) -> list[str]:
     n_classes = len(summary.get("class_names") or []) or None
     lines = []
     row = chosen_row(rows)
+    ev = None
     if row is not None:
-        ev = fit_chosen(out, row, preprocessing=(summary.get("config") or {}).get("preprocessing"))
+        try:
+            ev = fit_chosen(out, row, preprocessing=(summary.get("config") or {}).get("preprocessing"))
+        except (UserInputError, OSError) as exc:  # its cache file removed or damaged since the sweep
+            lines += ["## The chosen layer and head", "",
+                      f"`{row['layer']}` with the {row['head']} head is the choice on validation accuracy, but its "
+                      f"confusion matrix could not be computed: {exc}", ""]
+    if ev is not None:
         acc = per_class_accuracy(ev["confusion"])
         title = (f"{row['backbone']}/{row['weights']} {row['layer']} + {row['head']}: test accuracy "
                  f"{ev['test_accuracy']:.3f}")

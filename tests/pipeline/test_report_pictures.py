@@ -145,3 +145,17 @@ def test_html_report_renders_in_a_headless_browser(swept):
     assert img.shape == (1400, 1100)
     assert img.std() > 10  # not a blank page: text, tables and the embedded plots drew
     assert (img < 128).mean() > 0.01
+
+
+def test_a_removed_cache_file_leaves_a_report_that_says_so(swept, tmp_path):
+    from transferlab.pipeline.results import write_rows
+
+    tmp, _ = swept
+    run = tmp_path / "run"
+    shutil.copytree(tmp / "run", run)
+    rows = read_rows(run / "results.csv")
+    write_rows(run / "results.csv", [dict(r, cache_file=str(tmp_path / "gone.h5")) for r in rows])
+    refresh_report(run)
+    report = (run / "report.md").read_text()
+    assert "confusion matrix could not be computed" in report and "gone.h5" in report
+    assert not (run / "confusion.png").exists() and "confusion.png" not in report
