@@ -44,10 +44,11 @@ def _params(row: dict) -> dict:
         return {}
 
 
-def fit_chosen(out: Path, row: dict, preprocessing: str | None = None) -> dict:
+def fit_chosen(out: Path, row: dict, preprocessing: str | None = None, log=None) -> dict:
     """Fit (or reuse) the chosen head in ``out/chosen_head`` and return its test evaluation.
 
-    ``preprocessing`` is the sweep's setting (the row holds its description, not the setting).
+    ``preprocessing`` is the sweep's setting (the row holds its description, not the setting);
+    ``log`` receives a line before a fit (none when the saved head is reused).
     Returns ``{"row", "dir", "labels", "predictions", "confusion", "class_names", "test_accuracy"}``.
     """
     from sklearn.metrics import confusion_matrix
@@ -64,6 +65,9 @@ def fit_chosen(out: Path, row: dict, preprocessing: str | None = None) -> dict:
         except ValueError:
             reuse = False
     if not reuse:
+        if log is not None:
+            log(f"report: fitting the head chosen on validation ({row['layer']} + {row['head']}) for the "
+                f"confusion matrix; saved as {folder}")
         vf = float(row["val_fraction"]) if row.get("val_fraction") not in ("", None) else 0.2
         train_head(row["cache_file"], row["layer"], row["head"], out=folder, preprocessing=preprocessing, val_fraction=vf,
                    seed=int(float(row.get("seed") or 0)), full_grid=row.get("grid") == "full")

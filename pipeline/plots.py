@@ -205,8 +205,10 @@ def _drop(path: Path) -> None:
         path.unlink()
 
 
-def write_pictures(out: Path, summary: dict) -> list[str]:
-    """Draw the report's pictures beside ``depth_vs_accuracy.png``; return their Markdown section."""
+def write_pictures(out: Path, summary: dict, log=None) -> list[str]:
+    """Draw the report's pictures beside ``depth_vs_accuracy.png``; return their Markdown section.
+
+    ``log`` receives a line before the chosen head is fitted (the one step here that may take a while)."""
     from .chosen import chosen_row, fit_chosen
 
     out = Path(out)
@@ -217,7 +219,7 @@ def write_pictures(out: Path, summary: dict) -> list[str]:
     ev = None
     if row is not None:
         try:
-            ev = fit_chosen(out, row, preprocessing=(summary.get("config") or {}).get("preprocessing"))
+            ev = fit_chosen(out, row, preprocessing=(summary.get("config") or {}).get("preprocessing"), log=log)
         except (UserInputError, OSError) as exc:  # its cache file removed or damaged since the sweep
             lines += ["## The chosen layer and head", "",
                       f"`{row['layer']}` with the {row['head']} head is the choice on validation accuracy, but its "

@@ -109,7 +109,7 @@ def _reading(best: list[dict]) -> str:
     return " ".join(text)
 
 
-def write_report(out: Path, summary: dict) -> Path:
+def write_report(out: Path, summary: dict, log=None) -> Path:
     out = Path(out)
     from .html import write_html
     from .plots import write_pictures
@@ -125,7 +125,7 @@ def write_report(out: Path, summary: dict) -> Path:
              f", {cfg['repeats']} repeat(s), seed {cfg['seed']}." +
              (f" Data layout: {summary['data_layout']}." if summary.get("data_layout") else ""), "",
              "![depth against accuracy](depth_vs_accuracy.png)", "", "## Reading", "", _reading(best), "",
-             *write_pictures(out, summary),
+             *write_pictures(out, summary, log),
              "## Best layer per head", "",
              "| backbone | weights | pool | size | head | shots | best layer (test) | test | chosen on val | its test | last layer test |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

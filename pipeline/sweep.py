@@ -228,7 +228,7 @@ def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, *
                           "fits_run": len(jobs), "fits_reused": len(rows) - len(jobs)},
                "stale_rows_moved": len(stale)}
     write_json(out / "results.json", summary)
-    write_report(out, summary)
+    write_report(out, summary, log=log)
     return SweepResult(summary, out)
 
 
