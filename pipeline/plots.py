@@ -146,8 +146,11 @@ def learning_curve(rows: list[dict], path: Path, n_classes: int | None = None) -
     return _save(fig, path)
 
 
-def finetune_bars(rows: list[dict], path: Path, best_probe: dict | None) -> Path | None:
-    """``finetune.png``: fine-tuning modes' test accuracy beside the best probe (chosen on validation)."""
+def finetune_bars(rows: list[dict], path: Path, best_probe: dict | None, n_test: int | None = None) -> Path | None:
+    """``finetune.png``: fine-tuning modes' test accuracy beside the best probe (chosen on validation).
+
+    With ``n_test`` (the test split's size) each bar carries its binomial standard error,
+    ``sqrt(p (1 - p) / n_test)``, so a difference can be read against its noise."""
     ft = [r for r in rows if not is_probe(r)]
     if not ft:
         return None
@@ -159,14 +162,16 @@ def finetune_bars(rows: list[dict], path: Path, best_probe: dict | None) -> Path
         bars.append((f"{r['head'].split(':', 1)[1]}\n({r['weights']})", _f(r["test_accuracy"]), "C1"))
     fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(bars) + 1.5), 4), dpi=110)
     xs = np.arange(len(bars))
-    ax.bar(xs, [b[1] for b in bars], color=[b[2] for b in bars])
-    for x, (_, v, _) in zip(xs, bars):
-        ax.text(x, v + 0.01, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+    se = [np.sqrt(max(b[1] * (1 - b[1]), 0.0) / n_test) for b in bars] if n_test else None
+    ax.bar(xs, [b[1] for b in bars], color=[b[2] for b in bars], yerr=se, capsize=4 if se else 0)
+    for i, (x, (_, v, _)) in enumerate(zip(xs, bars)):
+        ax.text(x, v + (se[i] if se else 0) + 0.01, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(xs, [b[0] for b in bars], fontsize=8)
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3, axis="y")
-    ax.set_title("Fine-tuning modes beside the best probe (blue)")
+    ax.set_title("Fine-tuning modes beside the best probe (blue)" +
+                 (f"\nwhiskers: ±1 standard error on {n_test} test images" if n_test else ""), fontsize=10)
     return _save(fig, path)
 
 
@@ -249,7 +254,7 @@ def write_pictures(out: Path, summary: dict, log=None) -> list[str]:
                   "![low-shot learning curve](learning_curve.png)", ""]
     else:
         _drop(out / "learning_curve.png")
-    if finetune_bars(rows, out / "finetune.png", row):
+    if finetune_bars(rows, out / "finetune.png", row, int(ev["confusion"].sum()) if ev is not None else None):
         lines += ["## Fine-tuning beside the best probe", "",
                   "![fine-tuning modes beside the best probe](finetune.png)", ""]
     else:

@@ -159,3 +159,19 @@ def test_a_removed_cache_file_leaves_a_report_that_says_so(swept, tmp_path):
     report = (run / "report.md").read_text()
     assert "confusion matrix could not be computed" in report and "gone.h5" in report
     assert not (run / "confusion.png").exists() and "confusion.png" not in report
+
+
+def test_finetune_bars_carry_the_binomial_standard_error(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from transferlab.pipeline.plots import finetune_bars
+
+    seen = {}
+    real = matplotlib.axes.Axes.bar
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar",
+                        lambda self, x, h, **kw: (seen.update(h=list(h), yerr=kw.get("yerr")), real(self, x, h, **kw))[1])
+    ft = [{"head": "finetune:last:2", "weights": "imagenet", "test_accuracy": "0.9"}]
+    finetune_bars(ft, tmp_path / "f.png", {"head": "logreg", "layer": "bn2", "test_accuracy": "0.8"}, n_test=400)
+    assert seen["h"] == [0.8, 0.9]
+    assert seen["yerr"] == pytest.approx([0.02, 0.015])  # sqrt(.8*.2/400), sqrt(.9*.1/400)
+    assert finetune_bars([], tmp_path / "g.png", None) is None and not (tmp_path / "g.png").exists()
