@@ -9,13 +9,17 @@ Specs (the interface contract's ``--data``):
     a NumPy archive with uint8 ``x_train`` (N,H,W,C or N,H,W), int ``y_train``, ``x_test``,
     ``y_test``, optional ``x_val``/``y_val`` and ``class_names``.
 ``folder:PATH``
-    an image tree ``PATH/<split>/<class>/<image>`` with splits ``train``, ``test`` and optional ``val``.
+    a folder of images, the class being the folder an image sits in; the accepted layouts, the split
+    of what is missing and the refusals are in :mod:`transferlab.features.folders`.
 ``torchvision:NAME``
     a torchvision data set (``torchvision:CIFAR10``), downloaded into ``<data root>/torchvision``.
 
 Every split keeps the data's own order; row ``i`` of a split has the stable sample id ``ids[i]``.
-The fingerprint hashes the content (arrays) or the file list with sizes and modification times,
-so a changed data set never reuses stale cached features.
+The fingerprint hashes the content (arrays), or for folders the file list (see
+:mod:`transferlab.features.folders`), so a changed data set never reuses stale cached features.
+
+A bare path (``--data ~/photos``) is read as ``folder:`` when it is a directory and ``npz:`` when it
+is a ``.npz`` file.
 """
 from __future__ import annotations
 
@@ -64,6 +68,8 @@ class Dataset:
     splits: dict[str, Split]
     class_names: list[str]
     fingerprint: str
+    layout: str = ""
+    notes: list = field(default_factory=list)
 
     @property
     def short_name(self) -> str:
@@ -161,39 +167,6 @@ def load_npz_data(path: str | Path) -> Dataset:
     return Dataset(f"npz:{path}", splits, names, _hash_arrays(*named))
 
 
-def load_folder_data(root: str | Path) -> Dataset:
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise UserInputError(f"image folder {root} does not exist; give --data folder:PATH with PATH/<split>/<class>/<image>")
-    present = [s for s in SPLITS if (root / s).is_dir()]
-    for needed in ("train", "test"):
-        if needed not in present:
-            raise UserInputError(
-                f"{root} has no '{needed}' folder; lay images out as {root}/train/<class>/*.jpg and {root}/test/<class>/*.jpg")
-    class_names = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
-    if not class_names:
-        raise UserInputError(f"{root}/train has no class folders; expected {root}/train/<class>/<image>")
-    index = {c: i for i, c in enumerate(class_names)}
-    h = hashlib.sha256()
-    splits = {}
-    for split in present:
-        paths, labels = [], []
-        for cdir in sorted(p for p in (root / split).iterdir() if p.is_dir()):
-            if cdir.name not in index:
-                raise UserInputError(
-                    f"{cdir} is a class that {root}/train does not have; every class needs training images")
-            for f in sorted(cdir.iterdir()):
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                    st = f.stat()
-                    h.update(f"{f.relative_to(root)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-                    paths.append(f)
-                    labels.append(index[cdir.name])
-        if not paths:
-            raise UserInputError(f"{root}/{split} holds no images with extensions {sorted(IMAGE_EXTENSIONS)}")
-        splits[split] = Split(split, np.asarray(labels), paths=paths)
-    return Dataset(f"folder:{root}", splits, class_names, h.hexdigest())
-
-
 def load_torchvision_data(name: str, root: Path) -> Dataset:
     import torchvision.datasets as tvd
 
@@ -223,17 +196,29 @@ def load_torchvision_data(name: str, root: Path) -> Dataset:
 
 
 def default_data_root() -> Path:
-    """``$TRANSFERLAB_DATA``, else ``data/`` of a source checkout, else ``~/.cache/transferlab``."""
+    """Where downloads and the feature cache live: ``$TRANSFERLAB_DATA``, else the platform's user cache
+    folder (``~/.cache/transferlab`` on Linux, ``~/Library/Caches/transferlab`` on macOS,
+    ``%LOCALAPPDATA%\\transferlab\\Cache`` on Windows; :mod:`platformdirs`), never the install location."""
     env = os.environ.get("TRANSFERLAB_DATA")
     if env:
         return Path(env).expanduser()
-    checkout = Path(__file__).resolve().parents[1]
-    if (checkout / "pyproject.toml").is_file():
-        return checkout / "data"
-    return Path.home() / ".cache" / "transferlab"
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("transferlab", appauthor=False))
 
 
-def load_dataset(spec: "str | Dataset", root: str | Path | None = None, seed: int = 0) -> Dataset:
+def _guess_spec(spec: str) -> str | None:
+    """``folder:PATH`` / ``npz:PATH`` for a bare existing path, else None."""
+    p = Path(spec).expanduser()
+    if p.is_dir():
+        return f"folder:{spec}"
+    if p.is_file() and p.suffix.lower() == ".npz":
+        return f"npz:{spec}"
+    return None
+
+
+def load_dataset(spec: "str | Dataset", root: str | Path | None = None, seed: int = 0,
+                 test_fraction: float | None = None, fingerprint: str = "stat") -> Dataset:
     """Resolve a ``--data`` spec into a :class:`Dataset`.
 
     Parameters
@@ -243,19 +228,31 @@ def load_dataset(spec: "str | Dataset", root: str | Path | None = None, seed: in
     root : path, optional
         Where ``torchvision:`` data sets are downloaded (default :func:`default_data_root`).
     seed : int
-        Seed of the ``digits`` train/test split.
+        Seed of the ``digits`` train/test split and of a folder's test split.
+    test_fraction, fingerprint
+        For ``folder:`` data, see :func:`transferlab.features.folders.load_folder_data`.
     """
     if isinstance(spec, Dataset):
         return spec
+    from .folders import FINGERPRINTS, load_folder_data
+
+    if fingerprint not in FINGERPRINTS:
+        raise UserInputError(f"unknown --fingerprint '{fingerprint}'; use stat (path, size, mtime) or content (sha256)")
     kind, sep, rest = str(spec).partition(":")
+    if kind not in ("digits", "npz", "folder", "torchvision") or (not sep and kind != "digits"):
+        guess = _guess_spec(str(spec))
+        if guess is not None:
+            spec = guess
+            kind, sep, rest = spec.partition(":")
     if kind == "digits" and not sep:
         return load_digits_data(seed)
     if sep and rest:
         if kind == "npz":
             return load_npz_data(rest)
         if kind == "folder":
-            return load_folder_data(rest)
+            return load_folder_data(rest, test_fraction=test_fraction, seed=seed, fingerprint=fingerprint)
         if kind == "torchvision":
             return load_torchvision_data(rest, Path(root) if root else default_data_root())
     raise UserInputError(
-        f"unknown data spec '{spec}'; use digits, npz:PATH, folder:PATH or torchvision:NAME")
+        f"unknown data spec '{spec}' (and no such folder or .npz file); use digits, npz:PATH, folder:PATH "
+        f"or torchvision:NAME")

@@ -130,6 +130,17 @@ def _refuse_other_config(out: Path, old: dict, new: dict) -> None:
                          f"use another --out or pass --overwrite to discard it")
 
 
+def epoch_line(row: dict, epochs: int, n_train: int, history: list, stopped: bool) -> str:
+    """One epoch's progress line: losses, accuracies, training images/s and the whole run's remaining time."""
+    va = "-" if row["val_accuracy"] is None else f"{row['val_accuracy']:.4f}"
+    rate = n_train / max(row["train_seconds"], 1e-9)
+    mean = sum(h["seconds"] for h in history) / max(1, len(history))
+    left = 0.0 if stopped else (epochs - row["epoch"]) * mean
+    eta = "done" if left == 0 else f"ETA {time.strftime('%H:%M:%S', time.gmtime(left))} for {epochs - row['epoch']} more"
+    return (f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, train acc {row['train_accuracy']:.4f}, "
+            f"val acc {va}, {row['seconds']:.1f} s ({rate:.0f} img/s), {eta}")
+
+
 def finetune(config: "FinetuneConfig | str | None" = None, backbone: str | None = None, *, progress: bool = True,
              **overrides) -> dict:
     """Fine-tune a backbone on a data set and return the metrics (also in ``out/metrics.json``).
@@ -248,9 +259,7 @@ def finetune(config: "FinetuneConfig | str | None" = None, backbone: str | None 
                                         **trainer.state(), "rng": rng_state(), **st})
             write_json(out / "metrics.json", {**base, **_summary(st), "complete": False})
             if progress:
-                va = "-" if acc is None else f"{acc:.4f}"
-                print(f"epoch {epoch}/{epochs}: train loss {row['train_loss']:.4f}, train acc "
-                      f"{row['train_accuracy']:.4f}, val acc {va}, {row['seconds']:.1f} s", file=sys.stderr)
+                print(epoch_line(row, epochs, len(train), st["history"], st["stopped"]), file=sys.stderr)
     except KeyboardInterrupt:
         print(f"\ninterrupted; the checkpoint after epoch {st['epoch']} is in {out}: rerun the same command "
               f"to continue", file=sys.stderr)

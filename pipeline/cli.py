@@ -1,6 +1,9 @@
 """``transferlab`` command line: each subcommand parses, calls one function of the Python API, prints.
 
 Errors the user can fix (:class:`transferlab.UserInputError`) print one line and exit 2.
+Conventions shared by every subcommand: ``--quiet`` (no progress bars), ``--workers N``
+(parallel workers of what the subcommand parallelises; the old ``--n-jobs`` and ``--num-workers``
+still work), ``--help`` shows an example and every default, ``transferlab --version``.
 """
 from __future__ import annotations
 
@@ -12,54 +15,28 @@ from pathlib import Path
 
 from transferlab.util import UserInputError
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with the project's error form: one line, ``error: ...``, exit 2 (no usage block)."""
-
-    def error(self, message):
-        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+from .cli_args import (DATA_HELP, IMAGE_SIZE_HELP, _add_backbone_args, _add_data_options, _add_extract_args,
+                       _add_finetune_args, _add_quiet, _add_workers, _HelpFormatter, _image_size, _Parser,
+                       _positive_int)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{v} must be > 0")
-    return v
+def _load_data(a, spec: str | None = None):
+    """The --data spec with the folder options, loaded once (the Dataset object goes to the API)."""
+    from transferlab.features import load_dataset
+
+    return load_dataset(spec if spec is not None else a.data, seed=getattr(a, "seed", 0) or 0,
+                        test_fraction=getattr(a, "test_fraction", None),
+                        fingerprint=getattr(a, "fingerprint", None) or "stat")
 
 
-def _add_backbone_args(p, default_backbone="lite0"):
-    p.add_argument("--backbone", default=default_backbone,
-                   help="lite0 (offline ImageNet EfficientNet-Lite0), lite1, lite2, timm:NAME or torchvision:NAME")
-    p.add_argument("--weights", default="imagenet", help="imagenet (default), random, or a path to a weights file")
-    p.add_argument("--seed", type=int, default=0, help="seed for random weights and data splits")
-
-
-def _image_size(text: str) -> int:
-    from transferlab.features.spec import parse_image_size
-
-    try:
-        return parse_image_size(text)
-    except UserInputError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-IMAGE_SIZE_HELP = "input side in pixels (default 64; 0 = the backbone's own)"
-
-
-def _add_extract_args(p):
-    p.add_argument("--layers", default="all", help="comma-separated module paths, or all (the default catalog)")
-    p.add_argument("--pool", default="gap", help="gap, gmp, gap+gmp or grid:K")
-    p.add_argument("--image-size", type=_image_size, default=None, help=IMAGE_SIZE_HELP)
-    p.add_argument("--dtype", default="float16", help="storage dtype: float16 or float32")
-    p.add_argument("--cache-dir", default=None, help="cache directory (default: data/cache)")
-    p.add_argument("--batch-size", type=_positive_int, default=64)
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers for image folders")
-    p.add_argument("--decode", choices=["auto", "cpu", "gpu"], default="auto",
-                   help="where image files are decoded (auto: on the GPU for folder data on CUDA)")
+def _note_layout(ds, quiet: bool) -> None:
+    if quiet:
+        return
+    if ds.layout:
+        print(f"data: {ds.spec}: {ds.layout}; " + ", ".join(f"{k} {len(v)}" for k, v in ds.splits.items()),
+              file=sys.stderr)
+    for n in ds.notes:
+        print(f"note: {n}", file=sys.stderr)
 
 
 def cmd_layers(a):
@@ -72,8 +49,9 @@ def cmd_layers(a):
     if a.json:
         print(json.dumps([i.as_row() for i in infos], indent=2))
         return
-    print(f"# {bb.spec} ({bb.arch}), {spec.image_size} px, pooling {spec.pooling}, {spec.dtype}: "
-          f"generic (top) to specialised (bottom)")
+    if not a.quiet:
+        print(f"# {bb.spec} ({bb.arch}), {spec.image_size} px, pooling {spec.pooling}, {spec.dtype}: "
+              f"generic (top) to specialised (bottom)")
     print(f"{'depth':>5}  {'layer':<16} {'channels':>8} {'stride':>6} {'raw (CxHxW)':>14} {'dim':>7} {'bytes/img':>9}")
     for i in infos:
         r = i.as_row()
@@ -83,78 +61,109 @@ def cmd_layers(a):
 def cmd_extract(a):
     from transferlab.features import ExtractionSpec, extract
 
+    ds = _load_data(a)
+    _note_layout(ds, a.quiet)
     spec = ExtractionSpec(a.backbone, a.weights, a.seed, a.image_size, a.pool, a.dtype)
-    path = extract(a.data, layers=a.layers, spec=spec, cache_dir=a.cache_dir, batch_size=a.batch_size,
+    path = extract(ds, layers=a.layers, spec=spec, cache_dir=a.cache_dir, batch_size=a.batch_size,
                    device=a.device, num_workers=a.workers, progress=not a.quiet, decode=a.decode)
     if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, from rank 0
         print(path)
+
+
+def _cache_file(name: str, cdir: Path) -> Path:
+    """A cache file as given, else by its name inside the cache directory."""
+    p = Path(name).expanduser()
+    return p if p.exists() or p.is_absolute() or not (cdir / p.name).exists() else cdir / p.name
 
 
 def cmd_cache(a):
     from transferlab.features import cache as fc
     from transferlab.features import default_cache_dir
 
-    cdir = Path(a.cache_dir) if a.cache_dir else default_cache_dir()
+    cdir = Path(a.cache_dir).expanduser() if a.cache_dir else default_cache_dir()
     if a.action == "ls":
         rows = fc.list_cache(cdir)
         if a.json:
-            print(json.dumps(rows, indent=2))
-        elif not rows:
-            print(f"no cache files in {cdir}")
-        for r in rows if not a.json else []:
+            print(json.dumps({"cache_dir": str(cdir), "files": rows}, indent=2))
+            return
+        print(f"cache directory: {cdir}" + ("" if a.cache_dir else "  (--cache-dir or $TRANSFERLAB_DATA to change)"))
+        if not rows:
+            print("no cache files")
+        for r in rows:
             if r["status"] == "unreadable":
                 print(f"UNREADABLE  {r['file']}")
                 continue
             print(f"{r['status']:<9} {r['bytes'] / 1e6:8.1f} MB  {r['data']}  {r['backbone']}/{r['weights']}  "
                   f"{r['image_size']}px {r['pooling']} {r['dtype']}  splits={r['splits']}  layers={len(r['layers'])}  {r['file']}")
     elif a.action == "info":
-        if not a.files:
-            raise UserInputError("cache info needs a FILE; `transferlab cache ls` lists them")
-        for p in a.files:
+        files = [_cache_file(p, cdir) for p in a.files] or fc.cache_files(cdir)
+        if not files:
+            raise UserInputError(f"no cache files in {cdir}; give FILE or --cache-dir DIR")
+        for p in files:
             st = fc.read_status(p)
             if st is None:
                 raise UserInputError(f"{p} cannot be read as a cache file; `transferlab cache verify {p}` says why")
             print(json.dumps(st, indent=2, default=str))
     elif a.action == "verify":
-        files = [Path(p) for p in a.files] or fc.cache_files(cdir)
+        files = [_cache_file(p, cdir) for p in a.files] or fc.cache_files(cdir)
         bad = 0
         for p in files:
             problems = fc.verify(p)
             bad += bool(problems)
-            print(f"ok        {p}" if not problems else "\n".join(f"DAMAGED   {m}" for m in problems))
+            if problems or not a.quiet:
+                print(f"ok        {p}" if not problems else "\n".join(f"DAMAGED   {m}" for m in problems))
         if bad:
             raise SystemExit(1)
     elif a.action == "rm":
-        files = [Path(p) for p in a.files]
+        files = [_cache_file(p, cdir) for p in a.files]
         if a.all:
             files = fc.cache_files(cdir)
         if not files:
             raise UserInputError("cache rm needs FILE... or --all")
         for p in fc.remove(files):
-            print(f"removed {p}")
+            if not a.quiet:
+                print(f"removed {p}")
 
 
 def cmd_train(a):
     from transferlab.classifiers import train_head
+    from transferlab.pipeline.results import default_head_dir, resolve_train_target
 
-    res = train_head(a.features, a.layer, a.head, out=a.out, preprocessing=a.preprocessing, pca=a.pca,
-                     val_fraction=a.val_fraction, seed=a.seed, n_jobs=a.n_jobs, full_grid=a.full_grid)
+    features, layer, note = resolve_train_target(a.features, a.layer, a.head)
+    if note and not a.quiet:
+        print(note, file=sys.stderr)
+    out = Path(a.out) if a.out else default_head_dir(features, layer, a.head)
+    res = train_head(features, layer, a.head, out=out, preprocessing=a.preprocessing, pca=a.pca,
+                     val_fraction=a.val_fraction, seed=a.seed, n_jobs=a.workers, full_grid=a.full_grid)
     val = "n/a (no validation split possible)" if res.get("val_accuracy") is None else f"{res['val_accuracy']:.4f}"
-    print(f"{a.layer}  {a.head}  params={json.dumps(res.get('params', {}), default=str)}  "
+    print(f"{layer}  {a.head}  params={json.dumps(res.get('params', {}), default=str)}  "
           f"val_accuracy={val}  test_accuracy={res['test_accuracy']:.4f}")
-    if a.out:
-        print(f"saved {Path(a.out) / 'head.joblib'}")
+    print(f"saved {out / 'head.joblib'}" + ("" if a.quiet else f"  (use: transferlab predict --model {out} IMAGE...)"))
 
 
 def cmd_predict(a):
     from transferlab.pipeline.predict import predict
 
-    rows = predict(a.model, a.images, batch_size=a.batch_size, device=a.device, progress=not a.json)
+    rows = predict(a.model, a.images, batch_size=a.batch_size, device=a.device, progress=not (a.json or a.quiet),
+                   top_k=a.top_k, strict=a.strict, out=a.out)
+    failed = [r for r in rows if "error" in r]
+    if failed and len(failed) == len(rows):
+        raise UserInputError(f"no image could be read: {failed[0]['error']}")
     if a.json:
         print(json.dumps(rows, indent=2))
-        return
-    for r in rows:
-        print(f"{r['path']}\t{r['class']}\t{r['score']:.4f}")
+    else:
+        for r in rows:
+            if "error" in r:
+                continue
+            others = "  ".join(f"{c} {s:.3f}" for c, s in r["top_k"][1:])
+            print(f"{r['path']}\t{r['class']}\t{r['score']:.4f}\t{r['score_kind']}" + (f"\t{others}" if others else ""))
+    if a.out and not a.quiet:
+        print(f"wrote {a.out}", file=sys.stderr)
+    if failed:
+        print(f"skipped {len(failed)} unreadable file(s) (--strict stops at the first):", file=sys.stderr)
+        for r in failed:
+            print(f"  {r['error']}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def cmd_sweep(a):
@@ -164,8 +173,12 @@ def cmd_sweep(a):
     from transferlab.pipeline.sweep import SweepConfig, sweep
 
     names = {f.name for f in fields(SweepConfig)}
-    cfg = SweepConfig(**{k: v for k, v in vars(a).items() if k in names and v is not None})
-    summary = sweep(cfg, progress=not a.quiet, log=lambda m: print(m, file=sys.stderr))
+    values = {k: v for k, v in vars(a).items() if k in names and v is not None}
+    if a.workers is not None:
+        values["n_jobs"] = a.workers
+    cfg = SweepConfig(**values)
+    log = (lambda m: None) if a.quiet else (lambda m: print(m, file=sys.stderr))
+    summary = sweep(cfg, progress=not a.quiet, log=log)
     out = Path(cfg.out)
 
     for b in best_per_curve(summary["rows"])[:6]:
@@ -182,76 +195,58 @@ def cmd_sweep(a):
               f"see report.md")
     t = summary["timing"]
     print(f"extract {t['extract_seconds']:.1f} s, heads {t['train_seconds']:.1f} s")
-    print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'depth_vs_accuracy.png'}, {out / 'report.md'}")
+    print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'report.md'}, {out / 'report.html'}")
 
 
 def cmd_finetune(a):
     from transferlab.finetuning import FinetuneConfig, finetune
-    from transferlab.pipeline.sweep import append_finetune
+    from transferlab.pipeline.sweep import append_finetune, sweep_defaults_for_finetune
 
-    cfg = FinetuneConfig(**{k: v for k, v in vars(a).items() if k in FinetuneConfig.field_names()})
+    data_keys = ("test_fraction", "fingerprint")
+    values = {k: v for k, v in vars(a).items() if k in (*FinetuneConfig.field_names(), *data_keys)}
+    if getattr(a, "append_to", None):
+        values, notes = sweep_defaults_for_finetune(a.append_to, values)
+        for n in notes:
+            print(f"note: {n}", file=sys.stderr)
+    from transferlab.features import load_dataset
+
+    ds = load_dataset(values.get("data", "digits"), seed=values.get("seed", 0),
+                      test_fraction=values.pop("test_fraction", None), fingerprint=values.pop("fingerprint", "stat"))
+    _note_layout(ds, a.quiet)
+    cfg = FinetuneConfig(**{**values, "data": ds})
     m = finetune(cfg, progress=not a.quiet)
     val = m.get("val_accuracy")
     print(f"{m['mode']}: {m.get('epochs_run')} epoch(s), val_accuracy="
           f"{'n/a' if val is None else format(val, '.4f')}  test_accuracy={m['test_accuracy']:.4f}")
     if a.append_to:
         print(f"appended to {append_finetune(a.append_to, m)}")
-    print(f"wrote {Path(m['out']) / 'metrics.json'} and {Path(m['out']) / 'model.pt'}")
+    print(f"wrote {Path(m['out']) / 'metrics.json'}; model file {Path(m['out']) / 'model.pt'} "
+          f"(use: transferlab predict --model {m['out']} IMAGE...)")
 
 
-# finetune flags: help text here, defaults only in FinetuneConfig (absent flags leave its defaults)
-FINETUNE_FLAGS = [
-    ("--data", {"help": "digits, npz:PATH, folder:PATH or torchvision:NAME"}),
-    ("--backbone", {"help": "lite0, timm:NAME or torchvision:NAME"}),
-    ("--mode", {"help": "head, last:N, full or scratch"}),
-    ("--out", {"help": "run directory (checkpoint, metrics.json, model.pt; default runs/finetune_<data>_<backbone>_<mode>)"}),
-    ("--epochs", {"type": int}),
-    ("--lr", {"type": float, "help": "peak learning rate (default per mode)"}),
-    ("--weights", {"help": "imagenet, random or a weights file"}),
-    ("--image-size", {"type": _image_size, "help": IMAGE_SIZE_HELP}),
-    ("--batch-size", {"type": int}),
-    ("--optimizer", {"choices": ["adamw", "sgd"]}),
-    ("--weight-decay", {"type": float, "help": "default 0.01 (adamw) or 5e-4 (sgd)"}),
-    ("--warmup-epochs", {"type": float, "help": "default 10%% of the epochs"}),
-    ("--label-smoothing", {"type": float}),
-    ("--no-augment", {"dest": "augment", "action": "store_false", "help": "no random resized crop / flip"}),
-    ("--patience", {"type": int, "help": "early stopping after N epochs without val gain"}),
-    ("--val-fraction", {"type": float}),
-    ("--accumulate", {"type": int, "help": "gradient accumulation steps"}),
-    ("--device", {"help": "auto, cpu, cuda, cuda:N or mps"}),
-    ("--seed", {"type": int}),
-    ("--resume", {"action": argparse.BooleanOptionalAction, "help": "continue a matching run in --out"}),
-    ("--overwrite", {"action": "store_true", "help": "discard a run in --out with another config"}),
-    ("--init-head-from", {"help": "a train --out directory: linear probe, then fine-tune"}),
-    ("--max-train", {"type": int, "help": "use at most N training images"}),
-    ("--lr-spread", {"type": float, "help": "full mode: classifier lr / stem lr"}),
-    ("--amp", {"choices": ["auto", "off", "bf16", "fp16"]}),
-    ("--num-workers", {"type": int, "help": "DataLoader workers for image folders"}),
-    ("--bn-stats", {"choices": ["frozen", "update"], "help": "default frozen (scratch: update)"}),
-]
+EXAMPLES = {
+    "layers": "transferlab layers --backbone lite0 --image-size 64",
+    "extract": "transferlab extract --data ~/photos --backbone lite0 --layers all --image-size 64",
+    "cache": "transferlab cache ls\n  transferlab cache info --cache-dir /scratch/tl/cache\n  transferlab cache rm --all",
+    "train": "transferlab train --features runs/sweep --layer best --head logreg   # the sweep's validation choice\n"
+             "  transferlab train --features FILE.h5 --layer blocks.5 --head svm --out runs/svm_b5",
+    "predict": "transferlab predict --model runs/svm_b5 ~/photos/new --out predictions.csv --top-k 3",
+    "sweep": "transferlab sweep                                   # digits, lite0, offline\n"
+             "  transferlab sweep --data ~/photos --heads logreg --out runs/photos",
+    "finetune": "transferlab finetune --data ~/photos --mode last:2 --epochs 5 --append-to runs/photos",
+    "advise": "transferlab advise --data ~/photos\n  transferlab advise --data npz:x.npz --backbone timm:resnet50 --json",
+}
 
 
-def _add_finetune_args(p):
-    from dataclasses import fields
-
-    from transferlab.finetuning.config import FinetuneConfig
-
-    defaults = {f.name: f.default for f in fields(FinetuneConfig)}
-    p.add_argument("--config", default=None, help="TOML or YAML file with any of these flags")
-    for flag, kw in FINETUNE_FLAGS:
-        dest = kw.get("dest", flag[2:].replace("-", "_"))
-        default = defaults[dest]
-        if kw.get("action") not in ("store_true", "store_false") and default is not None:
-            kw = {**kw, "help": f"{kw.get('help', '')} (default: {default})".lstrip()}
-        p.add_argument(flag, default=argparse.SUPPRESS, **kw)
-    p.add_argument("--append-to", default=None, help="a sweep directory or results.csv to add the result to")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+def _sub(sub, name: str, help_text: str):
+    return sub.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter,
+                          epilog=f"example:\n  {EXAMPLES[name]}")
 
 
 def cmd_advise(a):
     from transferlab.pipeline.advise import advise
 
-    adv = advise(a.data, a.backbone, image_size=a.image_size, pool=a.pool, seed=a.seed, max_train=a.max_train,
+    adv = advise(_load_data(a), a.backbone, image_size=a.image_size, pool=a.pool, seed=a.seed, max_train=a.max_train,
                  max_val=a.max_val, compare_random=a.random, scores=a.scores, finetune_probe=a.finetune_probe,
                  cache_dir=a.cache_dir, device=a.device, progress=not a.quiet,
                  log=(lambda m: None) if a.quiet or a.json else (lambda m: print(m, file=sys.stderr)))
@@ -282,81 +277,103 @@ def cmd_advise(a):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="transferlab", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="command", required=True)
+    from transferlab import __version__
 
-    p = sub.add_parser("layers", help="list the extractable layers of a backbone, generic to specialised")
+    ap = _Parser(prog="transferlab", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter,
+                 epilog="example:\n  transferlab sweep --data ~/photos --out runs/photos\n"
+                        "  transferlab SUBCOMMAND --help   (each has an example)")
+    ap.add_argument("--version", action="version", version=f"transferlab {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
+
+    p = _sub(sub, "layers", "list the extractable layers of a backbone, generic to specialised")
     _add_backbone_args(p)
     p.add_argument("--layers", default="all", help="comma-separated module paths, or all (the default catalog)")
     p.add_argument("--pool", default="gap", help="gap, gmp, gap+gmp or grid:K")
-    p.add_argument("--image-size", type=_image_size, default=None, help=IMAGE_SIZE_HELP)
+    p.add_argument("--image-size", type=_image_size, default=64, help=IMAGE_SIZE_HELP)
     p.add_argument("--dtype", default="float16", help="float16 or float32 (for the bytes per image)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_quiet(p)
     p.set_defaults(func=cmd_layers)
 
-    p = sub.add_parser("extract", help="run a backbone over every split and cache pooled features of many layers")
-    p.add_argument("--data", required=True, help="digits, npz:PATH, folder:PATH or torchvision:NAME")
+    p = _sub(sub, "extract", "run a backbone over every split and cache pooled features of many layers")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    _add_data_options(p)
     _add_backbone_args(p)
     _add_extract_args(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_quiet(p)
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("cache", help="manage the feature cache: ls, info FILE, verify [FILE], rm FILE|--all")
-    p.add_argument("action", choices=["ls", "info", "verify", "rm"])
-    p.add_argument("files", nargs="*")
-    p.add_argument("--cache-dir", default=None)
+    p = _sub(sub, "cache", "manage the feature cache: ls, info [FILE], verify [FILE], rm FILE|--all")
+    p.add_argument("action", choices=["ls", "info", "verify", "rm"], help="what to do")
+    p.add_argument("files", nargs="*", help="cache files (a bare name is looked up in the cache directory); "
+                                            "info and verify default to every file")
+    p.add_argument("--cache-dir", default=None, help="cache directory (default: $TRANSFERLAB_DATA/cache, "
+                                                     "else the user cache folder)")
     p.add_argument("--all", action="store_true", help="with rm: remove every cache file")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="machine-readable output (ls)")
+    _add_quiet(p)
     p.set_defaults(func=cmd_cache)
 
-    p = sub.add_parser("train", help="train a head on cached features of one layer")
-    p.add_argument("--features", required=True, help="a cache file written by extract")
-    p.add_argument("--layer", required=True, help="a layer stored in the file (module path)")
+    p = _sub(sub, "train", "train a head on cached features of one layer")
+    p.add_argument("--features", required=True, help="a cache file written by extract, or a sweep folder")
+    p.add_argument("--layer", required=True, help="a layer stored in the file (module path), or best: the "
+                                                  "sweep's choice on validation accuracy for --head")
     p.add_argument("--head", default="logreg", help="svm, svm-rbf, logreg, mlp or knn")
-    p.add_argument("--out", default=None, help="directory for head.joblib and head.json")
+    p.add_argument("--out", default=None, help="directory for head.joblib and head.json "
+                                               "(default runs/heads/<data>_<layer>_<head>)")
     p.add_argument("--preprocessing", default=None, help="none, l2, standardize or l2+standardize (default: per head)")
     p.add_argument("--pca", type=_positive_int, default=None, help="reduce features to this many dimensions first")
     p.add_argument("--val-fraction", type=float, default=0.2, help="validation share of train when the data has no val split")
     p.add_argument("--full-grid", action="store_true", help="the full 45-value C grid of Kornblith et al. for logreg")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-jobs", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split and the head")
+    _add_workers(p, "parallel fits of the hyperparameter grid", default=1, old="--n-jobs")
+    _add_quiet(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("predict", help="classify image files with a saved head")
-    p.add_argument("--model", required=True, help="a directory written by train --out")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--batch-size", type=_positive_int, default=32)
-    p.add_argument("--device", default="auto")
+    p = _sub(sub, "predict", "classify image files and folders with a saved head or fine-tuned model")
+    p.add_argument("--model", required=True, help="a directory written by train or finetune --out, or a sweep "
+                                                  "folder (its chosen_head/)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders searched recursively")
+    p.add_argument("--out", default=None, help="also write a CSV: path, class, probability or margin, top classes")
+    p.add_argument("--top-k", type=_positive_int, default=3, help="classes listed per image, best first")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable file (exit 2) instead of "
+                                                         "skipping it and listing it at the end (exit 1)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_quiet(p)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("sweep", help="the main job: extract every layer, train every head, write results and report")
+    p = _sub(sub, "sweep", "the main job: extract every layer, train every head, write results and report")
     p.add_argument("--config", default=None, help="TOML or YAML file with any of these flags")
-    p.add_argument("--data", default=None, help="digits (default), npz:PATH, folder:PATH or torchvision:NAME")
+    p.add_argument("--data", default=None, help=DATA_HELP + " (default digits)")
+    _add_data_options(p)
     p.add_argument("--backbone", default=None, help="comma-separated backbones (default lite0)")
     p.add_argument("--weights", default=None, help="comma-separated: imagenet (default), random, PATH")
     p.add_argument("--heads", default=None, help="comma-separated heads (default logreg,svm)")
     p.add_argument("--layers", default=None, help="all (default) or comma-separated module paths")
     p.add_argument("--pool", default=None, help="comma-separated poolings (default gap)")
     p.add_argument("--image-size", default=None, help="comma-separated input sides (default 64; 0 = the backbone's own)")
-    p.add_argument("--dtype", default=None)
+    p.add_argument("--dtype", default=None, help="cache storage dtype, float16 (default) or float32")
     p.add_argument("--shots", default=None, help="low-shot: comma-separated examples per class, e.g. 1,5,10,50")
-    p.add_argument("--repeats", type=_positive_int, default=None, help="redraw validation split and seeds N times")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--val-fraction", type=float, default=None)
-    p.add_argument("--preprocessing", default=None)
-    p.add_argument("--full-grid", action="store_const", const=True, default=None)
+    p.add_argument("--repeats", type=_positive_int, default=None, help="redraw validation split and seeds N times (default 1)")
+    p.add_argument("--seed", type=int, default=None, help="seed of splits and heads (default 0)")
+    p.add_argument("--val-fraction", type=float, default=None, help="validation share of train when the data has no "
+                                                                   "val split (default 0.2)")
+    p.add_argument("--preprocessing", default=None, help="feature preprocessing for every head (default: per head)")
+    p.add_argument("--full-grid", action="store_const", const=True, default=None, help="the full 45-value C grid for logreg")
     p.add_argument("--out", default=None, help="output directory (default runs/sweep)")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--batch-size", type=_positive_int, default=None)
-    p.add_argument("--n-jobs", type=int, default=None, help="parallel head fits (joblib; default all cores)")
+    p.add_argument("--cache-dir", default=None, help="cache directory (default: $TRANSFERLAB_DATA/cache, else the "
+                                                     "user cache folder)")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="images per forward pass (default 64)")
+    _add_workers(p, "parallel head fits (joblib; default all cores)", old="--n-jobs")
     p.add_argument("--backend", default=None, help="joblib backend for head fits: loky (default), dask, ray")
-    p.add_argument("--quiet", action="store_true")
+    _add_quiet(p)
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("advise", help="measure the evidence and name the transfer regime for a data set")
-    p.add_argument("--data", required=True, help="digits, npz:PATH, folder:PATH or torchvision:NAME")
+    p = _sub(sub, "advise", "measure the evidence and name the transfer regime for a data set")
+    p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--backbone", default="lite0", help="an ImageNet backbone: lite0, timm:NAME or torchvision:NAME")
     p.add_argument("--image-size", type=_image_size, default=None, help=IMAGE_SIZE_HELP)
     p.add_argument("--pool", default="gap", help="gap, gmp, gap+gmp or grid:K")
@@ -370,10 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", default=None, help="feature cache directory")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--json", action="store_true", help="print the advice as one JSON object (key 'strategy')")
-    p.add_argument("--quiet", action="store_true", help="no progress")
+    _add_quiet(p)
     p.set_defaults(func=cmd_advise)
 
-    p = sub.add_parser("finetune", help="end-to-end training: head, last:N, full (low lr) or scratch")
+    p = _sub(sub, "finetune", "end-to-end training: head, last:N, full (low lr) or scratch")
     _add_finetune_args(p)
     p.set_defaults(func=cmd_finetune)
     return ap
@@ -389,6 +406,8 @@ def main(argv=None) -> int:
 
             args = apply_config(args, args.config)
         args.func(args)
+    except SystemExit as exc:  # a command's own status (cache verify: damage found; predict: files skipped)
+        return exc.code if isinstance(exc.code, int) else 1
     except UserInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,13 +1,26 @@
-"""Classify image files with a saved head and the backbone it was trained on, or a fine-tuned model.
+"""Classify images with a saved head and the backbone it was trained on, or a fine-tuned model.
 
 ``--model DIR`` is either a ``train --out`` directory (``head.json`` holds the resolved extraction
 spec of the cached features and the layer: the backbone is rebuilt from the spec's backbone,
 weights and seed, its weights fingerprint checked against the spec, and the one layer extracted
 with the spec's size, interpolation, mean, std, pooling and storage dtype) or a
 ``finetune --out`` directory (``model.json`` + ``model.pt``: the whole fine-tuned network).
+
+Inputs are image files and folders (searched recursively for image extensions, in sorted order).
+Each result row has the predicted class, and either its ``probability`` (heads with
+``predict_proba``: logreg, mlp, knn; fine-tuned networks: softmax) or its ``margin`` (heads without
+probabilities: the linear SVM's decision value), never both in one column, and the ``top_k`` classes
+with their scores. An unreadable file becomes a row with an ``error`` and the run goes on
+(``strict=True`` stops at the first instead).
+
+Integrity rule of ``--out predictions.csv``: written whole and atomically
+(:func:`transferlab.util.atomic_write`) after every image is classified; a crash or a full disk
+leaves no file or the previous one, never a half-written table.
 """
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -15,22 +28,116 @@ import torch
 from tqdm.auto import tqdm
 
 from transferlab.features import ExtractionSpec, FeatureTap, UserInputError, build_backbone, resolve_device
+from transferlab.features.data import IMAGE_EXTENSIONS
 from transferlab.features.preprocess import preprocess_image, read_image
+from transferlab.util import atomic_write
+
+CSV_COLUMNS = ["path", "class", "probability", "margin", "top_classes", "top_scores", "error"]
 
 
-def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progress: bool = True) -> list[dict]:
-    """Return one ``{"path", "class", "label", "score"}`` dict per image, in the given order."""
+def expand_images(inputs) -> list[Path]:
+    """Files as given, folders replaced by their image files (recursive, sorted); missing paths refused."""
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            if not found:
+                raise UserInputError(f"folder {p} holds no images (extensions {', '.join(sorted(IMAGE_EXTENSIONS))})")
+            paths += found
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise UserInputError(f"image {p} does not exist")
+    if not paths:
+        raise UserInputError("predict needs at least one IMAGE file or folder")
+    return paths
+
+
+def _rows_from_scores(chunk, scores: np.ndarray, kind: str, names: list, top_k: int) -> list[dict]:
+    rows = []
+    for p, sc in zip(chunk, scores):
+        order = [i for i in np.argsort(-sc, kind="stable") if np.isfinite(sc[i])][:top_k]
+        lab = int(order[0])
+        rows.append({"path": str(p), "class": names[lab] if lab < len(names) else str(lab), "label": lab,
+                     "score_kind": kind, "score": float(sc[lab]),
+                     "top_k": [(names[i] if i < len(names) else str(int(i)), float(sc[i])) for i in order]})
+    return rows
+
+
+def _head_scores(head, feats: np.ndarray) -> tuple[np.ndarray, str]:
+    """(n, n_classes) scores over the head's classes 0..K-1, and their kind."""
+    if hasattr(head, "predict_proba"):
+        return np.asarray(head.predict_proba(feats)), "probability"
+    d = np.asarray(head.decision_function(feats))
+    if d.ndim == 1:  # binary: the decision value is the margin of class 1 over class 0
+        d = np.stack([-d, d], axis=1)
+    return d, "margin"
+
+
+def _run(paths, batch_size, progress, strict, classify) -> list[dict]:
+    """Classify in batches; unreadable files become error rows (or stop the run when ``strict``)."""
+    rows = []
+    for s in tqdm(range(0, len(paths), batch_size), disable=not progress or len(paths) <= batch_size,
+                  desc="predict", unit="batch"):
+        chunk, tensors, bad = [], [], []
+        for p in paths[s:s + batch_size]:
+            try:
+                tensors.append(classify.preprocess(p))
+                chunk.append(p)
+            except UserInputError as exc:
+                if strict:
+                    raise
+                bad.append({"path": str(p), "error": str(exc)})
+        if chunk:
+            rows += classify(chunk, torch.stack(tensors))
+        rows += bad
+    order = {str(p): i for i, p in enumerate(paths)}
+    return sorted(rows, key=lambda r: order[r["path"]])
+
+
+def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progress: bool = True,
+            top_k: int = 3, strict: bool = False, out=None) -> list[dict]:
+    """Classify image files and folders; one dict per image, in input order.
+
+    Parameters
+    ----------
+    model_dir : path
+        A ``train --out`` or ``finetune --out`` directory, or a sweep folder (its ``chosen_head/``).
+    images : list of paths
+        Image files and folders (recursive).
+    top_k : int
+        How many classes (best first) each row's ``top_k`` holds.
+    strict : bool
+        Stop at the first unreadable file instead of recording it as an error row.
+    out : path, optional
+        Also write the rows to this CSV file (columns :data:`CSV_COLUMNS`).
+
+    Returns
+    -------
+    list of dict
+        ``path, class, label, score_kind ("probability" or "margin"), score, top_k`` (a list of
+        ``(class, score)``), or ``path, error`` for an unreadable file.
+    """
     from transferlab.classifiers import load_head
 
-    paths = [Path(p) for p in images]
-    if not paths:
-        raise UserInputError("predict needs at least one IMAGE path")
-    for p in paths:
-        if not p.is_file():
-            raise UserInputError(f"image {p} does not exist")
+    if int(top_k) < 1:
+        raise UserInputError(f"--top-k {top_k} must be at least 1")
+    paths = expand_images(images)
     model_dir = Path(model_dir).expanduser()
+    if not (model_dir / "head.json").is_file() and (model_dir / "chosen_head" / "head.json").is_file():
+        model_dir = model_dir / "chosen_head"  # a sweep folder: the head it chose on validation accuracy
     if (model_dir / "model.json").is_file() and not (model_dir / "head.json").is_file():
-        return _predict_finetuned(model_dir, paths, batch_size, device, progress)
+        rows = _predict_finetuned(model_dir, paths, batch_size, device, progress, top_k, strict)
+    else:
+        rows = _predict_head(load_head, model_dir, paths, batch_size, device, progress, top_k, strict)
+    if out is not None:
+        write_predictions(out, rows)
+    return rows
+
+
+def _predict_head(load_head, model_dir, paths, batch_size, device, progress, top_k, strict) -> list[dict]:
     head, meta = load_head(model_dir)
     if not isinstance(meta.get("extraction"), dict):
         raise UserInputError(f"{model_dir}/head.json has no extraction spec (written by an older version); "
@@ -44,48 +151,62 @@ def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progr
     model = bb.model.to(dev).eval()
     tap = FeatureTap(model, [layer], spec.pool, stop_after=layer)
     class_names = list(meta.get("class_names") or [])
-    rows = []
+
+    def classify(chunk, x):
+        # round to the cache's storage dtype, as the head's training rows were
+        feats = tap(x.to(dev))[layer].cpu().numpy().astype(spec.dtype).astype(np.float32)
+        scores, kind = _head_scores(head, feats)
+        classes = np.asarray(getattr(head, "classes_", np.arange(scores.shape[1])), dtype=np.int64)
+        full = np.full((len(chunk), max(len(class_names), int(classes.max()) + 1)), -np.inf)
+        full[:, classes] = scores  # columns = class index, whatever subset the head saw
+        return _rows_from_scores(chunk, full, kind, class_names, top_k)
+
+    classify.preprocess = lambda p: preprocess_image(read_image(p), spec.image_size, spec.mean, spec.std,
+                                                     spec.interpolation)
     try:
         with torch.inference_mode():
-            for s in tqdm(range(0, len(paths), batch_size), disable=not progress or len(paths) <= batch_size,
-                          desc="predict", unit="batch"):
-                chunk = paths[s:s + batch_size]
-                x = torch.stack([preprocess_image(read_image(p), spec.image_size, spec.mean, spec.std,
-                                                  spec.interpolation) for p in chunk])
-                # round to the cache's storage dtype, as the head's training rows were
-                feats = tap(x.to(dev))[layer].cpu().numpy().astype(spec.dtype).astype(np.float32)
-                labels = head.predict(feats)
-                if hasattr(head, "predict_proba"):
-                    scores = head.predict_proba(feats).max(axis=1)
-                else:
-                    scores = np.asarray(head.decision_function(feats))
-                    scores = scores.max(axis=1) if scores.ndim == 2 else np.abs(scores)
-                for p, lab, sc in zip(chunk, labels, scores):
-                    lab = int(lab)
-                    name = class_names[lab] if lab < len(class_names) else str(lab)
-                    rows.append({"path": str(p), "class": name, "label": lab, "score": float(sc)})
+            return _run(paths, batch_size, progress, strict, classify)
     finally:
         tap.close()
-    return rows
 
 
-def _predict_finetuned(run_dir: Path, paths: list, batch_size: int, device: str, progress: bool) -> list[dict]:
+def _predict_finetuned(run_dir: Path, paths: list, batch_size: int, device: str, progress: bool, top_k: int,
+                       strict: bool) -> list[dict]:
     from transferlab.finetuning.saved import load_finetuned
 
     model, meta = load_finetuned(run_dir, device=str(resolve_device(device)))
     spec = meta["spec"]
     dev = next(model.parameters()).device
     names = list(meta.get("class_names") or [])
-    rows = []
+
+    def classify(chunk, x):
+        probs = torch.softmax(model(x.to(dev)).float(), 1).cpu().numpy()
+        return _rows_from_scores(chunk, probs, "probability", names, top_k)
+
+    classify.preprocess = lambda p: preprocess_image(read_image(p), spec.image_size, spec.mean, spec.std,
+                                                     spec.interpolation)
     with torch.inference_mode():
-        for s in tqdm(range(0, len(paths), batch_size), disable=not progress or len(paths) <= batch_size,
-                      desc="predict", unit="batch"):
-            chunk = paths[s:s + batch_size]
-            x = torch.stack([preprocess_image(read_image(p), spec.image_size, spec.mean, spec.std, spec.interpolation)
-                             for p in chunk])
-            probs = torch.softmax(model(x.to(dev)).float(), 1).cpu().numpy()
-            for p, pr in zip(chunk, probs):
-                lab = int(pr.argmax())
-                rows.append({"path": str(p), "class": names[lab] if lab < len(names) else str(lab), "label": lab,
-                             "score": float(pr[lab])})
-    return rows
+        return _run(paths, batch_size, progress, strict, classify)
+
+
+def write_predictions(path, rows: list[dict]) -> Path:
+    """``predictions.csv``: one row per image (see :data:`CSV_COLUMNS`), written atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
+    w.writeheader()
+    for r in rows:
+        if "error" in r:
+            w.writerow({"path": r["path"], "error": r["error"]})
+            continue
+        w.writerow({"path": r["path"], "class": r["class"],
+                    "probability": f"{r['score']:.6f}" if r["score_kind"] == "probability" else "",
+                    "margin": f"{r['score']:.6f}" if r["score_kind"] == "margin" else "",
+                    "top_classes": ";".join(c for c, _ in r["top_k"]),
+                    "top_scores": ";".join(f"{s:.6f}" for _, s in r["top_k"]), "error": ""})
+    path = Path(path).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write(path, buf.getvalue())
+    except OSError as exc:
+        raise UserInputError(f"cannot write --out {path} ({exc.strerror or exc.__class__.__name__}); "
+                             f"give a writable file path") from None

@@ -1,7 +1,9 @@
-"""The sweep's report: ``depth_vs_accuracy.png`` and a self-contained ``report.md``.
+"""The sweep's report: ``depth_vs_accuracy.png``, ``report.md`` and ``report.html``.
 
-Both are derived from ``results.csv`` and written whole and atomically (``transferlab.util``): a
-kill leaves the previous version, which the next run or ``finetune --append-to`` replaces.
+All are derived from ``results.csv`` and written whole and atomically (``transferlab.util``): a
+kill leaves the previous version, which the next run or ``finetune --append-to`` replaces. The
+pictures are drawn by :mod:`transferlab.pipeline.plots` (the chosen head's confusion matrix by
+:mod:`transferlab.pipeline.chosen`), the page by :mod:`transferlab.pipeline.html`.
 """
 from __future__ import annotations
 
@@ -75,36 +77,11 @@ def _label(key, keys) -> str:
     return " / ".join(p for p in parts if p)
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+def plot(rows: list[dict], path: Path, n_classes: int | None = None) -> None:
+    """``depth_vs_accuracy.png``: see :func:`transferlab.pipeline.plots.depth_curve`."""
+    from .plots import depth_curve
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cs = curves(rows)
-    keys = list(cs)
-    rel = len({k[0] for k in keys}) > 1 or len({len(v) for v in cs.values()}) > 1
-    fig, ax = plt.subplots(figsize=(8, 4.8), dpi=110)
-    for i, key in enumerate(sorted(keys)):
-        pts = cs[key]
-        x = [p["rel_depth"] if rel else p["depth"] for p in pts]
-        color = f"C{i % 10}"
-        ax.errorbar(x, [p["test"] for p in pts], yerr=[p["test_std"] for p in pts], marker="o", color=color,
-                    capsize=3, label=f"{_label(key, keys)} (test)")
-        ax.plot(x, [p["val"] for p in pts], linestyle="--", color=color, alpha=0.5, linewidth=1)
-    if not rel and keys:
-        pts = cs[sorted(keys)[0]]
-        ax.set_xticks([p["depth"] for p in pts], [p["layer"] for p in pts], rotation=35, ha="right")
-        ax.set_xlabel("layer, generic (left) to specialised (right)")
-    else:
-        ax.set_xlabel("relative depth (0 = stem, 1 = last layer)")
-    ax.set_ylabel("accuracy (solid: test, dashed: validation)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("Layer depth against accuracy")
-    fig.tight_layout()
-    atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
-    plt.close(fig)
+    depth_curve(rows, path, n_classes)
 
 
 def best_per_curve(rows: list[dict]) -> list[dict]:
@@ -188,21 +165,26 @@ def decision_section(rows: list[dict], class_counts: dict | None) -> tuple[list[
     return lines, decision
 
 
-def write_report(out: Path, summary: dict) -> Path:
+def write_report(out: Path, summary: dict, log=None) -> Path:
     out = Path(out)
+    from .html import write_html
+    from .plots import write_pictures
+
     rows = summary["rows"]
-    plot(rows, out / "depth_vs_accuracy.png")
+    plot(rows, out / "depth_vs_accuracy.png", len(summary.get("class_names") or []) or None)
     cfg, timing = summary["config"], summary["timing"]
     best = best_per_curve(rows)
     lines = ["# TransferLab sweep", "",
              f"Data `{cfg['data']}`, backbone {', '.join(cfg['backbone'])}, weights {', '.join(cfg['weights'])}, "
              f"pooling {', '.join(cfg['pool'])}, image size {', '.join(map(str, cfg['image_size']))}, heads "
              f"{', '.join(cfg['heads'])}" + (f", shots {cfg['shots']}" if cfg["shots"] else "") +
-             f", {cfg['repeats']} repeat(s), seed {cfg['seed']}.", "",
+             f", {cfg['repeats']} repeat(s), seed {cfg['seed']}." +
+             (f" Data layout: {summary['data_layout']}." if summary.get("data_layout") else ""), "",
              "![depth against accuracy](depth_vs_accuracy.png)", "", "## Decision", ""]
     headline, _ = decision_section(rows, summary.get("class_counts"))
-    lines += headline
-    lines += ["", "## Layer chosen on validation, per curve", "",
+    lines += headline + [""]
+    lines += write_pictures(out, summary, log)
+    lines += ["## Layer chosen on validation, per curve", "",
               "| backbone | weights | pool | size | head | shots | chosen on val | val ± se | its test | last layer val | last layer test |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for b in best:
@@ -223,7 +205,9 @@ def write_report(out: Path, summary: dict) -> Path:
               f"{timing['fits_reused']} reused from an earlier run).", "", "Cache files:", ""]
     lines += [f"- `{c}`" for c in summary["cache_files"]]
     lines += ["", "Configuration and versions: `results.json`."]
-    return atomic_write(out / "report.md", "\n".join(lines) + "\n")
+    path = atomic_write(out / "report.md", "\n".join(lines) + "\n")
+    write_html(path)
+    return path
 
 
 def refresh_report(out: "str | Path") -> Path | None:

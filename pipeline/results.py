@@ -30,7 +30,7 @@ import io
 import os
 from pathlib import Path
 
-from transferlab.util import atomic_write, sha256_json
+from transferlab.util import UserInputError, atomic_write, sha256_json
 
 RESULT_COLUMNS = [
     "backbone", "weights", "pool", "image_size", "layer", "depth", "rel_depth", "dim", "head", "preprocessing",
@@ -93,3 +93,165 @@ def set_aside(path: "str | Path", keep) -> list[dict]:
             append_row(path.with_name(STALE_FILE), r)
         write_rows(path, [r for r in rows if keep(r)])
     return stale
+
+
+# --- results in Python -----------------------------------------------------------------------------
+
+class SweepResult:
+    """What :func:`transferlab.sweep` returns and :func:`load_results` reads back.
+
+    Attributes
+    ----------
+    rows : pandas.DataFrame
+        One row per (backbone, weights, pooling, size, layer, head, shots, repeat) and per appended
+        fine-tuning run; accuracies and depths as numbers.
+    recommendation : dict or None
+        The sweep's decision (:func:`transferlab.pipeline.decision.decide` on its rows: ``strategy``,
+        ``runner_up``, ``close``, ``reasons``, ``facts``, ``thresholds``); None when the rows hold no
+        validation accuracies to decide on.
+    config, timing, cache_files, class_names : the run's configuration and bookkeeping.
+    summary : dict
+        The ``results.json`` content; ``result["rows"]`` (a list of dicts) and the other keys are
+        read from it, as when ``sweep`` returned that dict.
+
+    Examples
+    --------
+    >>> res = transferlab.sweep(data="digits", heads="logreg")                     # doctest: +SKIP
+    >>> res.rows.groupby("layer").test_accuracy.mean().sort_values().tail(3)        # doctest: +SKIP
+    """
+
+    def __init__(self, summary: dict, out: "str | Path | None" = None, recommendation=None):
+        self.summary = summary
+        self.out = None if out is None else Path(out)
+        self.recommendation = summary.get("decision") if recommendation is None else recommendation
+
+    @property
+    def rows(self):
+        return rows_frame(self.summary.get("rows", []))
+
+    @property
+    def config(self) -> dict:
+        return self.summary.get("config", {})
+
+    @property
+    def timing(self) -> dict:
+        return self.summary.get("timing", {})
+
+    @property
+    def cache_files(self) -> list:
+        return self.summary.get("cache_files", [])
+
+    @property
+    def class_names(self) -> list:
+        return self.summary.get("class_names", [])
+
+    def __getitem__(self, key):
+        return self.summary[key]
+
+    def __contains__(self, key) -> bool:
+        return key in self.summary
+
+    def keys(self):
+        return self.summary.keys()
+
+    def __repr__(self) -> str:
+        return (f"SweepResult({len(self.summary.get('rows', []))} rows, data={self.config.get('data')!r}, "
+                f"out={str(self.out) if self.out else None!r})")
+
+
+NUMERIC_COLUMNS = ("depth", "rel_depth", "dim", "repeat", "seed", "val_accuracy", "test_accuracy", "fit_seconds",
+                   "n_train", "n_val", "image_size", "val_fraction", "shots")
+
+
+def rows_frame(rows: list[dict]):
+    """Rows as a pandas DataFrame, numeric columns as numbers (empty cells: NaN)."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows, columns=list(dict.fromkeys([*RESULT_COLUMNS, *(k for r in rows for k in r)])))
+    for c in NUMERIC_COLUMNS:
+        if c in df:
+            df[c] = pd.to_numeric(df[c].replace("", None), errors="coerce")
+    return df
+
+
+def load_results(out: "str | Path") -> SweepResult:
+    """Read a finished sweep folder (``results.json`` + ``results.csv``) into a :class:`SweepResult`."""
+    import json
+
+    out = Path(out).expanduser()
+    path = out / "results.json"
+    if not path.is_file():
+        raise UserInputError(f"{out} holds no finished sweep (no results.json); give the --out folder of a sweep")
+    try:
+        summary = json.loads(path.read_text())
+    except ValueError as exc:
+        raise UserInputError(f"{path} is not valid JSON ({exc}); rerun the sweep to rewrite it") from None
+    summary["rows"] = read_rows(out / "results.csv")
+    return SweepResult(summary, out)
+
+
+# --- choosing from a sweep -------------------------------------------------------------------------
+
+def best_on_validation(rows: list[dict]) -> dict:
+    """The (cache file, layer, head) with the best mean validation accuracy over repeats (ties: the deeper layer).
+
+    The same rule as the report's headline (:func:`transferlab.pipeline.report.best_per_curve`)."""
+    groups: dict = {}
+    for r in rows:
+        try:
+            v = float(r["val_accuracy"])
+        except (TypeError, ValueError):
+            continue
+        groups.setdefault((r["cache_file"], r["layer"], r.get("head")), []).append((v, r))
+    if not groups:
+        raise UserInputError("the sweep has no validation accuracies to choose a layer on; name a --layer")
+
+    def score(item):
+        vals = [v for v, _ in item[1]]
+        return (sum(vals) / len(vals), float(item[1][0][1].get("depth") or 0))
+
+    _, members = max(groups.items(), key=score)
+    best = dict(members[0][1])
+    best["mean_val_accuracy"] = sum(v for v, _ in members) / len(members)
+    return best
+
+
+def resolve_train_target(features, layer: str, head: str) -> tuple[Path, str, str | None]:
+    """``(cache file, layer, note)`` for ``train``: ``features`` may be a cache file or a sweep folder,
+    ``layer`` a name or ``best`` (the sweep's validation choice for ``head``)."""
+    p = Path(features).expanduser()
+    if not p.is_dir():
+        if layer == "best":
+            raise UserInputError("--layer best needs a sweep folder as --features (it reads the sweep's choice "
+                                 "on validation accuracy), e.g. --features runs/sweep")
+        return p, layer, None
+    rows = [r for r in read_rows(p / "results.csv") if r.get("row_key") and r.get("cache_file")
+            and not r.get("shots")]
+    if not rows:
+        raise UserInputError(f"{p} holds no sweep results (results.csv with probe rows); give a cache file "
+                             f"(`transferlab cache ls`) or the --out folder of a sweep")
+    mine = [r for r in rows if r["head"] == head]
+    if not mine:
+        raise UserInputError(f"the sweep in {p} has no '{head}' rows; its heads: "
+                             f"{', '.join(sorted({r['head'] for r in rows}))}; pass one as --head")
+    if layer == "best":
+        b = best_on_validation(mine)
+        return (Path(b["cache_file"]), b["layer"],
+                f"--layer best: {b['layer']} of {b['backbone']}/{b['weights']} "
+                f"(validation accuracy {b['mean_val_accuracy']:.4f} with {head} in {p})")
+    files = sorted({r["cache_file"] for r in mine if r["layer"] == layer})
+    if not files:
+        raise UserInputError(f"the sweep in {p} has no layer '{layer}'; its layers: "
+                             f"{', '.join(dict.fromkeys(r['layer'] for r in mine))}, or best")
+    if len(files) > 1:
+        raise UserInputError(f"layer '{layer}' is in {len(files)} cache files of the sweep in {p} (several "
+                             f"backbones, weights or sizes); give one as --features: {', '.join(files)}")
+    return Path(files[0]), layer, None
+
+
+def default_head_dir(features, layer: str, head: str) -> Path:
+    """``runs/heads/<cache file name without its key>_<layer>_<head>``: where ``train`` saves without ``--out``."""
+    stem = Path(features).stem
+    base = stem.rsplit("_", 1)[0] if "_" in stem else stem
+    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{base}_{layer}_{head}")
+    return Path("runs") / "heads" / slug

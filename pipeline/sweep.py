@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from transferlab.classifiers._parallel import check_backend, parallel
 from transferlab.util import UserInputError, library_versions, write_json
 
 from .report import refresh_report, write_report
-from .results import append_row, read_rows, row_key, set_aside
+from .results import SweepResult, append_row, read_rows, row_key, set_aside
 
 
 def _split_list(value) -> list:
@@ -59,6 +60,8 @@ class SweepConfig:
     repeats: int = 1
     seed: int = 0
     val_fraction: float = 0.2
+    test_fraction: float | None = None
+    fingerprint: str = "stat"
     preprocessing: str | None = None
     full_grid: bool = False
     out: str = "runs/sweep"
@@ -89,12 +92,15 @@ class SweepConfig:
 
 
 def _fit_one(job: dict) -> dict:
+    """One head on one layer; the warnings it raised travel back in ``row["_warnings"]`` (not printed)."""
     from transferlab.classifiers import train_head
 
     t0 = time.perf_counter()
-    res = train_head(job["cache_file"], job["layer"], job["head"], preprocessing=job["preprocessing"],
-                     val_fraction=job["val_fraction"], seed=job["seed"], n_jobs=1, full_grid=job["full_grid"],
-                     shots=job["shots"] or None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = train_head(job["cache_file"], job["layer"], job["head"], preprocessing=job["preprocessing"],
+                         val_fraction=job["val_fraction"], seed=job["seed"], n_jobs=1, full_grid=job["full_grid"],
+                         shots=job["shots"] or None)
     row = {k: job[k] for k in ("backbone", "weights", "layer", "depth", "rel_depth", "dim", "head", "repeat",
                                "seed", "cache_file", "cache_key", "pool", "image_size", "data", "data_fingerprint",
                                "val_fraction", "grid", "row_key")}
@@ -105,7 +111,21 @@ def _fit_one(job: dict) -> dict:
                fit_seconds=round(float(res.get("fit_seconds", time.perf_counter() - t0)), 3),
                n_train=res.get("n_train", ""), n_val=res.get("n_val", ""), selection=res.get("selection", ""),
                notes="; ".join(res.get("notes") or []))
+    row["_warnings"] = [(w.category.__name__, str(w.message).splitlines()[0][:160]) for w in caught]
     return row
+
+
+def summarise_warnings(rows: list[dict]) -> list[str]:
+    """One line per warning kind raised during the fits, with how many fits raised it."""
+    kinds: dict = {}
+    for r in rows:
+        for cat, msg in dict.fromkeys(map(tuple, r.get("_warnings", []))):
+            k = kinds.setdefault(cat, {"fits": 0, "example": msg, "where": r.get("layer", "")})
+            k["fits"] += 1
+    return [f"note: {v['fits']} fit(s) raised {cat}, e.g. at {v['where']}: {v['example']}"
+            + (" (the chosen C may be under-converged; results stay valid, rerun with --full-grid or "
+               "--preprocessing standardize to compare)" if cat == "ConvergenceWarning" else "")
+            for cat, v in kinds.items()]
 
 
 def class_counts(dataset) -> dict:
@@ -134,7 +154,7 @@ def _layer_names(layers, meta: dict) -> list[str]:
     return [n for n in names if n]
 
 
-def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, **overrides) -> dict:
+def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, **overrides) -> SweepResult:
     """Run a sweep and write ``results.csv``, ``results.json``, ``depth_vs_accuracy.png``, ``report.md``.
 
     Parameters
@@ -148,13 +168,14 @@ def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, *
 
     Returns
     -------
-    dict
-        The ``results.json`` content (configuration, versions, rows, timings, cache files).
+    SweepResult
+        ``.rows`` (a pandas DataFrame), ``.recommendation``, ``.config``, ``.timing``; indexing it
+        (``result["rows"]``) reads the ``results.json`` content as before.
 
     Examples
     --------
-    >>> summary = sweep(data="digits", heads="logreg", out="runs/sweep")   # doctest: +SKIP
-    >>> summary["rows"][0]["test_accuracy"]                                # doctest: +SKIP
+    >>> res = sweep(data="digits", heads="logreg", out="runs/sweep")       # doctest: +SKIP
+    >>> res.rows.sort_values("val_accuracy").tail(1)[["layer", "test_accuracy"]]  # doctest: +SKIP
     """
     cfg = config or SweepConfig(**overrides)
     out = Path(cfg.out)
@@ -169,7 +190,11 @@ def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, *
 
     for h in cfg.heads:
         make_head(h, preprocessing=cfg.preprocessing)
-    dataset = load_dataset(cfg.data, seed=cfg.seed)
+    dataset = load_dataset(cfg.data, seed=cfg.seed, test_fraction=cfg.test_fraction, fingerprint=cfg.fingerprint)
+    if dataset.layout:
+        log(f"data: {dataset.spec}: {dataset.layout}")
+    for note in dataset.notes:
+        log(f"note: {note}")
     csv_path = out / "results.csv"
     t_extract, t_train, cache_files = 0.0, 0.0, []
     jobs = []
@@ -206,26 +231,30 @@ def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, *
     bar = tqdm(total=len(jobs), desc="heads x layers", unit="fit", disable=not progress or not jobs,
                dynamic_ncols=True)
     t0 = time.perf_counter()
+    fitted = []
     try:
         if jobs:
             with parallel(cfg.n_jobs, cfg.backend, lazy=True) as run:
                 for row in run(_fit_one, [(j,) for j in jobs]):
                     append_row(csv_path, row)
+                    fitted.append(row)
                     bar.update(1)
     finally:
         bar.close()
         t_train += time.perf_counter() - t0
+        for line in summarise_warnings(fitted):
+            log(line)
     rows = read_rows(csv_path)
     summary = {"config": asdict(cfg), "versions": library_versions(), "rows": rows, "cache_files": cache_files,
                "class_names": dataset.class_names, "class_counts": class_counts(dataset),
-               "data_fingerprint": dataset.fingerprint,
+               "data_fingerprint": dataset.fingerprint, "data_layout": dataset.layout, "data_notes": dataset.notes,
                "timing": {"extract_seconds": round(t_extract, 2), "train_seconds": round(t_train, 2),
                           "fits_run": len(jobs), "fits_reused": len(rows) - len(jobs)},
                "stale_rows_moved": len(stale)}
     summary["decision"] = decision_of(summary)
     write_json(out / "results.json", summary)
-    write_report(out, summary)
-    return summary
+    write_report(out, summary, log=log)
+    return SweepResult(summary, out)
 
 
 def append_finetune(target: "str | Path", metrics: dict) -> Path:
@@ -256,3 +285,39 @@ def append_finetune(target: "str | Path", metrics: dict) -> Path:
         raise UserInputError(f"cannot append to {path} ({exc.strerror or exc.__class__.__name__}); "
                              f"give a writable sweep directory or .csv as --append-to") from None
     return path
+
+
+def sweep_defaults_for_finetune(target: "str | Path", values: dict) -> tuple[dict, list[str]]:
+    """Fine-tuning flags for a run appended to the sweep at ``target``, so its row compares like with like.
+
+    Where ``values`` (the flags given) leave them out, the sweep's data, image size (when the sweep
+    used one), validation fraction, test fraction and fingerprint mode are used; a given value that
+    differs from the sweep's is kept and named in the returned notes. A target without
+    ``results.json`` (no sweep yet) changes nothing.
+    """
+    target = Path(target).expanduser()
+    summary_path = (target.parent if target.suffix == ".csv" else target) / "results.json"
+    if not summary_path.is_file():
+        return values, []
+    try:
+        cfg = json.loads(summary_path.read_text()).get("config", {})
+    except ValueError:
+        return values, [f"{summary_path} is unreadable; the sweep's settings are not applied"]
+    values, notes = dict(values), []
+    sizes = [parse_image_size(s) or DEFAULT_IMAGE_SIZE for s in cfg.get("image_size") or []]
+    wanted = {"data": cfg.get("data"), "val_fraction": cfg.get("val_fraction"),
+              "test_fraction": cfg.get("test_fraction"), "fingerprint": cfg.get("fingerprint")}
+    if len(sizes) == 1:
+        wanted["image_size"] = sizes[0]
+    elif sizes and "image_size" not in values:
+        notes.append(f"the sweep used several image sizes ({', '.join(map(str, sizes))}); fine-tuning uses "
+                     f"the default unless --image-size is given")
+    for k, v in wanted.items():
+        if v is None:
+            continue
+        if k not in values:
+            values[k] = v
+        elif values[k] != v and not (k == "image_size" and (parse_image_size(values[k]) or DEFAULT_IMAGE_SIZE) == v):
+            notes.append(f"--{k.replace('_', '-')} {values[k]} differs from the sweep's {v}: the fine-tuning row "
+                         f"and the probe rows are not like for like")
+    return values, notes

@@ -33,6 +33,15 @@ def make_npz(path: Path, n_train=48, n_test=24, size=16, n_classes=3, seed=0, gr
     return path
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _data_root_in_tmp(tmp_path_factory):
+    """Tests never write into the user's cache folder: the default data root is a session temp dir."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TRANSFERLAB_DATA", str(tmp_path_factory.mktemp("transferlab_data")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture
 def tiny_npz(tmp_path):
     return make_npz(tmp_path / "tiny.npz")

@@ -10,7 +10,8 @@ Examples
 >>> import transferlab                                                   # doctest: +SKIP
 >>> path = transferlab.extract("digits", "lite0", layers="blocks.3,bn2")  # doctest: +SKIP
 >>> row = transferlab.train_head(path, "blocks.3", "logreg")              # doctest: +SKIP
->>> summary = transferlab.sweep(data="digits", out="runs/sweep")         # doctest: +SKIP
+>>> res = transferlab.sweep(data="digits", out="runs/sweep")             # doctest: +SKIP
+>>> res.rows.head()                                                        # doctest: +SKIP
 
 The names are loaded on first use, so ``import transferlab`` alone does not import torch.
 """
@@ -44,6 +45,8 @@ _API = {
     "load_finetuned": "transferlab.finetuning.saved",
     "SweepConfig": "transferlab.pipeline.sweep",
     "sweep": "transferlab.pipeline.sweep",
+    "SweepResult": "transferlab.pipeline.results",
+    "load_results": "transferlab.pipeline.results",
     "predict": "transferlab.pipeline.predict",
 }
 _ALIASES = {"verify_cache": "verify"}

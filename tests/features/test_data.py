@@ -1,6 +1,7 @@
+import sys
+
 import numpy as np
 import pytest
-from PIL import Image
 
 from transferlab.features import UserInputError, load_dataset
 from tests.conftest import make_npz
@@ -43,28 +44,30 @@ def test_npz_missing_keys_and_mismatched_lengths_are_named(tmp_path):
         load_dataset("csv:x")
 
 
-def _write_folder(root, n=3):
-    for split in ("train", "test"):
-        for c in ("cat", "dog"):
-            d = root / split / c
-            d.mkdir(parents=True)
-            for i in range(n):
-                Image.fromarray(np.full((10, 12, 3), 40 * i, np.uint8)).save(d / f"{i}.png")
-    return root
+def test_bare_paths_are_guessed_and_unknown_specs_named(tmp_path):
+    npz = make_npz(tmp_path / "d.npz")
+    assert load_dataset(str(npz)).spec == f"npz:{npz}"
+    with pytest.raises(UserInputError, match="no such folder or .npz file"):
+        load_dataset(str(tmp_path / "missing"))
 
 
-def test_folder_lists_images_per_class_and_fingerprints_mtimes(tmp_path):
-    root = _write_folder(tmp_path / "imgs")
-    ds = load_dataset(f"folder:{root}")
-    assert ds.class_names == ["cat", "dog"] and len(ds.splits["train"]) == 6
-    assert list(ds.splits["test"].labels) == [0, 0, 0, 1, 1, 1]
-    Image.fromarray(np.zeros((10, 12, 3), np.uint8)).save(root / "train" / "cat" / "0.png")
-    import os
-    os.utime(root / "train" / "cat" / "0.png", ns=(1, 1))
-    assert load_dataset(f"folder:{root}").fingerprint != ds.fingerprint
+def test_data_root_is_the_user_cache_not_the_checkout(monkeypatch, tmp_path):
+    from transferlab.features import default_cache_dir, default_data_root
+
+    monkeypatch.setenv("TRANSFERLAB_DATA", str(tmp_path / "tl"))
+    assert default_cache_dir() == tmp_path / "tl" / "cache"
+    monkeypatch.delenv("TRANSFERLAB_DATA")
+    from tests.conftest import ROOT
+
+    assert ROOT not in default_data_root().resolve().parents  # not where the code is installed
+    if sys.platform.startswith("linux"):  # platformdirs follows the XDG spec there
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        assert default_data_root() == tmp_path / "xdg" / "transferlab"
 
 
-def test_folder_without_test_split_is_refused(tmp_path):
-    (tmp_path / "f" / "train" / "a").mkdir(parents=True)
-    with pytest.raises(UserInputError, match="no 'test' folder"):
-        load_dataset(f"folder:{tmp_path / 'f'}")
+def test_the_word_digits_is_never_read_as_a_folder(tmp_path, monkeypatch):
+    from tests.features.test_folders import _tree
+
+    _tree(tmp_path / "digits", {"a": 2, "b": 2})
+    monkeypatch.chdir(tmp_path)
+    assert load_dataset("digits").spec == "digits"

@@ -27,9 +27,10 @@ def bad_inputs(tmp_path):
     np.savez(tmp_path / "mismatch.npz", x_train=np.zeros((3, 4, 4), np.uint8), y_train=np.zeros(2, int),
              x_test=np.zeros((1, 4, 4), np.uint8), y_test=np.zeros(1, int))
     for split in ("train", "test"):
-        d = tmp_path / "imgs" / split / "a"
-        d.mkdir(parents=True)
-        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "ok.png")
+        for c in ("a", "b"):
+            d = tmp_path / "imgs" / split / c
+            d.mkdir(parents=True)
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "ok.png")
     (tmp_path / "imgs" / "test" / "a" / "broken.jpg").write_bytes(b"not a jpeg at all")
     return tmp_path
 

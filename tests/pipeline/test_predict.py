@@ -36,7 +36,69 @@ def test_predict_on_png_files_matches_the_head_on_cached_rows(trained):
     cli = run_cli("predict", "--model", tmp_path / "head", *files[:3])
     assert cli.returncode == 0, cli.stderr
     lines = [l.split("\t") for l in cli.stdout.strip().splitlines()]
-    assert [(p, c) for p, c, _ in lines] == [(str(f), g["class"]) for f, g in zip(files[:3], got)]
+    assert [tuple(l[:2]) for l in lines] == [(str(f), g["class"]) for f, g in zip(files[:3], got)]
+    assert all(l[3] == "probability" for l in lines)
+
+
+def test_folders_csv_top_k_and_an_unreadable_file_that_does_not_stop_the_run(trained):
+    import csv
+
+    from transferlab.classifiers import load_head
+
+    tmp_path, npz, path = trained
+    x = np.load(npz)["x_test"][:5]
+    (tmp_path / "in" / "deeper").mkdir(parents=True)
+    write_pngs(x[:3], tmp_path / "in")
+    write_pngs(x[3:], tmp_path / "in" / "deeper", prefix="z")
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    bad = tmp_path / "in" / "bad.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    out = run_cli("predict", "--model", tmp_path / "head", tmp_path / "in", "--out", tmp_path / "p" / "pred.csv",
+                  "--top-k", "2")
+    assert out.returncode == 1, out.stderr  # finished, but not every file was read
+    assert "skipped 1 unreadable file" in out.stderr and "bad.png" in out.stderr.splitlines()[-1]
+    with open(tmp_path / "p" / "pred.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 6 and [r["path"] for r in rows if r["error"]] == [str(bad)]
+    good = [r for r in rows if not r["error"]]
+    assert sorted(r["path"].rsplit("/", 1)[-1] for r in good) == ["img0.png", "img1.png", "img2.png", "z0.png", "z1.png"]
+    head, _ = load_head(tmp_path / "head")
+    by_name = {r["path"].rsplit("/", 1)[-1]: r for r in good}
+    with h5py.File(path, "r") as f:
+        cached = f["test/features/blocks.2"][:5].astype(np.float32)
+    proba = head.predict_proba(cached)
+    for i, name in enumerate(["img0.png", "img1.png", "img2.png", "z0.png", "z1.png"]):
+        r = by_name[name]
+        top = np.argsort(-proba[i])[:2]
+        assert r["top_classes"].split(";") == [f"class{c}" for c in top] and r["class"] == f"class{top[0]}"
+        assert float(r["probability"]) == pytest.approx(proba[i, top[0]], abs=1e-5) and r["margin"] == ""
+    strict = run_cli("predict", "--model", tmp_path / "head", tmp_path / "in", "--strict")
+    assert strict.returncode == 2 and "bad.png" in strict.stderr and "Traceback" not in strict.stderr
+
+
+def test_a_head_without_probabilities_reports_margins(trained):
+    from transferlab.classifiers import load_head, train_head
+
+    tmp_path, npz, path = trained
+    train_head(path, "blocks.2", "svm", out=tmp_path / "svm")
+    files = write_pngs(np.load(npz)["x_test"][:4], tmp_path)
+    got = predict(tmp_path / "svm", files, progress=False, top_k=3)
+    head, _ = load_head(tmp_path / "svm")
+    with h5py.File(path, "r") as f:
+        margins = head.decision_function(f["test/features/blocks.2"][:4].astype(np.float32))
+    assert {g["score_kind"] for g in got} == {"margin"}
+    assert [g["score"] for g in got] == pytest.approx(margins.max(axis=1), abs=1e-4)
+    assert [len(g["top_k"]) for g in got] == [3] * 4
+
+
+def test_train_without_out_saves_to_a_printed_default_folder(trained):
+    tmp_path, _, path = trained
+    out = run_cli("train", "--features", path, "--layer", "bn2", "--head", "logreg", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    saved = out.stdout.strip().splitlines()[-1].split()[1]
+    assert saved.startswith("runs/heads/") and (tmp_path / saved).is_file()
+    pred = run_cli("predict", "--model", (tmp_path / saved).parent, path.parent, cwd=tmp_path)  # a folder of .h5 files
+    assert pred.returncode == 2 and "holds no images" in pred.stderr
 
 
 def test_tampered_head_and_unreadable_image_are_refused_with_exit_2(trained):

@@ -71,3 +71,30 @@ def test_append_row_writes_one_whole_line(tmp_path):
     append_row(path, {"layer": "a,b", "head": "knn", "row_key": "k1"})
     append_row(path, {"layer": "c", "head": "svm", "row_key": "k2"})
     assert [(r["layer"], r["row_key"]) for r in read_rows(path)] == [("a,b", "k1"), ("c", "k2")]
+
+
+def test_a_flat_photo_folder_is_split_recorded_and_keyed_by_its_split(tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+
+    arrays = np.load(make_npz(tmp_path / "d.npz", n_train=30, n_test=0))
+    for i, (img, label) in enumerate(zip(arrays["x_train"], arrays["y_train"])):
+        d = tmp_path / "photos" / f"kind{label}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / f"{i}.png")
+    args = ["sweep", "--data", tmp_path / "photos", "--heads", "knn", "--layers", "bn2", "--image-size", "32",
+            "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache", "--workers", "1", "--quiet"]
+    out = run_cli(*args, "--test-fraction", "0.2")
+    assert out.returncode == 0, out.stderr
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["data_layout"] == "flat <class>/ folders; test split off train: 0.2 of the images, stratified, seed 0"
+    assert saved["class_names"] == ["kind0", "kind1", "kind2"]
+    assert "Data layout: flat <class>/ folders; test split off train" in (tmp_path / "run" / "report.md").read_text()
+    (row,) = read_rows(tmp_path / "run" / "results.csv")
+    assert int(row["n_train"]) + int(row["n_val"]) == 24  # 30 images, 6 held out as test
+    out = run_cli(*args, "--test-fraction", "0.3")
+    assert out.returncode == 0, out.stderr
+    assert len(read_rows(tmp_path / "run" / STALE_FILE)) == 1  # another split: the old row is not current
+    (row,) = read_rows(tmp_path / "run" / "results.csv")
+    assert int(row["n_train"]) + int(row["n_val"]) == 21

@@ -158,3 +158,27 @@ def test_ray_backend_without_ray_names_the_extra(tiny_sweep, tmp_path):
     res = run_cli("sweep", "--data", tiny_sweep["data"], "--backend", "ray", "--out", tmp_path / "x", "--quiet")
     assert res.returncode == 2 and "pip install 'transferlab[ray]'" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_fit_warnings_are_collected_and_summarised_not_printed(monkeypatch, capfd):
+    import warnings
+
+    import transferlab.classifiers as clf
+    from sklearn.exceptions import ConvergenceWarning
+
+    from transferlab.pipeline.sweep import _fit_one, summarise_warnings
+
+    def noisy(*a, **k):
+        for _ in range(3):
+            warnings.warn("lbfgs failed to converge (status=1)\nIncrease the number of iterations", ConvergenceWarning)
+        return {"test_accuracy": 0.5, "val_accuracy": 0.5, "params": {}}
+
+    monkeypatch.setattr(clf, "train_head", noisy)
+    job = {k: "" for k in ("backbone", "weights", "depth", "rel_depth", "dim", "head", "repeat", "cache_file",
+                           "cache_key", "pool", "image_size", "data", "data_fingerprint", "val_fraction", "grid",
+                           "row_key", "preprocessing", "full_grid")}
+    rows = [_fit_one({**job, "layer": layer, "seed": 0, "shots": 0}) for layer in ("bn1", "bn2")]
+    assert capfd.readouterr().err == ""
+    assert rows[0]["_warnings"] == [("ConvergenceWarning", "lbfgs failed to converge (status=1)")] * 3
+    (line,) = summarise_warnings(rows)
+    assert line.startswith("note: 2 fit(s) raised ConvergenceWarning, e.g. at bn1: lbfgs failed to converge")

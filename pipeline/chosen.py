@@ -1,0 +1,85 @@
+"""The sweep's chosen probe, fitted again and saved, with its test confusion matrix.
+
+The choice is made on *validation* accuracy, never test: among the probe rows trained on the full
+training data, the (cache file, layer, head) with the best mean validation accuracy over repeats
+(ties: the deeper layer, as in the report's headline; :func:`transferlab.pipeline.results.best_on_validation`). That head is
+fitted again with the row's own settings (the same :func:`transferlab.classifiers.train_head` call
+the sweep made, so it reproduces the row's test accuracy) and saved as ``<out>/chosen_head/``,
+which ``transferlab predict --model <out>/chosen_head`` loads. Its predictions on the test split
+give the confusion matrix and the per-class accuracy of the report.
+
+Integrity rule of ``chosen_head/``: ``head.joblib`` and ``head.json`` are written by
+:func:`transferlab.classifiers.save_head` (atomic, the joblib file's sha256 inside ``head.json``);
+``head.json`` also records the ``row_key`` of the row it was fitted for, so a warm rerun whose
+choice is unchanged reuses it and a changed choice (other data, other rows) refits it.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from transferlab.util import write_json
+
+from .results import best_on_validation
+
+CHOSEN_DIR = "chosen_head"
+
+
+def chosen_row(rows: list[dict]) -> dict | None:
+    """The probe row chosen on validation accuracy (see the module docstring), or None."""
+    probes = [r for r in rows if r.get("row_key") and r.get("cache_file") and not r.get("shots")
+              and not str(r.get("head", "")).startswith("finetune:")]
+    try:
+        return best_on_validation(probes) if probes else None
+    except Exception:  # no validation accuracies at all
+        return None
+
+
+def _params(row: dict) -> dict:
+    try:
+        return json.loads(row.get("params") or "{}")
+    except ValueError:
+        return {}
+
+
+def fit_chosen(out: Path, row: dict, preprocessing: str | None = None, log=None) -> dict:
+    """Fit (or reuse) the chosen head in ``out/chosen_head`` and return its test evaluation.
+
+    ``preprocessing`` is the sweep's setting (the row holds its description, not the setting);
+    ``log`` receives a line before a fit (none when the saved head is reused).
+    Returns ``{"row", "dir", "labels", "predictions", "confusion", "class_names", "test_accuracy"}``.
+    """
+    from sklearn.metrics import confusion_matrix
+
+    from transferlab.classifiers import load_head, train_head
+    from transferlab.features.cache import load_split, read_cache_meta
+
+    folder = Path(out) / CHOSEN_DIR
+    meta_path = folder / "head.json"
+    reuse = False
+    if meta_path.is_file():
+        try:
+            reuse = json.loads(meta_path.read_text()).get("sweep_row_key") == row["row_key"]
+        except ValueError:
+            reuse = False
+    if not reuse:
+        if log is not None:
+            log(f"report: fitting the head chosen on validation ({row['layer']} + {row['head']}) for the "
+                f"confusion matrix; saved as {folder}")
+        vf = float(row["val_fraction"]) if row.get("val_fraction") not in ("", None) else 0.2
+        train_head(row["cache_file"], row["layer"], row["head"], out=folder, preprocessing=preprocessing, val_fraction=vf,
+                   seed=int(float(row.get("seed") or 0)), full_grid=row.get("grid") == "full")
+        meta = json.loads(meta_path.read_text())
+        meta["sweep_row_key"] = row["row_key"]
+        write_json(meta_path, meta)
+    head, _ = load_head(folder)
+    X, y, _ = load_split(row["cache_file"], "test", row["layer"])
+    pred = np.asarray(head.predict(X))
+    names = read_cache_meta(row["cache_file"]).get("class_names")
+    names = list(names) if isinstance(names, list) else [str(i) for i in range(int(max(y.max(), pred.max())) + 1)]
+    labels = np.arange(len(names))
+    return {"row": row, "dir": folder, "labels": y, "predictions": pred, "class_names": names,
+            "confusion": confusion_matrix(y, pred, labels=labels), "test_accuracy": float(np.mean(pred == y)),
+            "params": _params(row)}

@@ -1,0 +1,262 @@
+"""The sweep report's pictures, drawn from ``results.csv`` rows (matplotlib, Agg backend).
+
+- :func:`depth_curve` (``depth_vs_accuracy.png``, the interface contract's plot): test accuracy
+  (solid, with the spread over repeats) and validation accuracy (dashed) against layer depth, one
+  line per head and configuration, on the full training data only, with the chance level
+  (1 / number of classes) drawn and the legend outside the axes.
+- :func:`learning_curve` (``learning_curve.png``, low-shot sweeps): test accuracy against shots
+  per class, one line per layer group (generic, middle, specialised thirds of relative depth).
+- :func:`finetune_bars` (``finetune.png``, when fine-tuning rows were appended): each fine-tuning
+  mode's test accuracy beside the best probe (chosen on validation accuracy).
+- :func:`confusion` (``confusion.png``): the chosen head's test confusion matrix beside its per-class
+  accuracy (recall).
+
+Integrity rule: every picture is rendered in memory and written whole and atomically
+(:func:`transferlab.util.atomic_write`); a crash leaves the previous picture, which the next run or
+``finetune --append-to`` replaces. A picture with nothing to show is not written (and a stale one
+of that name is removed), so a report never shows a picture of other rows.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from transferlab.util import UserInputError, atomic_write
+
+GROUPS = (("generic", 0.0, 1 / 3), ("middle", 1 / 3, 2 / 3), ("specialised", 2 / 3, 1.01))
+
+
+def _f(v, default=float("nan")) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return default
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    plt = _pyplot()
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def is_probe(r: dict) -> bool:
+    return not str(r.get("head", "")).startswith("finetune:")
+
+
+def _chance(ax, n_classes: int | None) -> None:
+    if n_classes and n_classes > 1:
+        ax.axhline(1 / n_classes, color="grey", linestyle=":", linewidth=1.2, label=f"chance (1/{n_classes})")
+
+
+def depth_curve(rows: list[dict], path: Path, n_classes: int | None = None) -> Path | None:
+    """``depth_vs_accuracy.png`` from the probe rows on full training data (see the module docstring)."""
+    from .report import _label, curves
+
+    probes = [r for r in rows if is_probe(r)]
+    rows = [r for r in probes if not r.get("shots")]
+    title = "Layer depth against accuracy"
+    if not rows and probes:  # a low-shot-only sweep: the depth curve of its largest shot count
+        most = max(int(_f(r["shots"], 0)) for r in probes)
+        rows = [r for r in probes if int(_f(r["shots"], 0)) == most]
+        title += f" ({most} examples per class)"
+    cs = curves(rows)
+    if not cs:
+        return None
+    plt = _pyplot()
+    keys = sorted(cs)
+    rel = len({k[0] for k in keys}) > 1 or len({len(v) for v in cs.values()}) > 1
+    fig, ax = plt.subplots(figsize=(8, 4.6), dpi=110)
+    for i, key in enumerate(keys):
+        pts = cs[key]
+        x = [p["rel_depth"] if rel else p["depth"] for p in pts]
+        color = f"C{i % 10}"
+        ax.errorbar(x, [p["test"] for p in pts], yerr=[p["test_std"] for p in pts], marker="o", color=color,
+                    capsize=3, label=f"{_label(key, keys)} (test)")
+        ax.plot(x, [p["val"] for p in pts], linestyle="--", color=color, alpha=0.5, linewidth=1)
+    _chance(ax, n_classes)
+    if not rel:
+        pts = cs[keys[0]]
+        ax.set_xticks([p["depth"] for p in pts], [p["layer"] for p in pts], rotation=35, ha="right")
+        ax.set_xlabel("layer, generic (left) to specialised (right)")
+    else:
+        ax.set_xlabel("relative depth (0 = stem, 1 = last layer)")
+    ax.set_ylabel("accuracy (solid: test, dashed: validation)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def group_of(rel_depth: float) -> str:
+    for name, lo, hi in GROUPS:
+        if lo <= rel_depth < hi:
+            return name
+    return GROUPS[-1][0]
+
+
+def learning_points(rows: list[dict]) -> dict:
+    """(head, group) -> sorted [(shots, mean test accuracy, std, n rows)] over the low-shot probe rows."""
+    acc = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if is_probe(r) and r.get("shots") not in ("", None, 0, "0"):
+            acc[(r["head"], group_of(_f(r.get("rel_depth"), 0.0)))][int(_f(r["shots"]))].append(_f(r["test_accuracy"]))
+    return {k: sorted((s, float(np.mean(v)), float(np.std(v)), len(v)) for s, v in by.items())
+            for k, by in acc.items()}
+
+
+def learning_curve(rows: list[dict], path: Path, n_classes: int | None = None) -> Path | None:
+    """``learning_curve.png``: test accuracy against shots per class, one line per (head, layer group)."""
+    pts = learning_points(rows)
+    if not pts:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.4), dpi=110)
+    order = {g[0]: i for i, g in enumerate(GROUPS)}
+    heads = sorted({h for h, _ in pts})
+    styles = ["-", "--", "-.", ":"]
+    for head, group in sorted(pts, key=lambda k: (k[0], order[k[1]])):
+        p = pts[(head, group)]
+        label = group if len(heads) == 1 else f"{head} · {group}"
+        ax.errorbar([s for s, *_ in p], [m for _, m, _, _ in p], yerr=[sd for _, _, sd, _ in p], marker="o",
+                    capsize=3, color=f"C{order[group]}", linestyle=styles[heads.index(head) % 4], label=label)
+    _chance(ax, n_classes)
+    ax.set_xscale("log")
+    shots = sorted({s for p in pts.values() for s, *_ in p})
+    ax.set_xticks(shots, [str(s) for s in shots])
+    ax.minorticks_off()
+    ax.set_xlabel("training examples per class (shots)")
+    ax.set_ylabel("test accuracy (mean over the group's layers)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, title="layer group")
+    ax.set_title("Low-shot learning curve")
+    return _save(fig, path)
+
+
+def finetune_bars(rows: list[dict], path: Path, best_probe: dict | None, n_test: int | None = None) -> Path | None:
+    """``finetune.png``: fine-tuning modes' test accuracy beside the best probe (chosen on validation).
+
+    With ``n_test`` (the test split's size) each bar carries its binomial standard error,
+    ``sqrt(p (1 - p) / n_test)``, so a difference can be read against its noise."""
+    ft = [r for r in rows if not is_probe(r)]
+    if not ft:
+        return None
+    plt = _pyplot()
+    bars = []
+    if best_probe is not None:
+        bars.append((f"probe: {best_probe['head']}\n@ {best_probe['layer']}", _f(best_probe["test_accuracy"]), "C0"))
+    for r in sorted(ft, key=lambda r: r["head"]):
+        bars.append((f"{r['head'].split(':', 1)[1]}\n({r['weights']})", _f(r["test_accuracy"]), "C1"))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(bars) + 1.5), 4), dpi=110)
+    xs = np.arange(len(bars))
+    se = [np.sqrt(max(b[1] * (1 - b[1]), 0.0) / n_test) for b in bars] if n_test else None
+    ax.bar(xs, [b[1] for b in bars], color=[b[2] for b in bars], yerr=se, capsize=4 if se else 0)
+    for i, (x, (_, v, _)) in enumerate(zip(xs, bars)):
+        ax.text(x, v + (se[i] if se else 0) + 0.01, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(xs, [b[0] for b in bars], fontsize=8)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title("Fine-tuning modes beside the best probe (blue)" +
+                 (f"\nwhiskers: ±1 standard error on {n_test} test images" if n_test else ""), fontsize=10)
+    return _save(fig, path)
+
+
+def confusion(cm: np.ndarray, class_names: list[str], path: Path, title: str) -> Path:
+    """``confusion.png``: the confusion matrix (rows: true class) and the per-class accuracy (recall)."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    plt = _pyplot()
+    k = len(class_names)
+    side = min(9.0, 2.5 + 0.45 * k)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(side + 3.5, side), dpi=110,
+                                 gridspec_kw={"width_ratios": [side, 3]})
+    ConfusionMatrixDisplay(cm, display_labels=class_names).plot(ax=ax, cmap="Blues", colorbar=False,
+                                                                include_values=k <= 20, xticks_rotation=45)
+    recall = per_class_accuracy(cm)
+    ys = np.arange(k)
+    bx.barh(ys, recall, color="C0")
+    bx.set_yticks(ys, class_names, fontsize=8)
+    bx.set_ylim(k - 0.5, -0.5)
+    bx.set_xlim(0, 1)
+    bx.set_xlabel("per-class accuracy")
+    bx.grid(alpha=0.3, axis="x")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
+def per_class_accuracy(cm: np.ndarray) -> np.ndarray:
+    """Row-normalised diagonal: the share of each true class predicted right (NaN for an absent class)."""
+    cm = np.asarray(cm, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.diag(cm) / cm.sum(axis=1)
+
+
+def _drop(path: Path) -> None:
+    if path.is_file():
+        path.unlink()
+
+
+def write_pictures(out: Path, summary: dict, log=None) -> list[str]:
+    """Draw the report's pictures beside ``depth_vs_accuracy.png``; return their Markdown section.
+
+    ``log`` receives a line before the chosen head is fitted (the one step here that may take a while)."""
+    from .chosen import chosen_row, fit_chosen
+
+    out = Path(out)
+    rows = summary["rows"]
+    n_classes = len(summary.get("class_names") or []) or None
+    lines = []
+    row = chosen_row(rows)
+    ev = None
+    if row is not None:
+        try:
+            ev = fit_chosen(out, row, preprocessing=(summary.get("config") or {}).get("preprocessing"), log=log)
+        except (UserInputError, OSError) as exc:  # its cache file removed or damaged since the sweep
+            lines += ["## The chosen layer and head", "",
+                      f"`{row['layer']}` with the {row['head']} head is the choice on validation accuracy, but its "
+                      f"confusion matrix could not be computed: {exc}", ""]
+    if ev is not None:
+        acc = per_class_accuracy(ev["confusion"])
+        title = (f"{row['backbone']}/{row['weights']} {row['layer']} + {row['head']}: test accuracy "
+                 f"{ev['test_accuracy']:.3f}")
+        confusion(ev["confusion"], ev["class_names"], out / "confusion.png", title)
+        lines += ["## The chosen layer and head", "",
+                  f"Chosen on validation accuracy ({row['mean_val_accuracy']:.3f}): `{row['layer']}` of "
+                  f"{row['backbone']}/{row['weights']} with the {row['head']} head; its test accuracy is "
+                  f"{ev['test_accuracy']:.3f}. The head is saved in `{ev['dir'].name}/` "
+                  f"(`transferlab predict --model {ev['dir']} IMAGE...`).", "",
+                  "![confusion matrix and per-class accuracy](confusion.png)", "",
+                  "| class | test images | per-class accuracy |", "|---|---|---|"]
+        support = ev["confusion"].sum(axis=1)
+        lines += [f"| {name} | {int(n)} | {'n/a' if np.isnan(a) else format(a, '.3f')} |"
+                  for name, n, a in zip(ev["class_names"], support, acc)]
+        lines.append("")
+    else:
+        _drop(out / "confusion.png")
+    if learning_curve(rows, out / "learning_curve.png", n_classes):
+        lines += ["## Low-shot learning curve", "",
+                  "Test accuracy against training examples per class; each line is the mean over a third of "
+                  "the layers (generic, middle, specialised by relative depth).", "",
+                  "![low-shot learning curve](learning_curve.png)", ""]
+    else:
+        _drop(out / "learning_curve.png")
+    if finetune_bars(rows, out / "finetune.png", row, int(ev["confusion"].sum()) if ev is not None else None):
+        lines += ["## Fine-tuning beside the best probe", "",
+                  "![fine-tuning modes beside the best probe](finetune.png)", ""]
+    else:
+        _drop(out / "finetune.png")
+    return lines
