@@ -40,6 +40,10 @@ def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progr
     if bb.weights_sha256 != spec.weights_sha256:
         raise UserInputError(f"the weights of {spec.backbone} ({spec.weights}) are not the ones the head in "
                              f"{model_dir} was trained on (sha256 differs); retrain the head")
+    width = _head_width(head, meta, model_dir)
+    if layer not in dict(bb.model.named_modules()):
+        raise UserInputError(f"{model_dir}/head.json names layer {layer!r}, which {spec.backbone} does not have; "
+                             f"retrain the head")
     dev = resolve_device(device)
     model = bb.model.to(dev).eval()
     tap = FeatureTap(model, [layer], spec.pool, stop_after=layer)
@@ -54,6 +58,9 @@ def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progr
                                                   spec.interpolation) for p in chunk])
                 # round to the cache's storage dtype, as the head's training rows were
                 feats = tap(x.to(dev))[layer].cpu().numpy().astype(spec.dtype).astype(np.float32)
+                if feats.shape[1] != width:
+                    raise UserInputError(f"layer {layer!r} gives {feats.shape[1]} features but the head in {model_dir} "
+                                         f"takes {width}; head.json does not describe this head: retrain it")
                 labels = head.predict(feats)
                 if hasattr(head, "predict_proba"):
                     scores = head.predict_proba(feats).max(axis=1)
@@ -67,6 +74,15 @@ def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progr
     finally:
         tap.close()
     return rows
+
+
+def _head_width(head, meta: dict, model_dir) -> int:
+    """The feature width the head was fitted on; head.json's ``dim`` must agree."""
+    width = getattr(head, "n_features_in_", None)
+    if width is None or (meta.get("dim") is not None and int(meta["dim"]) != int(width)):
+        raise UserInputError(f"{model_dir}/head.json says {meta.get('dim')} features but the head takes {width}; "
+                             f"retrain the head")
+    return int(width)
 
 
 def _predict_finetuned(run_dir: Path, paths: list, batch_size: int, device: str, progress: bool) -> list[dict]:
