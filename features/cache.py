@@ -447,7 +447,9 @@ def list_cache(cache_dir: "str | Path") -> list[dict]:
             with reading(p, wait=0):
                 st = read_status(p)
         except UserInputError:
-            rows.append({**row, "status": "being written"})
+            rows.append({**row, "status": "being written", "data": "(another process is writing it)",
+                         "backbone": "-", "weights": "-", "image_size": "-", "pooling": "-", "dtype": "-",
+                         "splits": {}, "layers": []})
             continue
         if st is None:
             row.update(status="unreadable")
@@ -551,6 +553,16 @@ def verify(path: "str | Path") -> list[str]:
                     problems.append(f"{where} is marked complete at {n_done_split}/{n_total} rows")
             except Exception as exc:
                 problems.append(f"{where} is damaged ({_short(exc)}): {fix}")
+        try:  # every split holds the same layers (a layer missing from one split is damage)
+            per_split = {n: set(f[n]["features"].keys()) for n in names
+                         if isinstance(f.get(n), h5py.Group) and "features" in f[n]}
+            every = set().union(*per_split.values()) if per_split else set()
+            for n, have in per_split.items():
+                for lname in sorted(every - have):
+                    problems.append(f"{path}:{n} lacks layer {lname} that other splits hold: "
+                                    f"rerun `transferlab extract` with that layer to add it")
+        except Exception as exc:
+            problems.append(f"{path}: the file's index is damaged ({_short(exc)}): {fix}")
     return problems
 
 
@@ -658,7 +670,8 @@ def _layer_dataset(f, split, layer, finished=True) -> h5py.Dataset:
     if "features" not in group or layer not in group["features"] or not isinstance(group["features"][layer], h5py.Dataset):
         valid = _layers(group)
         listing = ", ".join(valid) if valid else "none: extract some layers first"
-        raise UserInputError(f"layer {layer!r} is not in split {split!r} of {f.filename}; valid layers: {listing}")
+        raise UserInputError(f"layer {layer!r} is not in split {split!r} of {f.filename}; valid layers: {listing} "
+                             f"(`transferlab extract --layers {layer}` adds it)")
     ds = group["features"][layer]
     if ds.ndim != 2:
         raise UserInputError(f"layer {layer!r} of {f.filename} has shape {ds.shape}, not (rows, dims): "
