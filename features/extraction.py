@@ -150,6 +150,10 @@ def extract(data, backbone="lite0", layers="all", pool="gap", image_size: int | 
     # one probe over the default catalog plus what was asked for: the catalog is the depth axis
     requested = resolve_names(bb.model, layers)
     axis = default_layers(bb.model)
+    if spec.image_size > PROBE_SIZE * 4:  # refuse from the memory plan before a probe at full size runs
+        small = catalog(bb.model, list(dict.fromkeys(axis + requested)), spec.pool, PROBE_SIZE, spec.dtype)
+        check_memory(small, [i for i in small if i.name in set(requested)], spec.image_size, int(batch_size),
+                     resolve_device(device), scale=(spec.image_size / PROBE_SIZE) ** 2)
     infos = catalog(bb.model, list(dict.fromkeys(axis + requested)), spec.pool, spec.image_size, spec.dtype)
     wanted = [i for i in infos if i.name in set(requested)]
     axis = [i.name for i in infos if i.name in set(axis)]
@@ -192,17 +196,21 @@ def _available_memory(device: torch.device) -> int | None:
     return None
 
 
+PROBE_SIZE = 64
+
+
 def check_memory(infos: list[LayerInfo], wanted: list[LayerInfo], image_size: int, batch_size: int,
-                 device: torch.device) -> None:
+                 device: torch.device, scale: float = 1.0) -> None:
     """Refuse a batch whose activations cannot fit, before any work (a lower bound, never a false refusal).
 
     A forward pass holds at least the float32 input batch and, at some layer, that layer's input and
     output together; the largest raw output among the layers up to the deepest requested one, twice,
     is a lower bound on the peak (MBConv blocks expand channels inside, so the real peak is higher).
+    ``scale`` multiplies the raw sizes when ``infos`` were probed at a smaller input.
     """
     avail = _available_memory(device)
     deepest = max(i.depth for i in wanted)
-    raw = max(int(np.prod(i.raw_shape)) for i in infos if i.depth <= deepest)
+    raw = max(int(np.prod(i.raw_shape)) for i in infos if i.depth <= deepest) * scale  # scale: probed smaller
     need = batch_size * 4 * (3 * image_size * image_size + 2 * raw)
     if avail is not None and need > avail:
         raise UserInputError(
