@@ -276,7 +276,11 @@ def _writing(out: Path, resumes_after: int):
     """A failed write (full disk) is a one-line error; atomic_write has already removed its temporary file."""
     try:
         yield
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError):  # torch.save reports a failed write as RuntimeError over the OSError
+            if not isinstance(exc.__context__, OSError):
+                raise
+            exc = exc.__context__
         raise UserInputError(f"cannot write to {out} ({exc.strerror or exc}); nothing half-written is left: free "
                              f"space and rerun the same command (it resumes after epoch {resumes_after})") from None
 

@@ -35,14 +35,14 @@ def tmpfs(where: Path, options: str):
 def fill(folder: Path, name: str = "filler") -> Path:
     """Fill the file system of ``folder`` to the last byte; returns the filler file (delete it to free space)."""
     path = Path(folder) / name
-    st = os.statvfs(folder)
-    with open(path, "wb") as fh:
-        try:
-            fh.write(b"\0" * (st.f_bavail * st.f_frsize))
-            fh.flush()
-            while True:  # the last partial blocks
-                fh.write(b"\0" * 4096)
-                fh.flush()
-        except OSError:
-            pass
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for size in (1 << 20, 1 << 12, 1):
+            try:
+                while os.write(fd, b"\0" * size):
+                    pass
+            except OSError:
+                continue
+    finally:
+        os.close(fd)
     return path
