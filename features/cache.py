@@ -241,7 +241,7 @@ class CacheWriter:
                 why = "could not be read back (or has another key)"
             elif self.marker.exists():
                 log(f"note: a previous run stopped while writing {self.path.name}; verifying it before resuming")
-                problems = verify(self.path)
+                problems = _verify(self.path)
                 if problems:
                     why = f"was left damaged by a run that stopped while writing it ({problems[0]})"
             if why:
@@ -372,7 +372,7 @@ def after_write_failure(path: Path, exc: BaseException, log=print) -> str:
     """Decide what a failed write leaves: a sound, resumable file, or one moved aside. Returns the message."""
     path = Path(path)
     marker = Path(str(path) + ".writing")
-    problems = verify(path) if path.exists() else []
+    problems = _verify(path) if path.exists() else []
     reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     if problems:
         moved = quarantine(path)
@@ -482,8 +482,20 @@ def verify(path: "str | Path") -> list[str]:
 
     Checks the root attributes, every split's labels and ids, and for every layer: its shape, that
     ``n_done``/``complete`` agree, that every chunk holding finished rows was written, and that every
-    row reads back (fletcher32) as finite numbers.
+    row reads back (fletcher32) as finite numbers. A file another process is writing is not read
+    (it would look damaged half-way through a batch): that is reported instead.
     """
+    if not Path(path).is_file():
+        return [f"{path}: no such file"]
+    try:
+        with reading(path, wait=0):
+            return _verify(path)
+    except UserInputError:
+        return [f"{path}: being written by another process; verify it when that has finished"]
+
+
+def _verify(path: "str | Path") -> list[str]:
+    """:func:`verify` without taking the lock (for a writer that holds it)."""
     path = Path(path)
     if not path.is_file():
         return [f"{path}: no such file"]
@@ -575,6 +587,7 @@ def remove(paths) -> list[Path]:
             raise UserInputError(f"{p} does not exist; `transferlab cache ls` lists the cache files")
         with locked(p, timeout=10):
             p.unlink()
+            Path(str(p) + ".writing").unlink(missing_ok=True)
         Path(str(p) + ".lock").unlink(missing_ok=True)
         removed.append(p)
     return removed

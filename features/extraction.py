@@ -211,7 +211,8 @@ def check_memory(infos: list[LayerInfo], wanted: list[LayerInfo], image_size: in
     avail = _available_memory(device)
     deepest = max(i.depth for i in wanted)
     raw = max(int(np.prod(i.raw_shape)) for i in infos if i.depth <= deepest) * scale  # scale: probed smaller
-    need = batch_size * 4 * (3 * image_size * image_size + 2 * raw)
+    act_bytes = 2 if device.type == "cuda" else 4  # autocast runs bf16/fp16 activations on CUDA
+    need = batch_size * (4 * 3 * image_size * image_size + act_bytes * 2 * raw)
     if avail is not None and need > avail:
         raise UserInputError(
             f"--image-size {image_size} with --batch-size {batch_size} needs at least {need / 2**30:.1f} GiB for "

@@ -79,7 +79,8 @@ def append_row(path: "str | Path", row: dict) -> bool:
         size = os.fstat(fd).st_size
         torn = False
         if size:
-            tail = os.pread(fd, min(size, 1 << 16), size - min(size, 1 << 16))
+            os.lseek(fd, size - min(size, 1 << 16), os.SEEK_SET)
+            tail = os.read(fd, min(size, 1 << 16))
             if not tail.endswith(b"\n"):
                 cut = tail.rfind(b"\n")
                 size = size - len(tail) + cut + 1 if cut >= 0 else 0
