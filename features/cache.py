@@ -60,6 +60,7 @@ import numpy as np
 
 from transferlab.util import UserInputError, library_versions, sha256_json
 
+from .locks import exclusive, shared
 from .spec import ExtractionSpec
 
 FORMAT_VERSION = 1
@@ -90,73 +91,15 @@ def cache_path(cache_dir: "str | Path", spec: ExtractionSpec, dataset) -> tuple[
     return Path(cache_dir) / file_name(spec, dataset.short_name, key), key
 
 
-@contextmanager
 def locked(path: Path, timeout: float = -1, notify=None):
-    """Hold ``<path>.lock`` exclusively (flock: released even when the process is killed)."""
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(path) + ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        if notify:
-            notify(f"waiting for another process using {path.name} (extracting into it or reading it) ...")
-        lock.acquire(timeout=timeout)
-    try:
-        yield
-    finally:
-        lock.release()
+    """Hold ``<path>.lock`` exclusively (a writer; :mod:`features.locks`)."""
+    return exclusive(str(path) + ".lock", timeout, notify,
+                     f"waiting for another process using {Path(path).name} (extracting into it or reading it) ...")
 
 
-def _read_wait() -> float:
-    """Seconds a reader waits for a writer (``$TRANSFERLAB_LOCK_WAIT``; default: as long as it takes)."""
-    try:
-        return float(os.environ.get("TRANSFERLAB_LOCK_WAIT", "-1"))
-    except ValueError:
-        return -1.0
-
-
-@contextmanager
 def reading(path: "str | Path", wait: float | None = None, notify=None):
-    """Hold ``<path>.lock`` shared while reading; wait while another process writes the file.
-
-    The writer's lock (:func:`locked`, filelock's flock) is exclusive, so a shared flock on the same
-    file waits for it. Where no lock can be taken (no ``fcntl``, a read-only folder without a lock
-    file) the file is read without one.
-    """
-    try:
-        import fcntl
-    except ImportError:  # Windows: no shared flock
-        yield
-        return
-    lock_path = str(path) + ".lock"
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        try:
-            fd = os.open(lock_path, os.O_RDONLY)
-        except OSError:
-            yield
-            return
-    wait = _read_wait() if wait is None else wait
-    notify = notify or (lambda msg: print(msg, file=sys.stderr))
-    try:
-        t0, told = time.monotonic(), False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if 0 <= wait <= time.monotonic() - t0:
-                    raise UserInputError(f"{path} is being written by another process (`transferlab extract`); "
-                                         "wait for it to finish, then rerun") from None
-                if not told:
-                    notify(f"waiting: {Path(path).name} is being written by another process ...")
-                    told = True
-                time.sleep(0.1)
-        yield
-    finally:
-        os.close(fd)  # closing releases the flock
+    """Hold ``<path>.lock`` shared while reading; wait while another process writes the file."""
+    return shared(str(path) + ".lock", str(path), wait, notify)
 
 
 def _attr(v):

@@ -38,6 +38,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+from transferlab.features.locks import exclusive
 from transferlab.util import UserInputError, atomic_write, sha256_json
 
 RESULT_COLUMNS = [
@@ -128,18 +129,14 @@ def set_aside(path: "str | Path", keep) -> list[dict]:
 
 @contextmanager
 def locked_out(out: "str | Path", log=print):
-    """Hold ``<out>/.transferlab.lock`` (flock) while writing a results folder; wait, saying so, when held."""
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(Path(out) / ".transferlab.lock"))
+    """Hold ``<out>/.transferlab.lock`` while writing a results folder; wait, saying so, when held."""
     try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        log(f"waiting: another process is writing results into {out} ...")
-        lock.acquire()
+        lock = exclusive(Path(out) / ".transferlab.lock", notify=log,
+                         waiting=f"waiting: another process is writing results into {out} ...")
+        lock.__enter__()
     except OSError as exc:
         raise UserInputError(f"cannot lock {out} ({exc.strerror or exc}); choose a writable --out") from None
     try:
         yield
     finally:
-        lock.release()
+        lock.__exit__(None, None, None)

@@ -85,6 +85,8 @@ def test_a_write_hdf5_itself_fails_leaves_a_quarantined_or_sound_file_never_a_fi
         for path in (mnt / "c").glob("*.h5"):
             st = read_status(path)
             assert st is None or not st["splits"].get("train", {}).get("complete"), "a damaged file looks finished"
+        for moved in (mnt / "c").glob("*.damaged-*"):
+            assert verify(moved), "a file moved aside as damaged must be seen as damaged by verify"
         (mnt / "filler").unlink()
         path = extract(f"npz:{npz}", lite0, cache_dir=mnt / "c", **KW)
         _same_as_clean(path, clean)
