@@ -20,8 +20,23 @@ from tests.conftest import ROOT, make_npz, run_cli
 TRIALS = [pytest.param(1, id="quick"), pytest.param(6, id="many", marks=pytest.mark.slow)]
 
 
+OUTCOMES: list[str] = []
+
+
 def kill_at_random(argv, started, window: float, rng: random.Random) -> str:
     """Run ``transferlab ARGV``; once ``started()`` is true, SIGKILL it after U(0, window) s. Returns what happened."""
+    what = _kill_at_random(argv, started, window, rng)
+    OUTCOMES.append(what)
+    return what
+
+
+def assert_some_were_killed(trials: int, before: int) -> None:
+    """With many trials, a harness whose kills all land after the run finished would test nothing."""
+    if trials > 1:
+        assert "killed" in OUTCOMES[before:], OUTCOMES[before:]
+
+
+def _kill_at_random(argv, started, window: float, rng: random.Random) -> str:
     proc = subprocess.Popen([sys.executable, "-m", "transferlab", *map(str, argv)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
@@ -44,6 +59,7 @@ def test_extract_killed_at_random_moments_resumes_to_the_clean_features(tmp_path
     out = run_cli(*argv, "--cache-dir", tmp_path / "clean")
     window = time.perf_counter() - t0
     clean = Path(out.stdout.strip().splitlines()[-1])
+    before = len(OUTCOMES)
     for trial in range(trials):
         rng = random.Random(trial)
         cdir = tmp_path / f"t{trial}"
@@ -55,6 +71,7 @@ def test_extract_killed_at_random_moments_resumes_to_the_clean_features(tmp_path
         for split in ("train", "test"):
             for layer in ("bn1", "blocks.3", "bn2"):
                 assert np.array_equal(load_split(path, split, layer)[0], load_split(clean, split, layer)[0]), what
+    assert_some_were_killed(trials, before)
 
 
 @pytest.mark.parametrize("trials", TRIALS)
@@ -66,6 +83,7 @@ def test_sweep_killed_at_random_moments_finishes_with_the_clean_rows(tmp_path, t
     assert run_cli(*argv, "--out", tmp_path / "clean", "--cache-dir", tmp_path / "cclean").returncode == 0
     window = time.perf_counter() - t0
     clean = {(r["layer"], r["head"]): r["test_accuracy"] for r in read_rows(tmp_path / "clean" / "results.csv")}
+    before = len(OUTCOMES)
     for trial in range(trials):
         rng = random.Random(100 + trial)
         out, cdir = tmp_path / f"t{trial}", tmp_path / f"c{trial}"  # the cache is killed too
@@ -77,6 +95,7 @@ def test_sweep_killed_at_random_moments_finishes_with_the_clean_rows(tmp_path, t
         assert len(rows) == len(clean) == 4, what  # complete, no duplicates
         assert {(r["layer"], r["head"]): r["test_accuracy"] for r in rows} == clean, what
         assert len(json.loads((out / "results.json").read_text())["rows"]) == 4
+    assert_some_were_killed(trials, before)
 
 
 @pytest.mark.parametrize("trials", TRIALS)
@@ -89,6 +108,7 @@ def test_finetune_killed_at_random_moments_resumes_to_bit_identical_weights(tmp_
     window = time.perf_counter() - t0
     clean = torch.load(tmp_path / "clean" / "model.pt", weights_only=True)
     clean_metrics = json.loads((tmp_path / "clean" / "metrics.json").read_text())
+    before = len(OUTCOMES)
     for trial in range(trials):
         rng = random.Random(200 + trial)
         out = tmp_path / f"t{trial}"
@@ -100,3 +120,4 @@ def test_finetune_killed_at_random_moments_resumes_to_bit_identical_weights(tmp_
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["complete"] and metrics["test_accuracy"] == clean_metrics["test_accuracy"], what
         assert not list(out.glob(".*.tmp"))
+    assert_some_were_killed(trials, before)
