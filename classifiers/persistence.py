@@ -4,9 +4,18 @@
 file and key, class names...), how good it is (``val_accuracy``, ``test_accuracy``, per-class
 report), the library versions, and ``head_sha256``, the SHA-256 of ``head.joblib``.
 
-Unpickling runs code, so :func:`load_head` verifies before it loads: the file's hash must equal
-``head_sha256`` and the installed scikit-learn and joblib must be the versions that wrote it.
-Both files are written atomically (temporary file in the same folder, then ``os.replace``).
+Integrity rule: both files are written atomically (temporary file in the same folder, then
+``os.replace``), ``head.joblib`` first. ``head.json`` carries ``meta_sha256``, the SHA-256 of its
+own canonical JSON without that field, so an edit of anything that decides a prediction (the
+layer, the extraction spec, the class names, the head file's hash) is refused. Unpickling runs
+code, so :func:`load_head` verifies before it loads: ``head.json``'s own hash, then the joblib
+file's hash against ``head_sha256``, then the installed scikit-learn and joblib against the versions
+that wrote it. A crash or a full disk leaves the previous pair or no ``head.json`` (never a
+``head.json`` naming a joblib file that is not there whole).
+
+The hashes protect against accidents (a damaged or edited file, a stale copy), not against a
+tampering author: whoever writes a head can write matching hashes. A head file from someone else
+is code; load only heads you trust.
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from pathlib import Path
 
 import joblib
 
-from transferlab.util import UserInputError, atomic_write, jsonable, library_versions
+from transferlab.util import UserInputError, atomic_write, jsonable, library_versions, sha256_json
 from transferlab.util import sha256_file as file_sha256
 
 HEAD_FILE = "head.joblib"
@@ -54,9 +63,16 @@ def save_head(out_dir, estimator, meta: dict) -> Path:
     record = jsonable(dict(meta))
     record.update(format_version=FORMAT_VERSION, versions=library_versions(), head_file=HEAD_FILE,
                   head_sha256=file_sha256(head_path))
+    record = json.loads(json.dumps(record, allow_nan=False))  # the values exactly as a reader will see them
+    record["meta_sha256"] = meta_sha256(record)
     text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
     atomic_write(out / META_FILE, text)
     return out / META_FILE
+
+
+def meta_sha256(record: dict) -> str:
+    """SHA-256 of a ``head.json`` record in canonical form, without its own ``meta_sha256``."""
+    return sha256_json({k: v for k, v in record.items() if k != "meta_sha256"})
 
 
 def read_head_meta(model_dir) -> dict:
@@ -94,6 +110,11 @@ def load_head(model_dir):
         scikit-learn / joblib version other than the one that saved it. Nothing is unpickled then.
     """
     meta = read_head_meta(model_dir)
+    if meta.get("meta_sha256") != meta_sha256(meta):
+        what = "has no meta_sha256 (written by an older version)" if "meta_sha256" not in meta else \
+            "was changed after it was saved (its meta_sha256 differs)"
+        raise UserInputError(f"{Path(model_dir) / META_FILE} {what}; refusing to use it: retrain the head with "
+                             f"`transferlab train --out {model_dir}`")
     head_path = Path(model_dir) / HEAD_FILE
     if not head_path.is_file():
         raise UserInputError(f"{head_path} does not exist: retrain the head with `transferlab train --out {model_dir}`")

@@ -27,15 +27,30 @@ Integrity rule
   it covers are flushed, and ``complete`` is set last.
 - *Crash.* A kill at any moment leaves a file that resumes from each layer's ``n_done``. A split's
   own ``n_done``/``complete`` summarise its layers (for ``cache ls``); readers decide per layer.
-- *Damage.* Every dataset carries HDF5's fletcher32 checksum, so a flipped byte is detected on read;
-  :func:`verify` reads every byte.
-- *Concurrency.* ``<file>.lock`` (an flock, released when the process dies) keeps two processes
-  from writing one key at once.
+- *Full disk / write failure.* Before each batch the writer checks that the folder has room for
+  it (plus a margin for HDF5's metadata) and stops cleanly when it has not: the file stays sound and
+  resumable. A write HDF5 itself reports as failed (also the errors it can only print while
+  releasing a chunk) stops the run at once; the file is then closed and verified, and kept for
+  resuming if it is sound, else moved aside (``*.damaged-<time>``). ``<file>.writing`` exists
+  while a writer has the file open: a writer that finds it left behind (a kill -9, a segfault in
+  the HDF5 library after a full disk) verifies the file before resuming and moves it aside when
+  it is damaged.
+- *Damage.* Every dataset carries HDF5's fletcher32 checksum, so a flipped byte is detected on
+  read: readers (:func:`load_split`) refuse such a layer with a one-line error naming the file,
+  split and layer. :func:`verify` reads every byte of every dataset, checks that every chunk
+  holding finished rows was written, and names what is wrong; ``cache ls`` only reads attributes.
+- *Concurrency.* ``<file>.lock`` (an flock, released when the process dies) is held exclusively
+  by a writer and shared by readers: two writers never write one key at once, a writer waits for
+  readers to finish, and a reader waits (saying so) while the file is being written by another
+  process, instead of reading a half-updated file or calling it unreadable.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,6 +60,7 @@ import numpy as np
 
 from transferlab.util import UserInputError, library_versions, sha256_json
 
+from .locks import exclusive, shared
 from .spec import ExtractionSpec
 
 FORMAT_VERSION = 1
@@ -75,22 +91,15 @@ def cache_path(cache_dir: "str | Path", spec: ExtractionSpec, dataset) -> tuple[
     return Path(cache_dir) / file_name(spec, dataset.short_name, key), key
 
 
-@contextmanager
 def locked(path: Path, timeout: float = -1, notify=None):
-    """Hold ``<path>.lock`` (flock: released even when the process is killed)."""
-    from filelock import FileLock, Timeout
+    """Hold ``<path>.lock`` exclusively (a writer; :mod:`features.locks`)."""
+    return exclusive(str(path) + ".lock", timeout, notify,
+                     f"waiting for another process using {Path(path).name} (extracting into it or reading it) ...")
 
-    lock = FileLock(str(path) + ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        if notify:
-            notify(f"waiting for another process extracting into {path.name} ...")
-        lock.acquire(timeout=timeout)
-    try:
-        yield
-    finally:
-        lock.release()
+
+def reading(path: "str | Path", wait: float | None = None, notify=None):
+    """Hold ``<path>.lock`` shared while reading; wait while another process writes the file."""
+    return shared(str(path) + ".lock", str(path), wait, notify)
 
 
 def _attr(v):
@@ -104,6 +113,47 @@ def _attr(v):
 
 
 # --- writing --------------------------------------------------------------------------------------
+
+class WriteFailed(OSError):
+    """HDF5 could not write to the cache file (a full disk, an I/O error); the file may be damaged."""
+
+
+def free_bytes(folder: "str | Path") -> int:
+    return shutil.disk_usage(folder).free
+
+
+METADATA_MARGIN = 1 << 20  # room kept free for HDF5's metadata (attributes, B-tree nodes) at each batch
+
+
+@contextmanager
+def _h5_write_errors():
+    """Turn HDF5 write failures into :class:`WriteFailed`, also those h5py can only print.
+
+    HDF5 writes a chunk when the chunk cache evicts it, often while h5py releases a dataset
+    handle; a failure there is reported through ``sys.unraisablehook`` ("Exception ignored") and
+    the run would go on with a damaged file (and later segfault inside HDF5).
+    """
+    caught = []
+    old = sys.unraisablehook
+    sys.unraisablehook = lambda u: caught.append(u.exc_value)
+    try:
+        yield
+    except WriteFailed:
+        raise
+    except (OSError, RuntimeError) as exc:
+        raise WriteFailed(getattr(exc, "errno", None) or errno.EIO, _short(exc)) from None
+    finally:
+        sys.unraisablehook = old
+    if caught:
+        raise WriteFailed(errno.EIO, _short(caught[0]))
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if "No space left" in text or getattr(exc, "errno", None) == errno.ENOSPC:
+        return "No space left on device"
+    return f"{exc.__class__.__name__}: {text[:160]}"
+
 
 class CacheWriter:
     """Writes one cache file under the integrity rule above; use as a context manager.
@@ -126,33 +176,70 @@ class CacheWriter:
 
     def __init__(self, path: Path, key: str, spec: ExtractionSpec, dataset, catalog: list, log=print):
         self.path, self.created = Path(path), not Path(path).exists()
+        self.marker = Path(str(self.path) + ".writing")
         if not self.created:
             st = read_status(self.path)
+            why = None
             if st is None or st["attrs"].get("key") != key:
+                why = "could not be read back (or has another key)"
+            elif self.marker.exists():
+                log(f"note: a previous run stopped while writing {self.path.name}; verifying it before resuming")
+                problems = _verify(self.path)
+                if problems:
+                    why = f"was left damaged by a run that stopped while writing it ({problems[0]})"
+            if why:
                 moved = quarantine(self.path)
-                log(f"warning: {self.path.name} could not be read back (or has another key); moved it to "
-                    f"{moved.name} and starting afresh")
+                log(f"warning: {self.path.name} {why}; moved it to {moved.name} and starting afresh")
                 self.created = True
-        self.f = h5py.File(self.path, "a")
-        if self.created:
-            attrs = {k: v for k, v in spec.to_dict().items() if v is not None}
-            attrs.update(format_version=FORMAT_VERSION, key=key, data=dataset.spec, data_name=dataset.short_name,
-                         data_fingerprint=dataset.fingerprint, class_names=json.dumps(list(dataset.class_names)),
-                         catalog=json.dumps(list(catalog)), versions=json.dumps(library_versions()))
-            self.f.attrs.update(attrs)
-            self.f.flush()
+        with open(self.marker, "w") as fh:  # removed again only after a clean close
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.failed = False
+        with _h5_write_errors():
+            self.f = h5py.File(self.path, "a")
+            if self.created:
+                attrs = {k: v for k, v in spec.to_dict().items() if v is not None}
+                attrs.update(format_version=FORMAT_VERSION, key=key, data=dataset.spec, data_name=dataset.short_name,
+                             data_fingerprint=dataset.fingerprint, class_names=json.dumps(list(dataset.class_names)),
+                             catalog=json.dumps(list(catalog)), versions=json.dumps(library_versions()))
+                self.f.attrs.update(attrs)
+                self.f.flush()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.f.close()
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            with _h5_write_errors():
+                self.f.close()
+        except WriteFailed:
+            self.failed = True
+            self._force_close()
+            if exc_type is None:
+                raise
+        if not (self.failed or isinstance(exc, WriteFailed)):
+            self.marker.unlink(missing_ok=True)
+
+    def _force_close(self):
+        """After a failed close HDF5 still holds the file and retries at exit (where a full disk crashes it)."""
+        for _ in range(3):
+            try:
+                with _h5_write_errors():
+                    if self.f.id.valid:
+                        self.f.id.close()
+                return
+            except (WriteFailed, ValueError):
+                continue
 
     def prepare(self, split, infos, chunk_bytes: int = 1 << 20) -> int:
         """Create the split's labels, ids and one dataset per layer; return the first row to compute.
 
         ``split`` is a :class:`features.data.Split`; ``infos`` are :class:`features.layers.LayerInfo`.
         """
+        with _h5_write_errors():
+            return self._prepare(split, infos, chunk_bytes)
+
+    def _prepare(self, split, infos, chunk_bytes):
         n = len(split)
         grp = self.f.require_group(split.name)
         if "labels" not in grp:
@@ -177,7 +264,26 @@ class CacheWriter:
         return min(int(feats[i.name].attrs["n_done"]) for i in infos)
 
     def write(self, split: str, start: int, rows: dict) -> int:
-        """Store rows ``start:start+B`` of each layer, flush, then commit ``n_done``; returns the new end."""
+        """Store rows ``start:start+B`` of each layer, flush, then commit ``n_done``; returns the new end.
+
+        Raises :class:`WriteFailed` before writing when the folder lacks room for the batch (the file
+        stays sound), or when HDF5 reports a failed write (the file may be damaged).
+        """
+        feats = self.f[split]["features"]
+        need = METADATA_MARGIN + sum(max(a.nbytes, feats[n].chunks[0] * a[0].nbytes if len(a) else 0)
+                                     for n, a in rows.items())
+        free = free_bytes(self.path.parent)
+        if free < need:
+            raise WriteFailed(errno.ENOSPC, f"No space left on device ({free / 1e6:.1f} MB free, the next batch "
+                                            f"needs {need / 1e6:.1f} MB)")
+        try:
+            with _h5_write_errors():
+                return self._write(split, start, rows)
+        except WriteFailed:
+            self.failed = True
+            raise
+
+    def _write(self, split, start, rows):
         grp = self.f[split]
         feats = grp["features"]
         end = start
@@ -193,15 +299,32 @@ class CacheWriter:
 
     def finish(self, split: str, names) -> None:
         """Mark the layers complete (last), then the split's summary."""
-        grp = self.f[split]
-        feats = grp["features"]
-        for name in names:
-            feats[name].attrs["complete"] = True
-        self.f.flush()
-        done = [int(d.attrs["n_done"]) for d in feats.values()]
-        grp.attrs["n_done"] = min(done)
-        grp.attrs["complete"] = all(bool(d.attrs["complete"]) for d in feats.values())
-        self.f.flush()
+        with _h5_write_errors():
+            grp = self.f[split]
+            feats = grp["features"]
+            for name in names:
+                feats[name].attrs["complete"] = True
+            self.f.flush()
+            done = [int(d.attrs["n_done"]) for d in feats.values()]
+            grp.attrs["n_done"] = min(done)
+            grp.attrs["complete"] = all(bool(d.attrs["complete"]) for d in feats.values())
+            self.f.flush()
+
+
+def after_write_failure(path: Path, exc: BaseException, log=print) -> str:
+    """Decide what a failed write leaves: a sound, resumable file, or one moved aside. Returns the message."""
+    path = Path(path)
+    marker = Path(str(path) + ".writing")
+    problems = _verify(path) if path.exists() else []
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    if problems:
+        moved = quarantine(path)
+        marker.unlink(missing_ok=True)
+        return (f"writing {path} failed ({reason}); the file was left damaged and is moved aside to {moved.name}: "
+                f"free space and rerun the same command to extract again")
+    marker.unlink(missing_ok=True)
+    return (f"writing {path} failed ({reason}); the rows written so far are kept and sound: "
+            f"free space and rerun the same command to resume")
 
 
 # --- status and management ------------------------------------------------------------------------
@@ -218,13 +341,26 @@ def split_status(grp: h5py.Group) -> dict:
             "complete": bool(grp.attrs.get("complete", False)), "layers": layers}
 
 
+def _busy(exc: BaseException) -> bool:
+    """Whether an HDF5 open failed only because another process holds the file (HDF5's own lock)."""
+    return isinstance(exc, BlockingIOError) or getattr(exc, "errno", None) in (errno.EAGAIN, errno.EWOULDBLOCK) \
+        or "unable to lock file" in str(exc)
+
+
 def read_status(path: "str | Path") -> dict | None:
-    """Attributes and per-split status of a cache file, or None when it cannot be opened."""
+    """Attributes and per-split status of a cache file, or None when it cannot be opened.
+
+    A file another process holds open for writing (HDF5's own lock) is not "unreadable": that is a
+    UserInputError saying so, never a reason to move the file aside.
+    """
     try:
         with h5py.File(path, "r") as f:
             attrs = {k: _attr(v) for k, v in f.attrs.items()}
             splits = {name: split_status(g) for name, g in f.items() if isinstance(g, h5py.Group)}
-    except (OSError, KeyError, ValueError):
+    except Exception as exc:  # truncated or damaged files raise OSError, KeyError, RuntimeError...
+        if _busy(exc):
+            raise UserInputError(f"{path} is being written by another process; wait for it to finish, then rerun") \
+                from None
         return None
     return {"attrs": attrs, "splits": splits}
 
@@ -249,8 +385,15 @@ def cache_files(cache_dir: "str | Path") -> list[Path]:
 def list_cache(cache_dir: "str | Path") -> list[dict]:
     rows = []
     for p in cache_files(cache_dir):
-        st = read_status(p)
         row = {"file": str(p), "bytes": p.stat().st_size}
+        try:
+            with reading(p, wait=0):
+                st = read_status(p)
+        except UserInputError:
+            rows.append({**row, "status": "being written", "data": "(another process is writing it)",
+                         "backbone": "-", "weights": "-", "image_size": "-", "pooling": "-", "dtype": "-",
+                         "splits": {}, "layers": []})
+            continue
         if st is None:
             row.update(status="unreadable")
         else:
@@ -266,48 +409,115 @@ def list_cache(cache_dir: "str | Path") -> list[dict]:
     return rows
 
 
+def _unwritten_chunk(ds: h5py.Dataset, n_done: int) -> int | None:
+    """First row of a chunk holding finished rows that HDF5 never wrote (reads back as zeros), or None."""
+    if not ds.chunks or n_done <= 0:
+        return None
+    step = ds.chunks[0]
+    for start in range(0, n_done, step):
+        if ds.id.get_chunk_info_by_coord((start,) + (0,) * (ds.ndim - 1)).byte_offset is None:
+            return start
+    return None
+
+
 def verify(path: "str | Path") -> list[str]:
-    """Read every byte of a cache file; return the problems found (empty list: the file is sound)."""
+    """Read every byte of a cache file; return the problems found (empty list: the file is sound).
+
+    Checks the root attributes, every split's labels and ids, and for every layer: its shape, that
+    ``n_done``/``complete`` agree, that every chunk holding finished rows was written, and that every
+    row reads back (fletcher32) as finite numbers. A file another process is writing is not read
+    (it would look damaged half-way through a batch): that is reported instead.
+    """
+    if not Path(path).is_file():
+        return [f"{path}: no such file"]
+    try:
+        with reading(path, wait=0):
+            return _verify(path)
+    except UserInputError:
+        return [f"{path}: being written by another process; verify it when that has finished"]
+
+
+def _verify(path: "str | Path") -> list[str]:
+    """:func:`verify` without taking the lock (for a writer that holds it)."""
     path = Path(path)
-    problems = []
     if not path.is_file():
         return [f"{path}: no such file"]
     try:
         f = h5py.File(path, "r")
-    except OSError as exc:
-        return [f"{path}: cannot be opened as HDF5 ({exc}); it is truncated or damaged: rm it and extract again"]
+    except Exception as exc:
+        if _busy(exc):
+            return [f"{path}: being written by another process; verify it when that has finished"]
+        return [f"{path}: cannot be opened as HDF5 ({_short(exc)}); it is truncated or damaged: "
+                f"`transferlab cache rm {path}` and extract again"]
+    fix = f"`transferlab cache rm {path}` and extract again"
     with f:
-        for k in ("format_version", "key", "backbone", "weights_sha256", "pooling", "dtype", "data_fingerprint"):
-            if k not in f.attrs:
-                problems.append(f"{path}: root attribute '{k}' missing")
-        for split, grp in f.items():
+        try:
+            for k in ("format_version", "key", "backbone", "weights_sha256", "pooling", "dtype", "data_fingerprint"):
+                if k not in f.attrs:
+                    problems_root = f"{path}: root attribute '{k}' missing"
+                    return [problems_root]
+            names = list(f.keys())
+        except Exception as exc:
+            return [f"{path}: the file's index is damaged ({_short(exc)}): {fix}"]
+        problems = []
+        for split in names:
+            where = f"{path}:{split}"
             try:
+                grp = f.get(split)
+                if not isinstance(grp, h5py.Group):
+                    problems.append(f"{where} is damaged (not a readable group): {fix}")
+                    continue
                 n_total = int(grp.attrs["n_total"])
                 for name in ("labels", "ids"):
                     arr = grp[name][()]
                     if arr.shape != (n_total,):
-                        problems.append(f"{path}:{split}/{name} has shape {arr.shape}, expected ({n_total},)")
+                        problems.append(f"{where}/{name} has shape {arr.shape}, expected ({n_total},)")
                 n_done_split = int(grp.attrs.get("n_done", 0))
                 layer_done = []
-                for lname, ds in grp.get("features", {}).items():
-                    n_done = int(ds.attrs.get("n_done", 0))
-                    layer_done.append(n_done)
-                    if ds.ndim != 2 or ds.shape[0] != n_total:
-                        problems.append(f"{path}:{split}/features/{lname} has shape {ds.shape}, expected ({n_total}, D)")
-                    if bool(ds.attrs.get("complete", False)) and n_done != n_total:
-                        problems.append(f"{path}:{split}/features/{lname} is marked complete at {n_done}/{n_total} rows")
-                    step = max(1, ds.chunks[0] if ds.chunks else n_total)
-                    for s in range(0, n_done, step * 16):
-                        block = ds[s:min(n_done, s + step * 16)]
-                        if not np.isfinite(block).all():
-                            problems.append(f"{path}:{split}/features/{lname} holds non-finite values near row {s}")
-                            break
+                feats = grp.get("features")
+                for lname in list(feats.keys()) if feats is not None else []:
+                    lwhere = f"{where}/features/{lname}"
+                    try:
+                        ds = feats.get(lname)
+                        if not isinstance(ds, h5py.Dataset):
+                            problems.append(f"{lwhere} is damaged (not a readable dataset): {fix}")
+                            continue
+                        n_done = int(ds.attrs.get("n_done", 0))
+                        layer_done.append(n_done)
+                        if ds.ndim != 2 or ds.shape[0] != n_total:
+                            problems.append(f"{lwhere} has shape {ds.shape}, expected ({n_total}, D)")
+                            continue
+                        if bool(ds.attrs.get("complete", False)) and n_done != n_total:
+                            problems.append(f"{lwhere} is marked complete at {n_done}/{n_total} rows")
+                        hole = _unwritten_chunk(ds, min(n_done, n_total))
+                        if hole is not None:
+                            problems.append(f"{lwhere} claims {n_done} rows but the chunk at row {hole} was never "
+                                            f"written (a failed write): {fix}")
+                            continue
+                        step = max(1, ds.chunks[0] if ds.chunks else n_total) * 16
+                        for s in range(0, ds.shape[0], step):
+                            block = ds[s:min(ds.shape[0], s + step)]
+                            if s < n_done and not np.isfinite(block[:max(0, n_done - s)]).all():
+                                problems.append(f"{lwhere} holds non-finite values near row {s}")
+                                break
+                    except Exception as exc:
+                        problems.append(f"{lwhere} is damaged ({_short(exc)}): {fix}")
                 if layer_done and n_done_split > min(layer_done):
-                    problems.append(f"{path}:{split} claims n_done={n_done_split} but a layer has only {min(layer_done)}")
+                    problems.append(f"{where} claims n_done={n_done_split} but a layer has only {min(layer_done)}")
                 if bool(grp.attrs.get("complete", False)) and (n_done_split != n_total or not layer_done):
-                    problems.append(f"{path}:{split} is marked complete at {n_done_split}/{n_total} rows")
-            except (OSError, KeyError, ValueError) as exc:
-                problems.append(f"{path}:{split} is damaged ({exc.__class__.__name__}: {exc})")
+                    problems.append(f"{where} is marked complete at {n_done_split}/{n_total} rows")
+            except Exception as exc:
+                problems.append(f"{where} is damaged ({_short(exc)}): {fix}")
+        try:  # every split holds the same layers (a layer missing from one split is damage)
+            per_split = {n: set(f[n]["features"].keys()) for n in names
+                         if isinstance(f.get(n), h5py.Group) and "features" in f[n]}
+            every = set().union(*per_split.values()) if per_split else set()
+            for n, have in per_split.items():
+                for lname in sorted(every - have):
+                    problems.append(f"{path}:{n} lacks layer {lname} that other splits hold: "
+                                    f"rerun `transferlab extract` with that layer to add it")
+        except Exception as exc:
+            problems.append(f"{path}: the file's index is damaged ({_short(exc)}): {fix}")
     return problems
 
 
@@ -320,6 +530,7 @@ def remove(paths) -> list[Path]:
             raise UserInputError(f"{p} does not exist; `transferlab cache ls` lists the cache files")
         with locked(p, timeout=10):
             p.unlink()
+            Path(str(p) + ".writing").unlink(missing_ok=True)
         Path(str(p) + ".lock").unlink(missing_ok=True)
         removed.append(p)
     return removed
@@ -329,21 +540,31 @@ def quarantine(path: Path) -> Path:
     """Move an unreadable cache file aside (never delete what the user had)."""
     target = path.with_name(path.name + f".damaged-{time.strftime('%Y%m%d-%H%M%S')}")
     os.replace(path, target)
+    Path(str(path) + ".writing").unlink(missing_ok=True)
     return target
 
 
 # --- reading finished work ------------------------------------------------------------------------
 
-def _open(features_file) -> h5py.File:
+@contextmanager
+def _open(features_file):
+    """The cache file opened for reading under the shared lock (waits while another process writes it)."""
     path = os.fspath(features_file)
     if not os.path.isfile(path):
         raise UserInputError(f"features file {path} does not exist: run `transferlab extract` first, "
                              "or pass the path it printed")
-    try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        raise UserInputError(f"features file {path} is not a readable HDF5 cache ({exc}): "
-                             "`transferlab cache verify` says why; rebuild it with `transferlab extract`") from None
+    with reading(path):
+        try:
+            f = h5py.File(path, "r")
+        except Exception as exc:
+            if _busy(exc):
+                raise UserInputError(f"features file {path} is being written by another process; wait for it to "
+                                     "finish, then rerun") from None
+            raise UserInputError(f"features file {path} is not a readable HDF5 cache ({_short(exc)}): "
+                                 f"`transferlab cache verify {path}` says why; rebuild it with `transferlab extract`") \
+                from None
+        with f:
+            yield f
 
 
 def read_cache_meta(features_file) -> dict:
@@ -405,7 +626,8 @@ def _layer_dataset(f, split, layer, finished=True) -> h5py.Dataset:
     if "features" not in group or layer not in group["features"] or not isinstance(group["features"][layer], h5py.Dataset):
         valid = _layers(group)
         listing = ", ".join(valid) if valid else "none: extract some layers first"
-        raise UserInputError(f"layer {layer!r} is not in split {split!r} of {f.filename}; valid layers: {listing}")
+        raise UserInputError(f"layer {layer!r} is not in split {split!r} of {f.filename}; valid layers: {listing} "
+                             f"(`transferlab extract --layers {layer}` adds it)")
     ds = group["features"][layer]
     if ds.ndim != 2:
         raise UserInputError(f"layer {layer!r} of {f.filename} has shape {ds.shape}, not (rows, dims): "
@@ -443,12 +665,18 @@ def load_split(features_file, split: str, layer: str):
         group = f[split]
         if "labels" not in group:
             raise UserInputError(f"split {split!r} of {f.filename} has no labels: {_RERUN}")
-        y = np.asarray(group["labels"][()], dtype=np.int64)
-        ids = np.asarray(group["ids"][()], dtype=np.int64) if "ids" in group else np.arange(y.size, dtype=np.int64)
-        if ds.shape[0] != y.size or ids.size != y.size:
-            raise UserInputError(f"layer {layer!r} of split {split!r} in {f.filename} has {ds.shape[0]} rows for "
-                                 f"{y.size} labels: {_RERUN}")
-        X = np.asarray(ds[()], dtype=np.float32)
+        try:
+            y = np.asarray(group["labels"][()], dtype=np.int64)
+            ids = np.asarray(group["ids"][()], dtype=np.int64) if "ids" in group else np.arange(y.size, dtype=np.int64)
+            if ds.shape[0] != y.size or ids.size != y.size:
+                raise UserInputError(f"layer {layer!r} of split {split!r} in {f.filename} has {ds.shape[0]} rows "
+                                     f"for {y.size} labels: {_RERUN}")
+            X = np.asarray(ds[()], dtype=np.float32)
+        except (OSError, RuntimeError, KeyError) as exc:  # fletcher32 mismatch: "filter returned failure"
+            raise UserInputError(
+                f"layer {layer!r} of split {split!r} in {f.filename} is damaged ({_short(exc)}): "
+                f"`transferlab cache verify {f.filename}` lists the damage; `transferlab cache rm {f.filename}` "
+                "and extract again to rebuild it") from None
     return X, y, ids
 
 

@@ -123,6 +123,18 @@ def load_digits_data(seed: int = 0) -> Dataset:
     return Dataset("digits", splits, [str(c) for c in bunch.target_names], fp)
 
 
+def _npz_array(archive, path: Path, key: str) -> np.ndarray:
+    """One array of an npz archive; object (pickled) arrays are refused, never unpickled."""
+    try:
+        return np.asarray(archive[key])
+    except ValueError as exc:  # "Object arrays cannot be loaded when allow_pickle=False"
+        raise UserInputError(f"{path}: {key} is stored as Python objects ({exc}); save it as a plain numeric "
+                             f"array (uint8 images, integer labels, str class names)") from None
+    except Exception as exc:  # a damaged member of the zip
+        raise UserInputError(f"{path}: {key} cannot be read ({exc.__class__.__name__}: {exc}); "
+                             f"write the archive again") from None
+
+
 def load_npz_data(path: str | Path) -> Dataset:
     path = Path(path).expanduser()
     if not path.is_file():
@@ -144,8 +156,11 @@ def load_npz_data(path: str | Path) -> Dataset:
         for split in SPLITS:
             if f"x_{split}" not in keys:
                 continue
-            x = _as_uint8_images(archive[f"x_{split}"], f"{path}:x_{split}")
-            y = np.asarray(archive[f"y_{split}"]).reshape(-1)
+            x = _as_uint8_images(_npz_array(archive, path, f"x_{split}"), f"{path}:x_{split}")
+            y = _npz_array(archive, path, f"y_{split}").reshape(-1)
+            if len(x) == 0:
+                raise UserInputError(f"{path}: x_{split} holds no images; every split needs at least one "
+                                     f"(drop x_val/y_val instead of storing them empty)")
             if len(x) != len(y):
                 raise UserInputError(
                     f"{path}: x_{split} has {len(x)} images but y_{split} has {len(y)} labels; they must match")
@@ -157,11 +172,18 @@ def load_npz_data(path: str | Path) -> Dataset:
             named += [(f"x_{split}", x), (f"y_{split}", y)]
         n_classes = int(max(int(s.labels.max()) for s in splits.values() if len(s)) + 1)
         if "class_names" in keys:
-            names = [str(c) for c in np.asarray(archive["class_names"]).reshape(-1)]
+            names = [str(c) for c in _npz_array(archive, path, "class_names").reshape(-1)]
             if len(names) < n_classes:
                 raise UserInputError(
                     f"{path}: class_names has {len(names)} entries but labels go up to {n_classes - 1}")
         else:
+            used = np.unique(np.concatenate([s.labels for s in splits.values()]))
+            if used.size != n_classes:  # labels 0..K-1 each used: anything else needs names
+                missing = sorted(set(range(min(n_classes, 1 << 20))) - set(used.tolist()))
+                raise UserInputError(
+                    f"{path}: labels are not the contiguous class indices 0..K-1 ({used.size} distinct labels, "
+                    f"largest {n_classes - 1}, e.g. {missing[0]} unused), which would make {n_classes} classes; "
+                    f"remap them to 0..{used.size - 1} or store class_names with {n_classes} entries")
             names = [str(i) for i in range(n_classes)]
         named.append(("class_names", np.asarray(names, dtype=np.str_)))
     return Dataset(f"npz:{path}", splits, names, _hash_arrays(*named))

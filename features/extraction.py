@@ -4,7 +4,10 @@ Forward hooks on the requested modules pool each layer's output as soon as it is
 full activation maps are never kept), and a hook on the deepest requested layer stops the forward
 pass there, so asking for early layers costs only the early part of the network. Rows are written
 to HDF5 as batches finish, through :class:`features.cache.CacheWriter`, which states the file's
-integrity rule.
+integrity rule (also what a full disk leaves: a sound resumable file, or one moved aside; never a
+file that looks finished and is not). Before any work the batch's activations are checked against
+the memory available (:func:`check_memory`), so an image size that cannot fit is refused with the
+numbers instead of an allocator error.
 """
 from __future__ import annotations
 
@@ -146,34 +149,93 @@ def extract(data, backbone="lite0", layers="all", pool="gap", image_size: int | 
                               pool, dtype)
     if int(batch_size) <= 0:
         raise UserInputError(f"batch size {batch_size} must be positive")
+    if num_workers is not None and int(num_workers) < 0:
+        raise UserInputError(f"--workers {num_workers} must be 0 or more (0 decodes images in the main process)")
     dataset = load_dataset(data, seed=spec.seed)
     bb = backbone if isinstance(backbone, Backbone) else build_backbone(spec.backbone, spec.weights, spec.seed)
     spec = spec.resolve(bb)
     # one probe over the default catalog plus what was asked for: the catalog is the depth axis
     requested = resolve_names(bb.model, layers)
     axis = default_layers(bb.model)
+    if spec.image_size > PROBE_SIZE * 4:  # refuse from the memory plan before a probe at full size runs
+        small = catalog(bb.model, list(dict.fromkeys(axis + requested)), spec.pool, PROBE_SIZE, spec.dtype)
+        check_memory(small, [i for i in small if i.name in set(requested)], spec.image_size, int(batch_size),
+                     resolve_device(device), scale=(spec.image_size / PROBE_SIZE) ** 2)
     infos = catalog(bb.model, list(dict.fromkeys(axis + requested)), spec.pool, spec.image_size, spec.dtype)
     wanted = [i for i in infos if i.name in set(requested)]
     axis = [i.name for i in infos if i.name in set(axis)]
     cdir = Path(cache_dir) if cache_dir else default_cache_dir()
     path, key = fcache.cache_path(cdir, spec, dataset)
     names = [i.name for i in wanted]
-    if fcache.is_complete(fcache.read_status(path), dataset.splits, names):
+    try:
+        status = fcache.read_status(path)
+    except UserInputError:  # held by another process: decided again under the lock
+        status = None
+    if fcache.is_complete(status, dataset.splits, names):
         log(f"cache hit: {path}")
         return path
     decode = decoder_for(dataset, decode, resolve_device(device))
-    try:
-        cdir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserInputError(f"cannot create cache directory {cdir} ({exc.strerror}); pass --cache-dir DIR") from None
+    check_memory(infos, wanted, spec.image_size, int(batch_size), resolve_device(device))
     from . import distributed
 
     if distributed.is_distributed():  # under torchrun: every rank its shard, rank 0 merges (features.distributed)
+        try:
+            cdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserInputError(f"cannot write to the cache directory {cdir} ({exc.strerror or exc}); "
+                                 f"pass --cache-dir DIR with a writable DIR") from None
         return distributed.extract_sharded(path, key, spec, dataset, bb, wanted, axis, batch_size, device,
                                            num_workers, progress, log, on_batch, decode)
-    with fcache.locked(path, notify=log):
+    try:
+        cdir.mkdir(parents=True, exist_ok=True)
+        lock = fcache.locked(path, notify=log)
+        lock.__enter__()
+    except OSError as exc:
+        raise UserInputError(f"cannot write to the cache directory {cdir} ({exc.strerror or exc}); "
+                             f"pass --cache-dir DIR with a writable DIR") from None
+    try:
         return _extract_locked(path, key, spec, dataset, bb, wanted, axis, batch_size, device, num_workers,
                                progress, log, on_batch, decode)
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _available_memory(device: torch.device) -> int | None:
+    """Bytes the batch may use: free GPU memory on CUDA, ``MemAvailable`` on Linux; None when unknown."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+PROBE_SIZE = 64
+
+
+def check_memory(infos: list[LayerInfo], wanted: list[LayerInfo], image_size: int, batch_size: int,
+                 device: torch.device, scale: float = 1.0) -> None:
+    """Refuse a batch whose activations cannot fit, before any work (a lower bound, never a false refusal).
+
+    A forward pass holds at least the float32 input batch and, at some layer, that layer's input and
+    output together; the largest raw output among the layers up to the deepest requested one, twice,
+    is a lower bound on the peak (MBConv blocks expand channels inside, so the real peak is higher).
+    ``scale`` multiplies the raw sizes when ``infos`` were probed at a smaller input.
+    """
+    avail = _available_memory(device)
+    deepest = max(i.depth for i in wanted)
+    raw = max(int(np.prod(i.raw_shape)) for i in infos if i.depth <= deepest) * scale  # scale: probed smaller
+    act_bytes = 2 if device.type == "cuda" else 4  # autocast runs bf16/fp16 activations on CUDA
+    need = batch_size * (4 * 3 * image_size * image_size + act_bytes * 2 * raw)
+    if avail is not None and need > avail:
+        raise UserInputError(
+            f"--image-size {image_size} with --batch-size {batch_size} needs at least {need / 2**30:.1f} GiB for "
+            f"activations but {device.type} has {avail / 2**30:.1f} GiB available; lower --batch-size "
+            f"(or --image-size)")
 
 
 def _extract_locked(path, key, spec, dataset, bb, wanted, axis, batch_size, device, num_workers, progress, log,
@@ -198,16 +260,20 @@ def _extract_locked(path, key, spec, dataset, bb, wanted, axis, batch_size, devi
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
-    writer = fcache.CacheWriter(path, key, spec, dataset, axis, log=log)
     info = {i.name: i for i in wanted}
+    writer = None
     try:
+        writer = fcache.CacheWriter(path, key, spec, dataset, axis, log=log)
         with writer:
             for split, layer_names in todo.items():
                 _extract_split(writer, dataset.splits[split], [info[n] for n in layer_names], model, spec,
                                batch_size, dev, workers, progress, on_batch, decode)
+    except fcache.WriteFailed as exc:  # a full disk or an I/O error: keep what is sound, move aside what is not
+        raise UserInputError(fcache.after_write_failure(path, exc, log)) from None
     except UserInputError:
-        if writer.created:
+        if writer is not None and writer.created:
             path.unlink(missing_ok=True)
+            Path(str(path) + ".writing").unlink(missing_ok=True)
         raise
     finally:
         bb.model.to("cpu")

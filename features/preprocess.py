@@ -43,13 +43,38 @@ def normalize_batch(x: torch.Tensor, image_size: int, mean, std, interpolation: 
     return (x - m) / s
 
 
+# PIL modes that hold more than 8 bits per sample: convert("RGB") would clip them to white
+_HIGH_DEPTH = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535}
+
+
+def _to_rgb(im: Image.Image, path) -> np.ndarray:
+    """A PIL image as (H,W,3) uint8; 16-bit grey is scaled to 8 bits (v * 255 / 65535, rounded)."""
+    if im.mode in _HIGH_DEPTH or im.mode == "I":
+        a = np.asarray(im).astype(np.int64)
+        top = _HIGH_DEPTH.get(im.mode, 65535)
+        if im.mode == "I" and (a.min() < 0 or a.max() > 65535):
+            raise UserInputError(f"image {path} holds 32-bit integer pixels ({a.min()}..{a.max()}); save it with "
+                                 f"8 or 16 bits per channel")
+        g = ((a * 255 + top // 2) // top).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=-1)
+    if im.mode == "F":
+        raise UserInputError(f"image {path} holds floating-point pixels; save it with 8 or 16 bits per channel")
+    return np.array(im.convert("RGB"), dtype=np.uint8)
+
+
 def read_image(path: "str | Path") -> np.ndarray:
-    """Read one image file at its own size as (H,W,3) uint8; unreadable files name themselves."""
+    """Read one image file at its own size as (H,W,3) uint8; unreadable files name themselves.
+
+    High bit depths are scaled, never clipped: 16-bit grey (PIL ``I;16``/``I``) is mapped to 0..255;
+    16-bit RGB(A) PNGs are decoded by PIL to their high bytes already.
+    """
     try:
         with Image.open(path) as im:
-            return np.array(im.convert("RGB"), dtype=np.uint8)
+            return _to_rgb(im, path)
     except FileNotFoundError:
         raise UserInputError(f"image {path} does not exist") from None
+    except UserInputError:
+        raise
     except Exception as exc:
         raise UserInputError(f"cannot read image {path} ({exc.__class__.__name__}); remove or replace the file") from None
 

@@ -24,7 +24,9 @@ Integrity rule of the run directory
                     both written atomically after the test evaluation, ``model.json`` last, and
                     ``metrics.json`` with ``complete`` true after them: a run is finished work
                     only when ``metrics.json`` says ``complete``. A kill leaves the last
-                    checkpoint, from which the same command resumes.
+                    checkpoint, from which the same command resumes. A full disk stops the run
+                    with a one-line error; the atomic writes leave the previous checkpoint and
+                    metrics and no temporary file, so the same command resumes from there.
 
 Default learning rates (AdamW; SGD uses 10x): ``head`` 1e-3, ``last:N`` 1e-3, ``full`` 3e-4 for the
 classifier with a geometric spread down to 3e-6 for the stem (``lr_spread`` 100), ``scratch`` 1e-3.
@@ -37,6 +39,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -255,9 +258,11 @@ def finetune(config: "FinetuneConfig | str | None" = None, backbone: str | None 
             st["stopped"] = c.patience is not None and st["bad_epochs"] >= c.patience and epoch < epochs
             st["history"].append(row)
             st["epoch"] = epoch
-            save_checkpoint(ckpt_path, {"format": CHECKPOINT_FORMAT, "config_key": key, "config": cfg,
-                                        **trainer.state(), "rng": rng_state(), **st})
-            write_json(out / "metrics.json", {**base, **_summary(st), "complete": False})
+            with _writing(out, st["epoch"] - 1):
+                save_checkpoint(ckpt_path, {"format": CHECKPOINT_FORMAT, "config_key": key, "config": cfg,
+                                            **trainer.state(), "rng": rng_state(), **st})
+            with _writing(out, st["epoch"]):
+                write_json(out / "metrics.json", {**base, **_summary(st), "complete": False})
             if progress:
                 print(epoch_line(row, epochs, len(train), st["history"], st["stopped"]), file=sys.stderr)
     except KeyboardInterrupt:
@@ -269,9 +274,24 @@ def finetune(config: "FinetuneConfig | str | None" = None, backbone: str | None 
         model.load_state_dict(st["best_state"])
     test_acc = trainer.evaluate(test, "test")
     metrics = {**base, **_summary(st), "test_accuracy": test_acc, "complete": True}
-    save_finetuned(out, fm, spec, cfg, metrics)
-    write_json(out / "metrics.json", metrics)
+    with _writing(out, st["epoch"]):
+        save_finetuned(out, fm, spec, cfg, metrics)
+        write_json(out / "metrics.json", metrics)
     return metrics
+
+
+@contextmanager
+def _writing(out: Path, resumes_after: int):
+    """A failed write (full disk) is a one-line error; atomic_write has already removed its temporary file."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError):  # torch.save reports a failed write as RuntimeError over the OSError
+            if not isinstance(exc.__context__, OSError):
+                raise
+            exc = exc.__context__
+        raise UserInputError(f"cannot write to {out} ({exc.strerror or exc}); nothing half-written is left: free "
+                             f"space and rerun the same command (it resumes after epoch {resumes_after})") from None
 
 
 def _summary(st: dict) -> dict:

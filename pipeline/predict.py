@@ -147,6 +147,10 @@ def _predict_head(load_head, model_dir, paths, batch_size, device, progress, top
     if bb.weights_sha256 != spec.weights_sha256:
         raise UserInputError(f"the weights of {spec.backbone} ({spec.weights}) are not the ones the head in "
                              f"{model_dir} was trained on (sha256 differs); retrain the head")
+    width = _head_width(head, meta, model_dir)
+    if layer not in dict(bb.model.named_modules()):
+        raise UserInputError(f"{model_dir}/head.json names layer {layer!r}, which {spec.backbone} does not have; "
+                             f"retrain the head")
     dev = resolve_device(device)
     model = bb.model.to(dev).eval()
     tap = FeatureTap(model, [layer], spec.pool, stop_after=layer)
@@ -155,6 +159,9 @@ def _predict_head(load_head, model_dir, paths, batch_size, device, progress, top
     def classify(chunk, x):
         # round to the cache's storage dtype, as the head's training rows were
         feats = tap(x.to(dev))[layer].cpu().numpy().astype(spec.dtype).astype(np.float32)
+        if feats.shape[1] != width:
+            raise UserInputError(f"layer {layer!r} gives {feats.shape[1]} features but the head in {model_dir} "
+                                 f"takes {width}; head.json does not describe this head: retrain it")
         scores, kind = _head_scores(head, feats)
         classes = np.asarray(getattr(head, "classes_", np.arange(scores.shape[1])), dtype=np.int64)
         full = np.full((len(chunk), max(len(class_names), int(classes.max()) + 1)), -np.inf)
@@ -168,6 +175,15 @@ def _predict_head(load_head, model_dir, paths, batch_size, device, progress, top
             return _run(paths, batch_size, progress, strict, classify)
     finally:
         tap.close()
+
+
+def _head_width(head, meta: dict, model_dir) -> int:
+    """The feature width the head was fitted on; head.json's ``dim`` must agree."""
+    width = getattr(head, "n_features_in_", None)
+    if width is None or (meta.get("dim") is not None and int(meta["dim"]) != int(width)):
+        raise UserInputError(f"{model_dir}/head.json says {meta.get('dim')} features but the head takes {width}; "
+                             f"retrain the head")
+    return int(width)
 
 
 def _predict_finetuned(run_dir: Path, paths: list, batch_size: int, device: str, progress: bool, top_k: int,

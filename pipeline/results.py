@@ -14,22 +14,31 @@ fingerprint). A rerun skips exactly the rows whose key it would compute again.
 
 Integrity rule of ``results.csv``
 ---------------------------------
-- *Complete*: a row is finished work when its line is whole (appended in one write, then flushed
-  and fsynced); the file is the set of such rows under one header.
+- *Complete*: a row is finished work when its line is whole; the file is the set of such rows
+  under one header. An append is all-or-nothing: the line is written with one ``os.write`` on a
+  descriptor opened for appending, then fsynced; when the write fails (a full disk) the file is
+  truncated back to its size before the append, so no part of the row stays.
 - *Stale*: a row whose key is not among the keys of the sweep being run (other data, other weights
   file, other grid...) is never shown as current: :func:`set_aside` moves it to
   ``results.stale.csv`` (appended the same way) and rewrites ``results.csv`` atomically without it.
   Fine-tuning rows stay while their data fingerprint is the sweep's.
-- *Crash*: a kill during an append can leave a torn last line; a torn line has too few fields or
-  no ``row_key`` and is treated as stale, so its fit runs again.
+- *Crash*: a kill -9 or a power loss during an append can leave a torn last line (no newline).
+  The next append first cuts the file back to its last whole line (:func:`append_row` says so),
+  so a torn line is never glued to the next row; a reader treats a line with too few or too many
+  fields, or no ``row_key``, as torn, hence stale, so its fit runs again.
+- *Concurrency*: everything that writes an ``--out`` folder holds ``<out>/.transferlab.lock``
+  (:func:`locked_out`): a second sweep (or ``finetune --append-to``) into the same folder waits,
+  saying so, and then finds the first one's rows done instead of appending them again.
 """
 from __future__ import annotations
 
 import csv
 import io
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
+from transferlab.features.locks import exclusive
 from transferlab.util import UserInputError, atomic_write, sha256_json
 
 RESULT_COLUMNS = [
@@ -59,19 +68,42 @@ def read_rows(path: "str | Path") -> list[dict]:
     return rows
 
 
-def append_row(path: "str | Path", row: dict) -> None:
-    """Append one row (unknown keys dropped, missing ones empty), writing the header first if new."""
+def append_row(path: "str | Path", row: dict) -> bool:
+    """Append one row (unknown keys dropped, missing ones empty), writing the header first if new.
+
+    All-or-nothing (see the module docstring). Returns True when a torn last line left by a crash
+    was cut off first.
+    """
     path = Path(path)
-    new = not path.is_file() or path.stat().st_size == 0
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, extrasaction="ignore", restval="")
-    if new:
-        w.writeheader()
-    w.writerow(row)
-    with open(path, "a", newline="") as fh:
-        fh.write(buf.getvalue())
-        fh.flush()
-        os.fsync(fh.fileno())
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        torn = False
+        if size:
+            os.lseek(fd, size - min(size, 1 << 16), os.SEEK_SET)
+            tail = os.read(fd, min(size, 1 << 16))
+            if not tail.endswith(b"\n"):
+                cut = tail.rfind(b"\n")
+                size = size - len(tail) + cut + 1 if cut >= 0 else 0
+                os.ftruncate(fd, size)
+                torn = True
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, extrasaction="ignore", restval="")
+        if size == 0:
+            w.writeheader()
+        w.writerow(row)
+        data = buf.getvalue().encode()
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(28, "No space left on device (short write)")
+            os.fsync(fd)
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+    return torn
 
 
 def write_rows(path: "str | Path", rows: list[dict]) -> None:
@@ -255,3 +287,18 @@ def default_head_dir(features, layer: str, head: str) -> Path:
     base = stem.rsplit("_", 1)[0] if "_" in stem else stem
     slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{base}_{layer}_{head}")
     return Path("runs") / "heads" / slug
+
+
+@contextmanager
+def locked_out(out: "str | Path", log=print):
+    """Hold ``<out>/.transferlab.lock`` while writing a results folder; wait, saying so, when held."""
+    try:
+        lock = exclusive(Path(out) / ".transferlab.lock", notify=log,
+                         waiting=f"waiting: another process is writing results into {out} ...")
+        lock.__enter__()
+    except OSError as exc:
+        raise UserInputError(f"cannot lock {out} ({exc.strerror or exc}); choose a writable --out") from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)

@@ -12,12 +12,17 @@ again; rows of another configuration or data set are moved to ``results.stale.cs
 
 Integrity rule of ``results.json``, ``report.md`` and the plot: they are derived from
 ``results.csv`` and rewritten whole (atomically) at the end of every run; a kill before that
-leaves the previous ones, which the next run replaces.
+leaves the previous ones, which the next run replaces. The whole run holds the ``--out`` folder's
+lock (:func:`transferlab.pipeline.results.locked_out`), so two sweeps into one folder never append
+the same rows twice. A full disk stops the run with a one-line error; the rows appended before it
+are whole and kept (appends are all-or-nothing), and the same command finishes the rest.
 """
 from __future__ import annotations
 
+import errno
 import itertools
 import json
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -33,7 +38,10 @@ from transferlab.classifiers._parallel import check_backend, parallel
 from transferlab.util import UserInputError, library_versions, write_json
 
 from .report import refresh_report, write_report
-from .results import SweepResult, append_row, read_rows, row_key, set_aside
+from .results import SweepResult, append_row, locked_out, read_rows, row_key, set_aside
+
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS)
 
 
 def _split_list(value) -> list:
@@ -181,7 +189,7 @@ def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, *
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
@@ -190,6 +198,17 @@ def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, *
 
     for h in cfg.heads:
         make_head(h, preprocessing=cfg.preprocessing)
+    with locked_out(out, log):  # a second sweep into this folder waits, then finds the rows done
+        try:
+            return _sweep_locked(cfg, out, progress, log)
+        except OSError as exc:  # a full disk while appending a row or writing the report
+            if getattr(exc, "errno", None) not in WRITE_ERRNOS:
+                raise
+            raise UserInputError(f"cannot write the results in {out} ({exc.strerror or exc}); the finished rows "
+                                 f"of results.csv are kept: free space and rerun the same command to finish") from None
+
+
+def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResult:
     dataset = load_dataset(cfg.data, seed=cfg.seed, test_fraction=cfg.test_fraction, fingerprint=cfg.fingerprint)
     if dataset.layout:
         log(f"data: {dataset.spec}: {dataset.layout}")
@@ -236,7 +255,8 @@ def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, *
         if jobs:
             with parallel(cfg.n_jobs, cfg.backend, lazy=True) as run:
                 for row in run(_fit_one, [(j,) for j in jobs]):
-                    append_row(csv_path, row)
+                    if append_row(csv_path, row):
+                        log(f"note: {csv_path} ended in a torn line (a run killed while appending); cut it off")
                     fitted.append(row)
                     bar.update(1)
     finally:
@@ -278,9 +298,10 @@ def append_finetune(target: "str | Path", metrics: dict) -> Path:
            "val_fraction": cfg["val_fraction"], "row_key": row_key(finetune=metrics["config_key"])}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if row["row_key"] not in {r.get("row_key") for r in read_rows(path)}:
-            append_row(path, row)
-            refresh_report(path.parent)
+        with locked_out(path.parent, log=lambda m: None):
+            if row["row_key"] not in {r.get("row_key") for r in read_rows(path)}:
+                append_row(path, row)
+                refresh_report(path.parent)
     except OSError as exc:
         raise UserInputError(f"cannot append to {path} ({exc.strerror or exc.__class__.__name__}); "
                              f"give a writable sweep directory or .csv as --append-to") from None

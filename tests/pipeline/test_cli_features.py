@@ -1,10 +1,7 @@
-"""The features stage through the command line: one-line errors, exit 2, nothing left that looks finished."""
+"""The features stage through the command line: the cache path printed last, concurrent extractions, cache info/rm (bad input: test_bad_input_catalogue.py)."""
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-from PIL import Image
 
 from transferlab.features.cache import read_status
 from tests.conftest import ROOT, make_npz, run_cli
@@ -12,49 +9,6 @@ from tests.conftest import ROOT, make_npz, run_cli
 
 def run(*args, cwd=ROOT):
     return run_cli(*args, cwd=cwd)
-
-
-def _assert_one_line_error(out, needle):
-    assert out.returncode == 2, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert lines[-1].startswith("error: ") and needle in lines[-1], out.stderr
-    assert "Traceback" not in out.stderr
-
-
-@pytest.fixture
-def bad_inputs(tmp_path):
-    np.savez(tmp_path / "nokeys.npz", x_train=np.zeros((2, 4, 4), np.uint8), y_train=np.zeros(2, int))
-    np.savez(tmp_path / "mismatch.npz", x_train=np.zeros((3, 4, 4), np.uint8), y_train=np.zeros(2, int),
-             x_test=np.zeros((1, 4, 4), np.uint8), y_test=np.zeros(1, int))
-    for split in ("train", "test"):
-        for c in ("a", "b"):
-            d = tmp_path / "imgs" / split / c
-            d.mkdir(parents=True)
-            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "ok.png")
-    (tmp_path / "imgs" / "test" / "a" / "broken.jpg").write_bytes(b"not a jpeg at all")
-    return tmp_path
-
-
-@pytest.mark.parametrize("args,needle", [
-    (["--data", "npz:{t}/missing.npz"], "does not exist"),
-    (["--data", "npz:{t}/nokeys.npz"], "lacks the keys x_test, y_test"),
-    (["--data", "npz:{t}/mismatch.npz"], "x_train has 3 images but y_train has 2 labels"),
-    (["--data", "folder:{t}/imgs"], "broken.jpg"),
-    (["--data", "digits", "--backbone", "vgg99"], "unknown backbone 'vgg99'"),
-    (["--data", "digits", "--layers", "blocks.42"], "valid layers: bn1, blocks.0"),
-    (["--data", "digits", "--image-size", "100000"], "image size 100000 is out of range"),
-    (["--data", "digits", "--dtype", "int8"], "unknown dtype 'int8'"),
-    (["--data", "digits", "--pool", "median"], "unknown pooling 'median'"),
-])
-def test_bad_extract_input_is_one_line_exit_2_and_leaves_no_finished_file(bad_inputs, args, needle):
-    cache = bad_inputs / "cache"
-    args = [a.replace("{t}", str(bad_inputs)) for a in args]
-    size = [] if "--image-size" in args else ["--image-size", "16"]
-    out = run("extract", *args, *size, "--cache-dir", cache, "--quiet")
-    _assert_one_line_error(out, needle)
-    for f in cache.glob("*.h5") if cache.exists() else []:
-        st = read_status(f)
-        assert st is None or not any(s["complete"] for s in st["splits"].values())
 
 
 def test_extract_prints_the_cache_path_last_and_layers_lists_the_catalog(tmp_path):

@@ -113,3 +113,25 @@ def test_tampered_head_and_unreadable_image_are_refused_with_exit_2(trained):
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(ok)
     out = run_cli("predict", "--model", tmp_path / "head", ok)
     assert out.returncode == 2 and "sha256" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_an_edited_head_json_is_refused_and_a_signed_wrong_width_is_caught_before_predicting(trained):
+    import json
+
+    from transferlab.classifiers.persistence import meta_sha256
+
+    tmp_path, _, _ = trained
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(img)
+    meta_path = tmp_path / "head" / "head.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["meta_sha256"] == meta_sha256(meta) and meta["layer"] == "blocks.2" and meta["dim"] == 40
+    meta["layer"] = "bn2"
+    meta_path.write_text(json.dumps(meta))  # an accidental edit: the hash no longer matches
+    out = run_cli("predict", "--model", tmp_path / "head", img)
+    assert out.returncode == 2 and "was changed after it was saved" in out.stderr and "Traceback" not in out.stderr
+    meta["meta_sha256"] = meta_sha256(meta)  # re-signed (what a tampering author can do): the width still disagrees
+    meta_path.write_text(json.dumps(meta))
+    out = run_cli("predict", "--model", tmp_path / "head", img)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "layer 'bn2' gives 1280 features but the head" in out.stderr and "takes 40" in out.stderr

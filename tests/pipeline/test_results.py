@@ -98,3 +98,62 @@ def test_a_flat_photo_folder_is_split_recorded_and_keyed_by_its_split(tmp_path):
     assert len(read_rows(tmp_path / "run" / STALE_FILE)) == 1  # another split: the old row is not current
     (row,) = read_rows(tmp_path / "run" / "results.csv")
     assert int(row["n_train"]) + int(row["n_val"]) == 21
+
+
+def test_a_torn_last_line_is_cut_before_the_next_append_never_glued_to_it(tmp_path):
+    path = tmp_path / "r.csv"
+    append_row(path, {"layer": "bn1", "test_accuracy": 0.3, "row_key": "k1"})
+    whole = path.read_bytes()
+    with open(path, "ab") as fh:  # what a kill -9 / power loss mid-append leaves: no newline
+        fh.write(b"lite0,imagenet,gap,32,bn2,8,1.0,1280,logreg,,,,0,0,0.61,0.52")
+    assert append_row(path, {"layer": "bn2", "test_accuracy": 0.495, "row_key": "k2"}) is True
+    rows = read_rows(path)
+    assert [(r["layer"], r["test_accuracy"], r["row_key"]) for r in rows] == [("bn1", "0.3", "k1"), ("bn2", "0.495", "k2")]
+    assert path.read_bytes().startswith(whole) and b"0.52lite0" not in path.read_bytes()
+    assert append_row(path, {"layer": "x", "row_key": "k3"}) is False
+
+
+def test_an_append_that_fails_half_way_leaves_the_file_as_it_was(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from transferlab.pipeline import results
+
+    path = tmp_path / "r.csv"
+    append_row(path, {"layer": "bn1", "row_key": "k1"})
+    before = path.read_bytes()
+    real_write = os.write
+
+    def full_disk(fd, data):  # the disk fills half way through the line
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(results.os, "write", full_disk)
+    try:
+        append_row(path, {"layer": "bn2", "row_key": "k2"})
+        raise AssertionError("the failed append did not raise")
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    append_row(path, {"layer": "bn2", "row_key": "k2"})
+    assert [r["row_key"] for r in read_rows(path)] == ["k1", "k2"]
+
+
+def test_two_sweeps_into_one_out_folder_write_each_row_once(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    npz = make_npz(tmp_path / "d.npz", n_train=24, n_test=12, size=8)
+    args = ["sweep", "--data", f"npz:{npz}", "--heads", "logreg", "--layers", "bn1,bn2", "--image-size", "32",
+            "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache", "--n-jobs", "1", "--quiet"]
+    procs = [subprocess.Popen([sys.executable, "-m", "transferlab", *map(str, args)], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    rows = read_rows(tmp_path / "run" / "results.csv")
+    assert sorted(r["layer"] for r in rows) == ["bn1", "bn2"]  # not four: no fake repeats
+    assert len({r["row_key"] for r in rows}) == 2
+    assert any("waiting" in err for _, err in outs)  # one of them waited for the other's lock
