@@ -28,9 +28,10 @@ def t(tmp_path_factory):
              x_test=np.zeros((2, 8, 8), np.uint8), y_test=np.zeros(2, int), class_names=np.array(["only"]))
     make_npz(t / "ok.npz", n_train=12, n_test=6, size=8)
     for split in ("train", "test"):
-        d = t / "imgs" / split / "a"
-        d.mkdir(parents=True)
-        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "ok.png")
+        for c in ("a", "b"):  # two classes: a single class folder is refused before any image is read
+            d = t / "imgs" / split / c
+            d.mkdir(parents=True)
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "ok.png")
     (t / "imgs" / "test" / "a" / "broken.jpg").write_bytes(b"not a jpeg at all")
     labels, features = digits_splits(with_val=False, n_train=200, n_test=100)
     cache = write_cache(t / "feats.h5", labels, features)
