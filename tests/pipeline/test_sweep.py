@@ -48,8 +48,10 @@ def test_warm_rerun_does_not_run_the_backbone_or_refit(tiny_sweep, tmp_path, mon
     calls = []
     real = extraction.FeatureTap.__call__
     monkeypatch.setattr(extraction.FeatureTap, "__call__", lambda self, x: (calls.append(1), real(self, x))[1])
+    builds = []
+    monkeypatch.setattr(extraction, "build_backbone", lambda *a, **k: builds.append(a))  # would break the run
     summary = sweep(SweepConfig(**tiny_sweep), progress=False)
-    assert calls == []
+    assert calls == [] and builds == []
     assert summary["timing"]["fits_run"] == 0 and len(_rows(tmp_path / "run")) == 8
 
 
