@@ -190,8 +190,8 @@ def _is_h5(X) -> bool:
     return type(X).__module__.startswith("h5py")
 
 
-class _LinearScores:
-    """Prediction methods shared by the torch-fitted estimators (numpy only: no torch to predict).
+class _LinearDecision:
+    """Input checks and linear scores shared by the project's linear heads (numpy only: no torch to predict).
 
     Scores are computed in float64, so a row's score does not depend on the batch it came in.
     """
@@ -216,6 +216,16 @@ class _LinearScores:
         scores = X.astype(np.float64) @ self.coef_.T.astype(np.float64) + self.intercept_
         return scores[:, 0] if self.classes_.size == 2 else scores
 
+    def predict(self, X):
+        scores = self.decision_function(X)
+        if self.classes_.size == 2:
+            return self.classes_[(scores > 0).astype(int)]
+        return self.classes_[scores.argmax(1)]
+
+
+class _LinearScores(_LinearDecision):
+    """:class:`_LinearDecision` with the probabilities of a logistic model."""
+
     def predict_proba(self, X):
         scores = self.decision_function(X)
         if self.classes_.size == 2:
@@ -224,12 +234,6 @@ class _LinearScores:
         scores = scores - scores.max(1, keepdims=True)
         e = np.exp(scores)
         return e / e.sum(1, keepdims=True)
-
-    def predict(self, X):
-        scores = self.decision_function(X)
-        if self.classes_.size == 2:
-            return self.classes_[(scores > 0).astype(int)]
-        return self.classes_[scores.argmax(1)]
 
 
 class TorchLogisticRegression(_LinearScores, ClassifierMixin, BaseEstimator):

@@ -9,6 +9,7 @@ name      estimator                                                   grid param
 svm       ``LinearSVC`` (squared hinge, one-vs-rest), VISSL costs     ``C``           l2
 svm-rbf   ``SVC(kernel="rbf", gamma="scale")``, for small data        ``C``           standardize
 logreg    multinomial L2 logistic regression (torch or scikit-learn)  ``C``           standardize
+ridge     least-squares probe (:mod:`.ridge`), one eigh for the grid   ``alpha``       standardize
 mlp       ``MLPClassifier``, one hidden layer, early stopping         ``alpha``       standardize
 knn       ``KNeighborsClassifier``, cosine, distance-weighted         ``n_neighbors`` l2
 ========  ==========================================================  ==============  ============
@@ -35,6 +36,7 @@ from transferlab.util import UserInputError
 
 from .fast_logreg import TorchLogisticRegression
 from .preprocessing import check_preprocessing, make_preprocessing
+from .ridge import RidgeProbe
 
 SOLVERS = ("torch", "sklearn")
 
@@ -178,6 +180,10 @@ def _logreg(seed, C=1.0, solver="torch", **params):
     return LogisticRegression(C=C, random_state=seed, **params)
 
 
+def _ridge(seed, alpha=1.0, **params):
+    return RidgeProbe(alpha=alpha, **params)
+
+
 def _mlp(seed, alpha=1e-4, **params):
     params.setdefault("hidden_layer_sizes", (512,))
     params.setdefault("early_stopping", True)
@@ -202,6 +208,8 @@ register_head(HeadSpec("svm-rbf", "kernel SVM, RBF (small data)", _svm_rbf, "C",
                        _logspace(-2, 3, 11), 1.0, "standardize"))
 register_head(HeadSpec("logreg", "multinomial L2 logistic regression", _logreg, "C", _logspace(-6, 5, 12),
                        _logspace(-6, 5, 45), 1.0, "standardize", solvers=SOLVERS))
+register_head(HeadSpec("ridge", "least-squares probe (RidgeClassifier, spectral grid)", _ridge, "alpha",
+                       _logspace(-2, 6, 17), _logspace(-3, 7, 45), 1.0, "standardize"))
 register_head(HeadSpec("mlp", "one-hidden-layer MLP, early stopping", _mlp, "alpha",
                        (1e-5, 1e-4, 1e-3, 1e-2, 1e-1), _logspace(-6, 1, 15), 1e-4, "standardize"))
 register_head(HeadSpec("knn", "k nearest neighbours, cosine, distance-weighted", _knn, "n_neighbors",
