@@ -6,7 +6,7 @@ A head is a scikit-learn ``Pipeline`` of the preprocessing steps (see
 ========  ==========================================================  ==============  ============
 name      estimator                                                   grid parameter  preprocessing
 ========  ==========================================================  ==============  ============
-svm       ``LinearSVC`` (squared hinge, one-vs-rest), VISSL costs     ``C``           l2
+svm       linear SVM, squared hinge, one-vs-rest (torch or sklearn)   ``C``           l2
 svm-rbf   ``SVC(kernel="rbf", gamma="scale")``, for small data        ``C``           standardize
 logreg    multinomial L2 logistic regression (torch or scikit-learn)  ``C``           standardize
 ridge     least-squares probe (:mod:`.ridge`), one eigh for the grid   ``alpha``       standardize
@@ -35,6 +35,7 @@ from sklearn.svm import SVC, LinearSVC
 from transferlab.util import UserInputError
 
 from .fast_logreg import TorchLogisticRegression
+from .fast_svm import TorchLinearSVC
 from .preprocessing import check_preprocessing, make_preprocessing
 from .ridge import RidgeProbe
 
@@ -110,7 +111,8 @@ def make_head(name: str, *, preprocessing: str | None = None, pca: int | None = 
     seed : int
         Random state of every seeded step.
     solver : {"torch", "sklearn"}, optional
-        logreg only: ``torch`` (default, :class:`TorchLogisticRegression`) or scikit-learn's.
+        logreg and svm: ``torch`` (default: :class:`TorchLogisticRegression`, :class:`TorchLinearSVC`,
+        whose ``score_grid`` solves the whole grid at once) or scikit-learn's estimator.
     **params
         Parameters of the estimator (e.g. ``C=0.1``, ``n_neighbors=3``, ``device="cuda"``).
 
@@ -138,6 +140,11 @@ def make_head(name: str, *, preprocessing: str | None = None, pca: int | None = 
     return Pipeline(make_preprocessing(preprocessing, pca, seed) + [("head", estimator)])
 
 
+def solver_of(estimator) -> str:
+    """``torch`` for the project's batched-solver estimators, ``sklearn`` otherwise."""
+    return "torch" if isinstance(estimator, (TorchLogisticRegression, TorchLinearSVC)) else "sklearn"
+
+
 def adapt_to_data(estimator: Pipeline, n_samples: int, n_features: int, n_classes: int) -> tuple[Pipeline, list[str]]:
     """Clip parameters that tiny training sets cannot support; returns a clone and what changed.
 
@@ -163,7 +170,9 @@ def adapt_to_data(estimator: Pipeline, n_samples: int, n_features: int, n_classe
     return estimator, notes
 
 
-def _svm(seed, C=1.0, **params):
+def _svm(seed, C=1.0, solver="torch", **params):
+    if solver == "torch":
+        return TorchLinearSVC(C=C, **params)
     params.setdefault("max_iter", 5000)
     return LinearSVC(C=C, random_state=seed, **params)
 
@@ -202,8 +211,8 @@ def _logspace(lo, hi, n):
     return tuple(float(c) for c in np.logspace(lo, hi, n))
 
 
-register_head(HeadSpec("svm", "linear SVM (LinearSVC)", _svm, "C", (0.01, 0.1, 1.0, 10.0, 100.0),
-                       _logspace(-3, 3, 13), 1.0, "l2"))
+register_head(HeadSpec("svm", "linear SVM (squared hinge, one-vs-rest)", _svm, "C", (0.01, 0.1, 1.0, 10.0, 100.0),
+                       _logspace(-3, 3, 13), 1.0, "l2", solvers=SOLVERS))
 register_head(HeadSpec("svm-rbf", "kernel SVM, RBF (small data)", _svm_rbf, "C", (0.1, 1.0, 10.0, 100.0),
                        _logspace(-2, 3, 11), 1.0, "standardize"))
 register_head(HeadSpec("logreg", "multinomial L2 logistic regression", _logreg, "C", _logspace(-6, 5, 12),
