@@ -11,7 +11,9 @@ again; rows of another configuration or data set are moved to ``results.stale.cs
 
 Integrity rule of ``results.json``, ``report.md`` and the plot: they are derived from
 ``results.csv`` and rewritten whole (atomically) at the end of every run; a kill before that
-leaves the previous ones, which the next run replaces.
+leaves the previous ones, which the next run replaces. A run that computed no row and moved none
+aside keeps ``report.md`` and the plot when both are newer than ``results.csv`` and the previous
+``results.json`` holds the same configuration and rows (the warm rerun then only reads).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from tqdm.auto import tqdm
 from transferlab.features import ExtractionSpec, extract, load_dataset, parse_pooling
 from transferlab.features.spec import DEFAULT_IMAGE_SIZE, parse_image_size
 from transferlab.features.cache import layer_info, read_cache_meta
-from transferlab.util import UserInputError, library_versions, write_json
+from transferlab.util import UserInputError, jsonable, library_versions, write_json
 
 from .report import refresh_report, write_report
 from .results import append_row, read_rows, row_key, set_aside
@@ -197,9 +199,22 @@ def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, *
                "timing": {"extract_seconds": round(t_extract, 2), "train_seconds": round(t_train, 2),
                           "fits_run": len(jobs), "fits_reused": len(rows) - len(jobs)},
                "stale_rows_moved": len(stale)}
+    current = not jobs and not stale and _report_is_current(out, summary)
     write_json(out / "results.json", summary)
-    write_report(out, summary)
+    if not current:
+        write_report(out, summary)
     return summary
+
+
+def _report_is_current(out: Path, summary: dict) -> bool:
+    """Whether report.md and the plot were written from this very results.csv and configuration."""
+    try:
+        previous = json.loads((out / "results.json").read_text())
+        written_after = min((out / n).stat().st_mtime_ns for n in ("report.md", "depth_vs_accuracy.png"))
+        return (written_after >= (out / "results.csv").stat().st_mtime_ns
+                and previous.get("config") == jsonable(summary["config"]) and previous.get("rows") == summary["rows"])
+    except (OSError, ValueError):
+        return False
 
 
 def append_finetune(target: "str | Path", metrics: dict) -> Path:
