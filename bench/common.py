@@ -1,7 +1,7 @@
 """What every benchmark section shares: paths, the machine record, timing, child processes, figures.
 
 Scratch data (decoded CIFAR-10, image folders, caches) goes to ``$TRANSFERLAB_BENCH_DIR`` (default
-``/tmp/transferlab-bench``), never into the repository; the shared data sets are read from
+``/tmp/transferlab-bench-<checkout folder name>``), never into the repository; the shared data sets are read from
 ``../shared/data`` and a section that needs an absent one is skipped with the reason.
 """
 from __future__ import annotations
@@ -12,13 +12,15 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-WORK = Path(os.environ.get("TRANSFERLAB_BENCH_DIR", "/tmp/transferlab-bench"))
+# one scratch folder per checkout: two clones benchmarking at once must not share (or delete) files
+WORK = Path(os.environ.get("TRANSFERLAB_BENCH_DIR") or Path(tempfile.gettempdir()) / f"transferlab-bench-{ROOT.name}")
 CIFAR_SMALL = SHARED / "cifar10_small.npz"
 CIFAR_JPEG = SHARED / "cifar10_full_jpeg.npz"
 
@@ -112,15 +114,23 @@ def cifar_full_npz() -> Path:
 
 
 def subset_npz(n_train: int, n_test: int) -> Path:
-    """The first n_train / n_test images of full CIFAR-10 as an npz in WORK."""
+    """n_train / n_test images of full CIFAR-10 (seeded, all classes) as an npz in WORK."""
     import numpy as np
 
     out = WORK / f"cifar10_{n_train}_{n_test}.npz"
     if not out.is_file():
         d = np.load(cifar_full_npz())
-        np.savez(out, x_train=d["x_train"][:n_train], y_train=d["y_train"][:n_train], x_test=d["x_test"][:n_test],
-                 y_test=d["y_test"][:n_test], class_names=d["class_names"])
+        tr, te = spread(len(d["y_train"]), n_train), spread(len(d["y_test"]), n_test)
+        np.savez(out, x_train=d["x_train"][tr], y_train=d["y_train"][tr], x_test=d["x_test"][te],
+                 y_test=d["y_test"][te], class_names=d["class_names"])
     return out
+
+
+def spread(n_total: int, n: int):
+    """n row indices drawn evenly (seeded) from n_total: the full CIFAR-10 files are sorted by class."""
+    import numpy as np
+
+    return np.sort(np.random.default_rng(0).permutation(n_total)[:n])
 
 
 def png_folder(n_train: int, n_test: int) -> tuple[Path, Path]:
@@ -145,7 +155,7 @@ def png_folder(n_train: int, n_test: int) -> tuple[Path, Path]:
 
 
 def jpeg_folder(n_train: int, n_test: int) -> Path:
-    """The original JPEG bytes of the first CIFAR-10 images as a ``folder:`` tree."""
+    """The original JPEG bytes of CIFAR-10 images (seeded, all classes) as a ``folder:`` tree."""
     import numpy as np
 
     root = WORK / f"jpeg_{n_train}_{n_test}"
@@ -157,7 +167,7 @@ def jpeg_folder(n_train: int, n_test: int) -> Path:
     names = [str(c) for c in d["class_names"]]
     for split, n in (("train", n_train), ("test", n_test)):
         b, o, y = d[f"{split}_jpeg"], d[f"{split}_offsets"], d[f"y_{split}"]
-        for i in range(n):
+        for i in spread(len(y), n):
             folder = root / split / names[y[i]]
             folder.mkdir(parents=True, exist_ok=True)
             (folder / f"{i:05d}.jpg").write_bytes(b[o[i]:o[i + 1]].tobytes())

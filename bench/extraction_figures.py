@@ -88,8 +88,15 @@ def child_extract(npz: str, size: int, cache: str, layers: str = "all", workers:
                       "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def _child(spec, size, cache, layers="all", workers=""):
-    return child([ROOT / "bench" / "run.py", "--child-extract", spec, size, cache, layers, workers])
+def _child(spec, size, cache=None, layers="all", workers=""):
+    """A cold extraction in its own process; a scratch cache (cache None) is removed afterwards."""
+    import shutil
+
+    scratch = WORK / f"cache-{uuid.uuid4().hex[:8]}"
+    try:
+        return child([ROOT / "bench" / "run.py", "--child-extract", spec, size, cache or scratch, layers, workers])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def p5_memory(quick: bool) -> tuple[list, dict]:
@@ -126,10 +133,10 @@ def folder_input(quick: bool, forward_rates: dict) -> list:
     png, npz = png_folder(n_train, n_test)
     jpg = jpeg_folder(n_train, n_test)
     rows = []
-    base = _child(f"npz:{npz}", 64, WORK / f"cache-{uuid.uuid4().hex[:8]}")
+    base = _child(f"npz:{npz}", 64)
     for label, spec, workers in (("PNG, 0 workers", f"folder:{png}", "0"), ("PNG, 2 workers", f"folder:{png}", "2"),
                                  ("JPEG, 2 workers", f"folder:{jpg}", "2")):
-        out = _child(spec, 64, WORK / f"cache-{uuid.uuid4().hex[:8]}", "all", workers)
+        out = _child(spec, 64, None, "all", workers)
         ratio = base["seconds"] / out["seconds"]
         rows.append(figure(f"folder input, {label}, {n_train + n_test} images at 64 px, 9 layers (throughput / npz)",
                            f"{out['seconds']:.1f} s, {out['maxrss_mb']:.0f} MB", f"same pixels from an npz "

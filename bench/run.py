@@ -10,7 +10,7 @@ heads use), ``folder`` (PNG/JPEG decode in DataLoader workers against arrays), `
 (the peer extractor, in its own interpreter), ``heads`` (each head's selection against one default
 scikit-learn fit, 5,000 and 50,000 rows), ``warm`` (P3). Every figure is a ratio against its limit
 or peer measured in this run, with the absolute numbers beside it. Writes ``bench/results.json``
-(whole, atomically) and the table between the markers of ``bench/README.md``.
+(whole, atomically, after every section) and the table between the markers of ``bench/README.md``.
 ``bench/gpu.sh`` holds the GPU figures (P7).
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ README = BENCH / "README.md"
 BEGIN, END = "<!-- bench:table:begin -->", "<!-- bench:table:end -->"
 
 
-def _run_sections(names, quick, threads) -> dict:
+def _run_sections(names, quick, threads, save=lambda out, state: None) -> dict:
     import extraction_figures as ex
     import thingsvision_peer as tv
 
@@ -68,6 +68,7 @@ def _run_sections(names, quick, threads) -> dict:
         for row in out[name].get("figures", []):
             print(f"    {row['figure']}: {row.get('transferlab', row.get('skipped'))} | {row.get('peer_or_limit')} | "
                   f"ratio {row.get('ratio')}", flush=True)
+        save(out, state)  # after every section: a run cut short keeps what it measured
     return out, state
 
 
@@ -92,14 +93,18 @@ def _heads(quick, state, previous) -> list:
     cifar_small()  # skips when absent
     small = extract(f"npz:{BENCH.parents[1] / 'shared' / 'data' / 'cifar10_small.npz'}", "lite0", layers="bn2",
                     image_size=64, cache_dir=WORK / "cache", progress=False, log=lambda m: None)
-    rows = hf.heads(str(small), "5,000 x 1,280 (CIFAR-10 small)")
-    rows += hf.logreg_grid_in_sklearn(str(small), "5,000 x 1,280")
+    linear = ("logreg", "svm", "ridge", "knn")
+    rows = hf.heads(str(small), "5,000 x 1,280 (CIFAR-10 small)", names=linear)
     big = (state.get("memory") or previous.get("state", {}).get("memory") or {}).get("largest_cache")
     if quick or not big or not Path(big).is_file():
         rows.append({"figure": "heads at 50,000 rows", "skipped": "needs the memory section's 60,000-image cache"
                      + (" (--quick)" if quick else "")})
-        return rows
-    return rows + hf.heads(big, "50,000 x 1,280 (CIFAR-10 full)", names=("logreg", "svm", "ridge", "knn"))
+    else:
+        rows += hf.heads(big, "50,000 x 1,280 (CIFAR-10 full)", names=linear)
+    # the slow references last, so a run cut short keeps the main figures
+    rows += hf.heads(str(small), "5,000 x 1,280 (CIFAR-10 small)", names=("mlp",))
+    rows += hf.logreg_grid_in_sklearn(str(small), "5,000 x 1,280")
+    return rows
 
 
 def write_readme(results: dict) -> None:
@@ -167,18 +172,24 @@ def main(argv=None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     info = machine()
-    with threadpool_limits(threads):
-        sections, state = _run_sections(names, args.quick, threads)
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() and not args.quick else {}
-    results.setdefault("sections", {}).update(sections)
-    results.update(machine=info, threads=threads, quick=args.quick, wall_seconds=round(time.perf_counter() - started, 1))
-    if "memory" in state:
-        results.setdefault("state", {})["memory"] = state["memory"]
-    if not args.no_write:
+    base = json.loads(RESULTS.read_text()) if RESULTS.is_file() and not args.quick else {}
+
+    def save(sections, state):
         from transferlab.util import write_json
 
-        write_json(RESULTS, results)
-        write_readme(results)
+        results = json.loads(json.dumps(base))
+        results.setdefault("sections", {}).update(sections)
+        results.update(machine=info, threads=threads, quick=args.quick,
+                       wall_seconds=round(time.perf_counter() - started, 1))
+        if "memory" in state:
+            results.setdefault("state", {})["memory"] = state["memory"]
+        if not args.no_write:
+            write_json(RESULTS, results)
+            write_readme(results)
+
+    with threadpool_limits(threads):
+        _run_sections(names, args.quick, threads, save)
+    if not args.no_write:
         print(f"wrote {RESULTS} and the table in {README}")
     return 0
 

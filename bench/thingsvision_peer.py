@@ -8,6 +8,7 @@ section is skipped with that reason.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from pathlib import Path
 
@@ -34,12 +35,16 @@ def thingsvision(quick: bool) -> list:
     for label, layers in (("9 layers", LAYERS), ("last layer only", "bn2")):
         tv = {"seconds": 0.0, "bytes": 0, "maxrss_mb": 0.0}
         for split in ("train", "test"):  # thingsvision reads one folder of class folders per call
-            out = child([ROOT / "bench" / "thingsvision_child.py", png / split, weights, 64, layers,
-                         WORK / f"tv-{uuid.uuid4().hex[:8]}"], python=python, env=env)
+            scratch = WORK / f"tv-{uuid.uuid4().hex[:8]}"
+            out = child([ROOT / "bench" / "thingsvision_child.py", png / split, weights, 64, layers, scratch],
+                        python=python, env=env)
+            shutil.rmtree(scratch, ignore_errors=True)
             tv = {"seconds": tv["seconds"] + out["seconds"], "bytes": tv["bytes"] + out["bytes"],
                   "maxrss_mb": max(tv["maxrss_mb"], out["maxrss_mb"])}
-        ours = child([ROOT / "bench" / "run.py", "--child-extract", f"folder:{png}", 64,
-                      WORK / f"cache-{uuid.uuid4().hex[:8]}", "all" if layers == LAYERS else layers, ""])
+        scratch = WORK / f"cache-{uuid.uuid4().hex[:8]}"
+        ours = child([ROOT / "bench" / "run.py", "--child-extract", f"folder:{png}", 64, scratch,
+                      "all" if layers == LAYERS else layers, ""])
+        shutil.rmtree(scratch, ignore_errors=True)
         rows.append(figure(
             f"thingsvision 2.7.3 peer, {n_train + n_test} PNG files at 64 px, lite0, {label} (time ratio)",
             f"{ours['seconds']:.1f} s, {ours['maxrss_mb']:.0f} MB, {ours['bytes'] / 1e6:.1f} MB file (float16)",
