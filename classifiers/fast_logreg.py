@@ -51,6 +51,7 @@ from ._batched_lbfgs import RowSource, solve_path
 from ._validation import check_features, check_labels, check_two_classes
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+SCREEN_ROWS = 16384  # score_grid screens larger training sets on a subsample of this many rows
 _SMALL_WORK = 5e7  # multiply-adds per pass below which one thread is faster
 
 
@@ -248,14 +249,21 @@ class TorchLogisticRegression(_LinearScores, ClassifierMixin, BaseEstimator):
     C : float
         Inverse regularisation strength.
     tol, max_iter, device, memory_budget : see :func:`fit_logreg_path`.
+    screen_rows : int or None
+        ``score_grid`` on more training rows than this screens first: the whole grid on a stratified
+        subsample of ``screen_rows`` rows (C scaled by rows / subsample, the same penalty per row),
+        then the best C and its two grid neighbours on all rows; the other C values keep their
+        screening scores. None or 0: every C on all rows.
     """
 
-    def __init__(self, C=1.0, *, tol=1e-4, max_iter=100, device="cpu", memory_budget=DEFAULT_MEMORY_BUDGET):
+    def __init__(self, C=1.0, *, tol=1e-4, max_iter=100, device="cpu", memory_budget=DEFAULT_MEMORY_BUDGET,
+                 screen_rows=SCREEN_ROWS):
         self.C = C
         self.tol = tol
         self.max_iter = max_iter
         self.device = device
         self.memory_budget = memory_budget
+        self.screen_rows = screen_rows
 
     def fit(self, X, y):
         X, classes, y_idx = self._validate_fit(X, y)
@@ -273,9 +281,27 @@ class TorchLogisticRegression(_LinearScores, ClassifierMixin, BaseEstimator):
         The selection protocol (:mod:`transferlab.classifiers.protocol`) calls this instead of one
         fit per grid point whenever an estimator has it.
         """
-        cv = BatchedLogisticRegressionCV(Cs=Cs, tol=self.tol, max_iter=self.max_iter, device=self.device,
-                                         memory_budget=self.memory_budget, refit=False)
-        return [float(s) for s in cv.fit(X, y, X_val, y_val).scores_]
+        def scores(Cs, X, y):
+            cv = BatchedLogisticRegressionCV(Cs=Cs, tol=self.tol, max_iter=self.max_iter, device=self.device,
+                                             memory_budget=self.memory_budget, refit=False)
+            return cv.fit(X, y, X_val, y_val).scores_
+
+        Cs = np.asarray(Cs, dtype=np.float64).ravel()
+        n = int(X.shape[0])
+        if not self.screen_rows or n <= self.screen_rows or Cs.size <= 3 or _is_h5(X):
+            return [float(s) for s in scores(Cs, X, y)]
+        # screen: the whole grid on a stratified subsample, C scaled by n / rows so that the penalty
+        # per row is the same; then the best C and its grid neighbours solved on all rows
+        from sklearn.model_selection import train_test_split
+
+        y = np.asarray(y)
+        sub, _ = train_test_split(np.arange(n), train_size=int(self.screen_rows), stratify=y, random_state=0)
+        sub = np.sort(sub)
+        out = np.array(scores(Cs * (n / sub.size), X[sub], y[sub]), dtype=float)
+        best = int(np.argmax(out))
+        near = np.arange(max(0, best - 1), min(Cs.size, best + 2))
+        out[near] = scores(Cs[near], X, y)
+        return [float(s) for s in out]
 
 
 class BatchedLogisticRegressionCV(_LinearScores, ClassifierMixin, BaseEstimator):
