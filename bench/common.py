@@ -65,6 +65,14 @@ def timed(fn, *args, **kw):
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). ru_maxrss is not: after fork + exec Linux carries the
+    parent's peak into the child's, so a child of a big parent reports the parent's memory."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

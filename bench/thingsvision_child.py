@@ -50,7 +50,15 @@ def main(root, weights, size, layers, out):
         save_features(pooled.astype(np.float32), out_path=str(folder), file_format="hdf5")
         nbytes += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
     print(json.dumps({"seconds": time.perf_counter() - t, "bytes": nbytes, "n": len(dataset),
-                      "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "maxrss_mb": _vm_hwm_mb()}))
+
+
+def _vm_hwm_mb():
+    """Own peak RSS; ru_maxrss would carry the parent's peak across fork + exec."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 if __name__ == "__main__":
