@@ -22,13 +22,13 @@ echo "| mode | epochs | val acc | test acc | wall s |"
 echo "|---|---|---|---|---|"
 for mode in head last:2 full scratch; do
   start=$(date +%s.%N)
-  "$PY" -m pipeline finetune --data "npz:$TMP/c1k.npz" --mode "$mode" --epochs "$EPOCHS" --image-size 64 \
+  "$PY" -m transferlab finetune --data "npz:$TMP/c1k.npz" --mode "$mode" --epochs "$EPOCHS" --image-size 64 \
       --out "$TMP/ft_$mode" --quiet >/dev/null
   end=$(date +%s.%N)
   "$PY" -c "import json,sys; m=json.load(open(sys.argv[1])); print(f\"| $mode | {m['epochs_run']} | {m['val_accuracy']:.3f} | {m['test_accuracy']:.3f} | {float(sys.argv[2]):.0f} |\")" \
       "$TMP/ft_$mode/metrics.json" "$(echo "$end - $start" | bc)"
 done
-cmd=("$PY" -m pipeline finetune --data "npz:$TMP/c1k.npz" --mode last:2 --epochs 3 --image-size 64 --out "$TMP/killed" --quiet)
+cmd=("$PY" -m transferlab finetune --data "npz:$TMP/c1k.npz" --mode last:2 --epochs 3 --image-size 64 --out "$TMP/killed" --quiet)
 "${cmd[@]}" >/dev/null 2>&1 &
 pid=$!
 while [ ! -f "$TMP/killed/checkpoint.pt" ]; do sleep 0.2; done

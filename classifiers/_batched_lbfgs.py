@@ -316,23 +316,27 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=30):
 
 
 def solve_path(source, y_idx, n_classes, Cs, tol, max_iter, history_size, block_size, preconditioner,
-               max_eigh_dim):
+               max_eigh_dim, problem_cls=None):
     """Solve every C (any order); returns coefs (G, K', D), intercepts (G, K'), n_iter, converged.
 
     K' is 1 for two classes (binomial layout: the multinomial problem at C/2 is the binomial one
-    at C, with ``w = w_1 - w_0``), else the number of classes.
+    at C, with ``w = w_1 - w_0``), else the number of classes. ``problem_cls`` replaces the
+    multinomial logistic loss by another one with :class:`_Problem`'s interface (the squared
+    hinge of :mod:`classifiers.fast_svm`), which then lays out its own coefficient rows.
     """
     import torch
 
     K, tdtype = n_classes, source.dtype
+    logistic = problem_cls is None
+    problem_cls = problem_cls or _Problem
     mu, V, lam, lowrank = _basis(source, preconditioner, max_eigh_dim)
     if V is not None and source.rotate_(mu, V):  # passes then skip the products with V
-        problem = _Problem(source, y_idx, K, torch.zeros_like(lam), None, lam, basis=V)
+        problem = problem_cls(source, y_idx, K, torch.zeros_like(lam), None, lam, basis=V)
     else:
-        problem = _Problem(source, y_idx, K, mu, V, lam, lowrank=lowrank)
+        problem = problem_cls(source, y_idx, K, mu, V, lam, lowrank=lowrank)
 
     order = np.argsort(Cs, kind="stable")
-    C_model = torch.as_tensor(Cs[order] / (2.0 if K == 2 else 1.0), dtype=tdtype, device=source.device)
+    C_model = torch.as_tensor(Cs[order] / (2.0 if logistic and K == 2 else 1.0), dtype=tdtype, device=source.device)
     solutions = torch.zeros(Cs.size, problem.P, dtype=tdtype, device=source.device)
     n_iter = np.zeros(Cs.size, dtype=int)
     converged = np.zeros(Cs.size, dtype=bool)
@@ -348,7 +352,7 @@ def solve_path(source, y_idx, n_classes, Cs, tol, max_iter, history_size, block_
     W = A if V is None else A @ V.T  # (G, K, D)
     intercept = b - W @ mu
     W, intercept = W.double().cpu().numpy(), intercept.double().cpu().numpy()
-    if K == 2:
+    if logistic and K == 2:
         W = W[:, 1:2] - W[:, 0:1]
         intercept = intercept[:, 1:2] - intercept[:, 0:1]
     inverse = np.argsort(order)

@@ -51,6 +51,7 @@ from ._batched_lbfgs import RowSource, solve_path
 from ._validation import check_features, check_labels, check_two_classes
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+SCREEN_ROWS = 16384  # score_grid screens larger training sets on a subsample of this many rows
 _SMALL_WORK = 5e7  # multiply-adds per pass below which one thread is faster
 
 
@@ -190,8 +191,8 @@ def _is_h5(X) -> bool:
     return type(X).__module__.startswith("h5py")
 
 
-class _LinearScores:
-    """Prediction methods shared by the torch-fitted estimators (numpy only: no torch to predict).
+class _LinearDecision:
+    """Input checks and linear scores shared by the project's linear heads (numpy only: no torch to predict).
 
     Scores are computed in float64, so a row's score does not depend on the batch it came in.
     """
@@ -216,6 +217,16 @@ class _LinearScores:
         scores = X.astype(np.float64) @ self.coef_.T.astype(np.float64) + self.intercept_
         return scores[:, 0] if self.classes_.size == 2 else scores
 
+    def predict(self, X):
+        scores = self.decision_function(X)
+        if self.classes_.size == 2:
+            return self.classes_[(scores > 0).astype(int)]
+        return self.classes_[scores.argmax(1)]
+
+
+class _LinearScores(_LinearDecision):
+    """:class:`_LinearDecision` with the probabilities of a logistic model."""
+
     def predict_proba(self, X):
         scores = self.decision_function(X)
         if self.classes_.size == 2:
@@ -224,12 +235,6 @@ class _LinearScores:
         scores = scores - scores.max(1, keepdims=True)
         e = np.exp(scores)
         return e / e.sum(1, keepdims=True)
-
-    def predict(self, X):
-        scores = self.decision_function(X)
-        if self.classes_.size == 2:
-            return self.classes_[(scores > 0).astype(int)]
-        return self.classes_[scores.argmax(1)]
 
 
 class TorchLogisticRegression(_LinearScores, ClassifierMixin, BaseEstimator):
@@ -244,14 +249,21 @@ class TorchLogisticRegression(_LinearScores, ClassifierMixin, BaseEstimator):
     C : float
         Inverse regularisation strength.
     tol, max_iter, device, memory_budget : see :func:`fit_logreg_path`.
+    screen_rows : int or None
+        ``score_grid`` on more training rows than this screens first: the whole grid on a stratified
+        subsample of ``screen_rows`` rows (C scaled by rows / subsample, the same penalty per row),
+        then the best C and its two grid neighbours on all rows; the other C values keep their
+        screening scores. None or 0: every C on all rows.
     """
 
-    def __init__(self, C=1.0, *, tol=1e-4, max_iter=100, device="cpu", memory_budget=DEFAULT_MEMORY_BUDGET):
+    def __init__(self, C=1.0, *, tol=1e-4, max_iter=100, device="cpu", memory_budget=DEFAULT_MEMORY_BUDGET,
+                 screen_rows=SCREEN_ROWS):
         self.C = C
         self.tol = tol
         self.max_iter = max_iter
         self.device = device
         self.memory_budget = memory_budget
+        self.screen_rows = screen_rows
 
     def fit(self, X, y):
         X, classes, y_idx = self._validate_fit(X, y)
@@ -269,9 +281,27 @@ class TorchLogisticRegression(_LinearScores, ClassifierMixin, BaseEstimator):
         The selection protocol (:mod:`transferlab.classifiers.protocol`) calls this instead of one
         fit per grid point whenever an estimator has it.
         """
-        cv = BatchedLogisticRegressionCV(Cs=Cs, tol=self.tol, max_iter=self.max_iter, device=self.device,
-                                         memory_budget=self.memory_budget, refit=False)
-        return [float(s) for s in cv.fit(X, y, X_val, y_val).scores_]
+        def scores(Cs, X, y):
+            cv = BatchedLogisticRegressionCV(Cs=Cs, tol=self.tol, max_iter=self.max_iter, device=self.device,
+                                             memory_budget=self.memory_budget, refit=False)
+            return cv.fit(X, y, X_val, y_val).scores_
+
+        Cs = np.asarray(Cs, dtype=np.float64).ravel()
+        n = int(X.shape[0])
+        if not self.screen_rows or n <= self.screen_rows or Cs.size <= 3 or _is_h5(X):
+            return [float(s) for s in scores(Cs, X, y)]
+        # screen: the whole grid on a stratified subsample, C scaled by n / rows so that the penalty
+        # per row is the same; then the best C and its grid neighbours solved on all rows
+        from sklearn.model_selection import train_test_split
+
+        y = np.asarray(y)
+        sub, _ = train_test_split(np.arange(n), train_size=int(self.screen_rows), stratify=y, random_state=0)
+        sub = np.sort(sub)
+        out = np.array(scores(Cs * (n / sub.size), X[sub], y[sub]), dtype=float)
+        best = int(np.argmax(out))
+        near = np.arange(max(0, best - 1), min(Cs.size, best + 2))
+        out[near] = scores(Cs[near], X, y)
+        return [float(s) for s in out]
 
 
 class BatchedLogisticRegressionCV(_LinearScores, ClassifierMixin, BaseEstimator):

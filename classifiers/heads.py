@@ -6,9 +6,10 @@ A head is a scikit-learn ``Pipeline`` of the preprocessing steps (see
 ========  ==========================================================  ==============  ============
 name      estimator                                                   grid parameter  preprocessing
 ========  ==========================================================  ==============  ============
-svm       ``LinearSVC`` (squared hinge, one-vs-rest), VISSL costs     ``C``           l2
+svm       linear SVM, squared hinge, one-vs-rest (torch or sklearn)   ``C``           l2
 svm-rbf   ``SVC(kernel="rbf", gamma="scale")``, for small data        ``C``           standardize
 logreg    multinomial L2 logistic regression (torch or scikit-learn)  ``C``           standardize
+ridge     least-squares probe (:mod:`.ridge`), one eigh for the grid   ``alpha``       standardize
 mlp       ``MLPClassifier``, one hidden layer, early stopping         ``alpha``       standardize
 knn       ``KNeighborsClassifier``, cosine, distance-weighted         ``n_neighbors`` l2
 ========  ==========================================================  ==============  ============
@@ -37,7 +38,9 @@ from sklearn.svm import SVC, LinearSVC
 from transferlab.util import UserInputError
 
 from .fast_logreg import TorchLogisticRegression
+from .fast_svm import TorchLinearSVC
 from .preprocessing import check_preprocessing, make_preprocessing
+from .ridge import RidgeProbe
 
 SOLVERS = ("torch", "sklearn")
 
@@ -111,7 +114,8 @@ def make_head(name: str, *, preprocessing: str | None = None, pca: int | None = 
     seed : int
         Random state of every seeded step.
     solver : {"torch", "sklearn"}, optional
-        logreg only: ``torch`` (default, :class:`TorchLogisticRegression`) or scikit-learn's.
+        logreg and svm: ``torch`` (default: :class:`TorchLogisticRegression`, :class:`TorchLinearSVC`,
+        whose ``score_grid`` solves the whole grid at once) or scikit-learn's estimator.
     **params
         Parameters of the estimator (e.g. ``C=0.1``, ``n_neighbors=3``, ``device="cuda"``).
 
@@ -139,6 +143,11 @@ def make_head(name: str, *, preprocessing: str | None = None, pca: int | None = 
     return Pipeline(make_preprocessing(preprocessing, pca, seed) + [("head", estimator)])
 
 
+def solver_of(estimator) -> str:
+    """``torch`` for the project's batched-solver estimators, ``sklearn`` otherwise."""
+    return "torch" if isinstance(estimator, (TorchLogisticRegression, TorchLinearSVC)) else "sklearn"
+
+
 def adapt_to_data(estimator: Pipeline, n_samples: int, n_features: int, n_classes: int) -> tuple[Pipeline, list[str]]:
     """Clip parameters that tiny training sets cannot support; returns a clone and what changed.
 
@@ -164,7 +173,9 @@ def adapt_to_data(estimator: Pipeline, n_samples: int, n_features: int, n_classe
     return estimator, notes
 
 
-def _svm(seed, C=1.0, **params):
+def _svm(seed, C=1.0, solver="torch", **params):
+    if solver == "torch":
+        return TorchLinearSVC(C=C, **params)
     params.setdefault("max_iter", 5000)
     return LinearSVC(C=C, random_state=seed, **params)
 
@@ -179,6 +190,10 @@ def _logreg(seed, C=1.0, solver="torch", **params):
         return TorchLogisticRegression(C=C, **params)
     params.setdefault("max_iter", 1000)
     return LogisticRegression(C=C, random_state=seed, **params)
+
+
+def _ridge(seed, alpha=1.0, **params):
+    return RidgeProbe(alpha=alpha, **params)
 
 
 def _mlp(seed, alpha=1e-4, **params):
@@ -199,12 +214,15 @@ def _logspace(lo, hi, n):
     return tuple(float(c) for c in np.logspace(lo, hi, n))
 
 
-register_head(HeadSpec("svm", "linear SVM (LinearSVC)", _svm, "C", (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0),
-                       _logspace(-3, 5, 17), 1.0, "l2"))
+register_head(HeadSpec("svm", "linear SVM (squared hinge, one-vs-rest)", _svm, "C",
+                       (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0), _logspace(-3, 5, 17), 1.0, "l2",
+                       solvers=SOLVERS))
 register_head(HeadSpec("svm-rbf", "kernel SVM, RBF (small data)", _svm_rbf, "C", (0.1, 1.0, 10.0, 100.0),
                        _logspace(-2, 3, 11), 1.0, "standardize"))
 register_head(HeadSpec("logreg", "multinomial L2 logistic regression", _logreg, "C", _logspace(-6, 5, 12),
                        _logspace(-6, 5, 45), 1.0, "standardize", solvers=SOLVERS))
+register_head(HeadSpec("ridge", "least-squares probe (RidgeClassifier, spectral grid)", _ridge, "alpha",
+                       _logspace(-2, 6, 17), _logspace(-3, 7, 45), 1.0, "standardize"))
 register_head(HeadSpec("mlp", "one-hidden-layer MLP, early stopping", _mlp, "alpha",
                        (1e-5, 1e-4, 1e-3, 1e-2, 1e-1), _logspace(-6, 1, 15), 1e-4, "standardize"))
 register_head(HeadSpec("knn", "k nearest neighbours, cosine, distance-weighted", _knn, "n_neighbors",

@@ -29,8 +29,7 @@ from transferlab.util import UserInputError, jsonable
 
 from ._parallel import parallel
 from ._validation import check_features, check_labels, check_two_classes
-from .fast_logreg import TorchLogisticRegression
-from .heads import adapt_to_data, default_grid, get_head_spec, make_head
+from .heads import adapt_to_data, default_grid, get_head_spec, make_head, solver_of
 from .preprocessing import describe_preprocessing
 
 
@@ -171,7 +170,7 @@ def select_and_fit(X_train, y_train, X_val, y_val, X_test, y_test, head: str, *,
         joblib workers and backend for the grid's independent fits (None: joblib's current
         default, so ``joblib.parallel_config`` applies).
     solver : {"torch", "sklearn"}, optional
-        logreg only; torch (default) fits the whole C grid in one batched solve.
+        logreg and svm; torch (default) fits the whole C grid in one batched solve.
     head_params : dict, optional
         Extra estimator parameters (e.g. ``{"device": "cuda"}``).
     class_names : sequence of str, optional
@@ -253,9 +252,8 @@ def select_and_fit(X_train, y_train, X_val, y_val, X_test, y_test, head: str, *,
         estimator=final, head=head, params=jsonable(params), val_accuracy=val_accuracy, test_accuracy=test_accuracy,
         fit_seconds=fit_seconds, val_scores=jsonable(val_scores), report=jsonable(report), seed=seed,
         preprocessing=describe_preprocessing(preprocessing or spec.preprocessing, pca), pca=pca,
-        selection=selection, solver=("torch" if isinstance(head_step, TorchLogisticRegression) else "sklearn")
-        if spec.solvers else None, n_train=int(n_train), n_val=int(n_val), n_test=int(n_test),
-        notes=notes,
+        selection=selection, solver=solver_of(head_step) if spec.solvers else None,
+        n_train=int(n_train), n_val=int(n_val), n_test=int(n_test), notes=notes,
     )
 
 

@@ -16,6 +16,9 @@ leaves the previous ones, which the next run replaces. The whole run holds the `
 lock (:func:`transferlab.pipeline.results.locked_out`), so two sweeps into one folder never append
 the same rows twice. A full disk stops the run with a one-line error; the rows appended before it
 are whole and kept (appends are all-or-nothing), and the same command finishes the rest.
+A run that computed no row and moved none
+aside keeps ``report.md`` and the plot when both are newer than ``results.csv`` and the previous
+``results.json`` holds the same configuration and rows (the warm rerun then only reads).
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from transferlab.features import ExtractionSpec, extract, load_dataset, parse_po
 from transferlab.features.spec import DEFAULT_IMAGE_SIZE, parse_image_size
 from transferlab.features.cache import layer_info, read_cache_meta
 from transferlab.classifiers._parallel import check_backend, parallel
-from transferlab.util import UserInputError, library_versions, write_json
+from transferlab.util import UserInputError, jsonable, library_versions, write_json
 
 from .report import refresh_report, write_report
 from .results import SweepResult, append_row, locked_out, read_rows, row_key, set_aside
@@ -272,9 +275,22 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
                           "fits_run": len(jobs), "fits_reused": len(rows) - len(jobs)},
                "stale_rows_moved": len(stale)}
     summary["decision"] = decision_of(summary)
+    current = not jobs and not stale and _report_is_current(out, summary)
     write_json(out / "results.json", summary)
-    write_report(out, summary, log=log)
+    if not current:
+        write_report(out, summary, log=log)
     return SweepResult(summary, out)
+
+
+def _report_is_current(out: Path, summary: dict) -> bool:
+    """Whether report.md and the plot were written from this very results.csv and configuration."""
+    try:
+        previous = json.loads((out / "results.json").read_text())
+        written_after = min((out / n).stat().st_mtime_ns for n in ("report.md", "depth_vs_accuracy.png"))
+        return (written_after >= (out / "results.csv").stat().st_mtime_ns
+                and previous.get("config") == jsonable(summary["config"]) and previous.get("rows") == summary["rows"])
+    except (OSError, ValueError):
+        return False
 
 
 def append_finetune(target: "str | Path", metrics: dict) -> Path:

@@ -178,3 +178,23 @@ def test_large_C_warm_starts_are_not_taken_as_converged(digits_arrays):
         assert mine <= 1.01 * _objective(C, sk.coef_, sk.intercept_, X, y), C
     assert path.n_iter[1] > 0 and path.n_iter[2] > 0
     assert _rel(path.coefs[2], path.coefs[1]) > 0.05
+
+
+def test_score_grid_screens_large_training_sets_on_a_subsample_then_solves_the_best_on_all_rows():
+    from sklearn.datasets import load_digits
+
+    from transferlab.classifiers.fast_logreg import BatchedLogisticRegressionCV, TorchLogisticRegression
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16).astype(np.float32)
+    Cs = np.logspace(-4, 2, 13)
+    args = (X[:1200], y[:1200], X[1200:], y[1200:])
+    full = TorchLogisticRegression(screen_rows=None).score_grid(Cs, *args)
+    screened = TorchLogisticRegression(screen_rows=400).score_grid(Cs, *args)
+    best = int(np.argmax(screened))
+    # the refined C values carry their all-rows scores, computed independently here
+    direct = BatchedLogisticRegressionCV(Cs=Cs[max(0, best - 1):best + 2], refit=False).fit(*args).scores_
+    np.testing.assert_allclose(screened[max(0, best - 1):best + 2], direct, atol=1e-12)
+    assert screened != full  # the others come from the 400-row screen
+    assert abs(np.log10(Cs[best]) - np.log10(Cs[int(np.argmax(full))])) <= 0.5 + 1e-9  # within one grid step
+    assert max(screened) >= max(full) - 0.01

@@ -28,7 +28,7 @@ def _shrunk_standardize(k=10.0):
 
 
 DIRECT = {
-    "svm": (dict(C=0.1), lambda: make_pipeline(Normalizer(), LinearSVC(C=0.1, random_state=0, max_iter=5000))),
+    "svm": (dict(C=0.1, solver="sklearn"), lambda: make_pipeline(Normalizer(), LinearSVC(C=0.1, random_state=0, max_iter=5000))),
     "svm-rbf": (dict(C=10.0), lambda: make_pipeline(_shrunk_standardize(), SVC(C=10.0, gamma="scale", random_state=0))),
     "knn": (dict(n_neighbors=3), lambda: make_pipeline(
         Normalizer(), KNeighborsClassifier(3, weights="distance", metric="cosine", algorithm="brute"))),
@@ -83,7 +83,7 @@ def test_default_preprocessing_per_head():
 
 def test_solver_and_parameters_are_checked():
     with pytest.raises(UserInputError, match="solver"):
-        make_head("svm", solver="torch")
+        make_head("knn", solver="torch")
     with pytest.raises(UserInputError, match="bad parameter"):
         make_head("knn", n_trees=3)
 

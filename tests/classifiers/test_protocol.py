@@ -96,14 +96,14 @@ def test_sample_shots_draws_k_per_class_nested_and_seeded():
 
 
 def test_parallel_grid_gives_the_serial_result(noisy_digits):
-    X, y, Xv, yv, Xt, yt = noisy_digits
-    serial = select_and_fit(X, y, Xv, yv, Xt, yt, "svm", grid=[0.01, 1.0, 100.0])
-    loky = select_and_fit(X, y, Xv, yv, Xt, yt, "svm", grid=[0.01, 1.0, 100.0], n_jobs=2)
+    X, y, Xv, yv, Xt, yt = noisy_digits  # scikit-learn's LinearSVC: one joblib job per grid point
+    serial = select_and_fit(X, y, Xv, yv, Xt, yt, "svm", grid=[0.01, 1.0, 100.0], solver="sklearn")
+    loky = select_and_fit(X, y, Xv, yv, Xt, yt, "svm", grid=[0.01, 1.0, 100.0], solver="sklearn", n_jobs=2)
     with joblib.parallel_config(backend="threading"):
-        threaded = select_and_fit(X, y, Xv, yv, Xt, yt, "svm", grid=[0.01, 1.0, 100.0], n_jobs=2)
+        threaded = select_and_fit(X, y, Xv, yv, Xt, yt, "svm", grid=[0.01, 1.0, 100.0], solver="sklearn", n_jobs=2)
     assert serial.val_scores == loky.val_scores == threaded.val_scores
     with pytest.raises(UserInputError, match="unknown joblib backend"):
-        select_and_fit(X, y, Xv, yv, Xt, yt, "svm", grid=[1.0], backend="carrier-pigeon")
+        select_and_fit(X, y, Xv, yv, Xt, yt, "svm", grid=[1.0], backend="carrier-pigeon", solver="sklearn")
 
 
 def test_sklearn_solver_for_logreg_selects_like_an_independent_search(noisy_digits):

@@ -1,4 +1,5 @@
 import hashlib
+import os
 import subprocess
 import sys
 import textwrap
@@ -183,3 +184,47 @@ def test_a_plan_that_does_not_fit_the_disk_is_refused_with_the_numbers(tmp_path,
     with pytest.raises(UserInputError, match=r"needs 0\.\d MB but .* has 0\.0 MB free"):
         extract(f"npz:{tiny_npz}", lite0, layers="bn2", image_size=32, cache_dir=tmp_path, progress=False)
     assert list(tmp_path.glob("*.h5")) == []
+
+
+def _count_builds(monkeypatch):
+    builds = []
+    real = extract_mod.build_backbone
+    monkeypatch.setattr(extract_mod, "build_backbone", lambda *a, **k: (builds.append(a), real(*a, **k))[1])
+    return builds
+
+
+def test_warm_call_builds_no_backbone_and_runs_no_forward(tmp_path, tiny_npz, monkeypatch):
+    args = dict(image_size=32, cache_dir=tmp_path / "c", batch_size=16, progress=False)
+    builds = _count_builds(monkeypatch)
+    forwards = []
+    real_probe = extract_mod.catalog
+    monkeypatch.setattr(extract_mod, "catalog", lambda *a, **k: (forwards.append(1), real_probe(*a, **k))[1])
+    first = extract(f"npz:{tiny_npz}", "lite0", layers="all", **args)
+    second_all = extract(f"npz:{tiny_npz}", "lite0", layers="all", **args)
+    subset = extract(f"npz:{tiny_npz}", "lite0", layers="blocks.1,bn2", **args)
+    assert first == second_all == subset
+    assert len(builds) == 1 and len(forwards) == 1
+    # a layer the cache does not hold yet: the memo cannot answer, the backbone is built
+    extract(f"npz:{tiny_npz}", "lite0", layers="blocks.2.0", **args)
+    assert len(builds) == 2
+
+
+def test_memo_is_ignored_when_stale_or_damaged(tmp_path, tiny_npz, lite0, monkeypatch):
+    weights = tmp_path / "w.pt"
+    torch.save(lite0.model.state_dict(), weights)
+    args = dict(layers="bn1,bn2", weights=str(weights), image_size=32, cache_dir=tmp_path / "c", batch_size=16,
+                progress=False)
+    builds = _count_builds(monkeypatch)
+    path = extract(f"npz:{tiny_npz}", "lite0", **args)
+    assert extract(f"npz:{tiny_npz}", "lite0", **args) == path and len(builds) == 1
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # weights touched
+    assert extract(f"npz:{tiny_npz}", "lite0", **args) == path and len(builds) == 2
+    memos = sorted((tmp_path / "c" / extract_mod.MEMO_DIR).glob("*.json"))
+    assert len(memos) == 2  # one per weights identity; the old one is never read again
+    newest = max(memos, key=lambda p: p.stat().st_mtime_ns)
+    newest.write_text(newest.read_text().replace('"dtype": "float16"', '"dtype": "float32"'))  # edited
+    assert extract(f"npz:{tiny_npz}", "lite0", **args) == path and len(builds) == 3
+    newest.write_text("{not json")
+    assert extract(f"npz:{tiny_npz}", "lite0", **args) == path and len(builds) == 4
+    path.unlink()  # the memo points to a cache file that is gone: rebuilt, not trusted
+    assert extract(f"npz:{tiny_npz}", "lite0", **args) == path and len(builds) == 5 and path.is_file()

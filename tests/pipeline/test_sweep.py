@@ -50,9 +50,17 @@ def test_warm_rerun_does_not_run_the_backbone_or_refit(tiny_sweep, tmp_path, mon
     calls = []
     real = extraction.FeatureTap.__call__
     monkeypatch.setattr(extraction.FeatureTap, "__call__", lambda self, x: (calls.append(1), real(self, x))[1])
+    builds = []
+    monkeypatch.setattr(extraction, "build_backbone", lambda *a, **k: builds.append(a))  # would break the run
+    report = tmp_path / "run" / "report.md"
+    before = report.stat().st_mtime_ns
     summary = sweep(SweepConfig(**tiny_sweep), progress=False)
-    assert calls == []
+    assert calls == [] and builds == []
     assert summary["timing"]["fits_run"] == 0 and len(_rows(tmp_path / "run")) == 8
+    assert report.stat().st_mtime_ns == before  # nothing changed: the report and plot are not redrawn
+    (tmp_path / "run" / "results.csv").touch()  # the rows may have changed: redrawn
+    sweep(SweepConfig(**tiny_sweep), progress=False)
+    assert report.stat().st_mtime_ns > before
 
 
 def test_pretrained_and_random_weights_are_both_swept_and_keyed_apart(tiny_sweep, tmp_path):

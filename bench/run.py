@@ -1,0 +1,198 @@
+"""Every performance figure of TransferLab in one command; never part of CI.
+
+    python bench/run.py                       # all sections (about 10-15 min on a quiet 2-core CPU)
+    python bench/run.py --quick               # small sizes, a few minutes: checks that it all runs
+    python bench/run.py --sections heads,warm # some sections; results merge into bench/results.json
+
+Sections: ``extract`` (P1 throughput / pure forward at 64, 96, 224 px; P2 all layers / last),
+``memory`` (P5 peak memory in N up to 60,000 images; it also writes the 50,000-row features the
+heads use), ``folder`` (PNG/JPEG decode in DataLoader workers against arrays), ``thingsvision``
+(the peer extractor, in its own interpreter), ``heads`` (each head's selection against one default
+scikit-learn fit, 5,000 and 50,000 rows), ``warm`` (P3). Every figure is a ratio against its limit
+or peer measured in this run, with the absolute numbers beside it. Writes ``bench/results.json``
+(whole, atomically, after every section) and the table between the markers of ``bench/README.md``.
+``bench/gpu.sh`` holds the GPU figures (P7).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH.parent))
+
+from common import WORK, Skip, load_average, machine  # noqa: E402
+
+SECTIONS = ("extract", "memory", "folder", "thingsvision", "heads", "warm")
+RESULTS = BENCH / "results.json"
+README = BENCH / "README.md"
+BEGIN, END = "<!-- bench:table:begin -->", "<!-- bench:table:end -->"
+
+
+def _run_sections(names, quick, threads, save=lambda out, state: None) -> dict:
+    import extraction_figures as ex
+    import thingsvision_peer as tv
+
+    out, state = {}, {}
+    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    for name in names:
+        t0, load0 = time.perf_counter(), load_average()
+        print(f"[{time.strftime('%H:%M:%S')}] {name} (load {load0})", flush=True)
+        try:
+            if name == "extract":
+                rows = ex.p1_p2(quick)
+                state["forward_rates"] = _forward_rates(rows)
+            elif name == "memory":
+                rows, state["memory"] = ex.p5_memory(quick)
+            elif name == "folder":
+                rows = ex.folder_input(quick, state.get("forward_rates") or _forward_rates(
+                    previous.get("sections", {}).get("extract", {}).get("figures", [])) or {64: float("nan")})
+            elif name == "thingsvision":
+                rows = tv.thingsvision(quick)
+            elif name == "heads":
+                rows = _heads(quick, state, previous)
+            elif name == "warm":
+                rows = ex.p3_warm(quick)
+            out[name] = {"figures": rows, "seconds": round(time.perf_counter() - t0, 1), "load_average_before": load0,
+                         "load_average_after": load_average(), "threads": threads}
+        except Skip as exc:
+            out[name] = {"skipped": str(exc)}
+        except Exception as exc:  # one broken section must not lose the others' figures
+            traceback.print_exc()
+            out[name] = {"failed": f"{exc.__class__.__name__}: {exc}"}
+        for row in out[name].get("figures", []):
+            print(f"    {row['figure']}: {row.get('transferlab', row.get('skipped'))} | {row.get('peer_or_limit')} | "
+                  f"ratio {row.get('ratio')}", flush=True)
+        save(out, state)  # after every section: a run cut short keeps what it measured
+    return out, state
+
+
+def _forward_rates(rows) -> dict:
+    import re
+
+    rates = {}
+    for r in rows:
+        m = re.search(r"at (\d+) px, marginal", r["figure"])
+        f = re.match(r"pure forward (\d+) img/s", r["peer_or_limit"])
+        if m and f:
+            rates[int(m.group(1))] = float(f.group(1))
+    return rates
+
+
+def _heads(quick, state, previous) -> list:
+    import head_figures as hf
+
+    from common import cifar_small
+    from transferlab.features import extract
+
+    cifar_small()  # skips when absent
+    small = extract(f"npz:{BENCH.parents[1] / 'shared' / 'data' / 'cifar10_small.npz'}", "lite0", layers="bn2",
+                    image_size=64, cache_dir=WORK / "cache", progress=False, log=lambda m: None)
+    linear = ("logreg", "svm", "ridge", "knn")
+    rows = hf.heads(str(small), "5,000 x 1,280 (CIFAR-10 small)", names=linear)
+    big = (state.get("memory") or previous.get("state", {}).get("memory") or {}).get("largest_cache")
+    if quick or not big or not Path(big).is_file():
+        rows.append({"figure": "heads at 50,000 rows", "skipped": "needs the memory section's 60,000-image cache"
+                     + (" (--quick)" if quick else "")})
+    else:
+        rows += hf.heads(big, "50,000 x 1,280 (CIFAR-10 full)", names=linear)
+    # the slow references last, so a run cut short keeps the main figures
+    rows += hf.heads(str(small), "5,000 x 1,280 (CIFAR-10 small)", names=("mlp",))
+    rows += hf.logreg_grid_in_sklearn(str(small), "5,000 x 1,280")
+    return rows
+
+
+def write_readme(results: dict) -> None:
+    m = results["machine"]
+    lines = [BEGIN, "",
+             f"Measured {m['date']} by `python bench/run.py` on {m['cpu'] or 'an unnamed CPU'} ({m['cores']} cores"
+             f"{', GPU ' + m['gpu'] if m['gpu'] else ', no GPU'}), torch {m['versions'].get('torch')} with "
+             f"{results['threads']} thread(s), BLAS {', '.join(m['blas'])} (limited to the same thread count), "
+             f"scikit-learn {m['versions'].get('scikit-learn')}; load average {m['load_average_at_start']} at the "
+             f"start, wall time {results['wall_seconds'] / 60:.1f} min. The machine is shared: the load column is the "
+             f"1-minute load average when the figure was taken (2.0 = both cores busy with other work).", "",
+             "| figure | TransferLab | limit or peer | ratio | target | met | load |", "| --- | --- | --- | ---: | --- | --- | ---: |"]
+    for name in SECTIONS:
+        sec = results["sections"].get(name)
+        if sec is None:
+            continue
+        if "figures" not in sec:
+            lines.append(f"| {name} | {sec.get('skipped') and 'skipped: ' + sec['skipped'] or 'failed: ' + sec.get('failed', '')}"
+                         f" | | | | | |")
+            continue
+        for r in sec["figures"]:
+            if "skipped" in r:
+                lines.append(f"| {r['figure']} | skipped: {r['skipped']} | | | | | |")
+                continue
+            met = {True: "yes", False: "**no**", None: ""}[r.get("met")]
+            lines.append(f"| {r['figure']} | {r['transferlab']} | {r['peer_or_limit']} | {r['ratio']} | "
+                         f"{r['target']} | {met} | {r['load_average']} |")
+    lines += ["", END]
+    text = README.read_text() if README.is_file() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    from transferlab.util import atomic_write
+
+    atomic_write(README, head + "\n".join(lines) + tail)
+
+
+def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv and argv[0] == "--child-extract":
+        import extraction_figures
+
+        extraction_figures.child_extract(*argv[1:])
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {', '.join(SECTIONS)}")
+    p.add_argument("--quick", action="store_true", help="small sizes: check that everything runs")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch and BLAS threads for every figure (0: all cores when the load average is below 1, "
+                        "else 1: spinning threads lose 10x under contention)")
+    p.add_argument("--no-write", action="store_true", help="print only; leave results.json and README.md alone")
+    args = p.parse_args(argv)
+    names = [s.strip() for s in args.sections.split(",") if s.strip()]
+    bad = [s for s in names if s not in SECTIONS]
+    if bad:
+        p.error(f"unknown section(s) {', '.join(bad)}; choose from {', '.join(SECTIONS)}")
+    import os
+
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = args.threads or ((os.cpu_count() or 1) if os.getloadavg()[0] < 1.0 else 1)
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
+    WORK.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    info = machine()
+    base = json.loads(RESULTS.read_text()) if RESULTS.is_file() and not args.quick else {}
+
+    def save(sections, state):
+        from transferlab.util import write_json
+
+        results = json.loads(json.dumps(base))
+        results.setdefault("sections", {}).update(sections)
+        results.update(machine=info, threads=threads, quick=args.quick,
+                       wall_seconds=round(time.perf_counter() - started, 1))
+        if "memory" in state:
+            results.setdefault("state", {})["memory"] = state["memory"]
+        if not args.no_write:
+            write_json(RESULTS, results)
+            write_readme(results)
+
+    with threadpool_limits(threads):
+        _run_sections(names, args.quick, threads, save)
+    if not args.no_write:
+        print(f"wrote {RESULTS} and the table in {README}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
