@@ -29,7 +29,7 @@ _CACHE_FIELDS = ("data", "data_fingerprint", "key")
 def train_head(features_file, layer: str, head: str, out=None, preprocessing: str | None = None,
                pca: int | None = None, val_fraction: float = 0.2, seed: int = 0, n_jobs: int = 1,
                full_grid: bool = False, shots: int | None = None, *, grid=None, solver: str | None = None,
-               backend: str | None = None, head_params: dict | None = None) -> dict:
+               backend: str | None = None, head_params: dict | None = None, extra_meta: dict | None = None) -> dict:
     """Train one head on one cached layer and return its results row.
 
     Parameters
@@ -45,6 +45,8 @@ def train_head(features_file, layer: str, head: str, out=None, preprocessing: st
         Folder for ``head.joblib`` and ``head.json``; nothing is saved when None.
     preprocessing, pca, val_fraction, seed, n_jobs, full_grid, grid, solver, backend, head_params
         See :func:`classifiers.protocol.select_and_fit`.
+    extra_meta : dict, optional
+        More fields for ``head.json`` (they are covered by its ``meta_sha256`` like the rest).
     shots : int, optional
         Train on ``shots`` examples per class of the train split (seeded by ``seed``). Without a
         ``val`` split, the training rows not drawn serve as validation rows (so even 1-shot
@@ -105,6 +107,7 @@ def train_head(features_file, layer: str, head: str, out=None, preprocessing: st
         head_meta.update(extraction=ExtractionSpec.from_dict(meta).to_dict(), rel_depth=info["rel_depth"],
                          cache_format_version=meta.get("format_version"), class_names=class_names,
                          cache_versions=meta.get("versions"))
+        head_meta.update(extra_meta or {})
         save_head(out, result.estimator, head_meta)
         row["out"] = str(Path(out).resolve())
     return row

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from transferlab.util import write_json
 
 from .results import best_on_validation
 
@@ -70,10 +69,8 @@ def fit_chosen(out: Path, row: dict, preprocessing: str | None = None, log=None)
                 f"confusion matrix; saved as {folder}")
         vf = float(row["val_fraction"]) if row.get("val_fraction") not in ("", None) else 0.2
         train_head(row["cache_file"], row["layer"], row["head"], out=folder, preprocessing=preprocessing, val_fraction=vf,
-                   seed=int(float(row.get("seed") or 0)), full_grid=row.get("grid") == "full")
-        meta = json.loads(meta_path.read_text())
-        meta["sweep_row_key"] = row["row_key"]
-        write_json(meta_path, meta)
+                   seed=int(float(row.get("seed") or 0)), full_grid=row.get("grid") == "full",
+                   extra_meta={"sweep_row_key": row["row_key"]})
     head, _ = load_head(folder)
     X, y, _ = load_split(row["cache_file"], "test", row["layer"])
     pred = np.asarray(head.predict(X))

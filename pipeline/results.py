@@ -180,6 +180,9 @@ class SweepResult:
     def __getitem__(self, key):
         return self.summary[key]
 
+    def get(self, key, default=None):
+        return self.summary.get(key, default)
+
     def __contains__(self, key) -> bool:
         return key in self.summary
 

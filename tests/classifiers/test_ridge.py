@@ -37,11 +37,11 @@ def test_score_grid_equals_one_sklearn_fit_per_alpha(digits):
 
 
 def test_ridge_head_selects_on_validation_like_a_plain_loop(digits):
-    from sklearn.preprocessing import StandardScaler
+    from transferlab.classifiers.preprocessing import ShrunkStandardScaler
 
     X, y = digits
     res = select_and_fit(X[:1000], y[:1000], X[1000:1400], y[1000:1400], X[1400:], y[1400:], "ridge")
-    scaler = StandardScaler().fit(X[:1000])
+    scaler = ShrunkStandardScaler().fit(X[:1000])  # the head's standardize step (checked in test_preprocessing)
     grid = [v["params"]["alpha"] for v in res.val_scores]
     loop = [RidgeClassifier(alpha=a).fit(scaler.transform(X[:1000]), y[:1000])
             .score(scaler.transform(X[1000:1400]), y[1000:1400]) for a in grid]

@@ -27,7 +27,8 @@ def test_sweep_returns_a_dataframe_and_load_results_reads_it_back(swept):
     tmp, res = swept
     df = res.rows
     assert len(df) == 8 and df["test_accuracy"].dtype.kind == "f" and df["depth"].dtype.kind in "if"
-    assert res.recommendation is None  # the hook the advisor's decision code fills
+    assert res.recommendation == res["decision"] and res.recommendation["strategy"] in (
+        "linear-probe", "generic-features", "fine-tune", "from-scratch")
     assert res["rows"][0]["layer"] == "bn1"  # the old dict access still works
     back = load_results(tmp / "run")
     assert back.rows[["layer", "head", "test_accuracy"]].equals(df[["layer", "head", "test_accuracy"]])
@@ -41,7 +42,7 @@ def test_confusion_matrix_is_of_the_head_chosen_on_validation(swept):
     tmp, _ = swept
     out = tmp / "run"
     rows = read_rows(out / "results.csv")
-    by_val = max(rows, key=lambda r: (float(r["val_accuracy"]), -int(r["depth"])))
+    by_val = max(rows, key=lambda r: (float(r["val_accuracy"]), int(r["depth"])))  # ties: the deeper
     report = (out / "report.md").read_text()
     assert f"`{by_val['layer']}` of lite0/imagenet with the {by_val['head']} head" in report
     # the per-class table: its support sums to the test split, and its accuracies give the row's test accuracy
@@ -78,7 +79,7 @@ def test_predict_on_a_sweep_folder_uses_its_chosen_head(swept):
 def test_train_layer_best_picks_the_validation_choice_of_that_head(swept):
     tmp, _ = swept
     rows = [r for r in read_rows(tmp / "run" / "results.csv") if r["head"] == "knn"]
-    best = max(rows, key=lambda r: (float(r["val_accuracy"]), -int(r["depth"])))
+    best = max(rows, key=lambda r: (float(r["val_accuracy"]), int(r["depth"])))  # ties: the deeper
     out = run_cli("train", "--features", tmp / "run", "--layer", "best", "--head", "knn", "--out", tmp / "k")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == best["layer"] and f"--layer best: {best['layer']}" in out.stderr

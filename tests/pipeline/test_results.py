@@ -148,7 +148,7 @@ def test_two_sweeps_into_one_out_folder_write_each_row_once(tmp_path):
 
     npz = make_npz(tmp_path / "d.npz", n_train=24, n_test=12, size=8)
     args = ["sweep", "--data", f"npz:{npz}", "--heads", "logreg", "--layers", "bn1,bn2", "--image-size", "32",
-            "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache", "--n-jobs", "1", "--quiet"]
+            "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache", "--n-jobs", "1"]  # not --quiet: the wait is said
     procs = [subprocess.Popen([sys.executable, "-m", "transferlab", *map(str, args)], cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]
