@@ -56,7 +56,11 @@ def test_extract_killed_at_random_moments_resumes_to_the_clean_features(tmp_path
     argv = ["extract", "--data", f"npz:{npz}", "--layers", "bn1,blocks.3,bn2", "--image-size", "32", "--batch-size",
             "8", "--quiet"]
     t0 = time.perf_counter()
-    out = run_cli(*argv, "--cache-dir", tmp_path / "clean")
+    # the clean run is a process like the killed ones: same thread count, so the same float rounding
+    # (an in-process run inherits whatever thread count earlier tests left behind)
+    out = subprocess.run([sys.executable, "-m", "transferlab", *argv, "--cache-dir", str(tmp_path / "clean")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
     window = time.perf_counter() - t0
     clean = Path(out.stdout.strip().splitlines()[-1])
     before = len(OUTCOMES)
@@ -64,7 +68,8 @@ def test_extract_killed_at_random_moments_resumes_to_the_clean_features(tmp_path
         rng = random.Random(trial)
         cdir = tmp_path / f"t{trial}"
         what = kill_at_random([*argv, "--cache-dir", cdir], lambda: any(cdir.glob("*.writing")), window, rng)
-        again = run_cli(*argv, "--cache-dir", cdir)
+        again = subprocess.run([sys.executable, "-m", "transferlab", *argv, "--cache-dir", str(cdir)], cwd=ROOT,
+                               capture_output=True, text=True)
         assert again.returncode == 0, (what, again.stderr)
         path = Path(again.stdout.strip().splitlines()[-1])
         assert verify(path) == [], what
