@@ -66,8 +66,10 @@ def measure(name: str, epochs: int, image_size: int, cache_dir: Path, keep: dict
     rec["advice"] = {"strategy": adv.strategy, "runner_up": adv.runner_up, "close": adv.close,
                      "reasons": adv.reasons, "seconds": adv.seconds, "facts": adv.facts}
     print(f"[{name}] advise: {adv.strategy} (runner-up {adv.runner_up}) in {adv.seconds:.0f} s", file=sys.stderr)
-    if keep and keep.get("regimes") and keep.get("epochs") == epochs:  # --advice-only: regimes as measured before
-        return {**keep, "advice": rec["advice"]}
+    if keep is not None:  # --advice-only: the regimes as measured before (or not measured)
+        if keep.get("regimes") and keep.get("epochs") == epochs:
+            return {**keep, "advice": rec["advice"]}
+        return {**rec, "regimes": None, "measured_best": None}
     out = SCRATCH / f"sweep_{name}_{image_size}"
     summary = sweep(SweepConfig(data=spec, heads="logreg", image_size=str(image_size), out=str(out), layers=layers,
                                 cache_dir=str(cache_dir)), progress=False, log=lambda m: None)
@@ -110,13 +112,22 @@ def render() -> Path:
         if "skipped" in r:
             lines.append(f"| {r['name']} | | | skipped: {r['skipped']} | | | | | | |")
             continue
+        if not r.get("regimes"):
+            a = r["advice"]
+            lines.append(f"| {r['name']} | {r['image_size']} | - | **{a['strategy']}** ({a['runner_up']}"
+                         f"{', close' if a['close'] else ''}) | not measured | | | | | |")
+            continue
         g = r["regimes"]
-        cell = lambda k: f"{g[k]['test']:.3f} (val {g[k]['val']:.3f})"  # noqa: E731
+        cell = lambda k: (f"{g[k]['test']:.3f} (val {g[k]['val']:.3f})" if g.get(k)  # noqa: E731
+                          else "not finished")
         a = r["advice"]
         lines.append(f"| {r['name']} | {r['image_size']} | {r['epochs']} | **{a['strategy']}** ({a['runner_up']}"
                      f"{', close' if a['close'] else ''}) | {r['measured_best']} | {cell('linear-probe')} | "
                      f"{cell('generic-features')} `{g['generic-features']['layer']}` | {cell('fine-tune')} | "
                      f"{cell('from-scratch')} | {'yes' if a['strategy'] == r['measured_best'] else 'NO'} |")
+    notes = [f"- {r['name']}: {r['note']}" for r in recs if r.get("note")]
+    if notes:
+        lines += ["", "Notes:", ""] + notes
     lines += ["", "## The advice's evidence, per data set", ""]
     for r in recs:
         if "skipped" in r:
@@ -143,7 +154,7 @@ def main(argv=None) -> int:
     for name in [] if a.render else a.names:
         suffix = "" if a.image_size == 64 else f"_{a.image_size}px"
         target = RECORDS / f"{name}{suffix}.json"
-        keep = json.loads(target.read_text()) if a.advice_only and target.exists() else None
+        keep = (json.loads(target.read_text()) if target.exists() else {}) if a.advice_only else None
         rec = measure(name, a.epochs, a.image_size, SCRATCH / "cache", keep, a.layers)
         write_json(target, rec)
         render()
