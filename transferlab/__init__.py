@@ -47,6 +47,7 @@ _API = {
     "sweep": "transferlab.pipeline.sweep",
     "SweepResult": "transferlab.pipeline.results",
     "load_results": "transferlab.pipeline.results",
+    "advise": "transferlab.pipeline.advise",
     "predict": "transferlab.pipeline.predict",
 }
 _ALIASES = {"verify_cache": "verify"}
