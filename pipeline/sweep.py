@@ -5,9 +5,9 @@ For each (backbone, weights, pooling, image size) the sweep extracts every reque
 heads stage's selection protocol (:func:`transferlab.classifiers.train_head`, the same call
 ``transferlab train`` makes, so a sweep row equals a ``train`` run of that layer and head). Depth
 and relative depth come from the cache, where extraction stored them. Head fits run in parallel
-through joblib (:mod:`transferlab.classifiers._parallel`; ``backend="dask"`` or ``"ray"`` runs them on
-a cluster, each worker reading the features from the cache file's path). Rows are appended to ``results.csv`` as they finish, so Ctrl-C keeps the finished
-rows, and a rerun skips the rows whose key (:mod:`transferlab.pipeline.results`) it would compute
+through joblib (:mod:`transferlab.classifiers._parallel`; ``backend="dask"`` or ``"ray"`` runs them
+on a cluster, each worker reading the features from the cache file's path). Rows are appended to
+``results.csv`` as they finish, so Ctrl-C keeps the finished rows, and a rerun skips the rows whose key (:mod:`transferlab.pipeline.results`) it would compute
 again; rows of another configuration or data set are moved to ``results.stale.csv`` first.
 
 Integrity rule of ``results.json``, ``report.md`` and the plot: they are derived from
@@ -15,9 +15,8 @@ Integrity rule of ``results.json``, ``report.md`` and the plot: they are derived
 leaves the previous ones, which the next run replaces. The whole run holds the ``--out`` folder's
 lock (:func:`transferlab.pipeline.results.locked_out`), so two sweeps into one folder never append
 the same rows twice. A full disk stops the run with a one-line error; the rows appended before it
-are whole and kept (appends are all-or-nothing), and the same command finishes the rest.
-A run that computed no row and moved none
-aside keeps ``report.md`` and the plot when both are newer than ``results.csv`` and the previous
+are whole and kept (appends are all-or-nothing), and the same command finishes the rest. A run
+that computed no row and moved none aside keeps ``report.md`` and the plot when both are newer than ``results.csv`` and the previous
 ``results.json`` holds the same configuration and rows (the warm rerun then only reads).
 """
 from __future__ import annotations
