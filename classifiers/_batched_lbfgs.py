@@ -31,6 +31,7 @@ class RowSource:
         if X.ndim != 2 or X.shape[0] == 0:
             raise UserInputError(f"features must be a non-empty 2-D array, got shape {X.shape}")
         self.n, self.d = (int(s) for s in X.shape)
+        self.d_in = self.d  # the features' own dimension; d becomes the basis size after rotate_
         self.device = torch.device(device)
         self._X = X
         self._full = None
@@ -55,6 +56,15 @@ class RowSource:
         self.d = int(V.shape[1])
         return True
 
+    def sample_chunks(self, max_rows):
+        """Like :meth:`chunks`, over every ``ceil(n / max_rows)``-th row when the rows are held in
+        memory (all rows when streamed); returns (chunks, rows seen)."""
+        if self._full is None or self.n <= max_rows:
+            return self.chunks(), self.n
+        stride = -(-self.n // max_rows)
+        rows = self._full[::stride]
+        return ((0, 0, rows[i:i + self.rows]) for i in range(0, rows.shape[0], self.rows)), int(rows.shape[0])
+
     def chunks(self):
         """Yield (start, stop, rows as a tensor of the solve's dtype on the device) over all rows."""
         import torch
@@ -76,9 +86,17 @@ def _is_h5(X) -> bool:
     return isinstance(X, h5py.Dataset)
 
 
+_LOWRANK_ROWS = 16384  # the low-rank preconditioner is estimated on at most this many (evenly spaced) rows
+
+
 def _lowrank(source, mu, rank, seed=0):
     """Top ``rank`` eigenpairs of the centred Gram by randomized subspace iteration (3 passes),
-    and the mean of the remaining eigenvalues."""
+    and the mean of the remaining eigenvalues.
+
+    Rows held in memory beyond ``_LOWRANK_ROWS`` are sampled evenly and the Gram scaled by
+    n / rows: it only shapes the preconditioner (the convergence, not the optimum), and 16,384
+    rows estimate the top 128 directions of 1,280-dim features to a few percent.
+    """
     import torch
 
     k = min(rank + 8, source.d, source.n)
@@ -87,13 +105,16 @@ def _lowrank(source, mu, rank, seed=0):
     sq = torch.zeros((), dtype=torch.float64, device=source.device)
     for step in range(3):
         Y = torch.zeros_like(Q)
-        for _, _, c in source.chunks():
+        chunks, seen = source.sample_chunks(_LOWRANK_ROWS)
+        for _, _, c in chunks:
             c = c - mu
             if step == 0:
                 sq += (c * c).sum(dtype=torch.float64)
             Y += c.T @ (c @ Q)
         if step < 2:
             Q = torch.linalg.qr(Y)[0]
+    scale = source.n / seen
+    sq, Y = sq * scale, Y * scale
     lam, U = torch.linalg.eigh(Q.T @ Y)  # Q^T G Q, the Gram restricted to the subspace
     lam, U = lam[-rank:].clamp_min(0), U[:, -rank:]
     rest = ((sq - lam.sum(dtype=torch.float64)) / max(1, source.d - lam.numel())).clamp_min(0)
@@ -193,13 +214,22 @@ class _Problem:
             R = R.view(g * K, n)
             RtX.addmm_(R, Xc)
             Rsum += R.sum(1)
-        RtX -= torch.outer(Rsum, self.mu)
+        f, grad = self.assemble(A, C, loss, RtX, Rsum)
+        h = (curv / (self.source.n * (K - 1))).clamp_min(1e-6 / K).to(x.dtype)
+        return f, grad, h
+
+    def assemble(self, A, C, loss, RtX, Rsum):
+        """Objective ``C loss + |A|^2 / 2`` and its gradient (g, P) from the data terms summed over
+        the rows: ``RtX = R^T X`` (g*K, D) and ``Rsum`` (g*K,), R the loss's derivative in the scores."""
+        import torch
+
+        g, K = A.shape[0], self.K
+        RtX = RtX - torch.outer(Rsum, self.mu)
         gA = RtX if self.V is None else RtX @ self.V
         gA = gA.view(g, K, self.r) * C.view(g, 1, 1) + A
         gb = Rsum.view(g, K) * C.view(g, 1)
         f = C.double() * loss + 0.5 * (A.double() ** 2).sum((1, 2))
-        h = (curv / (self.source.n * (K - 1))).clamp_min(1e-6 / K).to(x.dtype)
-        return f, torch.cat([gA.reshape(g, -1), gb], 1), h
+        return f, torch.cat([gA.reshape(g, -1), gb], 1)
 
     def grad_max(self, grad):
         """Largest gradient entry per problem in the original coordinates (W, b), as scikit-learn measures it."""
@@ -316,13 +346,21 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=30):
 
 
 def solve_path(source, y_idx, n_classes, Cs, tol, max_iter, history_size, block_size, preconditioner,
-               max_eigh_dim, problem_cls=None):
+               max_eigh_dim, problem_cls=None, stop=None, init=None):
     """Solve every C (any order); returns coefs (G, K', D), intercepts (G, K'), n_iter, converged.
 
     K' is 1 for two classes (binomial layout: the multinomial problem at C/2 is the binomial one
     at C, with ``w = w_1 - w_0``), else the number of classes. ``problem_cls`` replaces the
     multinomial logistic loss by another one with :class:`_Problem`'s interface (the squared
     hinge of :mod:`classifiers.fast_svm`), which then lays out its own coefficient rows.
+
+    ``stop(indices, coefs, intercepts)`` is called after every block with the block's positions in
+    ``Cs`` and its solutions; when it returns True the path ends there, and the C values not reached
+    keep NaN coefficients, 0 iterations and ``converged`` False.
+
+    ``init = (coefs, intercepts)``, in the layout returned (one pair per C, or one pair for all),
+    starts every C from that model instead of from the previous block's solution (warm starts
+    from a screening solve, or from the solution chosen on a validation split before a refit).
     """
     import torch
 
@@ -335,25 +373,51 @@ def solve_path(source, y_idx, n_classes, Cs, tol, max_iter, history_size, block_
     else:
         problem = problem_cls(source, y_idx, K, mu, V, lam, lowrank=lowrank)
 
+    def weights(x):
+        A, b = problem.split(x)
+        W = A if V is None else A @ V.T  # (g, K, D)
+        intercept = b - W @ mu
+        W, intercept = W.double().cpu().numpy(), intercept.double().cpu().numpy()
+        if logistic and K == 2:
+            W = W[:, 1:2] - W[:, 0:1]
+            intercept = intercept[:, 1:2] - intercept[:, 0:1]
+        return W, intercept
+
+    def coordinates(W, intercept):  # the inverse of weights(): (G, K', D), (G, K') -> x (G, P)
+        W = torch.as_tensor(np.asarray(W, dtype=np.float64), dtype=tdtype, device=source.device)
+        b = torch.as_tensor(np.asarray(intercept, dtype=np.float64), dtype=tdtype, device=source.device)
+        if logistic and K == 2:  # binomial w = w_1 - w_0 from the symmetric multinomial pair
+            W, b = torch.cat([-W / 2, W / 2], 1), torch.cat([-b / 2, b / 2], 1)
+        b = b + W @ mu
+        A = W if V is None else W @ V
+        return torch.cat([A.reshape(A.shape[0], -1), b], 1)
+
     order = np.argsort(Cs, kind="stable")
+    start = None
+    if init is not None:
+        W0, b0 = np.asarray(init[0], dtype=np.float64), np.asarray(init[1], dtype=np.float64)
+        if W0.ndim == 2:
+            W0, b0 = np.broadcast_to(W0, (Cs.size,) + W0.shape), np.broadcast_to(b0, (Cs.size,) + b0.shape)
+        if W0.shape[0] != Cs.size or W0.shape[-1] != source.d_in or not np.all(np.isfinite(W0)):
+            raise UserInputError(f"init must hold finite coefficients of shape (n_C, rows, {source.d_in}), "
+                                 f"got {W0.shape}")
+        start = coordinates(W0[order], b0[order])
     C_model = torch.as_tensor(Cs[order] / (2.0 if logistic and K == 2 else 1.0), dtype=tdtype, device=source.device)
-    solutions = torch.zeros(Cs.size, problem.P, dtype=tdtype, device=source.device)
+    coefs = intercepts = None
     n_iter = np.zeros(Cs.size, dtype=int)
     converged = np.zeros(Cs.size, dtype=bool)
     start_point = torch.zeros(problem.P, dtype=tdtype, device=source.device)
     for lo in range(0, Cs.size, max(1, block_size)):
         hi = min(Cs.size, lo + max(1, block_size))
-        x0 = start_point.expand(hi - lo, -1).clone()
+        x0 = start_point.expand(hi - lo, -1).clone() if start is None else start[lo:hi].clone()
         x, it, conv = _lbfgs(problem, x0, C_model[lo:hi], tol, max_iter, history_size)
-        solutions[lo:hi], n_iter[lo:hi], converged[lo:hi] = x, it, conv
+        W, b = weights(x)
+        if coefs is None:
+            coefs = np.full((Cs.size,) + W.shape[1:], np.nan)
+            intercepts = np.full((Cs.size,) + b.shape[1:], np.nan)
+        where = order[lo:hi]
+        coefs[where], intercepts[where], n_iter[where], converged[where] = W, b, it, conv
         start_point = x[-1]
-
-    A, b = problem.split(solutions)
-    W = A if V is None else A @ V.T  # (G, K, D)
-    intercept = b - W @ mu
-    W, intercept = W.double().cpu().numpy(), intercept.double().cpu().numpy()
-    if logistic and K == 2:
-        W = W[:, 1:2] - W[:, 0:1]
-        intercept = intercept[:, 1:2] - intercept[:, 0:1]
-    inverse = np.argsort(order)
-    return W[inverse], intercept[inverse], n_iter[inverse], converged[inverse]
+        if stop is not None and stop(where, W, b):
+            break
+    return coefs, intercepts, n_iter, converged

@@ -64,13 +64,9 @@ class _SquaredHinge(_Problem):
             R = (-2.0 * t * m).view(g * K, n)
             RtX.addmm_(R, Xc)
             Rsum += R.sum(1)
-        RtX -= torch.outer(Rsum, self.mu)
-        gA = RtX if self.V is None else RtX @ self.V
-        gA = gA.view(g, K, self.r) * C.view(g, 1, 1) + A
-        gb = Rsum.view(g, K) * C.view(g, 1)
-        f = C.double() * loss + 0.5 * (A.double() ** 2).sum((1, 2))
+        f, grad = self.assemble(A, C, loss, RtX, Rsum)
         h = (2.0 * active / self.source.n).clamp_min(2.0 / self.source.n).to(x.dtype)
-        return f, torch.cat([gA.reshape(g, -1), gb], 1), h
+        return f, grad, h
 
     def precondition(self, q, C, h):
         """Apply the inverse of ``I + h_k C X_c^T X_c`` per problem (no coupling between classes)."""

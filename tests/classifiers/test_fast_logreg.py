@@ -190,11 +190,136 @@ def test_score_grid_screens_large_training_sets_on_a_subsample_then_solves_the_b
     Cs = np.logspace(-4, 2, 13)
     args = (X[:1200], y[:1200], X[1200:], y[1200:])
     full = TorchLogisticRegression(screen_rows=None).score_grid(Cs, *args)
-    screened = TorchLogisticRegression(screen_rows=400).score_grid(Cs, *args)
-    best = int(np.argmax(screened))
-    # the refined C values carry their all-rows scores, computed independently here
-    direct = BatchedLogisticRegressionCV(Cs=Cs[max(0, best - 1):best + 2], refit=False).fit(*args).scores_
-    np.testing.assert_allclose(screened[max(0, best - 1):best + 2], direct, atol=1e-12)
+    head = TorchLogisticRegression(screen_rows=400)
+    screened = head.score_grid(Cs, *args)
+    best = int(np.nanargmax(screened))
+    near = slice(max(0, best - 1), best + 2)
+    # the refined C values carry their all-rows scores, computed independently here (from zero, while
+    # score_grid starts them from the screen: the same optimum to the solver's tolerance, so the same
+    # predictions up to a row or two near the boundary)
+    direct = BatchedLogisticRegressionCV(Cs=Cs[near], refit=False, stop_past_peak=False).fit(*args)
+    np.testing.assert_allclose(screened[near], direct.scores_, atol=2.5 / 597)
+    coef, _ = head.grid_solution(Cs[best])
+    assert _rel(coef, direct.path_.coefs[best - near.start]) < 0.05
     assert screened != full  # the others come from the 400-row screen
-    assert abs(np.log10(Cs[best]) - np.log10(Cs[int(np.argmax(full))])) <= 0.5 + 1e-9  # within one grid step
-    assert max(screened) >= max(full) - 0.01
+    assert abs(np.log10(Cs[best]) - np.log10(Cs[int(np.nanargmax(full))])) <= 0.5 + 1e-9  # within one grid step
+    assert np.nanmax(screened) >= np.nanmax(full) - 0.01
+
+
+def _wide():
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(n_samples=600, n_features=300, n_informative=20, n_classes=4, random_state=0)
+    return X.astype(np.float32), y
+
+
+def _few_rows():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 200)).astype(np.float32)
+    y = np.repeat(np.arange(3), 10)
+    X[:, :3] += 2.0 * np.eye(3)[y]
+    return X, y
+
+
+@pytest.mark.parametrize("case", ["multiclass", "binary", "wide-lowrank", "fewer-rows-than-dims"])
+def test_starting_from_its_own_solution_is_already_converged(digits_arrays, case):
+    """``init`` maps coefficients back into the solver's coordinates exactly: eigenbasis rotation
+    (multiclass, binary), the low-rank preconditioner's raw coordinates, the row-space basis."""
+    X, y, _, _ = digits_arrays
+    if case == "binary":
+        y = (y >= 5).astype(int)
+    elif case == "wide-lowrank":
+        X, y = _wide()
+    elif case == "fewer-rows-than-dims":
+        X, y = _few_rows()
+    first = fit_logreg_path(X, y, [0.05, 0.5], max_iter=1000)
+    assert first.converged.all()
+    again = fit_logreg_path(X, y, [0.05, 0.5], max_iter=1000, init=(first.coefs, first.intercepts))
+    assert np.all(again.n_iter == 0) and again.converged.all(), again.n_iter
+    assert _rel(again.coefs, first.coefs) < 1e-4
+    np.testing.assert_allclose(again.intercepts, first.intercepts, atol=1e-3)
+
+
+def test_a_warm_started_fit_reaches_the_same_optimum_in_fewer_iterations(digits_arrays):
+    X, y, _, _ = digits_arrays
+    near = TorchLogisticRegression(C=0.05, tol=1e-6, max_iter=1000).fit(X, y)
+    cold = TorchLogisticRegression(C=0.1, tol=1e-6, max_iter=1000).fit(X, y)
+    warm = TorchLogisticRegression(C=0.1, tol=1e-6, max_iter=1000).fit(X, y, coef_init=near.coef_,
+                                                                        intercept_init=near.intercept_)
+    assert _objective(0.1, warm.coef_, warm.intercept_, X, y) == pytest.approx(
+        _objective(0.1, cold.coef_, cold.intercept_, X, y), rel=1e-5)
+    assert _rel(warm.coef_, _sk(0.1, X, y).coef_) < 1e-2
+    assert warm.n_iter_[0] < cold.n_iter_[0]
+    with pytest.raises(UserInputError, match="init must hold finite coefficients"):
+        TorchLogisticRegression(C=0.1).fit(X, y, coef_init=np.full((10, 64), np.nan))
+
+
+def test_past_the_peak_needs_a_decade_clearly_below_the_best():
+    from transferlab.classifiers.fast_logreg import past_the_peak
+
+    Cs = np.logspace(-3, 1, 9)  # half a decade apart
+    se = np.sqrt(0.8 * 0.2 / 400)
+    rising = [0.5, 0.6, 0.7, 0.8, np.nan, np.nan, np.nan, np.nan, np.nan]
+    assert not past_the_peak(Cs, rising, 400)
+    within_noise = [0.5, 0.6, 0.7, 0.8, 0.8 - 1.5 * se, 0.8 - 1.9 * se, np.nan, np.nan, np.nan]
+    assert not past_the_peak(Cs, within_noise, 400)  # a decade past the best, but within 2 SE
+    half_decade = [0.5, 0.6, 0.7, 0.8, 0.8 - 3 * se, np.nan, np.nan, np.nan, np.nan]
+    assert not past_the_peak(Cs, half_decade, 400)  # clearly lower, but only half a decade on
+    clear = [0.5, 0.6, 0.7, 0.8, 0.8 - 1.5 * se, 0.8 - 2.1 * se, 0.8 - 2.5 * se, np.nan, np.nan]
+    assert past_the_peak(Cs, clear, 400)  # the last decade (two values) is more than 2 SE below
+    shuffled = np.random.default_rng(0).permutation(9)  # grid order does not matter, C order does
+    assert past_the_peak(Cs[shuffled], np.array(clear)[shuffled], 400)
+    assert not past_the_peak(Cs, [np.nan] * 9, 400)
+
+
+def _noisy(digits_arrays):
+    X, y, Xv, yv = digits_arrays
+    rng = np.random.default_rng(0)
+    return ((X + rng.normal(0, 2.0, X.shape)).astype(np.float32), y,
+            (Xv + rng.normal(0, 2.0, Xv.shape)).astype(np.float32), yv)
+
+
+def test_the_path_stops_past_the_validation_peak_and_chooses_what_the_whole_path_chooses(digits_arrays):
+    X, y, Xv, yv = _noisy(digits_arrays)
+    Cs = np.logspace(-5, 3, 33)  # a quarter decade apart, like the full 45-value grid
+    whole = BatchedLogisticRegressionCV(Cs=Cs, refit=False, stop_past_peak=False).fit(X, y, Xv, yv)
+    stopped = BatchedLogisticRegressionCV(Cs=Cs, refit=False).fit(X, y, Xv, yv)
+    solved = np.isfinite(stopped.scores_)
+    k = int(solved.sum())
+    assert 0 < k < Cs.size and solved[:k].all()  # a prefix in increasing C, NaN after it
+    assert np.all(stopped.path_.n_iter[k:] == 0) and np.isnan(stopped.path_.coefs[k:]).all()
+    np.testing.assert_allclose(stopped.scores_[:k], whole.scores_[:k], atol=1e-12)  # the same blocks, solved alike
+    assert stopped.C_ == whole.C_
+    # the rule, checked by hand: the last decade solved lies more than 2 SE below the best
+    p = np.nanmax(stopped.scores_)
+    last = Cs[k - 1]
+    window = (Cs > last / 10 * (1 + 1e-9)) & solved & (Cs > stopped.C_)
+    assert np.all(stopped.scores_[window] < p - 2 * np.sqrt(p * (1 - p) / len(yv)))
+
+
+def test_score_grid_coarse_to_fine_chooses_within_noise_of_the_whole_grid(digits_arrays):
+    X, y, Xv, yv = _noisy(digits_arrays)
+    Cs = np.logspace(-5, 3, 33)
+    whole = BatchedLogisticRegressionCV(Cs=Cs, refit=False, stop_past_peak=False).fit(X, y, Xv, yv).scores_
+    head = TorchLogisticRegression()
+    scores = np.array(head.score_grid(Cs, X, y, Xv, yv))
+    fitted = np.isfinite(scores)
+    best = int(np.nanargmax(scores))
+    assert fitted.sum() < Cs.size / 2 + 3  # every other value, then two neighbours of the best
+    assert fitted[best - 1] and fitted[best + 1]  # the neighbours skipped by the screen were refined
+    # the scores are those of the optimum at each C (to the solver's tolerance: a row or two)
+    np.testing.assert_allclose(scores[fitted], whole[fitted], atol=2.5 / len(yv))
+    assert whole[best] >= whole.max() - 2 * np.sqrt(whole.max() * (1 - whole.max()) / len(yv))
+    coef, intercept = head.grid_solution(Cs[best])
+    direct = TorchLogisticRegression(C=Cs[best]).fit(X, y)
+    assert _rel(coef, direct.coef_) < 0.05
+    assert head.grid_solution(Cs[-1]) is None  # never fitted
+
+
+def test_low_rank_preconditioner_from_sampled_rows_reaches_the_same_optimum(monkeypatch):
+    from transferlab.classifiers import _batched_lbfgs
+
+    X, y = _wide()
+    monkeypatch.setattr(_batched_lbfgs, "_LOWRANK_ROWS", 150)  # 600 rows: every 4th
+    path = fit_logreg_path(X, y, [0.05], tol=1e-5, max_iter=1000, preconditioner="lowrank")
+    assert _rel(path.coefs[0], _sk(0.05, X, y).coef_) < 1e-2

@@ -1,5 +1,3 @@
-import json
-
 import joblib
 import numpy as np
 import pytest

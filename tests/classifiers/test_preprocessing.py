@@ -57,9 +57,6 @@ def test_bad_preprocessing_is_a_user_error(name, pca):
 
 
 def test_shrunk_standardisation_is_standardscaler_on_many_rows_and_tames_near_constant_dims_on_few():
-    import numpy as np
-    from sklearn.preprocessing import StandardScaler
-
     from transferlab.classifiers.preprocessing import ShrunkStandardScaler
 
     rng = np.random.default_rng(0)

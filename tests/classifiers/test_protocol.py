@@ -118,3 +118,23 @@ def test_single_class_training_labels_are_a_user_error(noisy_digits):
     X, _, _, _, Xt, yt = noisy_digits
     with pytest.raises(UserInputError, match="single class"):
         select_and_fit(X, np.full(len(X), 3), None, None, Xt, yt, "svm")
+
+
+def test_dense_logreg_grid_skips_values_past_the_peak_and_says_so(noisy_digits):
+    from transferlab.classifiers.fast_logreg import TorchLogisticRegression
+
+    X, y, Xv, yv, Xt, yt = noisy_digits
+    result = select_and_fit(X, y, Xv, yv, Xt, yt, "logreg", full_grid=True)
+    values = [s["params"]["C"] for s in result.val_scores]
+    missing = [v for v, s in zip(values, result.val_scores) if s["val_accuracy"] is None]
+    assert len(values) == 45 and 0 < len(missing) < 45
+    note = next(n for n in result.notes if "not fitted" in n)
+    assert note.startswith(f"{len(missing)} of 45 grid values not fitted")
+    assert result.params["C"] not in missing
+    # the refit, started from the grid's solution, reaches the optimum a cold fit on train+val reaches
+    scaler = result.estimator.named_steps["standardize"]
+    Z = scaler.transform(np.concatenate([X, Xv]))
+    cold = TorchLogisticRegression(C=result.params["C"]).fit(Z, np.concatenate([y, yv]))
+    head = result.estimator.named_steps["head"]
+    assert np.linalg.norm(head.coef_ - cold.coef_) / np.linalg.norm(cold.coef_) < 0.02
+    assert np.mean(head.predict(scaler.transform(Xt)) == cold.predict(scaler.transform(Xt))) > 0.98
