@@ -25,9 +25,15 @@ Integrity rule
   ``n_done`` equals the split's ``n_total``; completeness is per layer, so an interrupted run that
   was adding one layer leaves the finished layers usable. ``n_done`` is raised only after the rows
   it covers are flushed, and ``complete`` is set last.
-- *Crash.* A kill at any moment leaves a file that resumes from each layer's ``n_done``. A split's
-  own ``n_done``/``complete`` summarise its layers (for ``cache ls``); readers decide per layer.
-- *Full disk / write failure.* Before each batch the writer checks that the folder has room for
+- *Commits.* The writer queues computed rows in memory and commits them (write, flush, raise
+  ``n_done``, flush) once ``COMMIT_SECONDS`` (1 s) have passed since the last commit or
+  ``COMMIT_BYTES`` (64 MiB) are queued, and always when a split finishes or the run stops on an
+  exception (Ctrl-C included). A commit per batch cost 10 ms for nine layers, a tenth of a 64 px
+  CPU batch and more than a GPU batch; one a second costs nothing measurable.
+- *Crash.* A kill at any moment leaves a file that resumes from each layer's ``n_done``; what a
+  kill -9 loses is the queue, at most ``COMMIT_SECONDS`` of work. A split's own
+  ``n_done``/``complete`` summarise its layers (for ``cache ls``); readers decide per layer.
+- *Full disk / write failure.* Before each commit the writer checks that the folder has room for
   it (plus a margin for HDF5's metadata) and stops cleanly when it has not: the file stays sound and
   resumable. A write HDF5 itself reports as failed (also the errors it can only print while
   releasing a chunk) stops the run at once; the file is then closed and verified, and kept for
@@ -65,6 +71,8 @@ from .spec import ExtractionSpec
 
 FORMAT_VERSION = 1
 SUFFIX = ".h5"
+COMMIT_SECONDS = 1.0  # the writer commits queued rows at most this long after the last commit
+COMMIT_BYTES = 64 << 20  # ... or as soon as this many bytes are queued
 _RERUN = "rerun `transferlab extract` to finish it"
 
 
@@ -172,9 +180,17 @@ class CacheWriter:
         The backbone's default layers in forward order (the depth axis).
     log : callable
         Receives warnings (a file moved aside).
+    commit_seconds : float, optional
+        Commit queued rows once this long has passed since the last commit (default
+        ``COMMIT_SECONDS``; 0 commits every batch).
     """
 
-    def __init__(self, path: Path, key: str, spec: ExtractionSpec, dataset, catalog: list, log=print):
+    def __init__(self, path: Path, key: str, spec: ExtractionSpec, dataset, catalog: list, log=print,
+                 commit_seconds: float | None = None):
+        self.commit_seconds = COMMIT_SECONDS if commit_seconds is None else float(commit_seconds)
+        self._queue = {}  # split -> [first row, {layer: [arrays]}, end, bytes]
+        self._committed = {}  # split -> rows committed (n_done of its layers being written)
+        self._last_commit = time.monotonic()
         self.path, self.created = Path(path), not Path(path).exists()
         self.marker = Path(str(self.path) + ".writing")
         if not self.created:
@@ -209,6 +225,12 @@ class CacheWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and not self.failed and not isinstance(exc, WriteFailed):
+            try:  # a stop on an exception (Ctrl-C, a bad image) keeps the rows computed before it
+                for split in list(self._queue):
+                    self.commit(split)
+            except WriteFailed:
+                self.failed = True
         try:
             with _h5_write_errors():
                 self.f.close()
@@ -261,14 +283,38 @@ class CacheWriter:
                                  "pooling": pooling, "n_done": 0, "complete": False})
         grp.attrs["complete"] = False
         self.f.flush()
-        return min(int(feats[i.name].attrs["n_done"]) for i in infos)
+        start = min(int(feats[i.name].attrs["n_done"]) for i in infos)
+        self._committed[split.name] = start
+        self._queue.pop(split.name, None)
+        return start
 
     def write(self, split: str, start: int, rows: dict) -> int:
-        """Store rows ``start:start+B`` of each layer, flush, then commit ``n_done``; returns the new end.
+        """Queue rows ``start:start+B`` of each layer; commit the queue when it is due (see the
+        integrity rule). Returns the split's committed end, the rows a kill now would keep.
 
-        Raises :class:`WriteFailed` before writing when the folder lacks room for the batch (the file
+        Raises :class:`WriteFailed` before writing when the folder lacks room for the queue (the file
         stays sound), or when HDF5 reports a failed write (the file may be damaged).
         """
+        queue = self._queue.get(split)
+        if queue is None:
+            queue = self._queue[split] = [start, {name: [] for name in rows}, start, 0]
+        if start != queue[2] or set(rows) != set(queue[1]):
+            raise ValueError(f"rows {start}.. of {sorted(rows)} do not continue the queue of {split!r} at {queue[2]}")
+        for name, arr in rows.items():
+            queue[1][name].append(arr)
+        queue[2] = start + (next(iter(rows.values())).shape[0] if rows else 0)
+        queue[3] += sum(a.nbytes for a in rows.values())
+        if time.monotonic() - self._last_commit >= self.commit_seconds or queue[3] >= COMMIT_BYTES:
+            return self.commit(split)
+        return self._committed.get(split, queue[0])
+
+    def commit(self, split: str) -> int:
+        """Write the split's queued rows, flush, raise ``n_done``, flush; returns the committed end."""
+        queue = self._queue.pop(split, None)
+        if queue is None:
+            return self._committed.get(split, 0)
+        start, parts, _, _ = queue
+        rows = {name: arrs[0] if len(arrs) == 1 else np.concatenate(arrs) for name, arrs in parts.items()}
         feats = self.f[split]["features"]
         need = METADATA_MARGIN + sum(max(a.nbytes, feats[n].chunks[0] * a[0].nbytes if len(a) else 0)
                                      for n, a in rows.items())
@@ -278,10 +324,13 @@ class CacheWriter:
                                             f"needs {need / 1e6:.1f} MB)")
         try:
             with _h5_write_errors():
-                return self._write(split, start, rows)
+                end = self._write(split, start, rows)
         except WriteFailed:
             self.failed = True
             raise
+        self._committed[split] = end
+        self._last_commit = time.monotonic()
+        return end
 
     def _write(self, split, start, rows):
         grp = self.f[split]
@@ -298,7 +347,8 @@ class CacheWriter:
         return end
 
     def finish(self, split: str, names) -> None:
-        """Mark the layers complete (last), then the split's summary."""
+        """Commit the queue, mark the layers complete (last), then the split's summary."""
+        self.commit(split)
         with _h5_write_errors():
             grp = self.f[split]
             feats = grp["features"]

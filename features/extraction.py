@@ -2,8 +2,9 @@
 
 Forward hooks on the requested modules pool each layer's output as soon as it is computed (the
 full activation maps are never kept), and a hook on the deepest requested layer stops the forward
-pass there, so asking for early layers costs only the early part of the network. Rows are written
-to HDF5 as batches finish, through :class:`features.cache.CacheWriter`, which states the file's
+pass there, so asking for early layers costs only the early part of the network. Rows are queued
+as batches finish and committed to HDF5 about once a second through
+:class:`features.cache.CacheWriter`, which states the file's
 integrity rule (also what a full disk leaves: a sound resumable file, or one moved aside; never a
 file that looks finished and is not). Before any work the batch's activations are checked against
 the memory available (:func:`check_memory`), so an image size that cannot fit is refused with the
@@ -207,7 +208,9 @@ def extract(data, backbone="lite0", layers="all", pool="gap", image_size: int | 
         Everything above but data and layers in one object (then ``backbone``, ``weights``, ``seed``,
         ``pool``, ``image_size`` and ``dtype`` are ignored unless ``backbone`` is a built Backbone).
     on_batch : callable(split, n_done), optional
-        Called after each batch is committed (used by tests to interrupt a run).
+        Called after each commit of rows to the cache (about once a second, see
+        :mod:`features.cache`; every batch when ``features.cache.COMMIT_SECONDS`` is 0), with the
+        rows a kill would keep (used by tests to interrupt a run).
     decode : ``auto``, ``cpu`` or ``gpu``
         Where image files are decoded (:mod:`features.decode`); in-memory data ignores it.
 
@@ -384,6 +387,7 @@ def _extract_split(writer, split, infos, model, spec, batch_size, dev, workers, 
     bar = tqdm(total=n, initial=start, unit="img", desc=f"extract {split.name}", disable=not progress,
                dynamic_ncols=True, leave=False)
     np_dtype = np.float16 if spec.dtype == "float16" else np.float32
+    committed = start
     try:
         done = start
         with torch.inference_mode(), _autocast(dev):
@@ -391,13 +395,16 @@ def _extract_split(writer, split, infos, model, spec, batch_size, dev, workers, 
                 if dev.type == "cuda":
                     x = x.contiguous(memory_format=torch.channels_last)
                 out = tap(x)
-                end = writer.write(split.name, done, {name: out[name].float().cpu().numpy().astype(np_dtype)
-                                                      for name in names})
-                bar.update(end - done)
-                done = end
-                if on_batch is not None:
-                    on_batch(split.name, done)
+                rows = {name: out[name].float().cpu().numpy().astype(np_dtype) for name in names}
+                now = writer.write(split.name, done, rows)
+                bar.update(x.shape[0])
+                done += x.shape[0]
+                if on_batch is not None and now != committed:
+                    on_batch(split.name, now)
+                committed = now
     finally:
         tap.close()
         bar.close()
     writer.finish(split.name, names)
+    if on_batch is not None and done != committed:
+        on_batch(split.name, done)

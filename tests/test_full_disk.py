@@ -33,7 +33,11 @@ def _same_as_clean(path, clean):
         assert np.array_equal(load_split(path, s, l)[0], X), (s, l)
 
 
-def test_extract_stops_cleanly_when_the_disk_fills_and_resumes_to_the_clean_result(tmp_path, data, lite0):
+def test_extract_stops_cleanly_when_the_disk_fills_and_resumes_to_the_clean_result(tmp_path, data, lite0,
+                                                                                   monkeypatch):
+    import transferlab.features.cache as fc
+
+    monkeypatch.setattr(fc, "COMMIT_SECONDS", 0)  # a commit per batch: the disk fills between two
     npz, clean = data
     with tmpfs(tmp_path / "small", "size=8m") as mnt:
         filler = []
@@ -69,6 +73,7 @@ def test_a_write_hdf5_itself_fails_leaves_a_quarantined_or_sound_file_never_a_fi
             from transferlab.features import extract
             from tests.mounts import fill
             fc.free_bytes = lambda folder: 1 << 40
+            fc.COMMIT_SECONDS = 0
             def on_batch(split, n):
                 if split == "train" and n == 64:
                     fill(Path({str(mnt)!r}))

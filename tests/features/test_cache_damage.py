@@ -101,7 +101,10 @@ def test_a_flipped_byte_stops_the_sweep_with_one_line_naming_file_and_layer(buil
     assert not (tmp_path / "sweep" / "results.json").exists()
 
 
-def test_an_interrupted_layer_add_leaves_the_finished_layers_trainable(built, lite0):
+def test_an_interrupted_layer_add_leaves_the_finished_layers_trainable(built, lite0, monkeypatch):
+    from transferlab.features import cache as fcache
+
+    monkeypatch.setattr(fcache, "COMMIT_SECONDS", 0)  # a commit per batch
     npz, path, _ = built
 
     def stop(split, n_done):

@@ -126,6 +126,9 @@ def test_merge_refuses_missing_or_foreign_parts_and_leaves_no_finished_file(tmp_
 CRASH_RANK1 = """
     import os, sys
     import transferlab
+    import transferlab.features.cache as fc
+
+    fc.COMMIT_SECONDS = 0  # a commit per batch
 
     def on_batch(split, n_done):  # rank 1 dies hard after its first batch: a kill, not an exception
         if os.environ["RANK"] == "1":

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from transferlab.features import UserInputError, extract
+from transferlab.features import cache as fcache
 from transferlab.features import extraction as extract_mod
 from transferlab.features.cache import read_status, verify
 from tests.conftest import ROOT, make_npz
@@ -101,7 +102,8 @@ class Boom(Exception):
     pass
 
 
-def test_interrupted_run_resumes_to_the_same_values_as_a_clean_run(tmp_path, lite0):
+def test_interrupted_run_resumes_to_the_same_values_as_a_clean_run(tmp_path, lite0, monkeypatch):
+    monkeypatch.setattr(fcache, "COMMIT_SECONDS", 0)  # a commit (and an on_batch call) per batch
     npz = make_npz(tmp_path / "d.npz", n_train=70, n_test=20)
     kw = dict(layers="bn1,blocks.2,bn2", image_size=32, batch_size=16, progress=False, dtype="float16")
     clean = extract(f"npz:{npz}", lite0, cache_dir=tmp_path / "clean", **kw)
@@ -131,6 +133,8 @@ def test_kill_9_mid_extraction_resumes_to_the_same_values(tmp_path, lite0):
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
         from transferlab.features import extract
+        import transferlab.features.cache as fc
+        fc.COMMIT_SECONDS = 0  # a commit per batch: the kill lands between commits
         def on_batch(split, n):
             if n == 24:
                 print("ready", flush=True)
@@ -228,3 +232,56 @@ def test_memo_is_ignored_when_stale_or_damaged(tmp_path, tiny_npz, lite0, monkey
     assert extract(f"npz:{tiny_npz}", "lite0", **args) == path and len(builds) == 4
     path.unlink()  # the memo points to a cache file that is gone: rebuilt, not trusted
     assert extract(f"npz:{tiny_npz}", "lite0", **args) == path and len(builds) == 5 and path.is_file()
+
+
+def test_rows_are_committed_about_once_a_second_and_on_the_way_out_of_an_interrupted_run(tmp_path, lite0,
+                                                                                          monkeypatch):
+    """The writer queues batches and commits when COMMIT_SECONDS have passed (a fake clock here: 0.4 s a
+    batch, so every third batch); Ctrl-C commits the queue, so the rows computed before it are kept."""
+    npz = make_npz(tmp_path / "d.npz", n_train=120, n_test=8)
+    kw = dict(layers="bn1,bn2", image_size=32, batch_size=8, progress=False)
+    clean = extract(f"npz:{npz}", lite0, cache_dir=tmp_path / "clean", **kw)
+    clock = [0.0]
+    monkeypatch.setattr(fcache.time, "monotonic", lambda: clock[0])
+    real_write = fcache.CacheWriter.write
+
+    def write_a_batch_in_0_4_s(self, split, start, rows):
+        clock[0] += 0.4
+        return real_write(self, split, start, rows)
+
+    monkeypatch.setattr(fcache.CacheWriter, "write", write_a_batch_in_0_4_s)
+    seen = []
+    extract(f"npz:{npz}", lite0, cache_dir=tmp_path / "paced", on_batch=lambda s, n: seen.append((s, n)), **kw)
+    assert [n for s, n in seen if s == "train"] == [24, 48, 72, 96, 120]  # every third batch, then the rest
+    assert [n for s, n in seen if s == "test"] == [8]
+
+    real_batches = extract_mod._batches
+
+    def interrupted_after_five(*args, **kwargs):
+        for i, x in enumerate(real_batches(*args, **kwargs)):
+            if i == 5:
+                raise KeyboardInterrupt
+            yield x
+
+    monkeypatch.setattr(extract_mod, "_batches", interrupted_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        extract(f"npz:{npz}", lite0, cache_dir=tmp_path / "stopped", **kw)
+    path = next((tmp_path / "stopped").glob("*.h5"))
+    st = read_status(path)["splits"]["train"]
+    assert st["n_done"] == 40 and not st["complete"]  # five batches: three committed when due, two on the way out
+    assert verify(path) == [] and not list((tmp_path / "stopped").glob("*.writing"))
+    monkeypatch.setattr(extract_mod, "_batches", real_batches)
+    extract(f"npz:{npz}", lite0, cache_dir=tmp_path / "stopped", **kw)
+    for split in ("train", "test"):
+        for layer in ("bn1", "bn2"):
+            assert np.array_equal(_read(path, split, layer), _read(clean, split, layer))
+
+
+def test_the_queue_is_committed_once_it_holds_commit_bytes(tmp_path, lite0, monkeypatch):
+    monkeypatch.setattr(fcache, "COMMIT_SECONDS", 3600.0)
+    monkeypatch.setattr(fcache, "COMMIT_BYTES", 3 * 8 * 1280 * 2)  # three batches of bn2 in float16
+    npz = make_npz(tmp_path / "d.npz", n_train=64, n_test=8)
+    seen = []
+    extract(f"npz:{npz}", lite0, cache_dir=tmp_path, layers="bn2", image_size=32, batch_size=8, progress=False,
+            on_batch=lambda s, n: seen.append((s, n)))
+    assert seen == [("train", 24), ("train", 48), ("train", 64), ("test", 8)]
