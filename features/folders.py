@@ -112,8 +112,6 @@ def load_folder_data(root: str | Path, test_fraction: float | None = None, seed:
         keeps size and mtime (``cp -p``, some sync tools) goes unnoticed. ``content`` hashes every
         file's bytes (sha256): exact, and reads the whole data set once.
     """
-    from sklearn.model_selection import train_test_split
-
     root = Path(root).expanduser()
     if fingerprint not in FINGERPRINTS:
         raise UserInputError(f"unknown --fingerprint '{fingerprint}'; use stat (path, size, mtime) or content (sha256)")
@@ -180,6 +178,8 @@ def load_folder_data(root: str | Path, test_fraction: float | None = None, seed:
         if len(paths) - n_test < len(class_names):
             raise UserInputError(f"{root} has too few images ({len(paths)}) for a {frac:g} test split of "
                                  f"{len(class_names)} classes; add images or lower --test-fraction")
+        from sklearn.model_selection import train_test_split  # here: 1 s of imports a folder with splits never needs
+
         tr, te = train_test_split(idx, test_size=n_test, stratify=names, random_state=seed)
         tr.sort()
         te.sort()
