@@ -94,9 +94,11 @@ def child(args: list, python: str | None = None, env: dict | None = None, timeou
 def figure(name: str, ours: str, peer: str, ratio: float | None, target: str = "", met: bool | None = None,
            **extra) -> dict:
     """One row of the table: what we measured, against what, their ratio and the target it answers."""
+    import torch
+
     return {"figure": name, "transferlab": ours, "peer_or_limit": peer,
             "ratio": None if ratio is None else round(float(ratio), 3), "target": target, "met": met,
-            "load_average": load_average(), **extra}
+            "load_average": load_average(), "threads": torch.get_num_threads(), **extra}
 
 
 def cifar_small():

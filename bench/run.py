@@ -28,7 +28,7 @@ sys.path.insert(0, str(BENCH.parent))
 
 from common import WORK, Skip, load_average, machine  # noqa: E402
 
-SECTIONS = ("extract", "memory", "folder", "thingsvision", "heads", "warm")
+SECTIONS = ("extract", "memory", "folder", "thingsvision", "heads", "threads", "warm")
 RESULTS = BENCH / "results.json"
 README = BENCH / "README.md"
 BEGIN, END = "<!-- bench:table:begin -->", "<!-- bench:table:end -->"
@@ -56,6 +56,8 @@ def _run_sections(names, quick, threads, save=lambda out, state: None) -> dict:
                 rows = tv.thingsvision(quick)
             elif name == "heads":
                 rows = _heads(quick, state, previous)
+            elif name == "threads":
+                rows = _threads(quick, state, previous)
             elif name == "warm":
                 rows = ex.p3_warm(quick)
             out[name] = {"figures": rows, "seconds": round(time.perf_counter() - t0, 1), "load_average_before": load0,
@@ -101,9 +103,46 @@ def _heads(quick, state, previous) -> list:
                      + (" (--quick)" if quick else "")})
     else:
         rows += hf.heads(big, "50,000 x 1,280 (CIFAR-10 full)", names=linear)
+    try:
+        rows += hf.logreg_many_classes(quick)
+    except Skip as exc:
+        rows.append({"figure": "logreg at 100 classes", "skipped": str(exc)})
     # the slow references last, so a run cut short keeps the main figures
     rows += hf.heads(str(small), "5,000 x 1,280 (CIFAR-10 small)", names=("mlp",))
     rows += hf.logreg_grid_in_sklearn(str(small), "5,000 x 1,280")
+    return rows
+
+
+def _threads(quick, state, previous) -> list:
+    """The logreg head against scikit-learn at 1 thread and at every core, same rows: the ratio moves
+    with the thread count (scikit-learn's OpenBLAS fit gains little from a second core, or loses when
+    another job holds it; the batched torch solve gains more)."""
+    import os
+
+    import head_figures as hf
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from common import CIFAR_SMALL
+    from transferlab.features import extract
+
+    if not CIFAR_SMALL.is_file():
+        raise Skip(f"{CIFAR_SMALL} not found")
+    small = extract(f"npz:{CIFAR_SMALL}", "lite0", layers="bn2", image_size=64, cache_dir=WORK / "cache",
+                    progress=False, log=lambda m: None)
+    big = (state.get("memory") or previous.get("state", {}).get("memory") or {}).get("largest_cache")
+    sets = [(str(small), "5,000 x 1,280 (CIFAR-10 small)")]
+    if not quick and big and Path(big).is_file():
+        sets.append((big, "50,000 x 1,280 (CIFAR-10 full)"))
+    rows, before = [], torch.get_num_threads()
+    try:
+        for n in sorted({1, os.cpu_count() or 1}):
+            torch.set_num_threads(n)
+            with threadpool_limits(n):
+                for path, label in sets:
+                    rows += hf.heads(path, f"{label}, {n} thread(s)", names=("logreg",))
+    finally:
+        torch.set_num_threads(before)
     return rows
 
 
@@ -116,22 +155,23 @@ def write_readme(results: dict) -> None:
              f"scikit-learn {m['versions'].get('scikit-learn')}; load average {m['load_average_at_start']} at the "
              f"start, wall time {results['wall_seconds'] / 60:.1f} min. The machine is shared: the load column is the "
              f"1-minute load average when the figure was taken (2.0 = both cores busy with other work).", "",
-             "| figure | TransferLab | limit or peer | ratio | target | met | load |", "| --- | --- | --- | ---: | --- | --- | ---: |"]
+             "| figure | TransferLab | limit or peer | ratio | target | met | load | threads |",
+             "| --- | --- | --- | ---: | --- | --- | ---: | ---: |"]
     for name in SECTIONS:
         sec = results["sections"].get(name)
         if sec is None:
             continue
         if "figures" not in sec:
             lines.append(f"| {name} | {sec.get('skipped') and 'skipped: ' + sec['skipped'] or 'failed: ' + sec.get('failed', '')}"
-                         f" | | | | | |")
+                         f" | | | | | | |")
             continue
         for r in sec["figures"]:
             if "skipped" in r:
-                lines.append(f"| {r['figure']} | skipped: {r['skipped']} | | | | | |")
+                lines.append(f"| {r['figure']} | skipped: {r['skipped']} | | | | | | |")
                 continue
             met = {True: "yes", False: "**no**", None: ""}[r.get("met")]
             lines.append(f"| {r['figure']} | {r['transferlab']} | {r['peer_or_limit']} | {r['ratio']} | "
-                         f"{r['target']} | {met} | {r['load_average']} |")
+                         f"{r['target']} | {met} | {r['load_average']} | {r.get('threads', results['threads'])} |")
     lines += ["", END]
     text = README.read_text() if README.is_file() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
     head, _, rest = text.partition(BEGIN)
