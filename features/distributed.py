@@ -253,7 +253,7 @@ def _extract_part(path, key, spec, dataset, bb, wanted, axis, todo, batch_size, 
     elif st is not None:
         done = {s: min((ls["n_done"] for ls in st["splits"].get(s, {}).get("layers", {}).values()), default=0)
                 for s in todo}
-        log(f"rank {rank}/{size}: resuming part at rows {done}")
+        log(f"note: rank {rank}/{size}: resuming part at rows {done}")
     shards = Dataset(dataset.spec, {s: _shard(dataset.splits[s], rows[s]) for s in todo}, dataset.class_names,
                      dataset.fingerprint)
     model = bb.model.to(dev).eval()

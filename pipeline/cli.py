@@ -58,6 +58,14 @@ def cmd_layers(a):
         print(f"{i.depth:>5}  {i.name:<16} {i.channels:>8} {i.stride:>6} {r['raw_shape']:>14} {i.dim:>7} {i.bytes_per_image:>9}")
 
 
+def _logger(quiet: bool):
+    """stderr lines for the stages' log; with ``--quiet`` only its warnings and notes (QUIET_HELP's promise)."""
+    def log(msg):
+        if not quiet or str(msg).startswith(("warning", "note", "error")):
+            print(msg, file=sys.stderr)
+    return log
+
+
 def cmd_extract(a):
     from transferlab.features import ExtractionSpec, extract
 
@@ -65,7 +73,8 @@ def cmd_extract(a):
     _note_layout(ds, a.quiet)
     spec = ExtractionSpec(a.backbone, a.weights, a.seed, a.image_size, a.pool, a.dtype)
     path = extract(ds, layers=a.layers, spec=spec, cache_dir=a.cache_dir, batch_size=a.batch_size,
-                   device=a.device, num_workers=a.workers, progress=not a.quiet, decode=a.decode)
+                   device=a.device, num_workers=a.workers, progress=not a.quiet, decode=a.decode,
+                   log=_logger(a.quiet))
     if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, from rank 0
         print(path)
 
@@ -177,8 +186,7 @@ def cmd_sweep(a):
     if a.workers is not None:
         values["n_jobs"] = a.workers
     cfg = SweepConfig(**values)
-    log = (lambda m: None) if a.quiet else (lambda m: print(m, file=sys.stderr))
-    summary = sweep(cfg, progress=not a.quiet, log=log)
+    summary = sweep(cfg, progress=not a.quiet, log=_logger(a.quiet))
     out = Path(cfg.out)
 
     for b in best_per_curve(summary["rows"])[:6]:
@@ -249,7 +257,7 @@ def cmd_advise(a):
     adv = advise(_load_data(a), a.backbone, image_size=a.image_size, pool=a.pool, seed=a.seed, max_train=a.max_train,
                  max_val=a.max_val, compare_random=a.random, scores=a.scores, finetune_probe=a.finetune_probe,
                  cache_dir=a.cache_dir, device=a.device, progress=not a.quiet,
-                 log=(lambda m: None) if a.quiet or a.json else (lambda m: print(m, file=sys.stderr)))
+                 log=_logger(a.quiet or a.json))
     if a.json:
         from transferlab.util import jsonable
 

@@ -159,7 +159,7 @@ def test_torchrun_two_ranks_resume_per_rank_and_equal_a_single_process_run(tmp_p
     assert not fcache.is_complete(fcache.read_status(final), ["train", "test"], LAYERS.split(","))
 
     run = _torchrun("-m", "transferlab", "extract", "--data", f"npz:{npz}", "--layers", LAYERS, "--image-size", 32,
-                    "--batch-size", B, "--cache-dir", cache, "--quiet", cwd=tmp_path)
+                    "--batch-size", B, "--cache-dir", cache, cwd=tmp_path)  # not --quiet: the log is checked
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"rank 1/2: resuming part at rows {{'train': {B}, 'test': 0}}" in run.stderr
     assert run.stdout.strip().splitlines() == [str(final)]  # one path, printed by rank 0

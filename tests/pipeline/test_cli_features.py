@@ -29,7 +29,7 @@ def test_extract_prints_the_cache_path_last_and_layers_lists_the_catalog(tmp_pat
 def test_two_processes_on_the_same_key_both_finish_with_one_sound_file(tmp_path):
     npz = make_npz(tmp_path / "d.npz", n_train=96, n_test=16)
     args = ["extract", "--data", f"npz:{npz}", "--image-size", "32", "--layers", "bn1,blocks.2",
-            "--batch-size", "8", "--cache-dir", tmp_path / "c", "--quiet"]
+            "--batch-size", "8", "--cache-dir", tmp_path / "c"]  # not --quiet: its log says "cache hit"
     procs = [subprocess.Popen([sys.executable, "-m", "transferlab", *map(str, args)], cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
@@ -49,3 +49,21 @@ def test_cache_info_and_rm(tmp_path):
     rm = run("cache", "rm", path)
     assert rm.returncode == 0 and not (tmp_path / "c" / path).exists()
     assert run("cache", "rm", path).returncode == 2
+
+
+def test_quiet_extract_prints_only_the_path_yet_keeps_its_warnings(tmp_path):
+    npz = make_npz(tmp_path / "d.npz", n_train=12, n_test=6)
+    args = ("extract", "--data", f"npz:{npz}", "--image-size", "32", "--layers", "bn1", "--cache-dir", tmp_path / "c")
+    loud = run(*args)
+    assert "plan:" in loud.stderr
+    from pathlib import Path
+
+    path = Path(loud.stdout.strip().splitlines()[-1])
+    path.write_bytes(b"not an HDF5 file")  # damaged: the next run moves it aside and says so
+    quiet = run(*args, "--quiet")
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.strip() == str(path)
+    assert "plan:" not in quiet.stderr
+    lines = quiet.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning:") and "moved it to" in lines[0]
+    assert read_status(path)["splits"]["train"]["complete"]
