@@ -150,8 +150,8 @@ def write_readme(results: dict) -> None:
     m = results["machine"]
     lines = [BEGIN, "",
              f"Measured {m['date']} by `python bench/run.py` on {m['cpu'] or 'an unnamed CPU'} ({m['cores']} cores"
-             f"{', GPU ' + m['gpu'] if m['gpu'] else ', no GPU'}), torch {m['versions'].get('torch')} with "
-             f"{results['threads']} thread(s), BLAS {', '.join(m['blas'])} (limited to the same thread count), "
+             f"{', GPU ' + m['gpu'] if m['gpu'] else ', no GPU'}), torch {m['versions'].get('torch')} and "
+             f"BLAS {', '.join(m['blas'])} limited to the thread count in the last column (the same on both sides), "
              f"scikit-learn {m['versions'].get('scikit-learn')}; load average {m['load_average_at_start']} at the "
              f"start, wall time {results['wall_seconds'] / 60:.1f} min. The machine is shared: the load column is the "
              f"1-minute load average when the figure was taken (2.0 = both cores busy with other work).", "",
@@ -171,7 +171,7 @@ def write_readme(results: dict) -> None:
                 continue
             met = {True: "yes", False: "**no**", None: ""}[r.get("met")]
             lines.append(f"| {r['figure']} | {r['transferlab']} | {r['peer_or_limit']} | {r['ratio']} | "
-                         f"{r['target']} | {met} | {r['load_average']} | {r.get('threads', results['threads'])} |")
+                         f"{r['target']} | {met} | {r['load_average']} | {r.get('threads', sec.get('threads', results['threads']))} |")
     lines += ["", END]
     text = README.read_text() if README.is_file() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
     head, _, rest = text.partition(BEGIN)
