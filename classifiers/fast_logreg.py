@@ -536,6 +536,9 @@ class BatchedLogisticRegressionCV(_LinearScores, ClassifierMixin, BaseEstimator)
         """A fitted :class:`TorchLogisticRegression` holding the grid's solution at ``C`` (fitted on the training rows)."""
         check_is_fitted(self, "path_")
         i = int(np.argmin(np.abs(np.log(self.path_.Cs) - np.log(C))))
+        if not np.all(np.isfinite(self.path_.coefs[i])):
+            raise ValueError(f"C={self.path_.Cs[i]:g} was not fitted: the path stopped past the validation peak "
+                             f"(stop_past_peak=False fits every C)")
         model = TorchLogisticRegression(C=float(self.path_.Cs[i]), tol=self.tol, max_iter=self.max_iter,
                                         device=self.device, memory_budget=self.memory_budget)
         model.classes_ = self.classes_

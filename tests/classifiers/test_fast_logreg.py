@@ -291,6 +291,8 @@ def test_the_path_stops_past_the_validation_peak_and_chooses_what_the_whole_path
     assert np.all(stopped.path_.n_iter[k:] == 0) and np.isnan(stopped.path_.coefs[k:]).all()
     np.testing.assert_allclose(stopped.scores_[:k], whole.scores_[:k], atol=1e-12)  # the same blocks, solved alike
     assert stopped.C_ == whole.C_
+    with pytest.raises(ValueError, match="was not fitted: the path stopped past the validation peak"):
+        stopped.estimator_for(Cs[-1])
     # the rule, checked by hand: the last decade solved lies more than 2 SE below the best
     p = np.nanmax(stopped.scores_)
     last = Cs[k - 1]
