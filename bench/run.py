@@ -61,7 +61,8 @@ def _run_sections(names, quick, threads, save=lambda out, state: None) -> dict:
             elif name == "warm":
                 rows = ex.p3_warm(quick)
             out[name] = {"figures": rows, "seconds": round(time.perf_counter() - t0, 1), "load_average_before": load0,
-                         "load_average_after": load_average(), "threads": threads}
+                         "load_average_after": load_average(), "threads": threads,
+                         "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         except Skip as exc:
             out[name] = {"skipped": str(exc)}
         except Exception as exc:  # one broken section must not lose the others' figures
@@ -154,7 +155,10 @@ def write_readme(results: dict) -> None:
              f"BLAS {', '.join(m['blas'])} limited to the thread count in the last column (the same on both sides), "
              f"scikit-learn {m['versions'].get('scikit-learn')}; load average {m['load_average_at_start']} at the "
              f"start, wall time {results['wall_seconds'] / 60:.1f} min. The machine is shared: the load column is the "
-             f"1-minute load average when the figure was taken (2.0 = both cores busy with other work).", "",
+             f"1-minute load average when the figure was taken (2.0 = both cores busy with other work). "
+             f"Sections not run by the latest command keep the figures of their own run: "
+             + ", ".join(f"{n} {results['sections'][n].get('measured', 'earlier')}" for n in SECTIONS
+                         if n in results["sections"]) + ".", "",
              "| figure | TransferLab | limit or peer | ratio | target | met | load | threads |",
              "| --- | --- | --- | ---: | --- | --- | ---: | ---: |"]
     for name in SECTIONS:
