@@ -30,8 +30,10 @@ Why it is fast
   errors below its best for a decade of C (:func:`past_the_peak`; the large C values are the
   expensive ones); then the best and its two grid neighbours on all rows, started from the
   screen's solutions (``init``). The refit on train+val starts from the chosen solution too. On
-  CIFAR-10 lite0 features the 45-value selection went from 1.2-1.5x (5,000 rows) and 5x (50,000
-  rows) one default scikit-learn fit to about 0.6x, at the same test accuracy (``bench/README.md``).
+  CIFAR-10 lite0 features, 2 threads on both sides, the 45-value selection went from 1.2-1.5x
+  (5,000 rows) and 5x (50,000 rows) one default scikit-learn fit to about 0.6x, at the same test
+  accuracy; at one thread, where scikit-learn's own fit is 3x faster, it is 0.9-1.0x at 50,000 rows
+  and 2x at 5,000 (``bench/README.md``).
 - **Out of core**: an ``h5py.Dataset`` (or array) larger than ``memory_budget`` bytes is read in
   row chunks at every pass; loss and gradient are sums over chunks, so the result is the same.
 - **Fast layout**: products are taken as ``W^T X^T`` and ``R^T X``, which BLAS runs several times
@@ -83,15 +85,21 @@ class LogRegPath:
 
     def decision_function(self, X) -> np.ndarray:
         """Scores (n_C, N, n_rows) of every C's model on ``X``."""
-        X = check_features(X)
-        return np.einsum("nd,gkd->gnk", X, self.coefs.astype(np.float32)) + self.intercepts[:, None, :]
+        return _path_scores(check_features(X), self.coefs, self.intercepts)
 
     def predict(self, X) -> np.ndarray:
         """Predicted labels (n_C, N) of every C's model on ``X``."""
-        scores = self.decision_function(X)
-        if self.classes.size == 2:
-            return self.classes[(scores[..., 0] > 0).astype(int)]
-        return self.classes[scores.argmax(-1)]
+        return self.classes[_class_index(self.decision_function(X))]
+
+
+def _path_scores(X, coefs, intercepts) -> np.ndarray:
+    """Scores (n_C, N, n_rows) of a stack of linear models (coefs (n_C, n_rows, D)) on float32 rows."""
+    return np.einsum("nd,gkd->gnk", X, coefs.astype(np.float32)) + intercepts[:, None, :]
+
+
+def _class_index(scores) -> np.ndarray:
+    """Index of the predicted class from scores (..., n_rows): the sign for one row (binomial), else argmax."""
+    return (scores[..., 0] > 0).astype(int) if scores.shape[-1] == 1 else scores.argmax(-1)
 
 
 def fit_logreg_path(
@@ -503,9 +511,7 @@ class BatchedLogisticRegressionCV(_LinearScores, ClassifierMixin, BaseEstimator)
         scores = np.full(Cs.size, np.nan)
 
         def score_block(where, W, b):  # validation accuracy of each block as it is solved
-            pred = np.einsum("nd,gkd->gnk", X_val32, W.astype(np.float32)) + b[:, None, :]
-            pred = (pred[..., 0] > 0).astype(int) if classes.size == 2 else pred.argmax(-1)
-            scores[where] = (pred == val_idx[None, :]).mean(1)
+            scores[where] = (_class_index(_path_scores(X_val32, W, b)) == val_idx[None, :]).mean(1)
             return bool(self.stop_past_peak) and past_the_peak(Cs, scores, val_idx.size)
 
         X_val32 = None if X_val is None else np.asarray(X_val, dtype=np.float32)
