@@ -59,6 +59,7 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -163,6 +164,16 @@ def _short(exc: BaseException) -> str:
     return f"{exc.__class__.__name__}: {text[:160]}"
 
 
+@dataclass
+class _Queue:
+    """A split's rows computed since the last commit: ``start:end`` of each layer, in batches."""
+
+    start: int
+    end: int
+    parts: dict  # layer -> list of (B, D) arrays
+    nbytes: int = 0
+
+
 class CacheWriter:
     """Writes one cache file under the integrity rule above; use as a context manager.
 
@@ -180,15 +191,10 @@ class CacheWriter:
         The backbone's default layers in forward order (the depth axis).
     log : callable
         Receives warnings (a file moved aside).
-    commit_seconds : float, optional
-        Commit queued rows once this long has passed since the last commit (default
-        ``COMMIT_SECONDS``; 0 commits every batch).
     """
 
-    def __init__(self, path: Path, key: str, spec: ExtractionSpec, dataset, catalog: list, log=print,
-                 commit_seconds: float | None = None):
-        self.commit_seconds = COMMIT_SECONDS if commit_seconds is None else float(commit_seconds)
-        self._queue = {}  # split -> [first row, {layer: [arrays]}, end, bytes]
+    def __init__(self, path: Path, key: str, spec: ExtractionSpec, dataset, catalog: list, log=print):
+        self._queue: dict[str, _Queue] = {}  # split -> rows computed, not yet committed
         self._committed = {}  # split -> rows committed (n_done of its layers being written)
         self._last_commit = time.monotonic()
         self.path, self.created = Path(path), not Path(path).exists()
@@ -295,26 +301,24 @@ class CacheWriter:
         Raises :class:`WriteFailed` before writing when the folder lacks room for the queue (the file
         stays sound), or when HDF5 reports a failed write (the file may be damaged).
         """
-        queue = self._queue.get(split)
-        if queue is None:
-            queue = self._queue[split] = [start, {name: [] for name in rows}, start, 0]
-        if start != queue[2] or set(rows) != set(queue[1]):
-            raise ValueError(f"rows {start}.. of {sorted(rows)} do not continue the queue of {split!r} at {queue[2]}")
+        queue = self._queue.setdefault(split, _Queue(start, start, {name: [] for name in rows}))
+        if start != queue.end or set(rows) != set(queue.parts):
+            raise ValueError(f"rows {start}.. of {sorted(rows)} do not continue the queue of {split!r} at {queue.end}")
         for name, arr in rows.items():
-            queue[1][name].append(arr)
-        queue[2] = start + (next(iter(rows.values())).shape[0] if rows else 0)
-        queue[3] += sum(a.nbytes for a in rows.values())
-        if time.monotonic() - self._last_commit >= self.commit_seconds or queue[3] >= COMMIT_BYTES:
+            queue.parts[name].append(arr)
+            queue.nbytes += arr.nbytes
+        queue.end = start + (next(iter(rows.values())).shape[0] if rows else 0)
+        if time.monotonic() - self._last_commit >= COMMIT_SECONDS or queue.nbytes >= COMMIT_BYTES:
             return self.commit(split)
-        return self._committed.get(split, queue[0])
+        return self._committed.get(split, queue.start)
 
     def commit(self, split: str) -> int:
         """Write the split's queued rows, flush, raise ``n_done``, flush; returns the committed end."""
         queue = self._queue.pop(split, None)
         if queue is None:
             return self._committed.get(split, 0)
-        start, parts, _, _ = queue
-        rows = {name: arrs[0] if len(arrs) == 1 else np.concatenate(arrs) for name, arrs in parts.items()}
+        start = queue.start
+        rows = {name: arrs[0] if len(arrs) == 1 else np.concatenate(arrs) for name, arrs in queue.parts.items()}
         feats = self.f[split]["features"]
         need = METADATA_MARGIN + sum(max(a.nbytes, feats[n].chunks[0] * a[0].nbytes if len(a) else 0)
                                      for n, a in rows.items())
