@@ -126,7 +126,7 @@ def decide(ev: Evidence) -> Decision:
                            f"trails by {100 * cf['last_gap']:.1f} points, {verdict} {Z:g} standard errors "
                            f"({100 * cf['gap_se']:.1f} points at n_val={cf['n_val']})")
     source_helps = None
-    if ev.random_best is not None and cf:
+    if ev.random_best is not None and cf and pretrained:  # random against random says nothing about transfer
         gain = cf["peak_val"] - ev.random_best
         se = math.hypot(stderr(cf["peak_val"], cf["n_val"]), stderr(ev.random_best, ev.random_n_val or cf["n_val"]))
         source_helps = gain > max(MIN_SOURCE_GAIN, Z * se)

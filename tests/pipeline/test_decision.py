@@ -60,7 +60,11 @@ def test_missing_evidence_still_decides_and_says_what_was_not_measured():
 def test_random_weights_are_never_credited_with_source_features():
     d = decide(_ev(100, [0.8, 0.95, 0.9, 0.85], weights="random"))
     assert any("not ImageNet" in r for r in d.reasons)
-    assert not any("source task" in r for r in d.reasons)
+    # a sweep of random weights only: its own best must not be read as "pretrained against random"
+    for per_class in (100, LARGE_PER_CLASS):
+        d = decide(_ev(per_class, [0.8, 0.95, 0.9, 0.85], random_best=0.95, weights="random"))
+        assert not any("pretrained beats random" in r for r in d.reasons), d.reasons
+        assert "source_gain" not in d.facts and d.strategy != "from-scratch"
 
 
 def test_stderr_is_binomial_and_never_zero():
