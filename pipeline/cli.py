@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", required=True, help="a cache file written by extract, or a sweep folder")
     p.add_argument("--layer", required=True, help="a layer stored in the file (module path), or best: the "
                                                   "sweep's choice on validation accuracy for --head")
-    p.add_argument("--head", default="logreg", help="svm, svm-rbf, logreg, mlp or knn")
+    p.add_argument("--head", default="logreg", help="svm, svm-rbf, logreg, ridge, mlp or knn")
     p.add_argument("--out", default=None, help="directory for head.joblib and head.json "
                                                "(default runs/heads/<data>_<layer>_<head>)")
     p.add_argument("--preprocessing", default=None, help="none, l2, standardize or l2+standardize (default: per head)")
