@@ -263,9 +263,9 @@ def extract(data, backbone="lite0", layers="all", pool="gap", image_size: int | 
 
 def _is_worker_rank() -> bool:
     """Under torchrun, only rank 0 writes the memo (one writer per file)."""
-    import os
+    from .distributed import world
 
-    return os.environ.get("RANK", "0") != "0"
+    return world()[0] != 0
 
 
 def _extract_work(path, key, spec, dataset, bb, infos, wanted, axis, cdir, batch_size, device, num_workers,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -75,7 +74,9 @@ def cmd_extract(a):
     path = extract(ds, layers=a.layers, spec=spec, cache_dir=a.cache_dir, batch_size=a.batch_size,
                    device=a.device, num_workers=a.workers, progress=not a.quiet, decode=a.decode,
                    log=_logger(a.quiet))
-    if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, from rank 0
+    from transferlab.features.distributed import world
+
+    if world()[0] == 0:  # under torchrun: one line, from rank 0
         print(path)
 
 
