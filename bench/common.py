@@ -3,6 +3,11 @@
 Scratch data (decoded CIFAR-10, image folders, caches) goes to ``$TRANSFERLAB_BENCH_DIR`` (default
 ``/tmp/transferlab-bench-<checkout folder name>``), never into the repository; the shared data sets are read from
 ``../shared/data`` and a section that needs an absent one is skipped with the reason.
+
+Integrity rule of the scratch folder: a file is reused when it exists, so each is written whole or
+not at all (``save_npz`` and the decoded CIFAR-10 through a temporary name, image folders finished
+by a ``.complete`` marker written last); a kill leaves a temporary file or an unmarked folder, which
+the next run writes again. Stale means another checkout's or another size's: the names carry both.
 """
 from __future__ import annotations
 
@@ -55,6 +60,16 @@ def machine() -> dict:
             "cpu": cpu, "cores": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available()
             else None, "torch_threads": torch.get_num_threads(), "blas": blas,
             "load_average_at_start": load_average(), "versions": library_versions()}
+
+
+def save_npz(path: Path, **arrays) -> Path:
+    """``np.savez`` written whole or not at all (the next run reuses whatever file it finds)."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from transferlab.util import atomic_write
+
+    return atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def timed(fn, *args, **kw):
@@ -131,7 +146,7 @@ def subset_npz(n_train: int, n_test: int) -> Path:
     if not out.is_file():
         d = np.load(cifar_full_npz())
         tr, te = spread(len(d["y_train"]), n_train), spread(len(d["y_test"]), n_test)
-        np.savez(out, x_train=d["x_train"][tr], y_train=d["y_train"][tr], x_test=d["x_test"][te],
+        save_npz(out, x_train=d["x_train"][tr], y_train=d["y_train"][tr], x_test=d["x_test"][te],
                  y_test=d["y_test"][te], class_names=d["class_names"])
     return out
 
@@ -145,7 +160,6 @@ def spread(n_total: int, n: int):
 
 def png_folder(n_train: int, n_test: int) -> tuple[Path, Path]:
     """CIFAR-10 (small) images as a ``folder:`` tree of PNG files, and an npz of the very same pixels."""
-    import numpy as np
     from PIL import Image
 
     d = cifar_small()
@@ -159,7 +173,7 @@ def png_folder(n_train: int, n_test: int) -> tuple[Path, Path]:
                 Image.fromarray(d[f"x_{split}"][i]).save(folder / f"{i:05d}.png")
         (root / ".complete").write_text("")
     if not npz.is_file():
-        np.savez(npz, x_train=d["x_train"][:n_train], y_train=d["y_train"][:n_train], x_test=d["x_test"][:n_test],
+        save_npz(npz, x_train=d["x_train"][:n_train], y_train=d["y_train"][:n_train], x_test=d["x_test"][:n_test],
                  y_test=d["y_test"][:n_test], class_names=d["class_names"])
     return root, npz
 

@@ -113,7 +113,7 @@ def logreg_grid_in_sklearn(path: str, label: str) -> list:
 def _digit_pairs(n_train: int, n_test: int):
     """A real 100-class image set: two MNIST digits side by side (28 x 56), labelled 00-99, drawn
     seeded from MNIST's own train and test splits; written once into the bench scratch folder."""
-    from common import SHARED, WORK, Skip
+    from common import SHARED, WORK, Skip, save_npz
 
     src = SHARED / "mnist_full.npz"
     out = WORK / f"mnist_pairs_{n_train}_{n_test}.npz"
@@ -130,7 +130,7 @@ def _digit_pairs(n_train: int, n_test: int):
         arrays[f"x_{split}"] = np.concatenate([x[a], x[b]], axis=2)
         arrays[f"y_{split}"] = (10 * y[a] + y[b]).astype(np.int64)
     WORK.mkdir(parents=True, exist_ok=True)
-    np.savez(out, **arrays, class_names=np.array([f"{i:02d}" for i in range(100)]))
+    save_npz(out, **arrays, class_names=np.array([f"{i:02d}" for i in range(100)]))
     return out
 
 
