@@ -16,9 +16,6 @@ from joblib import Parallel, delayed
 
 from transferlab.util import UserInputError
 
-CLUSTER_BACKENDS = ("dask", "ray")
-
-
 def check_backend(backend: str | None) -> None:
     """Raise UserInputError unless joblib knows ``backend`` and its package is installed (ray registered on demand)."""
     if backend is None:

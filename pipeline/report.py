@@ -77,13 +77,6 @@ def _label(key, keys) -> str:
     return " / ".join(p for p in parts if p)
 
 
-def plot(rows: list[dict], path: Path, n_classes: int | None = None) -> None:
-    """``depth_vs_accuracy.png``: see :func:`transferlab.pipeline.plots.depth_curve`."""
-    from .plots import depth_curve
-
-    depth_curve(rows, path, n_classes)
-
-
 def best_per_curve(rows: list[dict]) -> list[dict]:
     """Per curve: the layer chosen on *validation* accuracy (ties: the deeper), its test accuracy, and the last layer.
 
@@ -168,10 +161,10 @@ def decision_section(rows: list[dict], class_counts: dict | None) -> tuple[list[
 def write_report(out: Path, summary: dict, log=None) -> Path:
     out = Path(out)
     from .html import write_html
-    from .plots import write_pictures
+    from .plots import depth_curve, write_pictures
 
     rows = summary["rows"]
-    plot(rows, out / "depth_vs_accuracy.png", len(summary.get("class_names") or []) or None)
+    depth_curve(rows, out / "depth_vs_accuracy.png", len(summary.get("class_names") or []) or None)
     cfg, timing = summary["config"], summary["timing"]
     best = best_per_curve(rows)
     lines = ["# TransferLab sweep", "",
