@@ -87,19 +87,26 @@ def _forward_rates(rows) -> dict:
     return rates
 
 
-def _heads(quick, state, previous) -> list:
-    import head_figures as hf
-
+def _feature_sets(quick, state, previous) -> tuple[str, str | None]:
+    """The heads' features: lite0 bn2 of CIFAR-10 small (extracted here when missing) and the memory
+    section's 50,000-row cache (None with --quick or when no run has written it)."""
     from common import cifar_small
     from transferlab.features import extract
 
     cifar_small()  # skips when absent
     small = extract(f"npz:{BENCH.parents[1] / 'shared' / 'data' / 'cifar10_small.npz'}", "lite0", layers="bn2",
                     image_size=64, cache_dir=WORK / "cache", progress=False, log=lambda m: None)
-    linear = ("logreg", "svm", "ridge", "knn")
-    rows = hf.heads(str(small), "5,000 x 1,280 (CIFAR-10 small)", names=linear)
     big = (state.get("memory") or previous.get("state", {}).get("memory") or {}).get("largest_cache")
-    if quick or not big or not Path(big).is_file():
+    return str(small), (big if not quick and big and Path(big).is_file() else None)
+
+
+def _heads(quick, state, previous) -> list:
+    import head_figures as hf
+
+    small, big = _feature_sets(quick, state, previous)
+    linear = ("logreg", "svm", "ridge", "knn")
+    rows = hf.heads(small, "5,000 x 1,280 (CIFAR-10 small)", names=linear)
+    if big is None:
         rows.append({"figure": "heads at 50,000 rows", "skipped": "needs the memory section's 60,000-image cache"
                      + (" (--quick)" if quick else "")})
     else:
@@ -109,8 +116,8 @@ def _heads(quick, state, previous) -> list:
     except Skip as exc:
         rows.append({"figure": "logreg at 100 classes", "skipped": str(exc)})
     # the slow references last, so a run cut short keeps the main figures
-    rows += hf.heads(str(small), "5,000 x 1,280 (CIFAR-10 small)", names=("mlp",))
-    rows += hf.logreg_grid_in_sklearn(str(small), "5,000 x 1,280")
+    rows += hf.heads(small, "5,000 x 1,280 (CIFAR-10 small)", names=("mlp",))
+    rows += hf.logreg_grid_in_sklearn(small, "5,000 x 1,280")
     return rows
 
 
@@ -124,17 +131,8 @@ def _threads(quick, state, previous) -> list:
     import torch
     from threadpoolctl import threadpool_limits
 
-    from common import CIFAR_SMALL
-    from transferlab.features import extract
-
-    if not CIFAR_SMALL.is_file():
-        raise Skip(f"{CIFAR_SMALL} not found")
-    small = extract(f"npz:{CIFAR_SMALL}", "lite0", layers="bn2", image_size=64, cache_dir=WORK / "cache",
-                    progress=False, log=lambda m: None)
-    big = (state.get("memory") or previous.get("state", {}).get("memory") or {}).get("largest_cache")
-    sets = [(str(small), "5,000 x 1,280 (CIFAR-10 small)")]
-    if not quick and big and Path(big).is_file():
-        sets.append((big, "50,000 x 1,280 (CIFAR-10 full)"))
+    small, big = _feature_sets(quick, state, previous)
+    sets = [(small, "5,000 x 1,280 (CIFAR-10 small)")] + ([(big, "50,000 x 1,280 (CIFAR-10 full)")] if big else [])
     rows, before = [], torch.get_num_threads()
     try:
         for n in sorted({1, os.cpu_count() or 1}):
