@@ -119,6 +119,7 @@ def fit_logreg_path(
     num_threads: int | None = None,
     stop=None,
     init=None,
+    problem_cls=None,
 ) -> LogRegPath:
     """Fit L2 logistic regression for every C of a grid in one batched torch solve.
 
@@ -165,6 +166,9 @@ def fit_logreg_path(
         ``(coefs, intercepts)`` to start from: one pair per C, shaped like :class:`LogRegPath`'s
         ``coefs`` and ``intercepts``, or one (rows, D), (rows,) pair for every C. Default: zero for
         the first block of C, then the previous block's solution.
+    problem_cls : class, optional
+        Internal: another loss with :class:`_batched_lbfgs._Problem`'s interface
+        (:func:`classifiers.fast_svm.fit_svm_path` passes the squared hinge).
 
     Returns
     -------
@@ -208,7 +212,8 @@ def fit_logreg_path(
     torch.set_num_threads(max(1, int(num_threads)))
     try:
         coefs, intercepts, n_iter, converged = solve_path(
-            source, y_idx, K, Cs, tol, max_iter, history_size, block_size, preconditioner, max_eigh_dim, stop=stop, init=init)
+            source, y_idx, K, Cs, tol, max_iter, history_size, block_size, preconditioner, max_eigh_dim, problem_cls=problem_cls, stop=stop,
+            init=init)
     finally:
         torch.set_num_threads(previous_threads)
     return LogRegPath(Cs=Cs, classes=classes, coefs=coefs, intercepts=intercepts, n_iter=n_iter, converged=converged,

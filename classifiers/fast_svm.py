@@ -17,17 +17,12 @@ Convergence uses the logistic head's criterion (max |gradient| / (C N) below ``t
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import validate_data
 
-from transferlab.util import UserInputError
-
-from ._batched_lbfgs import RowSource, _Problem, solve_path
-from ._validation import check_labels, check_two_classes
-from .fast_logreg import _SMALL_WORK, DEFAULT_MEMORY_BUDGET, LogRegPath, _LinearDecision
+from ._batched_lbfgs import _Problem
+from .fast_logreg import DEFAULT_MEMORY_BUDGET, LogRegPath, _LinearDecision, fit_logreg_path
 
 
 class _SquaredHinge(_Problem):
@@ -100,29 +95,9 @@ def fit_svm_path(X, y, Cs, *, device: str = "cpu", tol: float = 1e-4, max_iter: 
     >>> fit_svm_path(X / 16, y, [0.01, 1.0]).coefs.shape
     (2, 10, 64)
     """
-    import torch
-
-    started = time.perf_counter()
-    Cs = np.asarray(Cs, dtype=np.float64).ravel()
-    if Cs.size == 0 or not np.all(np.isfinite(Cs)) or np.any(Cs <= 0):
-        raise UserInputError(f"Cs must be positive finite numbers, got {Cs.tolist()}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    y = check_labels(y, int(X.shape[0]))
-    classes = check_two_classes(y)
-    y_idx = np.searchsorted(classes, y)
-    source = RowSource(X, device, memory_budget, torch.float32)
-    if num_threads is None:  # the logistic head's rule: one thread for small problems
-        num_threads = 1 if source.n * source.d * Cs.size * classes.size < _SMALL_WORK else torch.get_num_threads()
-    previous = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(num_threads)))
-    try:
-        coefs, intercepts, n_iter, converged = solve_path(source, y_idx, classes.size, Cs, tol, max_iter, history_size,
-                                                          block_size, preconditioner, 4096, problem_cls=_SquaredHinge)
-    finally:
-        torch.set_num_threads(previous)
-    return LogRegPath(Cs=Cs, classes=classes, coefs=coefs, intercepts=intercepts, n_iter=n_iter, converged=converged,
-                      seconds=time.perf_counter() - started)
+    return fit_logreg_path(X, y, Cs, device=device, tol=tol, max_iter=max_iter, history_size=history_size,
+                           block_size=block_size, memory_budget=memory_budget, preconditioner=preconditioner,
+                           num_threads=num_threads, problem_cls=_SquaredHinge)
 
 
 class TorchLinearSVC(_LinearDecision, ClassifierMixin, BaseEstimator):
