@@ -131,8 +131,8 @@ def _cross_validated(path, layer, seed, folds: int = 5) -> tuple[float, int]:
     """
     from sklearn.model_selection import StratifiedKFold
 
-    X = np.concatenate([load_split(path, s, layer)[0] for s in ("train", "val")])
-    y = np.concatenate([load_split(path, s, layer)[1] for s in ("train", "val")])
+    parts = [load_split(path, s, layer) for s in ("train", "val")]
+    X, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     correct = 0
     for tr, va in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
         r = select_and_fit(X[tr], y[tr], None, None, X[va], y[va], "logreg", seed=seed)
