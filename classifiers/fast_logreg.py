@@ -57,7 +57,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 
 from transferlab.util import UserInputError
 
-from ._batched_lbfgs import RowSource, solve_path
+from ._batched_lbfgs import Preconditioner, RowSource, solve_path
 from ._validation import check_features, check_labels, check_two_classes
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
@@ -73,6 +73,8 @@ class LogRegPath:
 
     ``coefs`` is (n_C, n_rows, D) and ``intercepts`` (n_C, n_rows), with ``n_rows = 1`` for
     two classes (scikit-learn's binomial layout) and the number of classes otherwise.
+    ``preconditioner`` is the one the solve used, to pass to a later solve on rows of the same
+    features (``fit_logreg_path(preconditioner=...)``); None after a row-space basis.
     """
 
     Cs: np.ndarray
@@ -82,6 +84,7 @@ class LogRegPath:
     n_iter: np.ndarray
     converged: np.ndarray
     seconds: float
+    preconditioner: Preconditioner | None = None
 
     def decision_function(self, X) -> np.ndarray:
         """Scores (n_C, N, n_rows) of every C's model on ``X``."""
@@ -94,7 +97,7 @@ class LogRegPath:
 
 def _path_scores(X, coefs, intercepts) -> np.ndarray:
     """Scores (n_C, N, n_rows) of a stack of linear models (coefs (n_C, n_rows, D)) on float32 rows."""
-    return np.einsum("nd,gkd->gnk", X, coefs.astype(np.float32)) + intercepts[:, None, :]
+    return np.matmul(X, coefs.astype(np.float32).transpose(0, 2, 1)) + intercepts[:, None, :]  # BLAS; einsum is not
 
 
 def _class_index(scores) -> np.ndarray:
@@ -143,8 +146,10 @@ def fit_logreg_path(
         Number of C solved together; blocks run in increasing C, warm-started from the previous one.
     memory_budget : int
         Bytes of float32 features allowed on the device at once.
-    preconditioner : {"auto", "eigh", "lowrank", "diag"}
-        ``eigh``: full eigendecomposition of the centred Gram matrix; ``lowrank``: its top 128
+    preconditioner : {"auto", "eigh", "lowrank", "diag"} or Preconditioner
+        A :class:`LogRegPath`'s ``preconditioner`` from an earlier solve on rows of the same
+        features (a subsample, or the training split before a refit on train+val) is used as it is,
+        scaled to the row count: no passes over the rows to estimate it. ``eigh``: full eigendecomposition of the centred Gram matrix; ``lowrank``: its top 128
         eigenpairs by randomized subspace iteration (3 passes over the rows) and the mean
         remaining eigenvalue elsewhere; ``diag``: feature variances only. ``auto``: ``eigh`` for
         up to 256 dimensions or fewer rows than dimensions (exact row-space basis, up to
@@ -189,6 +194,9 @@ def fit_logreg_path(
     Cs = np.asarray(Cs, dtype=np.float64).ravel()
     if Cs.size == 0 or not np.all(np.isfinite(Cs)) or np.any(Cs <= 0):
         raise UserInputError(f"Cs must be positive finite numbers, got {Cs.tolist()}")
+    reuse = preconditioner if isinstance(preconditioner, Preconditioner) else None
+    if reuse is not None:
+        preconditioner = "auto"
     if preconditioner not in ("auto", "eigh", "lowrank", "diag"):
         raise UserInputError(f"unknown preconditioner {preconditioner!r}: use auto, eigh, lowrank or diag")
     if device == "auto":
@@ -211,13 +219,13 @@ def fit_logreg_path(
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(num_threads)))
     try:
-        coefs, intercepts, n_iter, converged = solve_path(
+        coefs, intercepts, n_iter, converged, used = solve_path(
             source, y_idx, K, Cs, tol, max_iter, history_size, block_size, preconditioner, max_eigh_dim, problem_cls=problem_cls, stop=stop,
-            init=init)
+            init=init, reuse=reuse)
     finally:
         torch.set_num_threads(previous_threads)
     return LogRegPath(Cs=Cs, classes=classes, coefs=coefs, intercepts=intercepts, n_iter=n_iter, converged=converged,
-                      seconds=time.perf_counter() - started)
+                      seconds=time.perf_counter() - started, preconditioner=used)
 
 
 PAST_PEAK_DECADES = 1.0  # the path stops once a whole decade of C past the best scores clearly below it
@@ -338,11 +346,12 @@ class TorchLogisticRegression(_LinearScores, ClassifierMixin, BaseEstimator):
         self.memory_budget = memory_budget
         self.screen_rows = screen_rows
 
-    def fit(self, X, y, coef_init=None, intercept_init=None):
+    def fit(self, X, y, coef_init=None, intercept_init=None, preconditioner_init=None):
         """Fit at ``C``; ``coef_init`` (rows, D) and ``intercept_init`` (rows,) start the solver from
         that model (as ``SGDClassifier.fit`` takes them) instead of from zero: same optimum, fewer
-        iterations when the start is close (the selection protocol passes the solution it chose on
-        the validation split)."""
+        iterations when the start is close. ``preconditioner_init``, a :class:`LogRegPath`'s
+        ``preconditioner`` from rows of the same features, saves estimating one. The selection
+        protocol passes all three from the grid's work on the training split (:meth:`refit_init`)."""
         X, classes, y_idx = self._validate_fit(X, y)
         init = None
         if coef_init is not None:
@@ -352,7 +361,7 @@ class TorchLogisticRegression(_LinearScores, ClassifierMixin, BaseEstimator):
             init = (coef_init, intercept_init.reshape(rows))
         path = fit_logreg_path(
             X, y_idx, [self.C], device=self.device, tol=self.tol, max_iter=self.max_iter, memory_budget=self.memory_budget,
-            init=init,
+            init=init, preconditioner="auto" if preconditioner_init is None else preconditioner_init,
         )
         self.classes_ = classes
         self.coef_, self.intercept_ = path.coefs[0], path.intercepts[0]
@@ -378,10 +387,10 @@ class TorchLogisticRegression(_LinearScores, ClassifierMixin, BaseEstimator):
         and are never chosen. Afterwards :meth:`grid_solution` gives the model a refine fitted at a
         grid point, a warm start for the refit.
         """
-        def solve(Cs, X, y, tol, init=None):
+        def solve(Cs, X, y, tol, init=None, preconditioner="auto"):
             cv = BatchedLogisticRegressionCV(Cs=Cs, tol=tol, max_iter=self.max_iter, device=self.device,
                                              memory_budget=self.memory_budget, refit=False, block_size=SCREEN_BLOCK)
-            cv.fit(X, y, X_val, y_val, init=init)
+            cv.fit(X, y, X_val, y_val, init=init, preconditioner=preconditioner)
             return cv.scores_, cv.path_
 
         Cs = np.asarray(Cs, dtype=np.float64).ravel()
@@ -407,9 +416,11 @@ class TorchLogisticRegression(_LinearScores, ClassifierMixin, BaseEstimator):
         todo = order[max(0, rank - 1):rank + 2]
         # each from the screen's solution at the same C, else at the nearest C it fitted
         start = [int(np.argmin(np.abs(coarse_rank - rank_of[i]))) for i in todo]
-        out[todo], path = solve(Cs[todo], X, y, self.tol, init=(screen.coefs[start], screen.intercepts[start]))
+        out[todo], path = solve(Cs[todo], X, y, self.tol, init=(screen.coefs[start], screen.intercepts[start]),
+                                preconditioner=screen.preconditioner or "auto")
         self._solutions = {float(Cs[i]): (path.coefs[j], path.intercepts[j]) for j, i in enumerate(todo.tolist())
                            if np.all(np.isfinite(path.coefs[j]))}
+        self._preconditioner = path.preconditioner
         return [float(s) for s in out]
 
     def grid_solution(self, C):
@@ -419,6 +430,17 @@ class TorchLogisticRegression(_LinearScores, ClassifierMixin, BaseEstimator):
             if np.isclose(value, float(C), rtol=1e-12, atol=0):
                 return solution
         return None
+
+    def refit_init(self, C) -> dict:
+        """Keyword arguments of :meth:`fit` that start a refit at ``C`` from the last :meth:`score_grid`'s
+        work: its solution at ``C`` (when it fitted one on all training rows) and its preconditioner."""
+        out = {}
+        solution = self.grid_solution(C)
+        if solution is not None:
+            out.update(coef_init=solution[0], intercept_init=solution[1])
+        if getattr(self, "_preconditioner", None) is not None:
+            out["preconditioner_init"] = self._preconditioner
+        return out
 
 
 class BatchedLogisticRegressionCV(_LinearScores, ClassifierMixin, BaseEstimator):
@@ -480,10 +502,12 @@ class BatchedLogisticRegressionCV(_LinearScores, ClassifierMixin, BaseEstimator)
         self.memory_budget = memory_budget
         self.block_size = block_size
 
-    def fit(self, X, y, X_val=None, y_val=None, init=None):
+    def fit(self, X, y, X_val=None, y_val=None, init=None, preconditioner="auto"):
         """Choose C on validation rows (given, or held out of ``X``), then refit (see ``refit``).
 
-        ``init``: ``(coefs, intercepts)`` per C to start the path from (see :func:`fit_logreg_path`).
+        ``init``: ``(coefs, intercepts)`` per C to start the path from; ``preconditioner``: a name or
+        an earlier path's preconditioner (see :func:`fit_logreg_path`). The refit starts from the
+        chosen solution and reuses the path's preconditioner.
         """
         from sklearn.model_selection import train_test_split
 
@@ -523,7 +547,7 @@ class BatchedLogisticRegressionCV(_LinearScores, ClassifierMixin, BaseEstimator)
         stop = None if X_val is None else score_block
         self.path_ = fit_logreg_path(X_fit, y_fit, Cs, device=self.device, tol=self.tol, max_iter=self.max_iter,
                                      memory_budget=self.memory_budget, block_size=self.block_size, stop=stop,
-                                     init=init)
+                                     init=init, preconditioner=preconditioner)
         if X_val is not None:
             self.scores_ = scores
             best = int(np.nanargmax(self.scores_))
@@ -539,7 +563,9 @@ class BatchedLogisticRegressionCV(_LinearScores, ClassifierMixin, BaseEstimator)
             y_all = y_idx if fit_rows == "all" else np.concatenate([y_idx, val_idx])
             keep = y_all >= 0
             final = fit_logreg_path(X_all[keep], y_all[keep], [self.C_], device=self.device, tol=self.tol,
-                                    max_iter=self.max_iter, memory_budget=self.memory_budget)
+                                    max_iter=self.max_iter, memory_budget=self.memory_budget,
+                                    init=(self.coef_, self.intercept_),
+                                    preconditioner=self.path_.preconditioner or "auto")
             self.coef_, self.intercept_, self.n_iter_ = final.coefs[0], final.intercepts[0], final.n_iter.copy()
         return self
 

@@ -10,7 +10,7 @@
    solves the whole C grid in one batched solve that way); preprocessing is then fitted once.
    ``score_grid`` may leave values it judged not worth fitting as NaN (past the validation peak):
    they are never chosen, are recorded as ``None`` and named in a note, and the refit may start
-   from the solution the grid chose (``grid_solution``; not across PCA).
+   from the grid's work (``refit_init``; not across PCA).
 3. The chosen head is refitted on train+val and evaluated once on test.
 
 The test rows are not passed to any code that runs before step 3.
@@ -265,16 +265,14 @@ def select_and_fit(X_train, y_train, X_val, y_val, X_test, y_test, head: str, *,
 
 
 def _warm_start(template, param, params, allowed) -> dict:
-    """Fit parameters starting the refit from the solution the grid chose (``grid_solution`` of a
-    head with ``score_grid``): same optimum, fewer iterations. Not across PCA, whose components
-    (and their signs) change with the rows; a standardiser's change from train to train+val is small."""
+    """Fit parameters starting the refit from the grid's work (``refit_init`` of a head with
+    ``score_grid``: the solution it chose, the preconditioner): same optimum, fewer iterations. Not
+    across PCA, whose components (and their signs) change with the rows; a standardiser's change
+    from train to train+val is small."""
     head = template.named_steps["head"]
-    if not allowed or not hasattr(head, "grid_solution") or param not in params:
+    if not allowed or not hasattr(head, "refit_init") or param not in params:
         return {}
-    solution = head.grid_solution(params[param])
-    if solution is None:
-        return {}
-    return {"head__coef_init": solution[0], "head__intercept_init": solution[1]}
+    return {f"head__{k}": v for k, v in head.refit_init(params[param]).items()}
 
 
 def _not_fitted(grid_points, scores, param) -> str | None:

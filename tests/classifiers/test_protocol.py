@@ -138,3 +138,24 @@ def test_dense_logreg_grid_skips_values_past_the_peak_and_says_so(noisy_digits):
     head = result.estimator.named_steps["head"]
     assert np.linalg.norm(head.coef_ - cold.coef_) / np.linalg.norm(cold.coef_) < 0.02
     assert np.mean(head.predict(scaler.transform(Xt)) == cold.predict(scaler.transform(Xt))) > 0.98
+
+
+def test_logreg_selection_estimates_its_preconditioner_once_and_the_refit_still_reaches_the_optimum(monkeypatch):
+    """Screen, refine and refit share one low-rank preconditioner (wide features: 300 dims): it
+    shapes convergence only, so the refit on train+val lands on scikit-learn's optimum."""
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+
+    from transferlab.classifiers import _batched_lbfgs
+
+    X, y = make_classification(n_samples=900, n_features=300, n_informative=20, n_classes=4, random_state=0)
+    X = X.astype(np.float32)
+    calls = []
+    estimate = _batched_lbfgs._lowrank
+    monkeypatch.setattr(_batched_lbfgs, "_lowrank", lambda *a, **k: calls.append(a[0].n) or estimate(*a, **k))
+    result = select_and_fit(X[:600], y[:600], None, None, X[600:], y[600:], "logreg", full_grid=True)
+    assert calls == [480]  # once, on the 480 training rows the holdout leaves
+    Z = result.estimator.named_steps["standardize"].transform(X[:600])
+    ref = LogisticRegression(C=result.params["C"], tol=1e-8, max_iter=5000).fit(Z, y[:600]).coef_
+    coef = result.estimator.named_steps["head"].coef_
+    assert np.linalg.norm(coef - ref) / np.linalg.norm(ref) < 0.02
