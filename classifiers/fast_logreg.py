@@ -319,7 +319,45 @@ class _LinearScores(_LinearDecision):
         return e / e.sum(1, keepdims=True)
 
 
-class TorchLogisticRegression(_LinearScores, ClassifierMixin, BaseEstimator):
+class _GridWarmStart:
+    """The refit's head start from a ``score_grid``: the solutions it fitted on all training rows
+    (``self._solutions``, C -> (coef, intercept)) and its preconditioner (``self._preconditioner``).
+    Private attributes: ``clone`` drops them, so a fitted grid never leaks into another fit."""
+
+    @staticmethod
+    def _start(classes, coef_init, intercept_init, preconditioner_init) -> dict:
+        """``init`` and ``preconditioner`` arguments of :func:`fit_logreg_path` from a fit's
+        ``coef_init`` (rows, D), ``intercept_init`` (rows,) and ``preconditioner_init``; rows is 1 for
+        two classes, else one per class."""
+        out = {"preconditioner": "auto" if preconditioner_init is None else preconditioner_init}
+        if coef_init is not None:
+            rows = 1 if classes.size == 2 else classes.size
+            coef_init = np.asarray(coef_init, dtype=np.float64).reshape(rows, -1)
+            intercept_init = np.zeros(rows) if intercept_init is None else np.asarray(intercept_init, dtype=np.float64)
+            out["init"] = (coef_init, intercept_init.reshape(rows))
+        return out
+
+    def grid_solution(self, C):
+        """``(coef, intercept)`` fitted at ``C`` on all training rows by the last :meth:`score_grid`,
+        or None when that C was not fitted on all of them."""
+        for value, solution in getattr(self, "_solutions", {}).items():
+            if np.isclose(value, float(C), rtol=1e-12, atol=0):
+                return solution
+        return None
+
+    def refit_init(self, C) -> dict:
+        """Keyword arguments of :meth:`fit` that start a refit at ``C`` from the last :meth:`score_grid`'s
+        work: its solution at ``C`` (when it fitted one on all training rows) and its preconditioner."""
+        out = {}
+        solution = self.grid_solution(C)
+        if solution is not None:
+            out.update(coef_init=solution[0], intercept_init=solution[1])
+        if getattr(self, "_preconditioner", None) is not None:
+            out["preconditioner_init"] = self._preconditioner
+        return out
+
+
+class TorchLogisticRegression(_GridWarmStart, _LinearScores, ClassifierMixin, BaseEstimator):
     """L2 logistic regression at one C, solved by :func:`fit_logreg_path`.
 
     A drop-in for ``sklearn.linear_model.LogisticRegression(C=C)`` (same objective, ``coef_``,
@@ -353,15 +391,9 @@ class TorchLogisticRegression(_LinearScores, ClassifierMixin, BaseEstimator):
         ``preconditioner`` from rows of the same features, saves estimating one. The selection
         protocol passes all three from the grid's work on the training split (:meth:`refit_init`)."""
         X, classes, y_idx = self._validate_fit(X, y)
-        init = None
-        if coef_init is not None:
-            rows = 1 if classes.size == 2 else classes.size
-            coef_init = np.asarray(coef_init, dtype=np.float64).reshape(rows, -1)
-            intercept_init = np.zeros(rows) if intercept_init is None else np.asarray(intercept_init, dtype=np.float64)
-            init = (coef_init, intercept_init.reshape(rows))
         path = fit_logreg_path(
             X, y_idx, [self.C], device=self.device, tol=self.tol, max_iter=self.max_iter, memory_budget=self.memory_budget,
-            init=init, preconditioner="auto" if preconditioner_init is None else preconditioner_init,
+            **self._start(classes, coef_init, intercept_init, preconditioner_init),
         )
         self.classes_ = classes
         self.coef_, self.intercept_ = path.coefs[0], path.intercepts[0]
@@ -422,25 +454,6 @@ class TorchLogisticRegression(_LinearScores, ClassifierMixin, BaseEstimator):
                            if np.all(np.isfinite(path.coefs[j]))}
         self._preconditioner = path.preconditioner
         return [float(s) for s in out]
-
-    def grid_solution(self, C):
-        """``(coef, intercept)`` fitted at ``C`` on all training rows by the last :meth:`score_grid`,
-        or None when that C was not fitted on all of them."""
-        for value, solution in getattr(self, "_solutions", {}).items():
-            if np.isclose(value, float(C), rtol=1e-12, atol=0):
-                return solution
-        return None
-
-    def refit_init(self, C) -> dict:
-        """Keyword arguments of :meth:`fit` that start a refit at ``C`` from the last :meth:`score_grid`'s
-        work: its solution at ``C`` (when it fitted one on all training rows) and its preconditioner."""
-        out = {}
-        solution = self.grid_solution(C)
-        if solution is not None:
-            out.update(coef_init=solution[0], intercept_init=solution[1])
-        if getattr(self, "_preconditioner", None) is not None:
-            out["preconditioner_init"] = self._preconditioner
-        return out
 
 
 class BatchedLogisticRegressionCV(_LinearScores, ClassifierMixin, BaseEstimator):

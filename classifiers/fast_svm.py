@@ -22,7 +22,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import validate_data
 
 from ._batched_lbfgs import _Problem
-from .fast_logreg import DEFAULT_MEMORY_BUDGET, LogRegPath, _LinearDecision, fit_logreg_path
+from .fast_logreg import DEFAULT_MEMORY_BUDGET, LogRegPath, _GridWarmStart, _LinearDecision, fit_logreg_path
 
 
 class _SquaredHinge(_Problem):
@@ -80,8 +80,8 @@ class _SquaredHinge(_Problem):
 
 
 def fit_svm_path(X, y, Cs, *, device: str = "cpu", tol: float = 1e-4, max_iter: int = 100, history_size: int = 10,
-                 block_size: int = 4, memory_budget: int = DEFAULT_MEMORY_BUDGET, preconditioner: str = "auto",
-                 num_threads: int | None = None) -> LogRegPath:
+                 block_size: int = 4, memory_budget: int = DEFAULT_MEMORY_BUDGET, preconditioner="auto",
+                 num_threads: int | None = None, init=None) -> LogRegPath:
     """Fit the one-vs-rest squared-hinge linear SVM for every C of a grid in one batched solve.
 
     Parameters are those of :func:`classifiers.fast_logreg.fit_logreg_path`; ``y`` holds integer
@@ -97,10 +97,10 @@ def fit_svm_path(X, y, Cs, *, device: str = "cpu", tol: float = 1e-4, max_iter: 
     """
     return fit_logreg_path(X, y, Cs, device=device, tol=tol, max_iter=max_iter, history_size=history_size,
                            block_size=block_size, memory_budget=memory_budget, preconditioner=preconditioner,
-                           num_threads=num_threads, problem_cls=_SquaredHinge)
+                           num_threads=num_threads, problem_cls=_SquaredHinge, init=init)
 
 
-class TorchLinearSVC(_LinearDecision, ClassifierMixin, BaseEstimator):
+class TorchLinearSVC(_GridWarmStart, _LinearDecision, ClassifierMixin, BaseEstimator):
     """Linear SVM (squared hinge, one-vs-rest) at one C, solved by :func:`fit_svm_path`.
 
     A drop-in for ``sklearn.svm.LinearSVC(C=C)`` (``coef_``, ``intercept_``, ``classes_``,
@@ -121,21 +121,28 @@ class TorchLinearSVC(_LinearDecision, ClassifierMixin, BaseEstimator):
         self.device = device
         self.memory_budget = memory_budget
 
-    def _path(self, X, y_idx, Cs):
+    def _path(self, X, y_idx, Cs, **start):
         return fit_svm_path(X, y_idx, Cs, device=self.device, tol=self.tol, max_iter=self.max_iter,
-                            memory_budget=self.memory_budget)
+                            memory_budget=self.memory_budget, **start)
 
-    def fit(self, X, y):
+    def fit(self, X, y, coef_init=None, intercept_init=None, preconditioner_init=None):
+        """Fit at ``C``, optionally started from a model and a preconditioner (see
+        :meth:`classifiers.fast_logreg.TorchLogisticRegression.fit`; the protocol passes
+        :meth:`refit_init`'s)."""
         X, classes, y_idx = self._validate_fit(X, y)
-        path = self._path(X, y_idx, [self.C])
+        path = self._path(X, y_idx, [self.C], **self._start(classes, coef_init, intercept_init, preconditioner_init))
         self.classes_ = classes
         self.coef_, self.intercept_ = path.coefs[0], path.intercepts[0]
         self.n_iter_ = path.n_iter.copy()
         return self
 
     def score_grid(self, Cs, X, y, X_val, y_val) -> list:
-        """Validation accuracy at every C of ``Cs``, from one batched solve on ``X``."""
+        """Validation accuracy at every C of ``Cs``, from one batched solve on ``X``; afterwards
+        :meth:`refit_init` starts a refit from its solution and preconditioner."""
         X, classes, y_idx = self._validate_fit(X, y)
         X_val = validate_data(self, X_val, reset=False, dtype=[np.float64, np.float32])
-        pred = self._path(X, y_idx, Cs).predict(X_val)  # labels 0..K-1
+        path = self._path(X, y_idx, Cs)
+        self._solutions = {float(C): (path.coefs[i], path.intercepts[i]) for i, C in enumerate(path.Cs)}
+        self._preconditioner = path.preconditioner
+        pred = path.predict(X_val)  # labels 0..K-1
         return [float(a) for a in (classes[pred] == np.asarray(y_val)[None, :]).mean(1)]

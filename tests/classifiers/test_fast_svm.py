@@ -59,3 +59,26 @@ def test_svm_head_uses_the_batched_grid_and_the_sklearn_solver_stays_available(d
     assert isinstance(slow.estimator.named_steps["head"], LinearSVC)
     assert abs(fast.test_accuracy - slow.test_accuracy) <= 0.01
     assert not hasattr(fast.estimator, "predict_proba")  # an SVM gives scores, not probabilities
+
+
+@pytest.mark.parametrize("classes", [10, 2])
+def test_a_refit_started_from_the_grid_reaches_the_same_objective(digits, classes):
+    """``refit_init`` after ``score_grid``: the solution at C on the training rows and the path's
+    preconditioner. On the same rows the fit starts at its optimum (0 iterations: the coefficients
+    map back exactly); on train+val it ends at the cold fit's objective."""
+    X, y = digits
+    keep = np.flatnonzero(y < classes)
+    X, y = X[keep], y[keep]
+    head = TorchLinearSVC(max_iter=1000)  # the default tol, which float32 reaches on these rows
+    head.score_grid([0.1, 1.0], X[:240], y[:240], X[240:320], y[240:320])
+    start = head.refit_init(1.0)
+    assert set(start) == {"coef_init", "intercept_init", "preconditioner_init"}
+    assert head.refit_init(3.0).keys() == {"preconditioner_init"}  # no solution at a C the grid lacks
+    same = TorchLinearSVC(C=1.0, max_iter=1000).fit(X[:240], y[:240], **start)
+    assert same.n_iter_[0] == 0
+    np.testing.assert_allclose(same.coef_, start["coef_init"], rtol=1e-4, atol=1e-5)
+    warm = TorchLinearSVC(C=1.0, tol=1e-6, max_iter=1000).fit(X[:320], y[:320], **start)
+    cold = TorchLinearSVC(C=1.0, tol=1e-6, max_iter=1000).fit(X[:320], y[:320])
+    f_warm = _objective(X[:320], y[:320], classes, 1.0, warm.coef_, warm.intercept_)
+    f_cold = _objective(X[:320], y[:320], classes, 1.0, cold.coef_, cold.intercept_)
+    assert f_warm == pytest.approx(f_cold, rel=1e-5)
