@@ -29,11 +29,16 @@ Why it is fast
   to a 10x looser tolerance, stopping once validation accuracy has stayed more than 2 standard
   errors below its best for a decade of C (:func:`past_the_peak`; the large C values are the
   expensive ones); then the best and its two grid neighbours on all rows, started from the
-  screen's solutions (``init``). The refit on train+val starts from the chosen solution too. On
-  CIFAR-10 lite0 features, 2 threads on both sides, the 45-value selection went from 1.2-1.5x
-  (5,000 rows) and 5x (50,000 rows) one default scikit-learn fit to about 0.6x, at the same test
-  accuracy; at one thread, where scikit-learn's own fit is 3x faster, it is 0.9-1.0x at 50,000 rows
-  and 2x at 5,000 (``bench/README.md``).
+  screen's solutions (``init``). The refit on train+val starts from the chosen solution too.
+- **One preconditioner**: the screen estimates it; the refine and the refit reuse it, scaled to
+  their row counts (``LogRegPath.preconditioner``; :meth:`TorchLogisticRegression.refit_init`).
+- **Cache-sized passes**: on a CPU, rows held in memory are passed in chunks of about 4 MiB, so the
+  two products of a pass (scores, then gradient) read each chunk while it is in cache; one pass
+  over the whole array read it from memory twice (the products are memory-bound at these shapes).
+  On CIFAR-10 lite0 features the 45-value selection went from 1.2-1.5x (5,000 rows) and 5x (50,000
+  rows) one default scikit-learn fit to 0.3-0.6x at 2 threads on both sides, at the same test
+  accuracy; at one thread, where scikit-learn's own fit is 3x faster, it is about 0.6x at 50,000
+  rows and 1.2x at 5,000 (``bench/README.md``).
 - **Out of core**: an ``h5py.Dataset`` (or array) larger than ``memory_budget`` bytes is read in
   row chunks at every pass; loss and gradient are sums over chunks, so the result is the same.
 - **Fast layout**: products are taken as ``W^T X^T`` and ``R^T X``, which BLAS runs several times
