@@ -50,7 +50,7 @@ from .decode import decoder_for, device_batches
 from .layers import LayerInfo, catalog, default_layers, resolve_names
 from .pooling import Pooling
 from .preprocess import ImageFiles, normalize_batch, to_rgb_uint8
-from .spec import ExtractionSpec
+from .spec import ExtractionSpec, parse_layers
 
 
 class _StopForward(Exception):
@@ -152,8 +152,7 @@ def _memo_hit(cdir: Path, spec: ExtractionSpec, dataset: Dataset, layers) -> Pat
         resolved = ExtractionSpec.from_dict(memo["spec"])
         if memo["memo_key"] != key or resolved.fingerprint() != memo["fingerprint"]:
             return None
-        names = list(memo["catalog"]) if isinstance(layers, str) and layers.strip() in ("all", "") else \
-            [s.strip() for s in layers.split(",") if s.strip()] if isinstance(layers, str) else list(layers)
+        names = parse_layers(layers, memo["catalog"])
     except (OSError, ValueError, KeyError, TypeError, UserInputError):
         return None
     path, cache_key = fcache.cache_path(cdir, resolved, dataset)

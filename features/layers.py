@@ -37,6 +37,7 @@ from torch import nn
 
 from transferlab.util import UserInputError
 from .pooling import Pooling, parse_pooling
+from .spec import parse_layers
 
 CLASSIFIER_NAMES = ("fc", "classifier", "head", "heads", "global_pool", "avgpool", "pre_logits", "fc_norm")
 DTYPE_BYTES = {"float16": 2, "float32": 4}
@@ -161,12 +162,8 @@ def catalog(model: nn.Module, layers: "str | list[str]" = "all", pool: "str | Po
 
 
 def resolve_names(model: nn.Module, layers: "str | list[str]") -> list[str]:
-    """``"all"`` (or empty) -> the default catalog; a comma-separated string -> its names; a list as is."""
-    if isinstance(layers, str):
-        if layers.strip() in ("all", ""):
-            return _candidates(model)
-        return [s.strip() for s in layers.split(",") if s.strip()]
-    return list(layers)
+    """The layer spec's names (:func:`features.spec.parse_layers`), "all" being the model's default catalog."""
+    return parse_layers(layers, lambda: _candidates(model))
 
 
 def default_layers(model: nn.Module) -> list[str]:

@@ -30,6 +30,22 @@ DTYPES = ("float16", "float32")
 KEY_FIELDS = ("arch", "weights_sha256", "image_size", "resize", "mean", "std", "pooling", "dtype")
 
 
+def parse_layers(layers, catalog) -> list[str]:
+    """The one reading of a layer spec: ``"all"`` (or empty) -> the default catalog, a comma-separated
+    string -> its names, a list -> its names; blanks dropped, order kept. ``catalog`` is the catalog's
+    list of names, or a callable returning it (called only for ``"all"``).
+
+    >>> parse_layers(" blocks.2, bn2 ,", ["stem", "bn2"])
+    ['blocks.2', 'bn2']
+    >>> parse_layers("all", ["stem", "bn2"])
+    ['stem', 'bn2']
+    """
+    if isinstance(layers, str) and layers.strip() in ("all", ""):
+        return list(catalog() if callable(catalog) else catalog)
+    names = layers.split(",") if isinstance(layers, str) else layers
+    return [str(n).strip() for n in names if str(n).strip()]
+
+
 def parse_image_size(value) -> int | None:
     """``None`` -> None (the default), ``0``/``"native"`` -> 0 (the backbone's own), else a checked int."""
     if value is None or value == "":

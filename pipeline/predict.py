@@ -76,15 +76,17 @@ def _head_scores(head, feats: np.ndarray) -> tuple[np.ndarray, str]:
     return d, "margin"
 
 
-def _run(paths, batch_size, progress, strict, classify) -> list[dict]:
-    """Classify in batches; unreadable files become error rows (or stop the run when ``strict``)."""
+def _run(paths, batch_size, progress, strict, classify, spec) -> list[dict]:
+    """Classify in batches, each image prepared as ``spec`` says (the size, mean, std and interpolation
+    the model was trained with); unreadable files become error rows (or stop the run when ``strict``)."""
     rows = []
     for s in tqdm(range(0, len(paths), batch_size), disable=not progress or len(paths) <= batch_size,
                   desc="predict", unit="batch"):
         chunk, tensors, bad = [], [], []
         for p in paths[s:s + batch_size]:
             try:
-                tensors.append(classify.preprocess(p))
+                tensors.append(preprocess_image(read_image(p), spec.image_size, spec.mean, spec.std,
+                                                spec.interpolation))
                 chunk.append(p)
             except UserInputError as exc:
                 if strict:
@@ -168,11 +170,9 @@ def _predict_head(load_head, model_dir, paths, batch_size, device, progress, top
         full[:, classes] = scores  # columns = class index, whatever subset the head saw
         return _rows_from_scores(chunk, full, kind, class_names, top_k)
 
-    classify.preprocess = lambda p: preprocess_image(read_image(p), spec.image_size, spec.mean, spec.std,
-                                                     spec.interpolation)
     try:
         with torch.inference_mode():
-            return _run(paths, batch_size, progress, strict, classify)
+            return _run(paths, batch_size, progress, strict, classify, spec)
     finally:
         tap.close()
 
@@ -199,10 +199,8 @@ def _predict_finetuned(run_dir: Path, paths: list, batch_size: int, device: str,
         probs = torch.softmax(model(x.to(dev)).float(), 1).cpu().numpy()
         return _rows_from_scores(chunk, probs, "probability", names, top_k)
 
-    classify.preprocess = lambda p: preprocess_image(read_image(p), spec.image_size, spec.mean, spec.std,
-                                                     spec.interpolation)
     with torch.inference_mode():
-        return _run(paths, batch_size, progress, strict, classify)
+        return _run(paths, batch_size, progress, strict, classify, spec)
 
 
 def write_predictions(path, rows: list[dict]) -> Path:

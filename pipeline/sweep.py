@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from transferlab.features import ExtractionSpec, extract, load_dataset, parse_pooling
-from transferlab.features.spec import DEFAULT_IMAGE_SIZE, parse_image_size
+from transferlab.features.spec import DEFAULT_IMAGE_SIZE, parse_image_size, parse_layers
 from transferlab.features.cache import layer_info, read_cache_meta
 from transferlab.classifiers._parallel import check_backend, parallel
 from transferlab.util import UserInputError, jsonable, library_versions, write_json
@@ -157,13 +157,6 @@ def decision_of(summary: dict) -> dict | None:
     return decide(ev).to_dict() if ev is not None else None
 
 
-def _layer_names(layers, meta: dict) -> list[str]:
-    if isinstance(layers, str) and layers.strip() in ("all", ""):
-        return list(meta["catalog"])
-    names = layers if isinstance(layers, (list, tuple)) else [s.strip() for s in str(layers).split(",")]
-    return [n for n in names if n]
-
-
 def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, **overrides) -> SweepResult:
     """Run a sweep and write ``results.csv``, ``results.json``, ``depth_vs_accuracy.png``, ``report.md``.
 
@@ -227,7 +220,7 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
         t_extract += time.perf_counter() - t0
         cache_files.append(str(path))
         meta = read_cache_meta(path)
-        for name in _layer_names(cfg.layers, meta):
+        for name in parse_layers(cfg.layers, meta["catalog"]):
             info = layer_info(path, name)
             for head, shots, rep in itertools.product(cfg.heads, cfg.shots or [0], range(cfg.repeats)):
                 job = {"backbone": bspec, "weights": wspec, "layer": name, "depth": info["depth"],

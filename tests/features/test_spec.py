@@ -43,3 +43,16 @@ def test_extract_and_sweep_share_the_default_so_a_notebook_extract_hits_the_swee
     with h5py.File(path, "r") as f:  # the spec is written whole into the root attributes
         assert {k: f.attrs[k] for k in ("interpolation", "resize", "arch")} == {
             "interpolation": "bicubic", "resize": "antialias-bicubic", "arch": "timm:tf_efficientnet_lite0"}
+
+
+@pytest.mark.parametrize("spec, names", [
+    ("all", ["stem", "blocks.0", "bn2"]), ("", ["stem", "blocks.0", "bn2"]), ("  all ", ["stem", "blocks.0", "bn2"]),
+    ("bn2", ["bn2"]), (" blocks.0 , bn2,", ["blocks.0", "bn2"]), (["bn2", " stem", ""], ["bn2", "stem"]),
+])
+def test_one_reading_of_a_layer_spec(spec, names):
+    """The extractor, its memo and the sweep all read a layer spec through ``parse_layers``."""
+    from transferlab.features.spec import parse_layers
+
+    catalog = ["stem", "blocks.0", "bn2"]
+    assert parse_layers(spec, catalog) == names
+    assert parse_layers(spec, lambda: catalog) == names
