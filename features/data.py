@@ -229,6 +229,11 @@ def default_data_root() -> Path:
     return Path(platformdirs.user_cache_dir("transferlab", appauthor=False))
 
 
+def default_cache_dir() -> Path:
+    """Where extracted features are cached unless ``cache_dir`` says otherwise."""
+    return default_data_root() / "cache"
+
+
 def _guess_spec(spec: str) -> str | None:
     """``folder:PATH`` / ``npz:PATH`` for a bare existing path, else None."""
     p = Path(spec).expanduser()

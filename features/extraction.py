@@ -10,27 +10,11 @@ file that looks finished and is not). Before any work the batch's activations ar
 the memory available (:func:`check_memory`), so an image size that cannot fit is refused with the
 numbers instead of an allocator error.
 
-Resolved-spec memo (a warm rerun builds no backbone)
-----------------------------------------------------
-Finding a cache file needs the *resolved* spec (weights sha256, mean, std, native size) and the
-backbone's default catalog, which come from the built model. After every extraction (or cache hit)
-the resolved spec and the catalog are written to ``<cache dir>/.specs/<memo key>.json``, the key a
-SHA-256 over the requested spec (backbone, weights, seed, image size, pooling, dtype) and the
-weights' identity: a weights file's absolute path, size and mtime; otherwise the versions of torch,
-timm, torchvision and (lite*) the weights package. The next call with the same request reads the
-memo first and returns the cache file without building the backbone when that file's stored key
-equals the key computed from the memo's spec and every requested layer of every split is complete.
-
-Integrity rule of a memo: written whole with :func:`transferlab.util.atomic_write` (a crash or a
-full disk leaves the old memo or none; a failed write is ignored, the memo only saves time). It is
-*stale* when the weights' identity changes (another key: never read) or when it disagrees with the
-cache (key mismatch, file missing or incomplete): then it is ignored, the backbone is built as
-without it, and the memo is rewritten. An unreadable or edited memo (its stored spec no longer
-hashes to its stored fingerprint) is ignored the same way.
+The resolved-spec memo that lets a warm rerun skip building the backbone (and importing torch)
+is :mod:`features.memo`.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -41,16 +25,17 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from transferlab.util import UserInputError, library_versions, sha256_json, write_json
+from transferlab.util import UserInputError
 
 from . import cache as fcache
-from .backbones import LITE_PACKAGES, Backbone, build_backbone, resolve_device
-from .data import Dataset, default_data_root, load_dataset
+from .backbones import Backbone, build_backbone, resolve_device
+from .data import Dataset, default_cache_dir, load_dataset
 from .decode import decoder_for, device_batches
 from .layers import LayerInfo, catalog, default_layers, resolve_names
+from .memo import cached_extraction, write_memo
 from .pooling import Pooling
 from .preprocess import ImageFiles, normalize_batch, to_rgb_uint8
-from .spec import ExtractionSpec, parse_layers
+from .spec import ExtractionSpec
 
 
 class _StopForward(Exception):
@@ -86,10 +71,6 @@ class FeatureTap:
             h.remove()
 
 
-def default_cache_dir() -> Path:
-    return default_data_root() / "cache"
-
-
 def _autocast(device: torch.device):
     if device.type != "cuda":
         return nullcontext()
@@ -119,59 +100,6 @@ def _batches(split, start: int, batch_size: int, spec: ExtractionSpec, device, n
             yield x.to(device, non_blocking=pin)
     except UserInputError as exc:  # raised in a worker: keep the one-line message
         raise UserInputError(str(exc).strip().splitlines()[-1].split("UserInputError: ")[-1]) from None
-
-
-MEMO_DIR = ".specs"
-
-
-def _memo_key(spec: ExtractionSpec) -> str | None:
-    """Key of the resolved-spec memo for an unresolved spec (None: no memo for it)."""
-    if spec.weights in ("imagenet", "random"):
-        dists = ("torch", "timm", "torchvision")
-        if spec.backbone in LITE_PACKAGES:
-            dists += (LITE_PACKAGES[spec.backbone][2],)
-        identity = library_versions(dists)
-    else:
-        try:
-            st = Path(spec.weights).expanduser().resolve().stat()
-        except OSError:
-            return None  # building reports the missing file
-        identity = {"file": str(Path(spec.weights).expanduser().resolve()), "size": st.st_size,
-                    "mtime_ns": st.st_mtime_ns}
-    request = {k: getattr(spec, k) for k in ("backbone", "weights", "seed", "image_size", "pooling", "dtype")}
-    return sha256_json({"memo_format": 1, "request": request, "weights_identity": identity})
-
-
-def _memo_hit(cdir: Path, spec: ExtractionSpec, dataset: Dataset, layers) -> Path | None:
-    """The complete cache file the memo points to, or None (no memo, stale, or work left to do)."""
-    key = _memo_key(spec)
-    if key is None:
-        return None
-    try:
-        memo = json.loads((cdir / MEMO_DIR / f"{key}.json").read_text())
-        resolved = ExtractionSpec.from_dict(memo["spec"])
-        if memo["memo_key"] != key or resolved.fingerprint() != memo["fingerprint"]:
-            return None
-        names = parse_layers(layers, memo["catalog"])
-    except (OSError, ValueError, KeyError, TypeError, UserInputError):
-        return None
-    path, cache_key = fcache.cache_path(cdir, resolved, dataset)
-    status = fcache.read_status(path)
-    if not names or not status or status["attrs"].get("key") != cache_key:
-        return None
-    return path if fcache.is_complete(status, dataset.splits, names) else None
-
-
-def _write_memo(cdir: Path, request: ExtractionSpec, resolved: ExtractionSpec, catalog_names: list) -> None:
-    key = _memo_key(request)
-    if key is None:
-        return
-    try:
-        (cdir / MEMO_DIR).mkdir(parents=True, exist_ok=True)
-        write_json(cdir / MEMO_DIR / f"{key}.json", {"memo_key": key, "spec": resolved.to_dict(),
-                                                    "fingerprint": resolved.fingerprint(), "catalog": catalog_names})
-    except OSError:
-        pass  # the memo only saves time
 
 
 def plan(dataset: Dataset, infos: list[LayerInfo], todo: dict[str, list[str]]) -> tuple[str, int]:
@@ -229,7 +157,7 @@ def extract(data, backbone="lite0", layers="all", pool="gap", image_size: int | 
     dataset = load_dataset(data, seed=spec.seed)
     cdir = Path(cache_dir) if cache_dir else default_cache_dir()
     request = spec
-    if not isinstance(backbone, Backbone) and (hit := _memo_hit(cdir, request, dataset, layers)) is not None:
+    if not isinstance(backbone, Backbone) and (hit := cached_extraction(dataset, request, layers, cdir)) is not None:
         log(f"cache hit: {hit}")
         return hit
     bb = backbone if isinstance(backbone, Backbone) else build_backbone(spec.backbone, spec.weights, spec.seed)
@@ -256,7 +184,7 @@ def extract(data, backbone="lite0", layers="all", pool="gap", image_size: int | 
         path = _extract_work(path, key, spec, dataset, bb, infos, wanted, axis, cdir, batch_size, device,
                              num_workers, progress, log, on_batch, decode)
     if not isinstance(backbone, Backbone) and not _is_worker_rank():
-        _write_memo(cdir, request, spec, axis)
+        write_memo(cdir, request, spec, axis)
     return path
 
 

@@ -11,11 +11,12 @@ already flat (N, D) pass through unchanged; (N, L, C) token maps are treated as 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from transferlab.util import UserInputError
+
+if TYPE_CHECKING:
+    import torch
 
 VALID = "gap, gmp, gap+gmp or grid:K (K >= 1)"
 
@@ -34,7 +35,9 @@ class Pooling:
             return channels
         return {"gap": channels, "gmp": channels, "gap+gmp": 2 * channels}.get(self.kind, channels * self.k * self.k)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: "torch.Tensor") -> "torch.Tensor":
+        import torch  # here, not at the top: parsing a pooling spec (the cache, the memo) needs no torch
+
         if x.ndim == 2:
             return x
         if x.ndim == 3:  # (N, L, C) tokens -> (N, C, L, 1)
@@ -47,7 +50,7 @@ class Pooling:
             return x.amax(dim=(2, 3))
         if self.kind == "gap+gmp":
             return torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
-        return F.adaptive_avg_pool2d(x, self.k).flatten(1)
+        return torch.nn.functional.adaptive_avg_pool2d(x, self.k).flatten(1)
 
 
 def parse_pooling(spec: "str | Pooling") -> Pooling:

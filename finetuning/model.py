@@ -39,7 +39,8 @@ from transferlab.util import sha256_file
 from transferlab.util import UserInputError
 from transferlab.features.layers import parameter_groups
 
-MODES_HELP = "head, last:N (N >= 1), full or scratch"
+from .config import Mode, parse_mode  # noqa: F401 (Mode: for the callers of this module)
+
 # AdamW defaults per mode (SGD uses 10x these): a new head learns fast, the full network from
 # pretrained weights needs a smaller step at the top (and far smaller ones below, see lr_spread),
 # a network from scratch needs a larger one than fine-tuning.
@@ -52,49 +53,6 @@ DEFAULT_WEIGHT_DECAY = {"adamw": 0.01, "sgd": 5e-4}
 # CIFAR bench ``full`` reached 0.23 test accuracy that way against 0.50 with frozen statistics
 # (bench/finetune_modes.md). From scratch they must be learned.
 DEFAULT_BN_STATS = {"head": "frozen", "last": "frozen", "full": "frozen", "scratch": "update"}
-
-
-@dataclass(frozen=True)
-class Mode:
-    """A parsed ``--mode``: ``kind`` is head, last, full or scratch; ``n`` the group count of last:N."""
-
-    kind: str
-    n: int = 0
-
-    @property
-    def name(self) -> str:
-        return f"last:{self.n}" if self.kind == "last" else self.kind
-
-    @property
-    def pretrained(self) -> bool:
-        return self.kind != "scratch"
-
-
-def parse_mode(mode: "str | Mode") -> Mode:
-    """Parse ``head``, ``last:N``, ``full`` or ``scratch``.
-
-    Examples
-    --------
-    >>> parse_mode("last:2")
-    Mode(kind='last', n=2)
-    >>> parse_mode("last:2").name
-    'last:2'
-    """
-    if isinstance(mode, Mode):
-        return mode
-    text = str(mode).strip().lower()
-    if text in ("head", "full", "scratch"):
-        return Mode(text)
-    kind, sep, rest = text.partition(":")
-    if kind == "last" and sep:
-        try:
-            n = int(rest)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise UserInputError(f"mode '{mode}' needs a whole number of groups N >= 1 after 'last:' (e.g. last:2)")
-        return Mode("last", n)
-    raise UserInputError(f"unknown fine-tuning mode '{mode}'; use {MODES_HELP}")
 
 
 @dataclass

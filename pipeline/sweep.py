@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from transferlab.features import ExtractionSpec, extract, load_dataset, parse_pooling
+from transferlab.features import ExtractionSpec, load_dataset, parse_pooling
+from transferlab.features.memo import cached_extraction
 from transferlab.features.spec import DEFAULT_IMAGE_SIZE, parse_image_size, parse_layers
 from transferlab.features.cache import layer_info, read_cache_meta
 from transferlab.classifiers._parallel import check_backend, parallel
@@ -215,8 +216,12 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
     for bspec, wspec, pool, size in itertools.product(cfg.backbone, cfg.weights, cfg.pool, cfg.image_size):
         spec = ExtractionSpec(bspec, wspec, cfg.seed, size, pool, cfg.dtype)
         t0 = time.perf_counter()
-        path = extract(dataset, layers=cfg.layers, spec=spec, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
-                       device=cfg.device, progress=progress, log=lambda m: None)
+        path = cached_extraction(dataset, spec, cfg.layers, cfg.cache_dir)  # a warm rerun: no torch import
+        if path is None:
+            from transferlab.features.extraction import extract
+
+            path = extract(dataset, layers=cfg.layers, spec=spec, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
+                           device=cfg.device, progress=progress, log=lambda m: None)
         t_extract += time.perf_counter() - t0
         cache_files.append(str(path))
         meta = read_cache_meta(path)

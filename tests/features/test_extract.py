@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from transferlab.features import UserInputError, extract
 from transferlab.features import cache as fcache
 from transferlab.features import extraction as extract_mod
+from transferlab.features.memo import MEMO_DIR
 from transferlab.features.cache import read_status, verify
 from tests.conftest import ROOT, make_npz
 
@@ -223,7 +224,7 @@ def test_memo_is_ignored_when_stale_or_damaged(tmp_path, tiny_npz, lite0, monkey
     assert extract(f"npz:{tiny_npz}", "lite0", **args) == path and len(builds) == 1
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # weights touched
     assert extract(f"npz:{tiny_npz}", "lite0", **args) == path and len(builds) == 2
-    memos = sorted((tmp_path / "c" / extract_mod.MEMO_DIR).glob("*.json"))
+    memos = sorted((tmp_path / "c" / MEMO_DIR).glob("*.json"))
     assert len(memos) == 2  # one per weights identity; the old one is never read again
     newest = max(memos, key=lambda p: p.stat().st_mtime_ns)
     newest.write_text(newest.read_text().replace('"dtype": "float16"', '"dtype": "float32"'))  # edited
