@@ -7,33 +7,18 @@ importing it (1.3 s of a 3.9 s warm sweep).
 """
 from __future__ import annotations
 
-import importlib
-
-from transferlab.util import UserInputError
+from transferlab.util import UserInputError, lazy_names
 
 # public name -> submodule that defines it
-_API = {
-    "Backbone": "backbones", "build_backbone": "backbones", "resolve_device": "backbones",
-    "list_cache": "cache", "list_layers": "cache", "load_split": "cache", "read_cache_meta": "cache",
-    "read_spec": "cache", "read_status": "cache", "verify": "cache",
-    "Dataset": "data", "Split": "data", "default_data_root": "data", "load_dataset": "data",
-    "FeatureTap": "extraction", "extract": "extraction", "default_cache_dir": "data",
-    "LayerInfo": "layers", "catalog": "layers", "default_layers": "layers", "parameter_groups": "layers",
-    "Pooling": "pooling", "parse_pooling": "pooling",
-    "DEFAULT_IMAGE_SIZE": "spec", "ExtractionSpec": "spec",
-}
+_API = {name: f".{module}" for module, names in {
+    "backbones": ("Backbone", "build_backbone", "resolve_device"),
+    "cache": ("list_cache", "list_layers", "load_split", "read_cache_meta", "read_spec", "read_status", "verify"),
+    "data": ("Dataset", "Split", "default_data_root", "load_dataset", "default_cache_dir"),
+    "extraction": ("FeatureTap", "extract"),
+    "layers": ("LayerInfo", "catalog", "default_layers", "parameter_groups"),
+    "pooling": ("Pooling", "parse_pooling"),
+    "spec": ("DEFAULT_IMAGE_SIZE", "ExtractionSpec"),
+}.items() for name in names}
 
 __all__ = ["UserInputError", *_API]
-
-
-def __getattr__(name: str):
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module 'transferlab.features' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_API))
+__getattr__, __dir__ = lazy_names(__name__, _API)

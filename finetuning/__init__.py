@@ -10,22 +10,10 @@ for its flags) imports without torch.
 """
 from __future__ import annotations
 
-import importlib
+from transferlab.util import lazy_names
 
-_API = {"FinetuneConfig": "config", "Mode": "config", "parse_mode": "config", "finetune": "run",
-        "load_finetuned": "saved", "predict_finetuned": "saved"}
+_API = {"FinetuneConfig": ".config", "Mode": ".config", "parse_mode": ".config", "finetune": ".run",
+        "load_finetuned": ".saved", "predict_finetuned": ".saved"}
 
 __all__ = list(_API)
-
-
-def __getattr__(name: str):
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module 'transferlab.finetuning' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_API))
+__getattr__, __dir__ = lazy_names(__name__, _API)

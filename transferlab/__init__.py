@@ -17,9 +17,7 @@ The names are loaded on first use, so ``import transferlab`` alone does not impo
 """
 from __future__ import annotations
 
-import importlib
-
-from .util import UserInputError
+from .util import UserInputError, lazy_names
 
 __version__ = "0.2.0"
 
@@ -55,14 +53,4 @@ _ALIASES = {"verify_cache": "verify"}
 __all__ = ["UserInputError", "__version__", *_API]
 
 
-def __getattr__(name: str):
-    module = _API.get(name)
-    if module is None:
-        raise AttributeError(f"module 'transferlab' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), _ALIASES.get(name, name))
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_API))
+__getattr__, __dir__ = lazy_names(__name__, _API, _ALIASES)

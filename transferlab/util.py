@@ -101,3 +101,27 @@ def library_versions(dists=VERSIONED) -> dict:
         except metadata.PackageNotFoundError:
             out[dist] = None
     return out
+
+
+def lazy_names(package: str, api: dict, aliases: dict | None = None):
+    """``(__getattr__, __dir__)`` for a package whose public names load from their modules on first
+    use (PEP 562): ``api`` maps a name to its module (relative to ``package`` when it starts with a
+    dot), ``aliases`` a public name to the module's own name. Importing the package then imports
+    none of them, so light paths (a warm rerun, ``--help``) never pay for torch."""
+    import importlib
+    import sys
+
+    aliases = aliases or {}
+
+    def __getattr__(name: str):
+        module = api.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, package), aliases.get(name, name))
+        vars(sys.modules[package])[name] = value
+        return value
+
+    def __dir__():
+        return sorted(set(vars(sys.modules[package])) | set(api))
+
+    return __getattr__, __dir__
