@@ -154,7 +154,8 @@ def fit_logreg_path(
     preconditioner : {"auto", "eigh", "lowrank", "diag"} or Preconditioner
         A :class:`LogRegPath`'s ``preconditioner`` from an earlier solve on rows of the same
         features (a subsample, or the training split before a refit on train+val) is used as it is,
-        scaled to the row count: no passes over the rows to estimate it. ``eigh``: full eigendecomposition of the centred Gram matrix; ``lowrank``: its top 128
+        scaled to the row count: no passes over the rows to estimate it (except under a row-space
+        basis, below). ``eigh``: full eigendecomposition of the centred Gram matrix; ``lowrank``: its top 128
         eigenpairs by randomized subspace iteration (3 passes over the rows) and the mean
         remaining eigenvalue elsewhere; ``diag``: feature variances only. ``auto``: ``eigh`` for
         up to 256 dimensions or fewer rows than dimensions (exact row-space basis, up to
@@ -421,8 +422,8 @@ class TorchLogisticRegression(_GridWarmStart, _LinearScores, ClassifierMixin, Ba
            best that then moves along a flat top cost more than it found: measured, one round.)
 
         Values fitted by the screen only keep their screening scores; those not reached score NaN
-        and are never chosen. Afterwards :meth:`grid_solution` gives the model a refine fitted at a
-        grid point, a warm start for the refit.
+        and are never chosen. Afterwards :meth:`refit_init` gives the refit its head start: the
+        refine's solution at the chosen C (:meth:`grid_solution`) and the shared preconditioner.
         """
         def solve(Cs, X, y, tol, init=None, preconditioner="auto"):
             cv = BatchedLogisticRegressionCV(Cs=Cs, tol=tol, max_iter=self.max_iter, device=self.device,
