@@ -97,6 +97,8 @@ class SweepConfig:
         check_backend(self.backend)
         if int(self.repeats) < 1:
             raise UserInputError(f"--repeats {self.repeats} must be at least 1")
+        if int(self.batch_size) <= 0:  # checked here too: a warm rerun never reaches extract's check
+            raise UserInputError(f"batch size {self.batch_size} must be positive")
         for name in ("backbone", "weights", "heads", "pool"):
             if not getattr(self, name):
                 raise UserInputError(f"--{name.replace('_', '-')} needs at least one value")

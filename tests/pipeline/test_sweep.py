@@ -6,6 +6,7 @@ import pytest
 from transferlab.features import extraction
 from transferlab.pipeline.results import RESULT_COLUMNS
 from transferlab.pipeline.sweep import SweepConfig, sweep
+from transferlab.util import UserInputError
 from tests.conftest import make_npz, run_cli
 
 
@@ -82,6 +83,9 @@ def test_warm_rerun_from_the_command_line_never_imports_torch(tiny_sweep, tmp_pa
     (tmp_path / "cache" / ".specs").rename(tmp_path / "cache" / "no-memo")  # without the memo: torch, as before
     out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT.parent, capture_output=True, text=True)
     assert out.stdout.strip().splitlines()[-1] == "torch imported 0", out.stdout + out.stderr
+    # a bad batch size is still refused, though the warm rerun never reaches extract's own check
+    with pytest.raises(UserInputError, match="batch size 0 must be positive"):
+        sweep(SweepConfig(**{**tiny_sweep, "batch_size": 0}), progress=False)
 
 
 def test_pretrained_and_random_weights_are_both_swept_and_keyed_apart(tiny_sweep, tmp_path):
