@@ -33,7 +33,6 @@ from transferlab.util import UserInputError, sha256_file
 from .spec import LITE_PACKAGES
 
 
-
 @dataclass
 class Backbone:
     """A built network with the metadata that travels with its weights."""

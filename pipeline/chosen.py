@@ -10,8 +10,8 @@ give the confusion matrix and the per-class accuracy of the report.
 
 Integrity rule of ``chosen_head/``: ``head.joblib`` and ``head.json`` are written by
 :func:`transferlab.classifiers.save_head` (atomic, the joblib file's sha256 inside ``head.json``);
-``head.json`` also records the ``row_key`` of the row it was fitted for (as ``sweep_row_key``), so a warm rerun whose
-choice is unchanged reuses it and a changed choice (other data, other rows) refits it.
+``head.json`` also records the ``row_key`` of the row it was fitted for (as ``sweep_row_key``), so a
+warm rerun whose choice is unchanged reuses it and a changed choice (other data, other rows) refits it.
 """
 from __future__ import annotations
 
