@@ -112,3 +112,36 @@ def corrected_kfold_gap(acc_a, acc_b, splits: list) -> Gap:
     s2 = d.var(ddof=1) if j > 1 else 0.0
     se = math.sqrt(max((1.0 / j + n_test / n_train) * s2, 1.0 / n_test ** 2 / j))
     return Gap(float(d.mean()), se, kfold_shape(splits), int(round(n_test + n_train)))
+
+
+def kfold_accuracies(X, y, splits: list, head: str = "logreg", *, seed: int = 0, grid=None) -> tuple[np.ndarray, dict]:
+    """Each fold's accuracy of ``head``, at the grid point whose mean over the folds is best.
+
+    For every fold of ``splits`` the whole grid is fitted on the fold's training rows and scored on
+    its held-out rows (:func:`transferlab.classifiers.protocol.grid_scores`); the grid point is
+    chosen on the mean over folds, as scikit-learn's ``LogisticRegressionCV`` does, so every layer
+    compared on these folds is measured the same way. A grid point that some fold left unfitted
+    (past that fold's peak) is not chosen. Returns ``(per_fold_accuracy, params)``.
+    """
+    from .protocol import grid_scores
+
+    X, y = np.asarray(X), np.asarray(y)
+    points, rows = None, []
+    for tr, te in splits:
+        points, scores = grid_scores(X[tr], y[tr], X[te], y[te], head, grid=grid, seed=seed)
+        rows.append(scores)
+    table = np.vstack(rows)
+    mean = np.where(np.isfinite(table).all(axis=0), table.mean(axis=0), -np.inf)
+    best = int(np.argmax(mean))  # the first best in grid order, as the selection protocol
+    return table[:, best], dict(points[best])
+
+
+def split_correctness(X, y, X_val, y_val, head: str = "logreg", *, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Per-row correctness on the validation rows of ``head`` chosen on them and fitted on the training rows alone.
+
+    The pairs :func:`paired_split_gap` compares. Returns ``(correct, params)``.
+    """
+    from .protocol import select_and_fit
+
+    r = select_and_fit(X, y, X_val, y_val, None, None, head, seed=seed, refit_with_val=False)
+    return np.asarray(r.estimator.predict(X_val) == np.asarray(y_val)), r.params

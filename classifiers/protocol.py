@@ -143,6 +143,26 @@ def _select(template, spec, grid_points, X_tr, y_tr, X_val, y_val, n_classes, n_
         return run(_fit_score, [(template, p, X_tr, y_tr, X_val, y_val, n_classes) for p in grid_points])
 
 
+def grid_scores(X_train, y_train, X_val, y_val, head: str, *, grid=None, preprocessing: str | None = None,
+                seed: int = 0, n_jobs: int = 1, backend: str | None = None) -> tuple[list, np.ndarray]:
+    """Validation accuracy of every grid point of ``head`` fitted on the training rows: step 2 alone.
+
+    Returns ``(grid_points, scores)``; a score is NaN where the head's ``score_grid`` judged the
+    point not worth fitting (past the validation peak). No refit, no test rows: repeated k-fold
+    comparisons (:mod:`transferlab.classifiers.compare`) call it once per fold.
+    """
+    spec = get_head_spec(head)
+    X_train = check_features(X_train, "training features")
+    y_train = check_labels(y_train, X_train.shape[0], "training labels")
+    X_val = check_features(X_val, "validation features")
+    y_val = check_labels(y_val, X_val.shape[0], "validation labels")
+    template = make_head(head, preprocessing=preprocessing, seed=seed)
+    grid = default_grid(head) if grid is None else grid if isinstance(grid, dict) else {spec.param: list(grid)}
+    points = list(ParameterGrid(grid))
+    scores = _select(template, spec, points, X_train, y_train, X_val, y_val, np.unique(y_train).size, n_jobs, backend)
+    return points, np.asarray(scores, dtype=float)
+
+
 def select_and_fit(X_train, y_train, X_val, y_val, X_test, y_test, head: str, *, preprocessing: str | None = None,
                    pca: int | None = None, grid=None, full_grid: bool = False, val_fraction: float = 0.2,
                    seed: int = 0, n_jobs: int = 1, backend: str | None = None, solver: str | None = None,

@@ -77,3 +77,53 @@ def test_gap_in_se_and_beats():
     assert Gap(0.05, 0.02, "split", 100).beats(2.0)
     assert not Gap(0.03, 0.02, "split", 100).beats(2.0)
     assert Gap(-0.05, 0.02, "split", 100).in_se < 0
+
+
+def _two_layers(seed=0, n=240):
+    """A 3-class problem seen through a clean layer and a noisy one (same rows)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    centres = rng.normal(size=(3, 8))
+    clean = centres[y] + 0.6 * rng.normal(size=(n, 8))
+    noisy = centres[y] + 2.5 * rng.normal(size=(n, 8))
+    return clean.astype(np.float32), noisy.astype(np.float32), y
+
+
+def test_kfold_accuracies_equal_a_direct_fit_per_fold_at_the_chosen_c():
+
+    from transferlab.classifiers.compare import kfold_accuracies
+    from transferlab.classifiers.heads import make_head
+
+    X, _, y = _two_layers()
+    splits = repeated_folds(y, folds=4, repeats=1, seed=0)
+    acc, params = kfold_accuracies(X, y, splits, "logreg", seed=0)
+    assert acc.shape == (4,) and set(params) == {"C"}
+    for (tr, te), a in zip(splits, acc):  # independent: the head refitted at that C on the fold's rows
+        est = make_head("logreg", seed=0).set_params(head__C=params["C"]).fit(X[tr], y[tr])
+        assert a == pytest.approx(np.mean(est.predict(X[te]) == y[te]), abs=1.5 / te.size)
+
+
+def test_a_clean_layer_beats_a_noisy_one_by_many_corrected_errors_and_ties_itself():
+    from transferlab.classifiers.compare import kfold_accuracies
+
+    clean, noisy, y = _two_layers()
+    splits = repeated_folds(y, folds=5, repeats=2, seed=0)
+    a, _ = kfold_accuracies(clean, y, splits)
+    b, _ = kfold_accuracies(noisy, y, splits)
+    g = corrected_kfold_gap(a, b, splits)
+    assert g.difference > 0.15 and g.beats(2.0)
+    assert corrected_kfold_gap(a, a, splits).in_se == 0
+
+
+def test_split_correctness_is_the_validation_accuracy_of_a_head_fitted_on_train_alone():
+    from transferlab.classifiers.compare import split_correctness
+    from transferlab.classifiers.heads import make_head
+
+    clean, noisy, y = _two_layers(n=300)
+    tr, va = np.arange(200), np.arange(200, 300)
+    correct, params = split_correctness(clean[tr], y[tr], clean[va], y[va])
+    est = make_head("logreg", seed=0).set_params(head__C=params["C"]).fit(clean[tr], y[tr])
+    assert correct.shape == (100,)
+    assert correct.mean() == pytest.approx(np.mean(est.predict(clean[va]) == y[va]), abs=0.02)
+    other, _ = split_correctness(noisy[tr], y[tr], noisy[va], y[va])
+    assert paired_split_gap(correct, other).beats(2.0)
