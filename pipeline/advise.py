@@ -3,15 +3,16 @@
 What it measures (all on training and validation rows; the test split is never read):
 
 1. size: images per class, total, balance;
-2. the depth curve on validation: a logistic-regression probe (C chosen on validation) on every
-   catalog layer, with its standard error; when the last layer's gap to the peak is between 1 and
-   4 standard errors, those two layers are cross-validated (5 stratified folds of train+val, so
-   every labelled row validates once) and the decision is taken on that;
+2. the depth curve: a logistic-regression probe at every catalog layer, every layer measured the
+   same way and the peak compared with the last layer by a paired statistic
+   (:func:`transferlab.pipeline.evidence.measure_curve`, shared with the sweep's report: repeated
+   k-fold on train+val when validation is small, one split otherwise);
 3. training-free scores per layer: cosine k-NN accuracy and LogME
    (:mod:`transferlab.classifiers.transferability`);
 4. similarity to the source: the ImageNet classifier's mean top-1 confidence and entropy on the
    validation images, and the pretrained-vs-random gap at the best layers;
-5. the probe's learning curve at the chosen layer (25/50/100% of the training rows);
+5. the probe's learning curve at the chosen layer (25/50/100% of the training rows, scored on the
+   same validation rows: the last rise is a paired gap);
 6. optionally (``finetune_probe``) a short ``last:2`` fine-tune on the subset.
 
 Large data sets are subsampled (stratified, seeded) to ``max_train`` training and ``max_val``
@@ -28,18 +29,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transferlab.classifiers.protocol import select_and_fit
+from transferlab.classifiers.compare import paired_split_gap, split_correctness
 from transferlab.classifiers.transferability import knn_accuracy, logme
 from transferlab.features import ExtractionSpec, build_backbone, default_layers, extract, load_dataset
 from transferlab.features.cache import layer_info, load_split, read_cache_meta
 from transferlab.features.data import Dataset, Split
 from transferlab.util import UserInputError, sha256_json
 
-from .decision import THRESHOLDS, Evidence, LayerPoint, decide
+from .decision import THRESHOLDS, Evidence, decide
+from .evidence import measure_curve
 
 LOGME_ROWS = 3000
-CV_FOLDS = 5  # cross-validation folds for a close call
-CV_BELOW = 4.0  # a gap under this many standard errors (and over 1) is close enough to cross-validate
 MIN_PER_CLASS = 5  # fewer training images in a class: nothing can be measured, say so
 
 
@@ -102,42 +102,15 @@ def advice_subset(ds: Dataset, max_train: int, max_val: int, val_fraction: float
     return sub
 
 
-def _probe(X, y, Xv, yv, seed) -> float:
-    return float(select_and_fit(X, y, Xv, yv, None, None, "logreg", seed=seed).val_accuracy)
-
-
-def _curve(path, layers, seed, scores: bool, log) -> list:
-    points = []
-    for name in layers:
-        X, y, _ = load_split(path, "train", name)
-        Xv, yv, _ = load_split(path, "val", name)
-        info = layer_info(path, name)
-        acc = _probe(X, y, Xv, yv, seed)
-        p = LayerPoint(name, info["rel_depth"], acc, int(yv.size))
-        if scores:
-            p.knn = knn_accuracy(X, y, Xv, yv, k=10)
-            rows = np.sort(_take(y, LOGME_ROWS, seed))
-            p.logme = logme(X[rows], y[rows])
-        log(f"  {name:<12} val {acc:.3f}" + (f"  knn {p.knn:.3f}  logme {p.logme:+.3f}" if scores else ""))
-        points.append(p)
-    return points
-
-
-def _cross_validated(path, layer, seed, folds: int = 5) -> tuple[float, int]:
-    """Accuracy of the probe over ``folds`` stratified folds of train+val: every labelled row validates once.
-
-    Used when a gap is within a few standard errors on the validation split alone: pooling the folds
-    multiplies the validation rows by about ``folds`` and shrinks the standard error accordingly.
-    """
-    from sklearn.model_selection import StratifiedKFold
-
-    parts = [load_split(path, s, layer) for s in ("train", "val")]
-    X, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-    correct = 0
-    for tr, va in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
-        r = select_and_fit(X[tr], y[tr], None, None, X[va], y[va], "logreg", seed=seed)
-        correct += round(r.test_accuracy * va.size)  # the fold's rows are validation rows here
-    return correct / y.size, int(y.size)
+def _scores(path, points, seed, log) -> None:
+    """Training-free kNN accuracy and LogME of each layer, on the one validation split (shown, not decided on)."""
+    for p in points:
+        X, y, _ = load_split(path, "train", p.layer)
+        Xv, yv, _ = load_split(path, "val", p.layer)
+        p.knn = knn_accuracy(X, y, Xv, yv, k=10)
+        rows = np.sort(_take(y, LOGME_ROWS, seed))
+        p.logme = logme(X[rows], y[rows])
+        log(f"  {p.layer:<12} knn {p.knn:.3f}  logme {p.logme:+.3f}")
 
 
 def _source_confidence(path, layer) -> tuple:
@@ -150,14 +123,16 @@ def _source_confidence(path, layer) -> tuple:
     return float(p.max(1).mean()), float(ent.mean())
 
 
-def _learning_curve(path, layer, seed) -> dict:
+def _learning_curve(path, layer, seed) -> tuple[dict, dict]:
+    """Validation accuracy of the probe on 25/50/100% of the training rows, and the last rise as a paired gap."""
     X, y, _ = load_split(path, "train", layer)
     Xv, yv, _ = load_split(path, "val", layer)
-    out = {}
+    out, correct = {}, {}
     for frac in (0.25, 0.5, 1.0):
         idx = _take(y, max(int(round(frac * y.size)), 2 * np.unique(y).size), seed)
-        out[frac] = _probe(X[idx], y[idx], Xv, yv, seed)
-    return out
+        correct[frac], _ = split_correctness(X[idx], y[idx], Xv, yv, "logreg", seed=seed)
+        out[frac] = float(correct[frac].mean())
+    return out, paired_split_gap(correct[1.0], correct[0.5]).to_dict()
 
 
 def _next_command(strategy, data, backbone, image_size, decision) -> str:
@@ -237,30 +212,24 @@ def advise(data, backbone: str = "lite0", image_size=None, pool: str = "gap", se
     layers = list(read_cache_meta(path)["catalog"])
     conf, ent = _source_confidence(path, extra[0]) if extra else (None, None)
     log("pretrained, per layer (validation):")
-    curve = _curve(path, layers, seed, scores, log)
-    random_best = None
+    measured = measure_curve(path, layers, seed=seed, val_fraction=val_fraction, log=log)
+    curve = measured.points
+    if scores:
+        _scores(path, curve, seed, log)
+    random_best = random_n = None
     if compare_random:
         rspec = ExtractionSpec(backbone, "random", seed, image_size, pool)
         rpath = extract(sub, layers="all", spec=rspec, cache_dir=cache_dir, device=device, progress=progress,
                         log=lambda m: None)
         log("random weights, per layer (validation):")
-        random_best = max(p.val_accuracy for p in _curve(rpath, layers, seed, False, log))
-    full_counts = counts
-    ev = Evidence(n_train=int(y.size), n_classes=int(classes.size), per_class_min=int(full_counts.min()),
-                  per_class_median=float(np.median(full_counts)), curve=curve, random_best=random_best,
-                  random_n_val=len(sub.splits["val"]), source_confidence=conf, source_entropy=ent)
+        rcurve = measure_curve(rpath, layers, seed=seed, val_fraction=val_fraction, log=log).points
+        best = max(rcurve, key=lambda p: p.val_accuracy)
+        random_best, random_n = best.val_accuracy, best.n_val
+    ev = Evidence(n_train=int(y.size), n_classes=int(classes.size), per_class_min=int(counts.min()),
+                  per_class_median=float(np.median(counts)), curve=curve, random_best=random_best,
+                  random_n_val=random_n, source_confidence=conf, source_entropy=ent, peak_gap=measured.gap_record())
     first = decide(ev)
-    z = first.facts.get("gap_in_se", 0.0)
-    if first.facts.get("last_gap", 0) > 0 and 1.0 < z < CV_BELOW:  # close: cross-validate the two layers
-        log(f"the last layer's gap is {z:.1f} standard errors: cross-validating "
-            f"{first.facts['peak_layer']} and {first.facts['last_layer']} ({CV_FOLDS} folds of train+val)")
-        for p in ev.curve:
-            if p.layer in (first.facts["peak_layer"], first.facts["last_layer"]):
-                p.val_accuracy, p.n_val = _cross_validated(path, p.layer, seed, CV_FOLDS)
-                log(f"  {p.layer:<12} cross-validated {p.val_accuracy:.3f} on {p.n_val} rows")
-        first = decide(ev)
-    layer = first.facts.get("peak_layer") if first.strategy == "generic-features" else first.facts.get("last_layer")
-    ev.learning_curve = _learning_curve(path, layer, seed)
+    ev.learning_curve, ev.learning_gap = _learning_curve(path, first.chosen_layer or layers[-1], seed)
     if finetune_probe:
         import shutil
         import tempfile
@@ -274,7 +243,8 @@ def advise(data, backbone: str = "lite0", image_size=None, pool: str = "gap", se
                          augment=False, out=out, progress=progress)
         finally:
             shutil.rmtree(out, ignore_errors=True)
-        ev.finetune_val = m["val_accuracy"]
+        ev.finetune_val, ev.finetune_n_val = m["val_accuracy"], len(sub.splits["val"])
+        ev.finetune_budget = f"last:2, 2 epochs on the advice subset, {spec.image_size or bb.input_size} px"
     decision = decide(ev)
     spec_name = ds.spec
     return Advice(decision.strategy, decision.runner_up, decision.close, decision.chosen_layer, decision.reasons,

@@ -264,7 +264,7 @@ def cmd_advise(a):
 
         print(json.dumps(jsonable(adv.to_dict()), indent=2))
         return
-    print(f"strategy: {adv.strategy}" + ("  (close call)" if adv.close else ""))
+    print(f"strategy: {adv.strategy}" + (f"  (close call: {adv.runner_up} is as likely)" if adv.close else ""))
     print(f"runner-up: {adv.runner_up}")
     if adv.chosen_layer:
         print(f"layer: {adv.chosen_layer}")
@@ -273,14 +273,15 @@ def cmd_advise(a):
         print(f"  - {r}")
     curve = adv.evidence.get("curve") or []
     if curve:
-        print(f"  {'layer':<12} {'rel.depth':>9} {'val acc':>8} {'+-se':>6} {'knn':>6} {'logme':>7}")
+        print(f"  {'layer':<12} {'rel.depth':>9} {'val acc':>8} {'+-se':>6} {'knn':>6} {'logme':>7}  measured on")
         from transferlab.pipeline.decision import stderr
 
         for p in curve:
             knn = "" if p["knn"] is None else f"{p['knn']:.3f}"
             lm = "" if p["logme"] is None else f"{p['logme']:+.3f}"
+            how = "one split" if p.get("method", "split") == "split" else p["method"] + " of train+val"
             print(f"  {p['layer']:<12} {p['rel_depth']:>9.2f} {p['val_accuracy']:>8.3f} "
-                  f"{stderr(p['val_accuracy'], p['n_val']):>6.3f} {knn:>6} {lm:>7}")
+                  f"{stderr(p['val_accuracy'], p['n_val']):>6.3f} {knn:>6} {lm:>7}  {how}, {p['n_val']} rows")
     print("thresholds: " + ", ".join(f"{k}={v}" for k, v in adv.thresholds.items()))
     print(f"next: {adv.next_command}")
 

@@ -9,11 +9,14 @@ The regimes (the lecture's quadrants):
 
 :func:`decide` is a pure function of an :class:`Evidence` record, shared by ``transferlab advise``
 and the sweep's report. Every comparison is made on validation accuracy, never test, and against
-its noise: the standard error of an accuracy ``p`` on ``n`` validation rows is
-``sqrt(p (1 - p) / n)``, and a difference counts only when it exceeds :data:`Z` standard errors of
-the difference. The thresholds are module constants, printed with every recommendation; they
-were calibrated on digits, MNIST and CIFAR-10 (``bench/advice.md``), where the measurement wins
-over the rule of thumb.
+its noise. The peak layer and the last layer are compared by a *paired* statistic on the same
+rows (:mod:`transferlab.pipeline.evidence` measures it: repeated k-fold on small data, one split
+otherwise); only where no paired gap was measured (rows of an old sweep) the unpaired binomial
+error ``sqrt(p (1 - p) / n)`` of each accuracy is used, and the reasons say so. A gap of more than
+:data:`Z` standard errors is real; within :data:`CLOSE` of that line it is a close call, and a
+close call between the two probe regimes falls back to the simpler one, the last layer. The
+thresholds are module constants, printed with every recommendation; ``bench/advice.md`` holds the
+calibration, where the measurement wins over the rule of thumb.
 """
 from __future__ import annotations
 
@@ -27,13 +30,16 @@ REGIMES = ("linear-probe", "generic-features", "fine-tune", "from-scratch")
 LARGE_PER_CLASS = 2000
 # how many standard errors of the difference make a gap real
 Z = 2.0
+# a peak-vs-last gap within this many standard errors of Z is a close call: the last layer is kept
+CLOSE = 1.0
 # pretrained must beat random weights by this many points (and by Z standard errors) to "help"
 MIN_SOURCE_GAIN = 0.02
 # a probe whose validation accuracy still rises by this much from half to all training rows
-# has not saturated: more capacity (fine-tuning) is likely to pay
+# has not saturated (and by more than Z paired standard errors): more capacity (fine-tuning) is likely to pay
 RISING = 0.01
 
-THRESHOLDS = {"large_per_class": LARGE_PER_CLASS, "z": Z, "min_source_gain": MIN_SOURCE_GAIN, "rising": RISING}
+THRESHOLDS = {"large_per_class": LARGE_PER_CLASS, "z": Z, "close": CLOSE, "min_source_gain": MIN_SOURCE_GAIN,
+              "rising": RISING}
 
 
 def stderr(p: float, n: int) -> float:
@@ -53,6 +59,7 @@ class LayerPoint:
     n_val: int
     knn: float | None = None
     logme: float | None = None
+    method: str = "split"  # "split" (one validation split) or "kfold RxK" (repeated k-fold on train+val)
 
 
 @dataclass
@@ -69,7 +76,11 @@ class Evidence:
     source_confidence: float | None = None  # mean max-softmax of the source classifier
     source_entropy: float | None = None  # mean entropy / log(n_source_classes)
     learning_curve: dict | None = None  # fraction of training rows -> validation accuracy at the chosen layer
-    finetune_val: float | None = None  # optional short fine-tune, validation accuracy
+    learning_gap: dict | None = None  # paired gap, all rows minus the previous fraction (Gap.to_dict())
+    finetune_val: float | None = None  # a measured fine-tune's validation accuracy
+    finetune_n_val: int | None = None
+    finetune_budget: str | None = None  # what the fine-tune cost: mode, epochs, image size
+    peak_gap: dict | None = None  # paired peak-minus-last gap: Gap.to_dict() with "peak" and "last"
     weights: str = "imagenet"
 
     def to_dict(self) -> dict:
@@ -78,8 +89,8 @@ class Evidence:
 
 @dataclass
 class Decision:
-    strategy: str
-    runner_up: str
+    strategy: str | None  # None: no transfer regime can be named (no pretrained curve)
+    runner_up: str | None
     close: bool
     chosen_layer: str | None
     reasons: list
@@ -90,23 +101,37 @@ class Decision:
         return asdict(self)
 
 
-def curve_facts(curve: list) -> dict:
-    """Peak (best validation) layer, last layer, their gap and its noise."""
+def curve_facts(curve: list, peak_gap: dict | None = None) -> dict:
+    """Peak (best validation) layer, last layer, their gap and its noise (paired when ``peak_gap`` is given)."""
     if not curve:
         return {}
     peak = max(curve, key=lambda p: (p.val_accuracy, p.rel_depth))  # ties: the deeper layer
     last = max(curve, key=lambda p: p.rel_depth)
-    se = math.hypot(stderr(peak.val_accuracy, peak.n_val), stderr(last.val_accuracy, last.n_val))
     gap = peak.val_accuracy - last.val_accuracy
+    if peak_gap and peak_gap.get("peak") == peak.layer and peak_gap.get("last") == last.layer:
+        se, method = float(peak_gap["se"]), f"paired, {peak_gap['method']}"
+    else:
+        se, method = math.hypot(stderr(peak.val_accuracy, peak.n_val), stderr(last.val_accuracy, last.n_val)), "unpaired"
     return {"peak_layer": peak.layer, "peak_rel_depth": peak.rel_depth, "peak_val": peak.val_accuracy,
             "last_layer": last.layer, "last_val": last.val_accuracy, "last_gap": gap, "gap_se": se,
-            "gap_in_se": gap / se if se > 0 else float("inf") if gap > 0 else 0.0, "n_val": peak.n_val}
+            "gap_in_se": gap / se if se > 0 else float("inf") if gap > 0 else 0.0, "n_val": peak.n_val,
+            "gap_method": method, "curve_method": peak.method}
+
+
+def _curve_reason(cf: dict, generic_better: bool, close: bool) -> str:
+    if cf["peak_layer"] == cf["last_layer"] or cf["last_gap"] <= 0:
+        return f"validation accuracy peaks at the last layer `{cf['last_layer']}` ({cf['last_val']:.3f}, {cf['curve_method']})"
+    verdict = ("more than" if generic_better else "close to" if close else "within") + f" {Z:g} standard errors"
+    return (f"validation accuracy peaks at `{cf['peak_layer']}` (relative depth {cf['peak_rel_depth']:.2f}, "
+            f"{cf['peak_val']:.3f}); the last layer `{cf['last_layer']}` trails by {100 * cf['last_gap']:.1f} points, "
+            f"{cf['gap_in_se']:.1f} standard errors of the difference ({100 * cf['gap_se']:.1f} points, "
+            f"{cf['gap_method']}; {cf['curve_method']} on {cf['n_val']} rows): {verdict}")
 
 
 def decide(ev: Evidence) -> Decision:
     """Name the regime, the runner-up and the reasons, from the evidence alone."""
     reasons, facts = [], {"n_train": ev.n_train, "n_classes": ev.n_classes, "per_class_median": ev.per_class_median}
-    cf = curve_facts(ev.curve)
+    cf = curve_facts(ev.curve, ev.peak_gap)
     facts.update(cf)
     large = ev.per_class_median >= LARGE_PER_CLASS
     reasons.append(f"{ev.per_class_median:.0f} training images per class (median) is "
@@ -114,17 +139,16 @@ def decide(ev: Evidence) -> Decision:
     pretrained = ev.weights == "imagenet"
     generic_better, gap_close = False, False
     if cf:
-        z = cf["gap_in_se"]
-        generic_better = z > Z
-        gap_close = 1.0 < z <= Z or (generic_better and z <= Z + 1)
-        if cf["peak_layer"] == cf["last_layer"] or cf["last_gap"] <= 0:
-            reasons.append(f"validation accuracy peaks at the last layer `{cf['last_layer']}` ({cf['last_val']:.3f})")
-        else:
-            verdict = "more than" if generic_better else "within"
-            reasons.append(f"validation accuracy peaks at `{cf['peak_layer']}` (relative depth "
-                           f"{cf['peak_rel_depth']:.2f}, {cf['peak_val']:.3f}); the last layer `{cf['last_layer']}` "
-                           f"trails by {100 * cf['last_gap']:.1f} points, {verdict} {Z:g} standard errors "
-                           f"({100 * cf['gap_se']:.1f} points at n_val={cf['n_val']})")
+        z = cf["gap_in_se"] if cf["last_gap"] > 0 else 0.0
+        generic_better = z > Z + CLOSE  # a real gap, clear of the close-call band
+        gap_close = Z - CLOSE < z <= Z + CLOSE
+        reasons.append(_curve_reason(cf, generic_better, gap_close))
+        if gap_close:
+            reasons.append(f"a close call between `{cf['peak_layer']}` and the last layer (within {CLOSE:g} of "
+                           f"{Z:g} standard errors): the simpler answer, the last layer, is kept")
+        if any(p.knn is not None or p.logme is not None for p in ev.curve):
+            reasons.append("kNN accuracy and LogME are shown for reference: they estimate without training what "
+                           "the probe measures, so the probe's validation accuracy decides")
     source_helps = None
     if ev.random_best is not None and cf and pretrained:  # random against random says nothing about transfer
         gain = cf["peak_val"] - ev.random_best
@@ -137,45 +161,48 @@ def decide(ev: Evidence) -> Decision:
         facts.update(source_confidence=ev.source_confidence, source_entropy=ev.source_entropy)
         reasons.append(f"the source classifier's mean top-1 confidence on these images is "
                        f"{ev.source_confidence:.2f} (normalised entropy {ev.source_entropy:.2f})")
-    rising = None
-    if ev.learning_curve:
-        fr = sorted(ev.learning_curve)
-        rise = ev.learning_curve[fr[-1]] - ev.learning_curve[fr[-2]] if len(fr) > 1 else 0.0
-        rising = rise > RISING
-        facts["learning_curve_rise"] = rise
-        reasons.append(f"the probe's validation accuracy {'still rises' if rising else 'has levelled off'} "
-                       f"from {100 * fr[-2]:.0f}% to {100 * fr[-1]:.0f}% of the training rows "
-                       f"({100 * rise:+.1f} points)" if len(fr) > 1 else "one learning-curve point only")
+    rising = _rising(ev, facts, reasons)
+    finetune_lost, finetune_won = None, None
     if ev.finetune_val is not None and cf:
-        facts["finetune_val"] = ev.finetune_val
-        reasons.append(f"a short fine-tune reached {ev.finetune_val:.3f} validation accuracy against the probe's "
-                       f"{cf['peak_val']:.3f}")
+        ft_se = math.hypot(stderr(ev.finetune_val, ev.finetune_n_val or cf["n_val"]),
+                           stderr(cf["peak_val"], cf["n_val"]))
+        facts.update(finetune_val=ev.finetune_val, finetune_se=ft_se, finetune_budget=ev.finetune_budget)
+        finetune_won = ev.finetune_val > cf["peak_val"] + Z * ft_se
+        finetune_lost = ev.finetune_val < cf["peak_val"] - Z * ft_se
+        budget = f" ({ev.finetune_budget})" if ev.finetune_budget else ""
+        reasons.append(f"a measured fine-tune{budget} reached {ev.finetune_val:.3f} validation accuracy against the "
+                       f"probe's {cf['peak_val']:.3f} ({'more than' if finetune_won or finetune_lost else 'within'} "
+                       f"{Z:g} standard errors, unpaired)")
 
+    probe = ("generic-features", "linear-probe") if generic_better else ("linear-probe", "generic-features")
     if not pretrained:
-        reasons.append("the weights are not ImageNet's: the curve describes the architecture, not the transfer")
+        reasons.append("the weights are not ImageNet's: the curve describes the architecture, not the transfer; "
+                       "no transfer regime can be named from these rows (add --weights imagenet)")
+        chosen = cf.get("peak_layer") if generic_better else cf.get("last_layer")
+        return Decision(None, None, False, chosen, reasons, facts)
     if large:
         gain = facts.get("source_gain")
         if source_helps is False:
             strategy, runner_up = "from-scratch", "fine-tune"
             close = gain is not None and gain > MIN_SOURCE_GAIN / 2
             reasons.append("large data, and the pretrained features barely beat random ones: train from scratch")
+        elif finetune_lost:
+            (strategy, _), runner_up, close = probe, "fine-tune", False
+            reasons.append("large data, but the measured fine-tune lost to the probe at its budget: the probe is "
+                           "the answer at that budget (more epochs may change it)")
         else:
             strategy = "fine-tune"
             small_gain = gain is not None and gain < 2 * MIN_SOURCE_GAIN
-            runner_up = "from-scratch" if small_gain else ("generic-features" if generic_better else "linear-probe")
+            runner_up = "from-scratch" if small_gain else probe[0]
             close = small_gain or rising is False
             reasons.append("large data: fine-tuning from the pretrained weights can use it"
                            + ("" if source_helps else " (random weights not measured)"))
     else:
-        if generic_better:
-            strategy, runner_up = "generic-features", "linear-probe"
-        else:
-            strategy, runner_up = "linear-probe", "generic-features"
-        close = gap_close
+        (strategy, runner_up), close = probe, gap_close
         if rising and ev.per_class_median >= LARGE_PER_CLASS / 4:
             runner_up = "fine-tune"
             reasons.append("the probe has not saturated, so fine-tuning is the runner-up")
-        if ev.finetune_val is not None and cf and ev.finetune_val > cf["peak_val"] + Z * cf["gap_se"]:
+        if finetune_won:
             strategy, runner_up, close = "fine-tune", strategy, False
             reasons.append("the measured fine-tune beats the probe by more than the noise: that measurement wins")
     if ev.per_class_min < 2:
@@ -183,6 +210,27 @@ def decide(ev: Evidence) -> Decision:
                        "the recommendation falls back to the linear probe")
         strategy, runner_up, close = "linear-probe", "generic-features", True
     chosen = cf.get("peak_layer") if strategy == "generic-features" else cf.get("last_layer")
-    if strategy == "linear-probe" and cf and cf.get("last_gap", 0) > 0:
-        chosen = cf["last_layer"]
     return Decision(strategy, runner_up, bool(close), chosen, reasons, facts)
+
+
+def _rising(ev: Evidence, facts: dict, reasons: list) -> bool | None:
+    """Whether the probe's learning curve still rises: by more than RISING and, when paired, Z standard errors."""
+    if not ev.learning_curve:
+        return None
+    fr = sorted(ev.learning_curve, key=float)
+    if len(fr) < 2:
+        reasons.append("one learning-curve point only")
+        return None
+    rise = ev.learning_curve[fr[-1]] - ev.learning_curve[fr[-2]]
+    facts["learning_curve_rise"] = rise
+    noise = ""
+    rising = rise > RISING
+    if ev.learning_gap:
+        se = float(ev.learning_gap["se"])
+        facts["learning_curve_rise_se"] = se
+        rising = rising and rise > Z * se
+        noise = f", {rise / se if se > 0 else float('inf'):.1f} paired standard errors"
+    reasons.append(f"the probe's validation accuracy {'still rises' if rising else 'has levelled off'} "
+                   f"from {100 * float(fr[-2]):.0f}% to {100 * float(fr[-1]):.0f}% of the training rows "
+                   f"({100 * rise:+.1f} points{noise})")
+    return rising

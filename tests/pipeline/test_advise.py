@@ -24,7 +24,12 @@ def test_json_names_a_regime_with_its_evidence(advice):
     assert set(adv) >= {"strategy", "runner_up", "close", "reasons", "evidence", "thresholds", "next_command"}
     curve = adv["evidence"]["curve"]
     assert [p["layer"] for p in curve] == ["bn1"] + [f"blocks.{i}" for i in range(7)] + ["bn2"]
-    assert all(0 <= p["val_accuracy"] <= 1 and p["n_val"] == 18 and p["logme"] is not None for p in curve)
+    # 18 validation rows are too few to decide on: every layer is measured by repeated k-fold on the
+    # 60 + 18 labelled rows, the same folds for all
+    assert all(0 <= p["val_accuracy"] <= 1 and p["n_val"] == 78 and p["logme"] is not None for p in curve)
+    assert {p["method"] for p in curve} == {"kfold 2x5"}
+    gap = adv["evidence"]["peak_gap"]
+    assert gap is None or (gap["method"] == "kfold 2x5" and gap["last"] == "bn2")
     assert adv["evidence"]["random_best"] is not None and 0 < adv["evidence"]["source_confidence"] <= 1
     assert adv["evidence"]["per_class_median"] == 30 and adv["next_command"].startswith("transferlab ")
 
@@ -38,7 +43,10 @@ def test_advise_never_reads_the_test_split(advice, monkeypatch):
     monkeypatch.setattr(cache, "load_split", lambda p, split, layer: (seen.append(split), real(p, split, layer))[1])
     from transferlab.pipeline import advise as advise_mod
 
+    from transferlab.pipeline import evidence as evidence_mod
+
     monkeypatch.setattr(advise_mod, "load_split", cache.load_split)
+    monkeypatch.setattr(evidence_mod, "load_split", cache.load_split)
     advise_mod.advise(f"npz:{npz}", image_size=32, max_train=60, max_val=30, cache_dir=tmp / "cache",
                       compare_random=False, scores=False, log=lambda m: None)
     assert seen and set(seen) <= {"train", "val"}

@@ -70,3 +70,61 @@ def test_random_weights_are_never_credited_with_source_features():
 def test_stderr_is_binomial_and_never_zero():
     assert stderr(0.5, 100) == pytest.approx(0.05)
     assert stderr(1.0, 100) > 0
+
+
+def _gap(peak, last, diff, se, method="kfold 2x5"):
+    return {"difference": diff, "se": se, "method": method, "n": 500, "in_se": diff / se, "peak": peak, "last": last}
+
+
+def test_a_paired_gap_decides_where_the_unpaired_errors_would_not():
+    # 3 points on 300 rows: 1.3 unpaired standard errors; paired, the two layers disagree on few rows
+    vals = [0.80, 0.88, 0.93, 0.90]
+    unpaired = decide(_ev(20, vals, n_val=300))
+    paired = decide(_ev(20, vals, n_val=300, peak_gap=_gap("l2", "l3", 0.03, 0.006)))
+    assert unpaired.strategy == "linear-probe" and unpaired.facts["gap_method"] == "unpaired"
+    assert paired.strategy == "generic-features" and paired.chosen_layer == "l2" and not paired.close
+    assert paired.facts["gap_method"].startswith("paired") and paired.facts["gap_in_se"] == pytest.approx(5.0)
+
+
+def test_a_paired_gap_of_another_pair_of_layers_is_not_used():
+    d = decide(_ev(20, [0.80, 0.88, 0.93, 0.90], n_val=300, peak_gap=_gap("l1", "l3", 0.03, 0.006)))
+    assert d.facts["gap_method"] == "unpaired"
+
+
+@pytest.mark.parametrize("in_se", [1.2, 2.0, 2.9])
+def test_a_close_call_keeps_the_last_layer_and_names_both(in_se):
+    d = decide(_ev(20, [0.80, 0.88, 0.93, 0.90], n_val=300, peak_gap=_gap("l2", "l3", 0.03, 0.03 / in_se)))
+    assert d.strategy == "linear-probe" and d.runner_up == "generic-features" and d.close
+    assert d.chosen_layer == "l3"
+    assert any("close call" in r and "last layer" in r for r in d.reasons)
+
+
+def test_a_gap_under_one_standard_error_is_neither_generic_nor_close():
+    d = decide(_ev(20, [0.80, 0.88, 0.93, 0.90], n_val=300, peak_gap=_gap("l2", "l3", 0.03, 0.05)))
+    assert d.strategy == "linear-probe" and not d.close and d.chosen_layer == "l3"
+
+
+def test_a_measured_fine_tune_that_lost_on_large_data_gives_the_probe_at_that_budget():
+    ev = _ev(LARGE_PER_CLASS * 3, [0.7, 0.85, 0.89, 0.884], n_val=6000, random_best=0.7,
+             finetune_val=0.863, finetune_n_val=6000, finetune_budget="last:2, 1 epoch, 64 px")
+    d = decide(ev)
+    assert d.strategy in ("linear-probe", "generic-features") and d.runner_up == "fine-tune"
+    assert any("last:2, 1 epoch, 64 px" in r for r in d.reasons)
+    won = decide(_ev(LARGE_PER_CLASS * 3, [0.7, 0.85, 0.89, 0.884], n_val=6000, random_best=0.7,
+                     finetune_val=0.93, finetune_n_val=6000))
+    assert won.strategy == "fine-tune"
+
+
+def test_a_rise_within_its_paired_noise_has_levelled_off():
+    lc = {0.5: 0.80, 1.0: 0.82}
+    noisy = decide(_ev(600, [0.7, 0.8, 0.82], n_val=300, learning_curve=lc,
+                       learning_gap={"difference": 0.02, "se": 0.015, "method": "split", "n": 300}))
+    clear = decide(_ev(600, [0.7, 0.8, 0.82], n_val=300, learning_curve=lc,
+                       learning_gap={"difference": 0.02, "se": 0.005, "method": "split", "n": 300}))
+    assert any("levelled off" in r for r in noisy.reasons) and noisy.runner_up != "fine-tune"
+    assert any("still rises" in r for r in clear.reasons) and clear.runner_up == "fine-tune"
+
+
+def test_random_weights_alone_name_no_transfer_regime():
+    d = decide(_ev(100, [0.8, 0.95, 0.9, 0.85], weights="random"))
+    assert d.strategy is None and any("no transfer regime" in r for r in d.reasons)

@@ -1,0 +1,127 @@
+"""The depth curve the decision reads, measured one way for ``advise`` and the sweep alike.
+
+Every layer of a comparison is measured the same way, on the same rows, and the peak is compared
+with the last layer by a paired statistic (:mod:`transferlab.classifiers.compare`):
+
+- fewer than :data:`SMALL_VAL` validation rows: the logistic-regression probe is scored by
+  repeated stratified k-fold (:data:`FOLDS` folds, :data:`REPEATS` repeats) on train+val, every
+  layer on the same folds, C chosen on the mean over folds; the peak-vs-last gap has Nadeau and
+  Bengio's corrected standard error. One split of a hundred rows decides by a few images and
+  moves with its seed; the folds use every labelled row.
+- otherwise: one split (the data's ``val`` split, else the heads' own stratified holdout of
+  train: :func:`transferlab.classifiers.protocol.stratified_holdout`, the same rows), each layer's
+  accuracy the probe's validation accuracy, and the peak-vs-last gap paired on the same rows.
+
+The test split is never read here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from transferlab.classifiers.compare import (Gap, corrected_kfold_gap, kfold_accuracies, kfold_shape,
+                                             paired_split_gap, repeated_folds, split_correctness)
+from transferlab.classifiers.protocol import stratified_holdout
+from transferlab.features.cache import layer_info, load_split, read_cache_meta
+
+from .decision import LayerPoint
+
+SMALL_VAL = 500  # fewer validation rows than this: compare layers by repeated k-fold on train+val
+FOLDS = 5
+REPEATS = 2
+PROBE = "logreg"
+
+
+@dataclass
+class CurveMeasurement:
+    """Per-layer validation accuracy, all measured by ``method``, and the paired peak-vs-last gap."""
+
+    points: list  # LayerPoint, forward order
+    method: str  # "split" or "kfold RxK"
+    gap: Gap | None  # peak minus last layer, paired; None with one layer
+    peak: str | None = None
+    last: str | None = None
+    params: dict = field(default_factory=dict)  # layer -> the probe's chosen hyperparameters
+
+    def gap_record(self) -> dict | None:
+        """What :class:`transferlab.pipeline.decision.Evidence` carries of the gap."""
+        if self.gap is None:
+            return None
+        return {**self.gap.to_dict(), "peak": self.peak, "last": self.last}
+
+
+def train_val_rows(path, layer: str, val_fraction: float, seed: int):
+    """``(X, y, X_val, y_val)`` of a layer: the cache's ``val`` split, else the heads' holdout of train."""
+    X, y, _ = load_split(path, "train", layer)
+    if "val" in read_cache_meta(path)["splits"]:
+        Xv, yv, _ = load_split(path, "val", layer)
+        return X, y, Xv, yv
+    tr, va, reason = stratified_holdout(y, val_fraction, seed)
+    if reason is not None:
+        return X, y, None, None
+    return X[tr], y[tr], X[va], y[va]
+
+
+def _peak_and_last(points: list) -> tuple:
+    peak = max(points, key=lambda p: (p.val_accuracy, p.rel_depth))  # ties: the deeper layer
+    last = max(points, key=lambda p: p.rel_depth)
+    return peak, last
+
+
+def measure_curve(path, layers: list, *, seed: int = 0, val_fraction: float = 0.2, known: dict | None = None,
+                  small_val: int = SMALL_VAL, folds: int = FOLDS, repeats: int = REPEATS, log=None) -> CurveMeasurement:
+    """Measure the probe at every layer of ``layers`` in the cache file ``path`` and the peak-vs-last gap.
+
+    ``known`` maps a layer to a one-split validation accuracy already measured by the same probe
+    on the same rows (a sweep's logreg rows): those layers are not refitted on the one-split path
+    (the peak and the last layer are, for their per-row pairs). Returns a :class:`CurveMeasurement`.
+    """
+    log = log or (lambda m: None)
+    known = known or {}
+    _, _, _, yv = train_val_rows(path, layers[0], val_fraction, seed)
+    if yv is None or len(yv) < small_val:
+        return _kfold_curve(path, layers, seed, val_fraction, folds, repeats, log)
+    points, params = [], {}
+    for name in layers:
+        info = layer_info(path, name)
+        if name in known:
+            acc = float(known[name])
+        else:
+            X, y, Xv, yv = train_val_rows(path, name, val_fraction, seed)
+            correct, params[name] = split_correctness(X, y, Xv, yv, PROBE, seed=seed)
+            acc = float(correct.mean())
+        points.append(LayerPoint(name, info["rel_depth"], acc, int(len(yv)), method="split"))
+        log(f"  {name:<12} val {acc:.3f}")
+    peak, last = _peak_and_last(points)
+    gap = None
+    if peak.layer != last.layer:
+        pairs = []
+        for name in (peak.layer, last.layer):
+            X, y, Xv, yv = train_val_rows(path, name, val_fraction, seed)
+            correct, params[name] = split_correctness(X, y, Xv, yv, PROBE, seed=seed)
+            pairs.append(correct)
+        gap = paired_split_gap(*pairs)
+    return CurveMeasurement(points, "split", gap, peak.layer, last.layer, params)
+
+
+def _kfold_curve(path, layers, seed, val_fraction, folds, repeats, log) -> CurveMeasurement:
+    """Every layer on the same repeated stratified folds of train+val."""
+    data = {}
+    for name in layers:
+        X, y, Xv, yv = train_val_rows(path, name, val_fraction, seed)
+        data[name] = (np.concatenate([X, Xv]), np.concatenate([y, yv])) if Xv is not None else (X, y)
+    y_all = data[layers[0]][1]
+    splits = repeated_folds(y_all, folds, repeats, seed)
+    method = kfold_shape(splits)
+    points, per_fold, params = [], {}, {}
+    for name in layers:
+        X, y = data[name]
+        per_fold[name], params[name] = kfold_accuracies(X, y, splits, PROBE, seed=seed)
+        acc = float(per_fold[name].mean())
+        points.append(LayerPoint(name, layer_info(path, name)["rel_depth"], acc, int(y.size), method=method))
+        log(f"  {name:<12} {method} {acc:.3f}")
+    peak, last = _peak_and_last(points)
+    gap = corrected_kfold_gap(per_fold[peak.layer], per_fold[last.layer], splits) if peak.layer != last.layer else None
+    return CurveMeasurement(points, method, gap, peak.layer, last.layer, params)
