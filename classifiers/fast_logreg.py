@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
+from ._holdout import stratified_holdout
 from ._linear import GridWarmStartMixin, LogisticProbaMixin
 from ._path import DEFAULT_MEMORY_BUDGET, LogRegPath, class_index, fit_logreg_path, past_the_peak, path_scores
 from ._validation import is_h5
@@ -128,10 +129,12 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
 class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstimator):
     """Fit the whole C grid at once and keep the C with the best validation accuracy.
 
-    ``fit(X, y)`` holds out a stratified ``val_fraction`` of the rows (seeded by ``random_state``)
-    to choose C on, then refits on all rows at that C; ``fit(X, y, X_val, y_val)`` chooses on the
-    given validation rows instead. When no stratified holdout is possible (a class with a single
-    row), no C is chosen on data: the grid's C closest to 1 is used and ``selection_`` says why.
+    ``fit(X, y)`` holds out a stratified ``val_fraction`` of the rows (seeded by ``random_state``;
+    the rows :func:`~transferlab.classifiers.protocol.stratified_holdout` draws) to choose C on,
+    then refits on all rows at that C; ``fit(X, y, X_val, y_val)`` chooses on the given validation
+    rows instead. When no holdout is possible (say one row per class, or rows in an
+    ``h5py.Dataset``), no C is chosen on data: the grid's C closest to 1 is used and
+    ``selection_`` says why.
 
     Parameters
     ----------
@@ -185,14 +188,13 @@ class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstim
         self.block_size = block_size
 
     def fit(self, X, y, X_val=None, y_val=None, init=None, preconditioner="auto"):
-        """Choose C on validation rows (given, or held out of ``X``), then refit (see ``refit``).
+        """Choose C on validation rows (given, or held out of ``X`` by :func:`stratified_holdout`), then
+        refit (see ``refit``).
 
         ``init``: ``(coefs, intercepts)`` per C to start the path from; ``preconditioner``: a name or
         an earlier path's preconditioner (see :func:`fit_logreg_path`). The refit starts from the
         chosen solution and reuses the path's preconditioner.
         """
-        from sklearn.model_selection import train_test_split
-
         X, classes, y_idx = self._validate_fit(X, y)
         Cs = np.logspace(-6, 5, 12) if self.Cs is None else np.asarray(self.Cs, dtype=np.float64).ravel()
         if (X_val is None) != (y_val is None):
@@ -207,18 +209,17 @@ class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstim
             val_idx = np.where(classes[val_idx] == y_val, val_idx, -1)  # unseen labels never match
             X_fit, y_fit, self.selection_ = X, y_idx, "given validation rows"
         else:
-            counts = np.bincount(y_idx)
-            n_val = int(np.ceil(self.val_fraction * y_idx.size))
-            if counts.min() >= 2 and classes.size <= n_val <= y_idx.size - classes.size and not is_h5(X):
-                tr, va = train_test_split(np.arange(y_idx.size), test_size=n_val, stratify=y_idx,
-                                          random_state=self.random_state)
-                tr, va = np.sort(tr), np.sort(va)
+            if is_h5(X):
+                reason = "rows read from disk (h5py) are not held out: give X_val"
+            else:
+                tr, va, reason = stratified_holdout(y_idx, self.val_fraction, self.random_state)
+            if reason is None:
                 X_fit, y_fit, X_val, val_idx = X[tr], y_idx[tr], X[va], y_idx[va]
                 self.selection_ = f"held-out fraction {self.val_fraction:g} (seed {self.random_state})"
                 fit_rows = "all"
             else:
                 X_fit, y_fit, X_val = X, y_idx, None
-                self.selection_ = "none: too few rows per class to hold out validation rows; C closest to 1"
+                self.selection_ = f"none: {reason}; C closest to 1"
         scores = np.full(Cs.size, np.nan)
 
         def score_block(where, W, b):  # validation accuracy of each block as it is solved
