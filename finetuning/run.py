@@ -55,14 +55,14 @@ from transferlab.features.spec import ExtractionSpec
 
 from .config import FinetuneConfig
 
-from .model import (DEFAULT_LR, DEFAULT_LR_SPREAD, DEFAULT_WEIGHT_DECAY, SGD_LR_FACTOR, Mode,
+from .model import (DEFAULT_LR, DEFAULT_LR_SPREAD, DEFAULT_WEIGHT_DECAY, SGD_LR_FACTOR,
                              WarmupCosine, build_finetune_model, init_classifier_from_head, make_optimizer,
                              optimizer_param_groups, parse_mode)
-from .saved import load_finetuned, predict_finetuned, save_finetuned
+from .saved import save_finetuned
 from .train import (CHECKPOINT_FORMAT, SplitData, Trainer, load_checkpoint, rng_state, save_checkpoint,
                              seed_everything, set_rng_state)
 
-__all__ = ["finetune", "FinetuneConfig", "parse_mode", "load_finetuned", "predict_finetuned", "Mode"]
+__all__ = ["RUN_FILES", "config_key", "epoch_line", "finetune", "finetune_splits"]
 
 RUN_FILES = ("checkpoint.pt", "metrics.json", "model.pt", "model.json")
 # configuration entries that do not change the numbers (a run may resume with other values)
