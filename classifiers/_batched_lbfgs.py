@@ -1,7 +1,17 @@
-"""Internals of :mod:`classifiers.fast_logreg`: row source, preconditioner basis, batched L-BFGS.
+"""The solver behind :func:`classifiers._path.fit_logreg_path`: batched, preconditioned L-BFGS in torch.
 
-Everything here works on torch tensors; the public surface and the maths are described in
-:mod:`classifiers.fast_logreg`.
+- **Batched**: one weight tensor per C, stacked, so each pass over the rows is one matrix product
+  for the whole grid; blocks of C run in increasing C, each warm-started from the block before.
+- **Preconditioned**: with centred features ``X_c`` and ``X_c^T X_c = V diag(lam) V^T``, the
+  Hessian approximation ``I + h C X_c^T X_c`` is diagonal in the coordinates ``W = V A``; ``h`` is
+  the rows' current mean curvature of the loss (exact at W = 0). Its inverse is the L-BFGS starting
+  metric, so the conditioning of the features barely matters. Wide features get the top eigenpairs
+  only (:func:`lowrank_spectrum`); fewer rows than dimensions, the exact row-space basis.
+- **Rows**: held on the device (on a CPU, passed in cache-sized chunks) or, beyond the memory
+  budget, streamed from an ``h5py.Dataset`` at every pass (:class:`RowSource`); loss and gradient
+  are sums over chunks, so the result is the same.
+
+Its speed against scikit-learn's solvers is in ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -12,14 +22,13 @@ import numpy as np
 
 from transferlab.util import UserInputError
 
-from ._validation import check_features
+from ._validation import check_features, is_h5
 
 _EVAL_ROWS = 16384  # rows per pass on an accelerator: few large products
 # On a CPU, rows held in memory are passed in chunks of about this many bytes: both products of a
 # pass (scores, then gradient) then read a chunk while it is still in cache, instead of streaming
-# the whole array from memory twice. Measured at 5,000 x 1,280, one thread: an evaluation 11.8 ->
-# 7.1 ms for one C, the 45-value selection 1.4 -> 1.1 s; 50,000 rows 9.6 -> 7.2 s.
-_CPU_CHUNK_BYTES = 4 << 20
+# the whole array from memory twice (the products are memory-bound at these shapes).
+CPU_CHUNK_BYTES = 4 << 20
 
 
 def torch_max(a, b):
@@ -43,13 +52,13 @@ class RowSource:
         self._X = X
         self._full = None
         if self.n * self.d * 4 <= memory_budget:
-            self._full = torch.as_tensor(check_features(np.asarray(X[()] if _is_h5(X) else X)))
+            self._full = torch.as_tensor(check_features(np.asarray(X[()] if is_h5(X) else X)))
             self._full = self._full.to(device=self.device, dtype=dtype)
-            per_chunk = _EVAL_ROWS if self.device.type != "cpu" else max(256, _CPU_CHUNK_BYTES // (self.d * 4))
+            per_chunk = _EVAL_ROWS if self.device.type != "cpu" else max(256, CPU_CHUNK_BYTES // (self.d * 4))
             self.rows = min(self.n, per_chunk)
         else:
             rows = max(1, int(memory_budget // (self.d * 4)))
-            step = (X.chunks or (1,))[0] if _is_h5(X) else 1
+            step = (X.chunks or (1,))[0] if is_h5(X) else 1
             self.rows = max(step, rows // step * step)
 
     @property
@@ -86,24 +95,16 @@ class RowSource:
                 yield start, stop, torch.as_tensor(block).to(device=self.device, dtype=self.dtype)
 
 
-def _is_h5(X) -> bool:
-    try:
-        import h5py
-    except ImportError:  # pragma: no cover - h5py is a dependency
-        return False
-    return isinstance(X, h5py.Dataset)
+LOWRANK_ROWS = 16384  # the low-rank preconditioner is estimated on at most this many (evenly spaced) rows
 
 
-_LOWRANK_ROWS = 16384  # the low-rank preconditioner is estimated on at most this many (evenly spaced) rows
-
-
-def _lowrank(source, mu, rank, seed=0):
+def lowrank_spectrum(source, mu, rank, seed=0):
     """Top ``rank`` eigenpairs of the centred Gram by randomized subspace iteration (3 passes),
     and the mean of the remaining eigenvalues.
 
-    Rows held in memory beyond ``_LOWRANK_ROWS`` are sampled evenly and the Gram scaled by
-    n / rows: it only shapes the preconditioner (the convergence, not the optimum). At 50,000 x
-    1,280 this took a solve's set-up from about 1 s to 0.3 s.
+    Rows held in memory beyond ``LOWRANK_ROWS`` are sampled evenly and the Gram scaled by
+    n / rows: it only shapes the preconditioner (the convergence, not the optimum), and the
+    set-up no longer grows with the rows.
     """
     import torch
 
@@ -113,7 +114,7 @@ def _lowrank(source, mu, rank, seed=0):
     sq = torch.zeros((), dtype=torch.float64, device=source.device)
     for step in range(3):
         Y = torch.zeros_like(Q)
-        chunks, seen = source.sample_chunks(_LOWRANK_ROWS)
+        chunks, seen = source.sample_chunks(LOWRANK_ROWS)
         for _, _, c in chunks:
             c = c - mu
             if step == 0:
@@ -132,7 +133,7 @@ def _lowrank(source, mu, rank, seed=0):
 @dataclass
 class Preconditioner:
     """The centred Gram's spectrum a solve was preconditioned with, for a later solve on rows of the
-    same features (numpy arrays: a :class:`~classifiers.fast_logreg.LogRegPath` holding it pickles
+    same features (numpy arrays: a :class:`~classifiers._path.LogRegPath` holding it pickles
     without torch).
 
     ``kind`` is ``"eigh"`` (V: the full orthonormal eigenbasis (D, D), lam its eigenvalues),
@@ -140,8 +141,7 @@ class Preconditioner:
     eigenvalue) or ``"diag"`` (lam: the per-feature sums of squares). The Gram is a sum over ``n``
     rows; a solve on m rows scales the eigenvalues by m / n. A preconditioner shapes only the
     convergence, never the optimum: one estimated on a subsample, or on the training split before a
-    refit on train+val, serves as well as a fresh one and saves its passes over the rows (about
-    0.14 s of a 1.9 s selection at 5,000 x 1,280, one thread, three times over).
+    refit on train+val, serves as well as a fresh one and saves its passes over the rows.
     """
 
     kind: str
@@ -202,7 +202,7 @@ def _basis(source, preconditioner, max_eigh_dim, rank=128, reuse=None):
             return mu_c, None, None, (tensor(reuse.V), lam, lam.new_tensor(reuse.rest * scale)), reuse
         return mu_c, tensor(reuse.V), lam, None, reuse
     if preconditioner == "lowrank":
-        Vk, lam_k, rest = _lowrank(source, mu_c, min(rank, source.d))
+        Vk, lam_k, rest = lowrank_spectrum(source, mu_c, min(rank, source.d))
         kept = Preconditioner("lowrank", source.n, Vk.cpu().numpy(), lam_k.cpu().numpy(), float(rest))
         return mu_c, None, None, (Vk, lam_k, rest), kept
     if preconditioner == "diag":
@@ -220,7 +220,7 @@ def _basis(source, preconditioner, max_eigh_dim, rank=128, reuse=None):
     return mu_c, V, lam, None, Preconditioner("eigh", source.n, V.cpu().numpy(), lam.cpu().numpy())
 
 
-class _Problem:
+class Problem:
     """Loss, gradient and preconditioner of a stack of problems (one per C) in (A, b) coordinates.
 
     ``A`` is (g, K, r) with ``W^T = A V^T`` (V None: the rows are already rotated, W = A), and ``b``
@@ -410,7 +410,7 @@ def solve_path(source, y_idx, n_classes, Cs, tol, max_iter, history_size, block_
 
     K' is 1 for two classes (binomial layout: the multinomial problem at C/2 is the binomial one
     at C, with ``w = w_1 - w_0``), else the number of classes. ``problem_cls`` replaces the
-    multinomial logistic loss by another one with :class:`_Problem`'s interface (the squared
+    multinomial logistic loss by another one with :class:`Problem`'s interface (the squared
     hinge of :mod:`classifiers.fast_svm`), which then lays out its own coefficient rows.
 
     ``stop(indices, coefs, intercepts)`` is called after every block with the block's positions in
@@ -425,7 +425,7 @@ def solve_path(source, y_idx, n_classes, Cs, tol, max_iter, history_size, block_
 
     K, tdtype = n_classes, source.dtype
     logistic = problem_cls is None
-    problem_cls = problem_cls or _Problem
+    problem_cls = problem_cls or Problem
     mu, V, lam, lowrank, kept = _basis(source, preconditioner, max_eigh_dim, reuse=reuse)
     if V is not None and source.rotate_(mu, V):  # passes then skip the products with V
         problem = problem_cls(source, y_idx, K, torch.zeros_like(lam), None, lam, basis=V)

@@ -7,6 +7,11 @@ import numpy as np
 from transferlab.util import UserInputError
 
 
+def is_h5(X) -> bool:
+    """Whether ``X`` is an ``h5py.Dataset``: rows read from disk in chunks, checked as they are read."""
+    return type(X).__module__.startswith("h5py")
+
+
 def check_features(X, name: str = "features") -> np.ndarray:
     """Return ``X`` as a finite 2-D float32 array, or raise UserInputError naming it."""
     X = np.asarray(X)

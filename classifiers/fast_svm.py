@@ -21,12 +21,13 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import validate_data
 
-from ._batched_lbfgs import _Problem
-from .fast_logreg import DEFAULT_MEMORY_BUDGET, LogRegPath, _GridWarmStart, _LinearDecision, fit_logreg_path
+from ._batched_lbfgs import Problem
+from ._linear import GridWarmStartMixin, LinearClassifierMixin
+from ._path import DEFAULT_MEMORY_BUDGET, LogRegPath, fit_logreg_path
 
 
-class _SquaredHinge(_Problem):
-    """One-vs-rest squared-hinge problems, one stack per C, in :class:`_Problem`'s (A, b) coordinates."""
+class _SquaredHinge(Problem):
+    """One-vs-rest squared-hinge problems, one stack per C, in :class:`Problem`'s (A, b) coordinates."""
 
     def __init__(self, source, y_idx, n_classes, mu, V, lam, basis=None, lowrank=None):
         import torch
@@ -84,7 +85,7 @@ def fit_svm_path(X, y, Cs, *, device: str = "cpu", tol: float = 1e-4, max_iter: 
                  num_threads: int | None = None, init=None) -> LogRegPath:
     """Fit the one-vs-rest squared-hinge linear SVM for every C of a grid in one batched solve.
 
-    Parameters are those of :func:`classifiers.fast_logreg.fit_logreg_path`; ``y`` holds integer
+    Parameters are those of :func:`classifiers._path.fit_logreg_path`; ``y`` holds integer
     labels 0..K-1. Returns the per-C coefficients (n_C, K', D) and intercepts (n_C, K') in the order
     of ``Cs``, K' = 1 for two classes (decision > 0: the second class), in the same container.
 
@@ -100,7 +101,7 @@ def fit_svm_path(X, y, Cs, *, device: str = "cpu", tol: float = 1e-4, max_iter: 
                            num_threads=num_threads, problem_cls=_SquaredHinge, init=init)
 
 
-class TorchLinearSVC(_GridWarmStart, _LinearDecision, ClassifierMixin, BaseEstimator):
+class TorchLinearSVC(GridWarmStartMixin, LinearClassifierMixin, ClassifierMixin, BaseEstimator):
     """Linear SVM (squared hinge, one-vs-rest) at one C, solved by :func:`fit_svm_path`.
 
     A drop-in for ``sklearn.svm.LinearSVC(C=C)`` (``coef_``, ``intercept_``, ``classes_``,
@@ -111,7 +112,7 @@ class TorchLinearSVC(_GridWarmStart, _LinearDecision, ClassifierMixin, BaseEstim
     ----------
     C : float
         Inverse regularisation strength.
-    tol, max_iter, device, memory_budget : see :func:`classifiers.fast_logreg.fit_logreg_path`.
+    tol, max_iter, device, memory_budget : see :func:`classifiers._path.fit_logreg_path`.
     """
 
     def __init__(self, C=1.0, *, tol=1e-4, max_iter=100, device="cpu", memory_budget=DEFAULT_MEMORY_BUDGET):

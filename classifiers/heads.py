@@ -16,9 +16,8 @@ knn       ``KNeighborsClassifier``, cosine, distance-weighted         ``n_neighb
 
 The logreg grid follows Kornblith et al. 2019 (C log-spaced over [1e-6, 1e5]: 12 values by default,
 their 45 with ``full=True``); the SVM grid extends VISSL's ([0.01, 0.1, 1, 10, 100]) to 10^4: on
-L2-normalised features of early layers the best C often lies above 100 (on MNIST, 7 of 9 layers
-chose the old ceiling, and raising it lifted them by 6-10 points). A choice on the edge of its grid
-is noted in the results row.
+L2-normalised features of early layers the best C often lies above 100. A choice on the edge of its
+grid is noted in the results row.
 """
 
 from __future__ import annotations

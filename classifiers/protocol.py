@@ -1,8 +1,9 @@
 """The selection protocol: choose hyperparameters on validation rows, refit on train+val, test once.
 
 1. Validation rows are the data's own ``val`` split when there is one, else a seeded stratified
-   fraction of train. When neither is possible (say one example per class), there is no
-   selection: the head's default hyperparameters are used and ``selection`` says why.
+   fraction of train (:func:`stratified_holdout`: the rows fine-tuning and ``advise`` hold out
+   too). When neither is possible (say one example per class), there is no selection: the head's
+   default hyperparameters are used and ``selection`` says why.
 2. Every grid point is fitted on the training rows (preprocessing included, so scalers and PCA
    see training rows only) and scored on the validation rows; the first best in grid order wins.
    Grid points are independent fits run through joblib, unless the head's estimator offers
@@ -18,18 +19,18 @@ The test rows are not passed to any code that runs before step 3.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from sklearn.base import clone
 from sklearn.metrics import classification_report
-from sklearn.model_selection import ParameterGrid, train_test_split
+from sklearn.model_selection import ParameterGrid
 from sklearn.pipeline import Pipeline
 
 from transferlab.util import UserInputError, jsonable
 
+from .holdout import stratified_holdout
 from ._parallel import parallel
 from ._validation import check_features, check_labels, check_two_classes
 from .heads import adapt_to_data, default_grid, get_head_spec, make_head, solver_of
@@ -99,25 +100,6 @@ def sample_shots(y, k: int, seed: int = 0) -> np.ndarray:
             raise UserInputError(f"class {c} has only {rows.size} training examples, fewer than shots={k}: lower shots")
         picked.append(rows[rng.permutation(rows.size)[:k]])
     return np.sort(np.concatenate(picked)).astype(np.int64)
-
-
-def stratified_holdout(y, fraction: float = 0.2, seed: int = 0):
-    """Split row indices of ``y`` into (train, val), stratified and seeded.
-
-    Returns ``(train_idx, val_idx, None)``, or ``(None, None, reason)`` when a stratified split
-    is impossible (a class with a single example, or fewer validation rows than classes).
-    """
-    if not 0.0 < fraction < 1.0:
-        raise UserInputError(f"val_fraction must be between 0 and 1, got {fraction}")
-    y = np.asarray(y)
-    classes, counts = np.unique(y, return_counts=True)
-    n_val = math.ceil(fraction * y.size)
-    if counts.min() < 2:
-        return None, None, f"class {classes[counts.argmin()]} has a single training example"
-    if n_val < classes.size or y.size - n_val < classes.size:
-        return None, None, f"{y.size} training rows cannot hold a stratified {fraction:g} validation split"
-    train_idx, val_idx = train_test_split(np.arange(y.size), test_size=fraction, stratify=y, random_state=seed)
-    return np.sort(train_idx), np.sort(val_idx), None
 
 
 def _fit_score(template, params, X_tr, y_tr, X_val, y_val, n_classes):

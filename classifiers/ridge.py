@@ -24,7 +24,7 @@ from sklearn.utils.validation import validate_data
 
 from transferlab.util import UserInputError
 
-from .fast_logreg import _LinearDecision
+from ._linear import LinearClassifierMixin
 
 _CHUNK = 8192  # rows per Gram block (bounds the float64 copy)
 
@@ -78,7 +78,7 @@ def _check_alphas(alphas) -> np.ndarray:
     return alphas
 
 
-class RidgeProbe(_LinearDecision, ClassifierMixin, BaseEstimator):
+class RidgeProbe(LinearClassifierMixin, ClassifierMixin, BaseEstimator):
     """Least-squares linear probe: scikit-learn's ``RidgeClassifier(alpha)`` solved spectrally.
 
     Same objective, ``coef_``, ``intercept_`` and ``classes_`` as ``RidgeClassifier``; passes

@@ -59,6 +59,12 @@ class Split:
     def in_memory(self) -> bool:
         return self.images is not None
 
+    def take(self, rows, name: str | None = None) -> "Split":
+        """The split's ``rows`` (positions, in that order) as a new split, keeping their sample ids."""
+        rows = np.asarray(rows, dtype=np.int64)
+        kept = {"images": self.images[rows]} if self.in_memory else {"paths": [self.paths[i] for i in rows]}
+        return Split(self.name if name is None else name, self.labels[rows], ids=self.ids[rows], **kept)
+
 
 @dataclass
 class Dataset:

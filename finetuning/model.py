@@ -49,9 +49,8 @@ SGD_LR_FACTOR = 10.0
 DEFAULT_LR_SPREAD = {"head": 1.0, "last": 1.0, "full": 100.0, "scratch": 1.0}
 DEFAULT_WEIGHT_DECAY = {"adamw": 0.01, "sgd": 5e-4}
 # Pretrained BatchNorm statistics stay as they are unless asked: normalising with the statistics
-# of small batches of another domain disturbs the pretrained features from the first step; on the
-# CIFAR bench ``full`` reached 0.23 test accuracy that way against 0.50 with frozen statistics
-# (bench/finetune_modes.md). From scratch they must be learned.
+# of small batches of another domain disturbs the pretrained features from the first step (the
+# comparison is in bench/finetune_modes.md). From scratch they must be learned.
 DEFAULT_BN_STATS = {"head": "frozen", "last": "frozen", "full": "frozen", "scratch": "update"}
 
 

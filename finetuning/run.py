@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from transferlab.classifiers.holdout import stratified_holdout, stratified_sample
 from transferlab.features.backbones import resolve_device
 from transferlab.features.data import load_dataset
 from transferlab.util import UserInputError, library_versions, sha256_json, write_json
@@ -54,14 +55,14 @@ from transferlab.features.spec import ExtractionSpec
 
 from .config import FinetuneConfig
 
-from .model import (DEFAULT_LR, DEFAULT_LR_SPREAD, DEFAULT_WEIGHT_DECAY, SGD_LR_FACTOR, Mode,
+from .model import (DEFAULT_LR, DEFAULT_LR_SPREAD, DEFAULT_WEIGHT_DECAY, SGD_LR_FACTOR,
                              WarmupCosine, build_finetune_model, init_classifier_from_head, make_optimizer,
                              optimizer_param_groups, parse_mode)
-from .saved import load_finetuned, predict_finetuned, save_finetuned
+from .saved import save_finetuned
 from .train import (CHECKPOINT_FORMAT, SplitData, Trainer, load_checkpoint, rng_state, save_checkpoint,
                              seed_everything, set_rng_state)
 
-__all__ = ["finetune", "FinetuneConfig", "parse_mode", "load_finetuned", "predict_finetuned", "Mode"]
+__all__ = ["RUN_FILES", "config_key", "epoch_line", "finetune", "finetune_splits"]
 
 RUN_FILES = ("checkpoint.pt", "metrics.json", "model.pt", "model.json")
 # configuration entries that do not change the numbers (a run may resume with other values)
@@ -85,31 +86,22 @@ def _prepare_out(out: Path) -> Path:
     return out
 
 
-def _stratified_take(idx: np.ndarray, labels: np.ndarray, n_take: int, seed: int) -> tuple:
-    """Split ``idx`` into (rest, taken) with ``n_take`` taken, stratified when every class allows it."""
-    from sklearn.model_selection import train_test_split
-
-    try:
-        rest, taken = train_test_split(idx, test_size=n_take, stratify=labels, random_state=seed)
-    except ValueError:  # a class too small to stratify
-        rest, taken = train_test_split(idx, test_size=n_take, random_state=seed)
-    return np.sort(rest), np.sort(taken)
-
-
-def _split_data(ds, val_fraction: float, max_train: int | None, seed: int) -> tuple:
+def finetune_splits(ds, val_fraction: float, max_train: int | None, seed: int) -> tuple:
+    """``(train, val, test, val_source)`` of a run. Validation is the data's ``val`` split, else the rows
+    :func:`~transferlab.classifiers.protocol.stratified_holdout` holds out of train (those the heads
+    choose on), else none (``val_fraction`` 0); ``max_train`` caps the training rows (stratified)."""
     tr = ds.splits["train"]
     idx = np.arange(len(tr))
     val, source = None, "none"
     if "val" in ds.splits and len(ds.splits["val"]):
         val, source = SplitData.from_split(ds.splits["val"]), "val split"
     elif val_fraction > 0:
-        n_val = max(1, int(round(val_fraction * len(idx))))
-        _check(len(idx) - n_val >= 1, f"the training split has {len(idx)} images, too few to hold out "
-                                      f"{n_val} for validation; use --val-fraction 0 or more data")
-        idx, val_idx = _stratified_take(idx, tr.labels, n_val, seed)
+        idx, val_idx, reason = stratified_holdout(tr.labels, val_fraction, seed)
+        _check(reason is None, f"{ds.spec}: cannot hold out {val_fraction:g} of the training split for validation "
+                               f"({reason}); use --val-fraction 0 or more data")
         val, source = SplitData.from_split(tr, val_idx), f"{val_fraction:g} of train (stratified, seed {seed})"
-    if max_train is not None and len(idx) > max_train:
-        _, idx = _stratified_take(idx, tr.labels[idx], max_train, seed)
+    if max_train is not None:
+        idx = idx[stratified_sample(tr.labels[idx], max_train, seed)]
     return SplitData.from_split(tr, idx), val, SplitData.from_split(ds.splits["test"]), source
 
 
@@ -178,7 +170,7 @@ def finetune(config: "FinetuneConfig | str | None" = None, backbone: str | None 
     out = Path(c.out).expanduser() if c.out else Path("runs") / (
         f"finetune_{ds.short_name}_{str(c.backbone).split(':')[-1]}_{mode.name.replace(':', '')}")
     _prepare_out(out)
-    train, val, test, val_source = _split_data(ds, c.val_fraction, c.max_train, seed)
+    train, val, test, val_source = finetune_splits(ds, c.val_fraction, c.max_train, seed)
     _check(c.patience is None or val is not None, "--patience needs validation data; use --val-fraction > 0")
     _check(len(ds.class_names) >= 2 and np.unique(train.labels).size >= 2,
            f"{ds.spec}: the training split has a single class; a classifier needs at least two")

@@ -29,11 +29,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from transferlab.classifiers.holdout import stratified_holdout, stratified_sample
 from transferlab.classifiers.compare import paired_split_gap, split_correctness
 from transferlab.classifiers.transferability import knn_accuracy, logme
 from transferlab.features import ExtractionSpec, build_backbone, default_layers, extract, load_dataset
 from transferlab.features.cache import layer_info, load_split, read_cache_meta
-from transferlab.features.data import Dataset, Split
+from transferlab.features.data import Dataset
 from transferlab.util import UserInputError, sha256_json
 
 from .decision import THRESHOLDS, Evidence, decide
@@ -60,42 +61,25 @@ class Advice:
         return dict(self.__dict__)
 
 
-def _take(y: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Sorted indices of a stratified sample of ``n`` rows (all rows when ``n`` >= len)."""
-    if n >= y.size:
-        return np.arange(y.size)
-    from sklearn.model_selection import train_test_split
-
-    _, idx = train_test_split(np.arange(y.size), test_size=n, stratify=y, random_state=seed)
-    return np.sort(idx)
-
-
-def _subset(split: Split, idx: np.ndarray, name: str) -> Split:
-    if split.in_memory:
-        return Split(name, split.labels[idx], images=split.images[idx], ids=split.ids[idx])
-    return Split(name, split.labels[idx], paths=[split.paths[i] for i in idx], ids=split.ids[idx])
-
-
 def advice_subset(ds: Dataset, max_train: int, max_val: int, val_fraction: float, seed: int) -> Dataset:
-    """A Dataset of capped, stratified train and val splits (no test split): what advise measures on."""
+    """A Dataset of capped, stratified train and val splits (no test split): what advise measures on.
+
+    Validation rows are the data's ``val`` split, else the rows
+    :func:`~transferlab.classifiers.protocol.stratified_holdout` holds out of train (those of the
+    heads and fine-tuning); then each side is capped by a stratified sample."""
     tr = ds.splits["train"]
     if "val" in ds.splits and len(ds.splits["val"]):
         val, source, train_idx = ds.splits["val"], "val split", np.arange(len(tr))
-        val_idx = _take(val.labels, max_val, seed)
+        val_idx = stratified_sample(val.labels, max_val, seed)
     else:
-        from sklearn.model_selection import train_test_split
-
-        try:
-            train_idx, val_idx = train_test_split(np.arange(len(tr)), test_size=val_fraction, stratify=tr.labels,
-                                                  random_state=seed)
-        except ValueError:
-            raise UserInputError(f"{ds.spec}: too few images per class to hold out validation rows; "
-                                 f"add images or a val split") from None
+        train_idx, val_idx, reason = stratified_holdout(tr.labels, val_fraction, seed)
+        if reason is not None:
+            raise UserInputError(f"{ds.spec}: cannot hold out validation rows ({reason}); "
+                                 f"add images or a val split")
         val, source = tr, f"{val_fraction:g} of train"
-        val_idx = np.sort(val_idx)[_take(tr.labels[np.sort(val_idx)], max_val, seed)]
-        train_idx = np.sort(train_idx)
-    train_idx = train_idx[_take(tr.labels[train_idx], max_train, seed)]
-    splits = {"train": _subset(tr, train_idx, "train"), "val": _subset(val, val_idx, "val")}
+        val_idx = val_idx[stratified_sample(tr.labels[val_idx], max_val, seed)]
+    train_idx = train_idx[stratified_sample(tr.labels[train_idx], max_train, seed)]
+    splits = {"train": tr.take(train_idx), "val": val.take(val_idx, "val")}
     fp = sha256_json({"data": ds.fingerprint, "train": train_idx.tolist(), "val": val_idx.tolist(), "val_from": source})
     sub = Dataset(f"{ds.spec}#advise", splits, ds.class_names, fp)
     sub.val_source = source
@@ -108,7 +92,7 @@ def _scores(path, points, seed, log) -> None:
         X, y, _ = load_split(path, "train", p.layer)
         Xv, yv, _ = load_split(path, "val", p.layer)
         p.knn = knn_accuracy(X, y, Xv, yv, k=10)
-        rows = np.sort(_take(y, LOGME_ROWS, seed))
+        rows = stratified_sample(y, LOGME_ROWS, seed)
         p.logme = logme(X[rows], y[rows])
         log(f"  {p.layer:<12} knn {p.knn:.3f}  logme {p.logme:+.3f}")
 
@@ -129,7 +113,7 @@ def _learning_curve(path, layer, seed) -> tuple[dict, dict]:
     Xv, yv, _ = load_split(path, "val", layer)
     out, correct = {}, {}
     for frac in (0.25, 0.5, 1.0):
-        idx = _take(y, max(int(round(frac * y.size)), 2 * np.unique(y).size), seed)
+        idx = stratified_sample(y, max(int(round(frac * y.size)), 2 * np.unique(y).size), seed)
         correct[frac], _ = split_correctness(X[idx], y[idx], Xv, yv, "logreg", seed=seed)
         out[frac] = float(correct[frac].mean())
     return out, paired_split_gap(correct[1.0], correct[0.5]).to_dict()

@@ -7,9 +7,11 @@ from scipy.special import softmax
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 
-from transferlab.classifiers._batched_lbfgs import RowSource
+from transferlab.classifiers._batched_lbfgs import Problem, RowSource
 from transferlab.classifiers.fast_logreg import BatchedLogisticRegressionCV, TorchLogisticRegression, fit_logreg_path
 from transferlab.util import UserInputError
+
+LBFGS = "transferlab.classifiers._batched_lbfgs"  # the solver's module, whose settings tests patch
 
 
 def _sk(C, X, y):
@@ -330,10 +332,8 @@ def test_score_grid_coarse_to_fine_chooses_within_noise_of_the_whole_grid(digits
 
 
 def test_low_rank_preconditioner_from_sampled_rows_reaches_the_same_optimum(monkeypatch):
-    from transferlab.classifiers import _batched_lbfgs
-
     X, y = _wide()
-    monkeypatch.setattr(_batched_lbfgs, "_LOWRANK_ROWS", 150)  # 600 rows: every 4th
+    monkeypatch.setattr(f"{LBFGS}.LOWRANK_ROWS", 150)  # 600 rows: every 4th
     path = fit_logreg_path(X, y, [0.05], tol=1e-5, max_iter=1000, preconditioner="lowrank")
     assert _rel(path.coefs[0], _sk(0.05, X, y).coef_) < 1e-2
 
@@ -342,8 +342,6 @@ def test_low_rank_preconditioner_from_sampled_rows_reaches_the_same_optimum(monk
 def test_a_reused_preconditioner_reaches_the_same_optimum_without_estimating_one(kind, monkeypatch):
     """A path's preconditioner, from a subsample, serves a solve on all rows (scaled by the row
     count): the same optimum as scikit-learn's, and no pass over the rows to estimate it."""
-    from transferlab.classifiers import _batched_lbfgs
-
     X, y = _wide()
     first = fit_logreg_path(X[:400], y[:400], [0.05], tol=1e-5, max_iter=1000, preconditioner=kind)
     kept = first.preconditioner
@@ -353,7 +351,7 @@ def test_a_reused_preconditioner_reaches_the_same_optimum_without_estimating_one
     def no_estimate(*args, **kwargs):
         raise AssertionError("estimated a preconditioner it was given")
 
-    monkeypatch.setattr(_batched_lbfgs, "_lowrank", no_estimate)
+    monkeypatch.setattr(f"{LBFGS}.lowrank_spectrum", no_estimate)
     monkeypatch.setattr(torch.linalg, "eigh", no_estimate)
     path = fit_logreg_path(X, y, [0.05], tol=1e-5, max_iter=1000, preconditioner=kept)
     assert path.preconditioner is kept
@@ -372,15 +370,13 @@ def test_a_preconditioner_from_other_rows_never_replaces_the_exact_row_space_bas
 
 
 def test_passes_in_cache_sized_chunks_give_the_whole_array_result(digits_arrays, monkeypatch):
-    """On a CPU the rows held in memory are passed in chunks of about ``_CPU_CHUNK_BYTES``: the
+    """On a CPU the rows held in memory are passed in chunks of about ``CPU_CHUNK_BYTES``: the
     same objective and gradient as one pass over all rows, computed here directly."""
-    from transferlab.classifiers import _batched_lbfgs
-
     X, y, _, _ = digits_arrays
-    monkeypatch.setattr(_batched_lbfgs, "_CPU_CHUNK_BYTES", 64 * 4 * 256)  # 256 rows of 64 floats
+    monkeypatch.setattr(f"{LBFGS}.CPU_CHUNK_BYTES", 64 * 4 * 256)  # 256 rows of 64 floats
     source = RowSource(X, "cpu", 2**30, torch.float64)
     assert source.rows == 256 and len(list(source.chunks())) == 3  # 600 rows
-    problem = _batched_lbfgs._Problem(source, y, 10, torch.zeros(64, dtype=torch.float64), None, None)
+    problem = Problem(source, y, 10, torch.zeros(64, dtype=torch.float64), None, None)
     rng = np.random.default_rng(0)
     W, b = rng.normal(size=(10, 64)) * 0.1, rng.normal(size=10) * 0.1
     x = torch.as_tensor(np.concatenate([W.ravel(), b]))[None]

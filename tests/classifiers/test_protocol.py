@@ -146,13 +146,13 @@ def test_logreg_selection_estimates_its_preconditioner_once_and_the_refit_still_
     from sklearn.datasets import make_classification
     from sklearn.linear_model import LogisticRegression
 
-    from transferlab.classifiers import _batched_lbfgs
+    from transferlab.classifiers._batched_lbfgs import lowrank_spectrum
 
     X, y = make_classification(n_samples=900, n_features=300, n_informative=20, n_classes=4, random_state=0)
     X = X.astype(np.float32)
     calls = []
-    estimate = _batched_lbfgs._lowrank
-    monkeypatch.setattr(_batched_lbfgs, "_lowrank", lambda *a, **k: calls.append(a[0].n) or estimate(*a, **k))
+    monkeypatch.setattr("transferlab.classifiers._batched_lbfgs.lowrank_spectrum",
+                        lambda *a, **k: calls.append(a[0].n) or lowrank_spectrum(*a, **k))
     result = select_and_fit(X[:600], y[:600], None, None, X[600:], y[600:], "logreg", full_grid=True)
     assert calls == [480]  # once, on the 480 training rows the holdout leaves
     Z = result.estimator.named_steps["standardize"].transform(X[:600])

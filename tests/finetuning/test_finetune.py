@@ -382,10 +382,16 @@ def test_gradient_accumulation_matches_one_larger_batch(tmp_path, one_step_npz):
 
 def test_validation_is_a_seeded_stratified_share_of_train_without_a_val_split(tmp_path):
     from transferlab.features.data import load_dataset
-    from transferlab.finetuning.run import _split_data
+    from transferlab.finetuning.run import finetune_splits
 
     ds = load_dataset(f"npz:{make_npz(tmp_path / 'd.npz', n_train=48)}")
-    train, val, test, source = _split_data(ds, 0.25, None, seed=3)
-    again = _split_data(ds, 0.25, None, seed=3)[1]
+    train, val, test, source = finetune_splits(ds, 0.25, None, seed=3)
+    again = finetune_splits(ds, 0.25, None, seed=3)[1]
     assert len(train) == 36 and len(val) == 12 and len(test) == 24 and "stratified" in source
     assert np.bincount(val.labels).tolist() == [4, 4, 4] and torch.equal(val.images, again.images)
+
+
+def test_the_run_module_exports_only_what_it_defines():
+    for name in ft_module.__all__:
+        obj = getattr(ft_module, name)
+        assert getattr(obj, "__module__", ft_module.__name__) == ft_module.__name__, name
