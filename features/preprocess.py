@@ -16,6 +16,8 @@ from PIL import Image
 
 from transferlab.util import UserInputError
 
+from .spec import interpolation_mode
+
 
 def to_rgb_uint8(images: np.ndarray) -> np.ndarray:
     """(N,H,W), (N,H,W,1), (N,H,W,3) or (N,H,W,4) uint8 -> (N,H,W,3) uint8."""
@@ -26,10 +28,6 @@ def to_rgb_uint8(images: np.ndarray) -> np.ndarray:
     elif images.shape[-1] == 4:
         images = images[..., :3]
     return images
-
-
-def interpolation_mode(name: str) -> str:
-    return "bicubic" if str(name).lower() == "bicubic" else "bilinear"
 
 
 def normalize_batch(x: torch.Tensor, image_size: int, mean, std, interpolation: str = "bicubic") -> torch.Tensor:

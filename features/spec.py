@@ -70,6 +70,15 @@ def parse_image_size(value) -> int | None:
     return size
 
 
+def interpolation_mode(name) -> str:
+    """The one reading of an interpolation name: ``bicubic`` (any case) or else ``bilinear``.
+
+    >>> interpolation_mode("BICUBIC"), interpolation_mode("nearest")
+    ('bicubic', 'bilinear')
+    """
+    return "bicubic" if str(name).lower() == "bicubic" else "bilinear"
+
+
 @dataclass(frozen=True)
 class ExtractionSpec:
     """What decides a feature vector (besides the image itself).
@@ -128,7 +137,7 @@ class ExtractionSpec:
             if getattr(self, k) is not None:
                 set_(k, tuple(float(v) for v in getattr(self, k)))
         if self.interpolation is not None:
-            set_("interpolation", "bicubic" if str(self.interpolation).lower() == "bicubic" else "bilinear")
+            set_("interpolation", interpolation_mode(self.interpolation))
 
     @property
     def resolved(self) -> bool:

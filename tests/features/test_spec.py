@@ -56,3 +56,13 @@ def test_one_reading_of_a_layer_spec(spec, names):
     catalog = ["stem", "blocks.0", "bn2"]
     assert parse_layers(spec, catalog) == names
     assert parse_layers(spec, lambda: catalog) == names
+
+
+def test_one_interpolation_rule_for_the_spec_and_the_resize():
+    from transferlab.features import preprocess, spec
+
+    assert preprocess.interpolation_mode is spec.interpolation_mode  # one function, not two copies
+    assert [spec.interpolation_mode(n) for n in ("BICUBIC", "bicubic", "bilinear", "nearest", None)] == [
+        "bicubic", "bicubic", "bilinear", "bilinear", "bilinear"]
+    assert ExtractionSpec(interpolation="BiCubic").interpolation == "bicubic"
+    assert ExtractionSpec(interpolation="lanczos").interpolation == "bilinear"
