@@ -2,8 +2,9 @@
 
 At ImageNet scale the backbone is not the wall on a GPU, JPEG decode is: one CPU core decodes
 a few hundred full-size JPEGs a second while a current GPU runs ResNet-50 at thousands of images a
-second (``docs/scaling.md`` has the numbers). With ``--decode gpu`` the DataLoader workers only read
-the files' bytes; each batch of JPEGs is decoded in one call of :func:`torchvision.io.decode_jpeg`
+second (``docs/scaling.md`` has the numbers). With ``--decode gpu`` the DataLoader workers read each
+file's header (an image over the pixel limit is refused there, :func:`features.preprocess.open_image`)
+and then only the file's bytes; each batch of JPEGs is decoded in one call of :func:`torchvision.io.decode_jpeg`
 on the CUDA device (nvJPEG), then resized and normalised there with the same arithmetic as every
 other input (:func:`features.preprocess.normalize_batch`, one image at a time, since the files'
 sizes differ). Files that are not JPEG (PNG, ...) are decoded by torchvision on the CPU in the same
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from transferlab.util import UserInputError
 
-from .preprocess import normalize_batch
+from .preprocess import normalize_batch, open_image
 
 DECODES = ("auto", "cpu", "gpu")
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -58,6 +59,8 @@ class EncodedFiles(torch.utils.data.Dataset):
     def __getitem__(self, i):
         from torchvision.io import read_file
 
+        with open_image(self.paths[i]):  # the header only: refused here when over the pixel limit
+            pass
         try:
             return read_file(str(self.paths[i]))
         except (OSError, RuntimeError):

@@ -5,10 +5,11 @@ import torch
 from PIL import Image
 
 from transferlab.features import UserInputError, extract
-from transferlab.features.decode import decode_batch, device_batches, resolve_decode
+from transferlab.features.decode import EncodedFiles, decode_batch, device_batches, resolve_decode
 from transferlab.features.preprocess import ImageFiles
 from transferlab.features.spec import ExtractionSpec
 from tests.conftest import run_cli, write_pngs
+from tests.image_files import bomb_png, no_decode_of  # noqa: F401 (fixture)
 
 
 def _images(n=6, seed=0):
@@ -94,3 +95,11 @@ def test_gpu_decode_features_match_cpu_decode_features(tmp_path, lite0):
         xb, yb, _ = load_split(b, "test", layer)
         assert np.array_equal(ya, yb)
         assert np.abs(xa - xb).max() / np.abs(xa).max() < 0.05
+
+
+def test_the_device_path_refuses_a_bomb_from_its_header(tmp_path, no_decode_of):
+    bomb = bomb_png(tmp_path / "bomb.png")
+    attempts = no_decode_of(bomb)
+    with pytest.raises(UserInputError, match=f"image {bomb} is 12000x12000 = 144000000 pixels, over the limit of"):
+        EncodedFiles([bomb])[0]
+    assert attempts == []
