@@ -8,7 +8,8 @@ device; image files are decoded by PIL and resized with the same arithmetic in D
 Decoding an image file (:func:`read_image`, the one decoder of extraction, fine-tuning and predict):
 the file's header is read first and an image of more than :func:`max_pixels` pixels is refused
 before anything decodes it (default :data:`DEFAULT_MAX_PIXELS`, environment variable
-``TRANSFERLAB_MAX_PIXELS``).
+``TRANSFERLAB_MAX_PIXELS``); the image is then turned upright by its EXIF orientation tag (what
+``exif_transpose`` in :mod:`features.spec` records).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from transferlab.util import UserInputError
 
@@ -112,15 +113,19 @@ def _to_rgb(im: Image.Image, path) -> np.ndarray:
     return np.array(im.convert("RGB"), dtype=np.uint8)
 
 
-def read_image(path: "str | Path") -> np.ndarray:
-    """Read one image file at its own size as (H,W,3) uint8; unreadable files name themselves.
+def read_image(path: "str | Path", exif_transpose: bool = True) -> np.ndarray:
+    """Read one image file at its own size as (H,W,3) uint8, upright; unreadable files name themselves.
 
     An image over :func:`max_pixels` pixels is refused from its header (:func:`open_image`).
+    ``exif_transpose`` turns the image by its EXIF orientation tag (``PIL.ImageOps.exif_transpose``);
+    false only for a spec written before that was done (:mod:`features.spec`).
     High bit depths are scaled, never clipped: 16-bit grey (PIL ``I;16``/``I``) is mapped to 0..255;
     16-bit RGB(A) PNGs are decoded by PIL to their high bytes already.
     """
     with open_image(path) as im:
         try:
+            if exif_transpose:
+                ImageOps.exif_transpose(im, in_place=True)
             return _to_rgb(im, path)
         except UserInputError:
             raise
@@ -151,12 +156,13 @@ class ImageFiles(torch.utils.data.Dataset):
     the same features whether it came from an ``npz`` archive or from a PNG file.
     """
 
-    def __init__(self, paths, image_size: int, mean, std, interpolation: str = "bicubic"):
+    def __init__(self, paths, image_size: int, mean, std, interpolation: str = "bicubic", exif_transpose: bool = True):
         self.paths = list(paths)
         self.args = (image_size, tuple(mean), tuple(std), interpolation)
+        self.exif_transpose = exif_transpose
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
-        return preprocess_image(read_image(self.paths[i]), *self.args)
+        return preprocess_image(read_image(self.paths[i], self.exif_transpose), *self.args)

@@ -1,4 +1,4 @@
-"""Image files to uint8 RGB: high bit depths scaled, never clipped to white; size capped."""
+"""Image files to uint8 RGB: high bit depths scaled, never clipped to white; EXIF orientation applied; size capped."""
 import struct
 import zlib
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.image_files import bomb_png, no_decode_of  # noqa: F401 (fixture)
+from tests.image_files import asymmetric, bomb_png, no_decode_of, save_tagged, upright  # noqa: F401 (fixture)
 from transferlab.features.preprocess import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, max_pixels, read_image
 from transferlab.util import UserInputError
 
@@ -51,6 +51,15 @@ def test_floating_point_pixels_are_refused_by_name(tmp_path):
     Image.fromarray(np.zeros((4, 4), np.float32)).save(tmp_path / "f.tif")
     with pytest.raises(UserInputError, match=r"f\.tif holds floating-point pixels"):
         read_image(tmp_path / "f.tif")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_read_image_turns_every_exif_orientation_upright(tmp_path, orientation):
+    """PNG keeps the stored pixels exactly: the decoded image is the table's turn of them, or the
+    stored pixels themselves for a spec written before orientation was applied."""
+    stored = save_tagged(tmp_path / "t.png", asymmetric(6, 10), orientation)
+    assert np.array_equal(read_image(tmp_path / "t.png"), upright(stored, orientation))
+    assert np.array_equal(read_image(tmp_path / "t.png", exif_transpose=False), stored)
 
 
 def test_the_pixel_limit_is_read_from_the_environment_and_checked_from_the_header(tmp_path, monkeypatch,

@@ -1,15 +1,18 @@
-"""Hostile image inputs: a decompression bomb, an npz with repeated class names.
+"""Hostile image inputs: a photo tagged sideways, a decompression bomb, an npz with repeated class names.
 
 Each case: the attack, the expected refusal or correction, and that nothing looks finished afterwards.
 """
 import csv
+import json
 
+import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import make_npz, run_cli, write_pngs
-from tests.image_files import bomb_png, no_decode_of  # noqa: F401 (fixture)
-from transferlab.features import extract
+from tests.image_files import asymmetric, bomb_png, no_decode_of, save_tagged, upright  # noqa: F401 (fixture)
+from transferlab.features import extract, load_dataset, load_split
 from transferlab.features.cache import cache_files, layer_complete, read_status
 from transferlab.features.preprocess import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV
 
@@ -35,15 +38,81 @@ def _folder(root, extra_train_a=()):
     return root
 
 
+# --- a phone photo tagged with an EXIF orientation ------------------------------------------------
+
+def test_extraction_turns_a_photo_tagged_sideways_upright(tmp_path, lite0):
+    """Attack: a JPEG whose pixels are stored sideways with EXIF orientation 6 (what phones write).
+    Expected: its cached features are those of the upright picture (a pre-turned untagged copy), not of
+    the stored pixels; and the cache's spec records ``exif_transpose``."""
+    stored = {}
+    root = _folder(tmp_path / "imgs", [
+        ("p_tagged.jpg", lambda p: stored.setdefault("px", save_tagged(p, asymmetric(), 6))),
+        ("q_upright.png", lambda p: Image.fromarray(np.ascontiguousarray(upright(stored["px"], 6))).save(p)),
+        ("r_stored.png", lambda p: Image.fromarray(stored["px"]).save(p))])
+    names = [p.name for p in load_dataset(f"folder:{root}").splits["train"].paths[:3]]
+    assert names == ["p_tagged.jpg", "q_upright.png", "r_stored.png"]
+    path = extract(f"folder:{root}", lite0, layers="blocks.2", image_size=32, dtype="float32",
+                   cache_dir=tmp_path / "c", progress=False, num_workers=0, decode="cpu")
+    x, _, _ = load_split(path, "train", "blocks.2")
+    scale = np.abs(x[1]).max()
+    assert np.abs(x[0] - x[1]).max() <= 1e-5 * scale  # the tagged photo = its upright copy
+    assert np.abs(x[0] - x[2]).max() > 0.05 * scale  # and not the pixels as stored
+    with h5py.File(path, "r") as f:
+        assert bool(f.attrs["exif_transpose"]) is True
+
+
 @pytest.fixture(scope="module")
 def head_dir(tmp_path_factory, lite0):
-    """A logreg head on blocks.2 of a small npz."""
+    """A logreg head on blocks.2 of a small npz, and a copy trained on a cache written before
+    ``exif_transpose`` existed (its root attribute removed)."""
     tmp = tmp_path_factory.mktemp("heads")
     npz = make_npz(tmp / "d.npz", n_train=60, n_test=24, size=16)
     path = extract(f"npz:{npz}", lite0, layers="blocks.2", image_size=32, cache_dir=tmp / "c", progress=False)
     res = run_cli("train", "--features", path, "--layer", "blocks.2", "--head", "logreg", "--out", tmp / "head")
     assert res.returncode == 0, res.stderr
+    with h5py.File(path, "a") as f:
+        if "exif_transpose" in f.attrs:
+            del f.attrs["exif_transpose"]
+    res = run_cli("train", "--features", path, "--layer", "blocks.2", "--head", "logreg", "--out", tmp / "old_head")
+    assert res.returncode == 0, res.stderr
     return tmp
+
+
+def _scores(rows):
+    return [dict(r["top_k"]) for r in rows]
+
+
+def test_predict_turns_a_tagged_photo_upright_and_an_old_head_decodes_as_it_was_trained(tmp_path, head_dir):
+    """Attack: the same sideways-tagged photo given to ``predict``. Expected: scored as its upright copy.
+    A head trained on a cache written before EXIF orientation was applied (no ``exif_transpose`` in its
+    spec) reads it as false and scores the pixels as stored, as its training features were made."""
+    from transferlab.pipeline.predict import predict
+
+    stored = save_tagged(tmp_path / "tagged.jpg", asymmetric(), 6)
+    Image.fromarray(np.ascontiguousarray(upright(stored, 6))).save(tmp_path / "upright.png")
+    Image.fromarray(stored).save(tmp_path / "stored.png")
+    files = [tmp_path / "tagged.jpg", tmp_path / "upright.png", tmp_path / "stored.png"]
+    new = _scores(predict(head_dir / "head", files, progress=False))
+    old = _scores(predict(head_dir / "old_head", files, progress=False))
+    for got, want, other in ((new, new[1], new[2]), (old, old[2], old[1])):
+        assert got[0].keys() == want.keys() and all(got[0][c] == pytest.approx(want[c], abs=1e-6) for c in want)
+        assert max(abs(got[0].get(c, 0) - other.get(c, 0)) for c in want) > 1e-4
+    assert json.loads((head_dir / "head" / "head.json").read_text())["extraction"]["exif_transpose"] is True
+    assert json.loads((head_dir / "old_head" / "head.json").read_text())["extraction"]["exif_transpose"] is False
+
+
+def test_fine_tuning_batches_turn_a_tagged_photo_upright(tmp_path):
+    """Attack: the sideways-tagged photo in fine-tuning data. Expected: the training batch holds the
+    upright picture, equal to its pre-turned untagged copy."""
+    from transferlab.finetuning.train import SplitData
+
+    stored = save_tagged(tmp_path / "tagged.jpg", asymmetric(), 8)
+    Image.fromarray(np.ascontiguousarray(upright(stored, 8))).save(tmp_path / "upright.png")
+    Image.fromarray(stored).save(tmp_path / "stored.png")
+    data = SplitData(np.zeros(3, np.int64), paths=[tmp_path / n for n in ("tagged.jpg", "upright.png", "stored.png")])
+    (x, y), = list(data.batches(np.arange(3), 3, 24, "bicubic"))
+    assert x.shape == (3, 3, 24, 24)
+    assert np.array_equal(x[0].numpy(), x[1].numpy()) and not np.allclose(x[0].numpy(), x[2].numpy(), atol=5)
 
 
 # --- a decompression bomb: 144 million pixels in a few kB -----------------------------------------
