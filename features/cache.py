@@ -7,7 +7,7 @@ Layout (the interface contract's, extended)::
                                       layers in forward order), versions (JSON), and the resolved
                                       extraction spec (features.spec): backbone, weights, seed,
                                       image_size, pooling, dtype, arch, weights_sha256, mean, std,
-                                      interpolation, resize
+                                      interpolation, resize, exif_transpose
     /<split>/labels            int64 (N,)
     /<split>/ids               int64 (N,) stable sample ids (row i holds sample ids[i])
     /<split>/features/<layer>  float16 or float32 (N, D), chunked by rows, fletcher32;
@@ -18,7 +18,7 @@ Integrity rule
 --------------
 - *Key.* The file name ends in the first 12 hex digits of the key, a SHA-256 over the data
   fingerprint, the cache format version and the spec's deciding fields (architecture, weights
-  fingerprint, image size, resize, mean, std, pooling, dtype). Another key never reuses the file:
+  fingerprint, image size, resize, mean, std, pooling, dtype, exif_transpose). Another key never reuses the file:
   a file whose stored key differs, or that cannot be read, is moved aside (``*.damaged-<time>``),
   never deleted.
 - *Complete.* A layer of a split is finished work when its ``complete`` attribute is true and its

@@ -7,7 +7,7 @@ Specs (the interface contract's ``--data``):
     by a seeded stratified split.
 ``npz:PATH``
     a NumPy archive with uint8 ``x_train`` (N,H,W,C or N,H,W), int ``y_train``, ``x_test``,
-    ``y_test``, optional ``x_val``/``y_val`` and ``class_names``.
+    ``y_test``, optional ``x_val``/``y_val`` and ``class_names`` (distinct: a repeated name is refused).
 ``folder:PATH``
     a folder of images, the class being the folder an image sits in; the accepted layouts, the split
     of what is missing and the refusals are in :mod:`transferlab.features.folders`.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,6 +183,11 @@ def load_npz_data(path: str | Path) -> Dataset:
             if len(names) < n_classes:
                 raise UserInputError(
                     f"{path}: class_names has {len(names)} entries but labels go up to {n_classes - 1}")
+            repeated = sorted(n for n, k in Counter(names).items() if k > 1)
+            if repeated:
+                more = f" (and {len(repeated) - 5} more)" if len(repeated) > 5 else ""
+                raise UserInputError(f"{path}: class_names repeats {', '.join(map(repr, repeated[:5]))}{more}; "
+                                     f"every class needs a name of its own: rename or merge those classes")
         else:
             used = np.unique(np.concatenate([s.labels for s in splits.values()]))
             if used.size != n_classes:  # labels 0..K-1 each used: anything else needs names

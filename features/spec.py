@@ -3,7 +3,8 @@
 A spec names the backbone, its weights and seed, the input side, the pooling and the storage dtype
 (what the user chooses), and, once :meth:`ExtractionSpec.resolve` has seen the built backbone, the
 facts that travel with the weights: architecture, weights fingerprint, mean, std and interpolation
-(from the weights' own config, never hard-coded). The resolved spec is written whole into the cache's
+(from the weights' own config, never hard-coded), and how image files are decoded (``exif_transpose``:
+see below). The resolved spec is written whole into the cache's
 root attributes, into ``head.json`` and into a fine-tuned ``model.json``; whoever reads one of those
 files rebuilds the spec with :meth:`ExtractionSpec.from_dict` instead of re-deriving any of it.
 
@@ -13,6 +14,15 @@ Image size: one default and one rule
 ``extract``, ``layers``, ``finetune`` and ``advise`` all use, so their caches are shared);
 ``image_size=0`` means the backbone's own input size (224 for lite0); any other value is the side
 in pixels, at least :data:`MIN_IMAGE_SIZE` and at most :data:`MAX_IMAGE_SIZE`.
+
+EXIF orientation
+----------------
+``exif_transpose`` true: image files are turned upright by their EXIF orientation tag when decoded
+(:func:`features.preprocess.read_image`). Every extraction and fine-tuning of this version does so
+(:meth:`ExtractionSpec.resolve` sets it); it is one of the key fields, so a cache written before the
+field existed has another key and is never reused for new work. A spec read back from a file
+without the field (an older cache, ``head.json`` or ``model.json``) reads ``false``: those features
+were computed from the stored pixels, and ``predict`` with such a head decodes the same way.
 """
 from __future__ import annotations
 
@@ -34,7 +44,7 @@ MIN_IMAGE_SIZE = 8
 MAX_IMAGE_SIZE = 4096
 DTYPES = ("float16", "float32")
 # the fields that decide the features (with the data fingerprint and the cache format version)
-KEY_FIELDS = ("arch", "weights_sha256", "image_size", "resize", "mean", "std", "pooling", "dtype")
+KEY_FIELDS = ("arch", "weights_sha256", "image_size", "resize", "mean", "std", "pooling", "dtype", "exif_transpose")
 
 
 def parse_layers(layers, catalog) -> list[str]:
@@ -70,6 +80,15 @@ def parse_image_size(value) -> int | None:
     return size
 
 
+def interpolation_mode(name) -> str:
+    """The one reading of an interpolation name: ``bicubic`` (any case) or else ``bilinear``.
+
+    >>> interpolation_mode("BICUBIC"), interpolation_mode("nearest")
+    ('bicubic', 'bilinear')
+    """
+    return "bicubic" if str(name).lower() == "bicubic" else "bilinear"
+
+
 @dataclass(frozen=True)
 class ExtractionSpec:
     """What decides a feature vector (besides the image itself).
@@ -89,7 +108,8 @@ class ExtractionSpec:
     dtype : str
         Storage dtype of the cache, ``float16`` or ``float32``.
 
-    The remaining fields are filled by :meth:`resolve` from the built backbone.
+    The remaining fields are filled by :meth:`resolve` from the built backbone (and ``exif_transpose``,
+    how image files are decoded: see the module docstring).
 
     Examples
     --------
@@ -110,6 +130,7 @@ class ExtractionSpec:
     mean: tuple | None = None
     std: tuple | None = None
     interpolation: str | None = None
+    exif_transpose: bool = True
 
     def __post_init__(self):
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
@@ -128,7 +149,9 @@ class ExtractionSpec:
             if getattr(self, k) is not None:
                 set_(k, tuple(float(v) for v in getattr(self, k)))
         if self.interpolation is not None:
-            set_("interpolation", "bicubic" if str(self.interpolation).lower() == "bicubic" else "bilinear")
+            set_("interpolation", interpolation_mode(self.interpolation))
+        if not isinstance(self.exif_transpose, bool):
+            raise UserInputError(f"exif_transpose {self.exif_transpose!r} must be true or false")
 
     @property
     def resolved(self) -> bool:
@@ -143,10 +166,12 @@ class ExtractionSpec:
         return parse_pooling(self.pooling)
 
     def resolve(self, backbone) -> "ExtractionSpec":
-        """Fill in what the built backbone knows (architecture, fingerprint, preprocessing, native size)."""
+        """Fill in what the built backbone knows (architecture, fingerprint, preprocessing, native size) and
+        how this version decodes image files (``exif_transpose``: always true for new work)."""
         return replace(self, backbone=backbone.spec, weights=backbone.weights, arch=backbone.arch,
                        weights_sha256=backbone.weights_sha256, mean=tuple(backbone.mean), std=tuple(backbone.std),
-                       interpolation=backbone.interpolation, image_size=self.image_size or backbone.input_size)
+                       interpolation=backbone.interpolation, image_size=self.image_size or backbone.input_size,
+                       exif_transpose=True)
 
     def require_resolved(self) -> None:
         if not self.resolved:
@@ -171,6 +196,12 @@ class ExtractionSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ExtractionSpec":
-        """Rebuild a spec from :meth:`to_dict` output (or the cache's root attributes)."""
+        """Rebuild a spec from :meth:`to_dict` output (or the cache's root attributes).
+
+        A dict without ``exif_transpose`` (written before the field existed) reads ``False``: its
+        features were computed from the stored pixels (see the module docstring).
+        """
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        kw = {k: v for k, v in d.items() if k in names}
+        kw.setdefault("exif_transpose", False)
+        return cls(**kw)

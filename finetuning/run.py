@@ -192,7 +192,7 @@ def finetune(config: "FinetuneConfig | str | None" = None, backbone: str | None 
            "warmup_epochs": float(c.warmup_epochs if c.warmup_epochs is not None else 0.1 * epochs),
            "bn_stats": fm.bn_stats, "label_smoothing": float(c.label_smoothing), "augment": bool(c.augment),
            "patience": c.patience, "val_fraction": float(c.val_fraction), "val_source": val_source,
-           "max_train": c.max_train, "seed": int(seed),
+           "max_train": c.max_train, "seed": int(seed), "exif_transpose": spec.exif_transpose,
            "init_head_from": head_info["dir"] if head_info else None,
            "init_head_sha256": head_info["sha256"] if head_info else None,
            "amp": amp, "channels_last": dev.type == "cuda", "device": str(dev),

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from transferlab.util import UserInputError, atomic_write
-from transferlab.features.preprocess import ImageFiles, interpolation_mode, normalize_batch, to_rgb_uint8
+from transferlab.features.preprocess import (ImageFiles, interpolation_mode, normalize_batch, to_rgb_uint8,
+                                             worker_batches)
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_KEYS = ("format", "config_key", "epoch", "model", "optimizer", "scheduler", "scaler", "rng",
@@ -73,7 +74,7 @@ class SplitData:
         files = ImageFiles(self.paths, image_size, (0.0, 0.0, 0.0), (1 / 255,) * 3, interpolation)
         ds = torch.utils.data.Subset(files, order.tolist())
         loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        for s, x in zip(range(0, len(order), batch_size), loader):
+        for s, x in zip(range(0, len(order), batch_size), worker_batches(loader)):
             yield x, labels[torch.from_numpy(order[s:s + batch_size])]
 
 

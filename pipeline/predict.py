@@ -85,8 +85,8 @@ def _run(paths, batch_size, progress, strict, classify, spec) -> list[dict]:
         chunk, tensors, bad = [], [], []
         for p in paths[s:s + batch_size]:
             try:
-                tensors.append(preprocess_image(read_image(p), spec.image_size, spec.mean, spec.std,
-                                                spec.interpolation))
+                tensors.append(preprocess_image(read_image(p, spec.exif_transpose), spec.image_size, spec.mean,
+                                                spec.std, spec.interpolation))
                 chunk.append(p)
             except UserInputError as exc:
                 if strict:

@@ -71,3 +71,14 @@ def test_the_word_digits_is_never_read_as_a_folder(tmp_path, monkeypatch):
     _tree(tmp_path / "digits", {"a": 2, "b": 2})
     monkeypatch.chdir(tmp_path)
     assert load_dataset("digits").spec == "digits"
+
+
+def test_repeated_npz_class_names_are_refused_by_name(tmp_path):
+    npz = make_npz(tmp_path / "d.npz", n_train=6, n_test=3)
+    arrays = dict(np.load(npz))
+    for names, said in ((["a", "a", "b"], "'a'"), (["b", "a", "b", "a"], "'a', 'b'")):
+        np.savez(npz, **{**arrays, "class_names": np.array(names)})
+        with pytest.raises(UserInputError) as err:
+            load_dataset(f"npz:{npz}")
+        assert str(err.value) == (f"{npz}: class_names repeats {said}; every class needs a name of its own: "
+                                  f"rename or merge those classes")

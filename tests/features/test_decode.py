@@ -5,10 +5,11 @@ import torch
 from PIL import Image
 
 from transferlab.features import UserInputError, extract
-from transferlab.features.decode import decode_batch, device_batches, resolve_decode
-from transferlab.features.preprocess import ImageFiles
+from transferlab.features.decode import EncodedFiles, decode_batch, device_batches, resolve_decode
+from transferlab.features.preprocess import ImageFiles, read_image
 from transferlab.features.spec import ExtractionSpec
 from tests.conftest import run_cli, write_pngs
+from tests.image_files import asymmetric, bomb_png, no_decode_of, save_tagged  # noqa: F401 (fixture)
 
 
 def _images(n=6, seed=0):
@@ -38,9 +39,10 @@ def test_batched_decode_of_mixed_jpeg_and_png_equals_pil(tmp_path):
         p = tmp_path / (f"{i}.jpg" if i % 2 else f"{i}.png")
         Image.fromarray(img).save(p, quality=90) if i % 2 else Image.fromarray(img).save(p)
         paths.append(p)
-    from torchvision.io import read_file
-
-    decoded = decode_batch([read_file(str(p)) for p in paths], torch.device("cpu"))
+    files = EncodedFiles(paths)
+    items = [files[i] for i in range(len(paths))]
+    assert [t.ndim for t in items] == [3 if p.suffix == ".png" else 1 for p in paths]  # only JPEG bytes travel
+    decoded = decode_batch(items, torch.device("cpu"))
     for p, got in zip(paths, decoded):
         with Image.open(p) as im:
             ref = np.asarray(im.convert("RGB"))
@@ -94,3 +96,28 @@ def test_gpu_decode_features_match_cpu_decode_features(tmp_path, lite0):
         xb, yb, _ = load_split(b, "test", layer)
         assert np.array_equal(ya, yb)
         assert np.abs(xa - xb).max() / np.abs(xa).max() < 0.05
+
+
+def test_the_device_path_turns_a_tagged_jpeg_as_the_cpu_path_does(tmp_path):
+    """nvJPEG ignores EXIF orientation: a JPEG that its tag turns is decoded in the worker by read_image,
+    upright JPEGs still travel as bytes to the batched device decode."""
+    save_tagged(tmp_path / "tagged.jpg", asymmetric(), 6)
+    Image.fromarray(_images(1)[0]).save(tmp_path / "plain.jpg", quality=95)
+    paths = [tmp_path / "tagged.jpg", tmp_path / "plain.jpg"]
+    files = EncodedFiles(paths)
+    tagged, plain = files[0], files[1]
+    assert plain.ndim == 1 and tagged.shape == (3, 40, 24)  # stored 24 x 40, turned a quarter
+    assert np.array_equal(tagged.permute(1, 2, 0).numpy(), read_image(paths[0]))
+    spec = ExtractionSpec("lite0", image_size=32, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation="bicubic")
+    got = torch.cat(list(device_batches(paths, 2, spec, torch.device("cpu"), 0)))
+    ref = torch.stack([ImageFiles(paths, 32, spec.mean, spec.std, "bicubic")[i] for i in range(2)])
+    assert torch.equal(got[0], ref[0])
+    assert (got[1] - ref[1]).abs().max().item() < 2 * 2 / 255 / 0.5
+
+
+def test_the_device_path_refuses_a_bomb_from_its_header(tmp_path, no_decode_of):
+    bomb = bomb_png(tmp_path / "bomb.png")
+    attempts = no_decode_of(bomb)
+    with pytest.raises(UserInputError, match=f"image {bomb} is 12000x12000 = 144000000 pixels, over the limit of"):
+        EncodedFiles([bomb])[0]
+    assert attempts == []

@@ -1,4 +1,4 @@
-"""Image files to uint8 RGB: high bit depths are scaled, never clipped to white."""
+"""Image files to uint8 RGB: high bit depths scaled, never clipped to white; EXIF orientation applied; size capped."""
 import struct
 import zlib
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transferlab.features.preprocess import read_image
+from tests.image_files import asymmetric, bomb_png, no_decode_of, save_tagged, upright  # noqa: F401 (fixture)
+from transferlab.features.preprocess import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, max_pixels, read_image
 from transferlab.util import UserInputError
 
 
@@ -50,3 +51,40 @@ def test_floating_point_pixels_are_refused_by_name(tmp_path):
     Image.fromarray(np.zeros((4, 4), np.float32)).save(tmp_path / "f.tif")
     with pytest.raises(UserInputError, match=r"f\.tif holds floating-point pixels"):
         read_image(tmp_path / "f.tif")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_read_image_turns_every_exif_orientation_upright(tmp_path, orientation):
+    """PNG keeps the stored pixels exactly: the decoded image is the table's turn of them, or the
+    stored pixels themselves for a spec written before orientation was applied."""
+    stored = save_tagged(tmp_path / "t.png", asymmetric(6, 10), orientation)
+    assert np.array_equal(read_image(tmp_path / "t.png"), upright(stored, orientation))
+    assert np.array_equal(read_image(tmp_path / "t.png", exif_transpose=False), stored)
+
+
+def test_the_pixel_limit_is_read_from_the_environment_and_checked_from_the_header(tmp_path, monkeypatch,
+                                                                                  no_decode_of):
+    img = np.random.default_rng(3).integers(0, 256, (20, 30, 3)).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "i.png")
+    monkeypatch.delenv(MAX_PIXELS_ENV, raising=False)
+    assert max_pixels() == DEFAULT_MAX_PIXELS == 50_000_000
+    monkeypatch.setenv(MAX_PIXELS_ENV, "600")
+    assert np.array_equal(read_image(tmp_path / "i.png"), img)  # 30 x 20 = 600: at the limit
+    monkeypatch.setenv(MAX_PIXELS_ENV, "599")
+    attempts = no_decode_of(tmp_path / "i.png")
+    with pytest.raises(UserInputError) as err:
+        read_image(tmp_path / "i.png")
+    assert str(err.value) == (f"image {tmp_path / 'i.png'} is 30x20 = 600 pixels, over the limit of 599; "
+                              f"shrink it, or raise the limit with TRANSFERLAB_MAX_PIXELS")
+    assert attempts == []
+    for bad in ("lots", "0", "-5", "1e6"):
+        monkeypatch.setenv(MAX_PIXELS_ENV, bad)
+        with pytest.raises(UserInputError, match=f"TRANSFERLAB_MAX_PIXELS='{bad}' is not a positive whole number"):
+            read_image(tmp_path / "i.png")
+
+
+def test_an_image_beyond_pils_own_limit_is_refused_by_name_even_with_a_raised_limit(tmp_path, monkeypatch):
+    bomb = bomb_png(tmp_path / "b.png", 20000, 10000)  # 200 million pixels: PIL itself refuses above 179 million
+    monkeypatch.setenv(MAX_PIXELS_ENV, "300000000")
+    with pytest.raises(UserInputError, match=r"image .*b\.png has more pixels than PIL decodes"):
+        read_image(bomb)

@@ -56,3 +56,30 @@ def test_one_reading_of_a_layer_spec(spec, names):
     catalog = ["stem", "blocks.0", "bn2"]
     assert parse_layers(spec, catalog) == names
     assert parse_layers(spec, lambda: catalog) == names
+
+
+def test_one_interpolation_rule_for_the_spec_and_the_resize():
+    from transferlab.features import preprocess, spec
+
+    assert preprocess.interpolation_mode is spec.interpolation_mode  # one function, not two copies
+    assert [spec.interpolation_mode(n) for n in ("BICUBIC", "bicubic", "bilinear", "nearest", None)] == [
+        "bicubic", "bicubic", "bilinear", "bilinear", "bilinear"]
+    assert ExtractionSpec(interpolation="BiCubic").interpolation == "bicubic"
+    assert ExtractionSpec(interpolation="lanczos").interpolation == "bilinear"
+
+
+def test_exif_transpose_is_recorded_keyed_and_read_false_from_files_written_before_it(lite0):
+    """New work always applies EXIF orientation; a spec without the field (an older cache, head.json or
+    model.json) reads false, and its key differs, so old and new caches are never mixed."""
+    from transferlab.features.cache import compute_key
+
+    spec = ExtractionSpec("lite0", image_size=32).resolve(lite0)
+    assert spec.exif_transpose is True and spec.to_dict()["exif_transpose"] is True
+    assert ExtractionSpec("lite0", image_size=32, exif_transpose=False).resolve(lite0) == spec
+    assert ExtractionSpec.from_dict(spec.to_dict()) == spec
+    old = {k: v for k, v in spec.to_dict().items() if k != "exif_transpose"}
+    legacy = ExtractionSpec.from_dict(old)
+    assert legacy.exif_transpose is False and legacy.key_fields()["exif_transpose"] is False
+    assert legacy.fingerprint() != spec.fingerprint() and compute_key(legacy, "d") != compute_key(spec, "d")
+    with pytest.raises(UserInputError, match="exif_transpose 'yes' must be true or false"):
+        ExtractionSpec.from_dict({**old, "exif_transpose": "yes"})
