@@ -6,6 +6,9 @@ weights and seed, its weights fingerprint checked against the spec, and the one 
 with the spec's size, interpolation, mean, std, pooling and storage dtype) or a
 ``finetune --out`` directory (``model.json`` + ``model.pt``: the whole fine-tuned network).
 
+A head saved as a pickle (``head.joblib``: a head of your own, or one saved by an earlier version) is
+refused unless ``allow_pickle=True`` (``--allow-pickle``): unpickling runs its author's code.
+
 Inputs are image files and folders (searched recursively for image extensions, in sorted order).
 Each result row has the predicted class, and either its ``probability`` (heads with
 ``predict_proba``: logreg, mlp, knn; fine-tuned networks: softmax) or its ``margin`` (heads without
@@ -100,7 +103,7 @@ def _run(paths, batch_size, progress, strict, classify, spec) -> list[dict]:
 
 
 def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progress: bool = True,
-            top_k: int = 3, strict: bool = False, out=None) -> list[dict]:
+            top_k: int = 3, strict: bool = False, out=None, allow_pickle: bool = False) -> list[dict]:
     """Classify image files and folders; one dict per image, in input order.
 
     Parameters
@@ -115,6 +118,9 @@ def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progr
         Stop at the first unreadable file instead of recording it as an error row.
     out : path, optional
         Also write the rows to this CSV file (columns :data:`CSV_COLUMNS`).
+    allow_pickle : bool
+        Also load a head saved as a pickle (see :func:`transferlab.classifiers.load_head`): only a
+        head whose author you trust.
 
     Returns
     -------
@@ -133,14 +139,15 @@ def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progr
     if (model_dir / "model.json").is_file() and not (model_dir / "head.json").is_file():
         rows = _predict_finetuned(model_dir, paths, batch_size, device, progress, top_k, strict)
     else:
-        rows = _predict_head(load_head, model_dir, paths, batch_size, device, progress, top_k, strict)
+        rows = _predict_head(load_head(model_dir, allow_pickle=allow_pickle), model_dir, paths, batch_size, device,
+                             progress, top_k, strict)
     if out is not None:
         write_predictions(out, rows)
     return rows
 
 
-def _predict_head(load_head, model_dir, paths, batch_size, device, progress, top_k, strict) -> list[dict]:
-    head, meta = load_head(model_dir)
+def _predict_head(loaded, model_dir, paths, batch_size, device, progress, top_k, strict) -> list[dict]:
+    head, meta = loaded
     if not isinstance(meta.get("extraction"), dict):
         raise UserInputError(f"{model_dir}/head.json has no extraction spec (written by an older version); "
                              f"retrain the head with `transferlab train`")

@@ -107,8 +107,8 @@ def test_tampered_head_and_unreadable_image_are_refused_with_exit_2(trained):
     bad.write_bytes(b"\x89PNG garbage")
     out = run_cli("predict", "--model", tmp_path / "head", bad)
     assert out.returncode == 2 and "bad.png" in out.stderr and "Traceback" not in out.stderr
-    joblib_file = tmp_path / "head" / "head.joblib"
-    joblib_file.write_bytes(joblib_file.read_bytes() + b"\0")
+    head_file = tmp_path / "head" / "head.safetensors"
+    head_file.write_bytes(head_file.read_bytes() + b"\0")
     ok = tmp_path / "ok.png"
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(ok)
     out = run_cli("predict", "--model", tmp_path / "head", ok)
@@ -118,7 +118,7 @@ def test_tampered_head_and_unreadable_image_are_refused_with_exit_2(trained):
 def test_an_edited_head_json_is_refused_and_a_signed_wrong_width_is_caught_before_predicting(trained):
     import json
 
-    from transferlab.classifiers.persistence import meta_sha256
+    from transferlab.util import meta_sha256
 
     tmp_path, _, _ = trained
     img = tmp_path / "x.png"
