@@ -153,7 +153,7 @@ def cmd_train(a):
 
 
 def cmd_predict(a):
-    from transferlab.pipeline.predict import predict
+    from transferlab.pipeline.predict import format_line, predict
 
     rows = predict(a.model, a.images, batch_size=a.batch_size, device=a.device, progress=not (a.json or a.quiet),
                    top_k=a.top_k, strict=a.strict, out=a.out, allow_pickle=a.allow_pickle)
@@ -164,10 +164,8 @@ def cmd_predict(a):
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            if "error" in r:
-                continue
-            others = "  ".join(f"{c} {s:.3f}" for c, s in r["top_k"][1:])
-            print(f"{r['path']}\t{r['class']}\t{r['score']:.4f}\t{r['score_kind']}" + (f"\t{others}" if others else ""))
+            if "error" not in r:
+                print(format_line(r))
     if a.out and not a.quiet:
         print(f"wrote {a.out}", file=sys.stderr)
     if failed:

@@ -16,6 +16,14 @@ probabilities: the linear SVM's decision value), never both in one column, and t
 with their scores. An unreadable file becomes a row with an ``error`` and the run goes on
 (``strict=True`` stops at the first instead).
 
+``predictions.csv`` (:data:`CSV_COLUMNS`): every field quoted (``csv.QUOTE_ALL``); ``top_classes``
+and ``top_scores`` are JSON lists, best first, so a class name holding ``;``, ``,`` or a quote
+stays one entry; a text field (path, class, error) starting with ``=``, ``+``, ``-``, ``@``, a tab
+or a carriage return gets a leading ``'`` so a spreadsheet shows it instead of running it as a
+formula (OWASP's CSV injection advice; the JSON lists start with ``[``). The printed lines
+(:func:`format_line`) are tab-separated with a backslash, tab, newline or carriage return in a path
+or class name written as ``\\\\``, ``\\t``, ``\\n``, ``\\r``.
+
 Integrity rule of ``--out predictions.csv``: written whole and atomically
 (:func:`transferlab.util.atomic_write`) after every image is classified; a crash or a full disk
 leaves no file or the previous one, never a half-written table.
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +45,8 @@ from transferlab.features.preprocess import preprocess_image, read_image
 from transferlab.util import atomic_write
 
 CSV_COLUMNS = ["path", "class", "probability", "margin", "top_classes", "top_scores", "error"]
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may read as the start of a formula
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 def expand_images(inputs) -> list[Path]:
@@ -210,20 +221,36 @@ def _predict_finetuned(run_dir: Path, paths: list, batch_size: int, device: str,
         return _run(paths, batch_size, progress, strict, classify, spec)
 
 
+def neutralise(text: str) -> str:
+    """A text cell a spreadsheet shows as text: a leading ``'`` before a :data:`FORMULA_PREFIXES` start."""
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
+def format_line(row: dict) -> str:
+    """One printed line: path, class, score, its kind, then the other top classes with their scores,
+    tab-separated; backslash, tab, newline and carriage return in names escaped."""
+    def esc(text):
+        return str(text).translate(_TSV_ESCAPES)
+
+    others = "  ".join(f"{esc(c)} {s:.3f}" for c, s in row["top_k"][1:])
+    return f"{esc(row['path'])}\t{esc(row['class'])}\t{row['score']:.4f}\t{row['score_kind']}" + \
+        (f"\t{others}" if others else "")
+
+
 def write_predictions(path, rows: list[dict]) -> Path:
-    """``predictions.csv``: one row per image (see :data:`CSV_COLUMNS`), written atomically."""
+    """``predictions.csv``: one row per image (see :data:`CSV_COLUMNS` and the module docstring), written atomically."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, quoting=csv.QUOTE_ALL)
     w.writeheader()
     for r in rows:
         if "error" in r:
-            w.writerow({"path": r["path"], "error": r["error"]})
+            w.writerow({"path": neutralise(r["path"]), "error": neutralise(r["error"])})
             continue
-        w.writerow({"path": r["path"], "class": r["class"],
+        w.writerow({"path": neutralise(r["path"]), "class": neutralise(r["class"]),
                     "probability": f"{r['score']:.6f}" if r["score_kind"] == "probability" else "",
                     "margin": f"{r['score']:.6f}" if r["score_kind"] == "margin" else "",
-                    "top_classes": ";".join(c for c, _ in r["top_k"]),
-                    "top_scores": ";".join(f"{s:.6f}" for _, s in r["top_k"]), "error": ""})
+                    "top_classes": json.dumps([c for c, _ in r["top_k"]], ensure_ascii=False),
+                    "top_scores": json.dumps([round(s, 6) for _, s in r["top_k"]]), "error": ""})
     path = Path(path).expanduser()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

