@@ -42,7 +42,7 @@ def train_head(features_file, layer: str, head: str, out=None, preprocessing: st
     head : str
         ``svm``, ``svm-rbf``, ``logreg``, ``mlp`` or ``knn``.
     out : str or path-like, optional
-        Folder for ``head.joblib`` and ``head.json``; nothing is saved when None.
+        Folder for ``head.safetensors`` and ``head.json``; nothing is saved when None.
     preprocessing, pca, val_fraction, seed, n_jobs, full_grid, grid, solver, backend, head_params
         See :func:`classifiers.protocol.select_and_fit`.
     extra_meta : dict, optional

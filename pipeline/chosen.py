@@ -8,10 +8,13 @@ the sweep made, so it reproduces the row's test accuracy) and saved as ``<out>/c
 which ``transferlab predict --model <out>/chosen_head`` loads. Its predictions on the test split
 give the confusion matrix and the per-class accuracy of the report.
 
-Integrity rule of ``chosen_head/``: ``head.joblib`` and ``head.json`` are written by
-:func:`transferlab.classifiers.save_head` (atomic, the joblib file's sha256 inside ``head.json``);
+Integrity rule of ``chosen_head/``: ``head.safetensors`` and ``head.json`` are written by
+:func:`transferlab.classifiers.save_head` (atomic, the head file's sha256 inside ``head.json``);
 ``head.json`` also records the ``row_key`` of the row it was fitted for (as ``sweep_row_key``), so a
 warm rerun whose choice is unchanged reuses it and a changed choice (other data, other rows) refits it.
+The report loads the chosen head as arrays only, never a pickle: a ``chosen_head/`` holding
+``head.joblib`` (written by an earlier version, or put there by someone else) is refitted, not
+opened, and a head of your own that saves only as a pickle gets no confusion matrix.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from transferlab.util import UserInputError
 
 from .results import best_on_validation
 
@@ -52,18 +56,17 @@ def fit_chosen(out: Path, row: dict, preprocessing: str | None = None, log=None)
     """
     from sklearn.metrics import confusion_matrix
 
-    from transferlab.classifiers import load_head, train_head
+    from transferlab.classifiers import load_head, read_head_meta, train_head
+    from transferlab.classifiers.persistence import HEAD_FILE, PICKLE_FILE
     from transferlab.features.cache import load_split, read_cache_meta
 
     folder = Path(out) / CHOSEN_DIR
-    meta_path = folder / "head.json"
-    reuse = False
-    if meta_path.is_file():
-        try:
-            reuse = json.loads(meta_path.read_text()).get("sweep_row_key") == row["row_key"]
-        except ValueError:
-            reuse = False
-    if not reuse:
+    try:
+        saved = read_head_meta(folder)
+    except UserInputError:  # none yet, or not a head's description
+        saved = {}
+    # reuse only a head saved as arrays for this row: a pickle is refitted, never opened
+    if saved.get("sweep_row_key") != row["row_key"] or saved.get("head_file") != HEAD_FILE:
         if log is not None:
             log(f"report: fitting the head chosen on validation ({row['layer']} + {row['head']}) for the "
                 f"confusion matrix; saved as {folder}")
@@ -71,7 +74,10 @@ def fit_chosen(out: Path, row: dict, preprocessing: str | None = None, log=None)
         train_head(row["cache_file"], row["layer"], row["head"], out=folder, preprocessing=preprocessing, val_fraction=vf,
                    seed=int(float(row.get("seed") or 0)), full_grid=row.get("grid") == "full",
                    extra_meta={"sweep_row_key": row["row_key"]})
-    head, _ = load_head(folder)
+    if read_head_meta(folder).get("head_file") != HEAD_FILE:
+        raise UserInputError(f"the {row['head']} head saves only as a pickle ({folder / PICKLE_FILE}), which the "
+                             f"report never loads; `transferlab predict --model {folder} --allow-pickle` uses it")
+    head, _ = load_head(folder)  # arrays only: allow_pickle stays False
     X, y, _ = load_split(row["cache_file"], "test", row["layer"])
     pred = np.asarray(head.predict(X))
     names = read_cache_meta(row["cache_file"]).get("class_names")

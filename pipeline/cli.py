@@ -136,7 +136,7 @@ def cmd_cache(a):
 
 
 def cmd_train(a):
-    from transferlab.classifiers import train_head
+    from transferlab.classifiers import read_head_meta, train_head
     from transferlab.pipeline.results import default_head_dir, resolve_train_target
 
     features, layer, note = resolve_train_target(a.features, a.layer, a.head)
@@ -148,14 +148,15 @@ def cmd_train(a):
     val = "n/a (no validation split possible)" if res.get("val_accuracy") is None else f"{res['val_accuracy']:.4f}"
     print(f"{layer}  {a.head}  params={json.dumps(res.get('params', {}), default=str)}  "
           f"val_accuracy={val}  test_accuracy={res['test_accuracy']:.4f}")
-    print(f"saved {out / 'head.joblib'}" + ("" if a.quiet else f"  (use: transferlab predict --model {out} IMAGE...)"))
+    saved = out / read_head_meta(out)["head_file"]
+    print(f"saved {saved}" + ("" if a.quiet else f"  (use: transferlab predict --model {out} IMAGE...)"))
 
 
 def cmd_predict(a):
-    from transferlab.pipeline.predict import predict
+    from transferlab.pipeline.predict import format_line, predict
 
     rows = predict(a.model, a.images, batch_size=a.batch_size, device=a.device, progress=not (a.json or a.quiet),
-                   top_k=a.top_k, strict=a.strict, out=a.out)
+                   top_k=a.top_k, strict=a.strict, out=a.out, allow_pickle=a.allow_pickle)
     failed = [r for r in rows if "error" in r]
     if failed and len(failed) == len(rows):
         raise UserInputError(f"no image could be read: {failed[0]['error']}")
@@ -163,10 +164,8 @@ def cmd_predict(a):
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            if "error" in r:
-                continue
-            others = "  ".join(f"{c} {s:.3f}" for c, s in r["top_k"][1:])
-            print(f"{r['path']}\t{r['class']}\t{r['score']:.4f}\t{r['score_kind']}" + (f"\t{others}" if others else ""))
+            if "error" not in r:
+                print(format_line(r))
     if a.out and not a.quiet:
         print(f"wrote {a.out}", file=sys.stderr)
     if failed:
@@ -329,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", required=True, help="a layer stored in the file (module path), or best: the "
                                                   "sweep's choice on validation accuracy for --head")
     p.add_argument("--head", default="logreg", help="svm, svm-rbf, logreg, ridge, mlp or knn")
-    p.add_argument("--out", default=None, help="directory for head.joblib and head.json "
+    p.add_argument("--out", default=None, help="directory for head.safetensors and head.json "
                                                "(default runs/heads/<data>_<layer>_<head>)")
     p.add_argument("--preprocessing", default=None, help="none, l2, standardize or l2+standardize (default: per head)")
     p.add_argument("--pca", type=_positive_int, default=None, help="reduce features to this many dimensions first")
@@ -351,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--allow-pickle", action="store_true", help="also load a head saved as a pickle (head.joblib: "
+                   "your own estimator, or saved by an older version); unpickling runs its author's code")
     _add_quiet(p)
     p.set_defaults(func=cmd_predict)
 

@@ -6,12 +6,23 @@ weights and seed, its weights fingerprint checked against the spec, and the one 
 with the spec's size, interpolation, mean, std, pooling and storage dtype) or a
 ``finetune --out`` directory (``model.json`` + ``model.pt``: the whole fine-tuned network).
 
+A head saved as a pickle (``head.joblib``: a head of your own, or one saved by an earlier version) is
+refused unless ``allow_pickle=True`` (``--allow-pickle``): unpickling runs its author's code.
+
 Inputs are image files and folders (searched recursively for image extensions, in sorted order).
 Each result row has the predicted class, and either its ``probability`` (heads with
 ``predict_proba``: logreg, mlp, knn; fine-tuned networks: softmax) or its ``margin`` (heads without
 probabilities: the linear SVM's decision value), never both in one column, and the ``top_k`` classes
 with their scores. An unreadable file becomes a row with an ``error`` and the run goes on
 (``strict=True`` stops at the first instead).
+
+``predictions.csv`` (:data:`CSV_COLUMNS`): every field quoted (``csv.QUOTE_ALL``); ``top_classes``
+and ``top_scores`` are JSON lists, best first, so a class name holding ``;``, ``,`` or a quote
+stays one entry; a text field (path, class, error) starting with ``=``, ``+``, ``-``, ``@``, a tab
+or a carriage return gets a leading ``'`` so a spreadsheet shows it instead of running it as a
+formula (OWASP's CSV injection advice; the JSON lists start with ``[``). The printed lines
+(:func:`format_line`) are tab-separated with a backslash, tab, newline or carriage return in a path
+or class name written as ``\\\\``, ``\\t``, ``\\n``, ``\\r``.
 
 Integrity rule of ``--out predictions.csv``: written whole and atomically
 (:func:`transferlab.util.atomic_write`) after every image is classified; a crash or a full disk
@@ -21,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +45,8 @@ from transferlab.features.preprocess import preprocess_image, read_image
 from transferlab.util import atomic_write
 
 CSV_COLUMNS = ["path", "class", "probability", "margin", "top_classes", "top_scores", "error"]
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may read as the start of a formula
+_TSV_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
 def expand_images(inputs) -> list[Path]:
@@ -100,7 +114,7 @@ def _run(paths, batch_size, progress, strict, classify, spec) -> list[dict]:
 
 
 def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progress: bool = True,
-            top_k: int = 3, strict: bool = False, out=None) -> list[dict]:
+            top_k: int = 3, strict: bool = False, out=None, allow_pickle: bool = False) -> list[dict]:
     """Classify image files and folders; one dict per image, in input order.
 
     Parameters
@@ -115,6 +129,9 @@ def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progr
         Stop at the first unreadable file instead of recording it as an error row.
     out : path, optional
         Also write the rows to this CSV file (columns :data:`CSV_COLUMNS`).
+    allow_pickle : bool
+        Also load a head saved as a pickle (see :func:`transferlab.classifiers.load_head`): only a
+        head whose author you trust.
 
     Returns
     -------
@@ -133,14 +150,15 @@ def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progr
     if (model_dir / "model.json").is_file() and not (model_dir / "head.json").is_file():
         rows = _predict_finetuned(model_dir, paths, batch_size, device, progress, top_k, strict)
     else:
-        rows = _predict_head(load_head, model_dir, paths, batch_size, device, progress, top_k, strict)
+        rows = _predict_head(load_head(model_dir, allow_pickle=allow_pickle), model_dir, paths, batch_size, device,
+                             progress, top_k, strict)
     if out is not None:
         write_predictions(out, rows)
     return rows
 
 
-def _predict_head(load_head, model_dir, paths, batch_size, device, progress, top_k, strict) -> list[dict]:
-    head, meta = load_head(model_dir)
+def _predict_head(loaded, model_dir, paths, batch_size, device, progress, top_k, strict) -> list[dict]:
+    head, meta = loaded
     if not isinstance(meta.get("extraction"), dict):
         raise UserInputError(f"{model_dir}/head.json has no extraction spec (written by an older version); "
                              f"retrain the head with `transferlab train`")
@@ -203,20 +221,36 @@ def _predict_finetuned(run_dir: Path, paths: list, batch_size: int, device: str,
         return _run(paths, batch_size, progress, strict, classify, spec)
 
 
+def neutralise(text: str) -> str:
+    """A text cell a spreadsheet shows as text: a leading ``'`` before a :data:`FORMULA_PREFIXES` start."""
+    return "'" + text if text.startswith(FORMULA_PREFIXES) else text
+
+
+def format_line(row: dict) -> str:
+    """One printed line: path, class, score, its kind, then the other top classes with their scores,
+    tab-separated; backslash, tab, newline and carriage return in names escaped."""
+    def esc(text):
+        return str(text).translate(_TSV_ESCAPES)
+
+    others = "  ".join(f"{esc(c)} {s:.3f}" for c, s in row["top_k"][1:])
+    return f"{esc(row['path'])}\t{esc(row['class'])}\t{row['score']:.4f}\t{row['score_kind']}" + \
+        (f"\t{others}" if others else "")
+
+
 def write_predictions(path, rows: list[dict]) -> Path:
-    """``predictions.csv``: one row per image (see :data:`CSV_COLUMNS`), written atomically."""
+    """``predictions.csv``: one row per image (see :data:`CSV_COLUMNS` and the module docstring), written atomically."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS)
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, quoting=csv.QUOTE_ALL)
     w.writeheader()
     for r in rows:
         if "error" in r:
-            w.writerow({"path": r["path"], "error": r["error"]})
+            w.writerow({"path": neutralise(r["path"]), "error": neutralise(r["error"])})
             continue
-        w.writerow({"path": r["path"], "class": r["class"],
+        w.writerow({"path": neutralise(r["path"]), "class": neutralise(r["class"]),
                     "probability": f"{r['score']:.6f}" if r["score_kind"] == "probability" else "",
                     "margin": f"{r['score']:.6f}" if r["score_kind"] == "margin" else "",
-                    "top_classes": ";".join(c for c, _ in r["top_k"]),
-                    "top_scores": ";".join(f"{s:.6f}" for _, s in r["top_k"]), "error": ""})
+                    "top_classes": json.dumps([c for c, _ in r["top_k"]], ensure_ascii=False),
+                    "top_scores": json.dumps([round(s, 6) for _, s in r["top_k"]]), "error": ""})
     path = Path(path).expanduser()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -89,6 +89,76 @@ def jsonable(value):
     return value
 
 
+def meta_sha256(record: dict) -> str:
+    """SHA-256 of a saved artifact's description (``head.json``, ``model.json``) in canonical form, without
+    its own ``meta_sha256``."""
+    return sha256_json({k: v for k, v in record.items() if k != "meta_sha256"})
+
+
+def save_artifact(folder: "str | Path", meta_name: str, record: dict, payloads: dict, format_version: int) -> Path:
+    """Write a saved artifact: its payload files, then the JSON file that describes them.
+
+    ``payloads`` maps a kind to ``(file name, bytes)``; the description gains ``<kind>_file`` and
+    ``<kind>_sha256`` for each, ``format_version``, and ``meta_sha256`` (:func:`meta_sha256`).
+    Integrity rule (``head.json``, ``model.json``): every file is written atomically, the payloads
+    first, so a crash or a full disk leaves the previous description or none, never one naming a
+    payload that is not there whole; the hashes refuse a payload or description changed later
+    (:func:`read_artifact`, :func:`read_payload`). They stop accidents, not an author, who can write
+    matching hashes: a payload must be data whatever its hash (arrays, a ``weights_only`` state dict).
+    """
+    folder = Path(folder)
+    record = jsonable(dict(record))
+    for kind, (name, data) in payloads.items():
+        atomic_write(folder / name, data)
+        record.update({f"{kind}_file": name, f"{kind}_sha256": hashlib.sha256(data).hexdigest()})
+    record["format_version"] = format_version
+    record = json.loads(json.dumps(record, allow_nan=False))  # the values exactly as a reader will see them
+    record["meta_sha256"] = meta_sha256(record)
+    return atomic_write(folder / meta_name, json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def read_artifact(folder: "str | Path", meta_name: str, fix: str, verify: bool = True) -> dict:
+    """The description written by :func:`save_artifact`, refused (one line ending in ``fix``) when it is
+    missing, not a JSON object, or (``verify``) changed after it was saved."""
+    path = Path(folder) / meta_name
+    if not path.is_file():
+        raise UserInputError(f"{path} does not exist: {fix}")
+    try:
+        record = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        raise UserInputError(f"{path} is not valid JSON ({exc}): {fix}") from None
+    if not isinstance(record, dict):
+        raise UserInputError(f"{path} is not a saved description: {fix}")
+    if verify:
+        verify_artifact(record, path, fix)
+    return record
+
+
+def verify_artifact(record: dict, path: "str | Path", fix: str) -> None:
+    """Refuse a description (read from ``path``) whose ``meta_sha256`` is missing or not its own hash."""
+    if record.get("meta_sha256") != meta_sha256(record):
+        what = "has no meta_sha256 (written by an older version)" if "meta_sha256" not in record else \
+            "was changed after it was saved (its meta_sha256 differs)"
+        raise UserInputError(f"{path} {what}; refusing to use it: {fix}")
+
+
+def read_payload(folder: "str | Path", record: dict, kind: str, names: tuple, fix: str) -> bytes:
+    """The bytes of the ``kind`` payload the description names, refused unless its name is one of
+    ``names`` (never a path elsewhere) and the bytes read hash to ``<kind>_sha256``."""
+    name = record.get(f"{kind}_file", names[0])
+    if name not in names:
+        raise UserInputError(f"{Path(folder)} names {kind} file {name!r}, not one of {', '.join(names)}: {fix}")
+    path = Path(folder) / name
+    if not path.is_file():
+        raise UserInputError(f"{path} does not exist: {fix}")
+    data = path.read_bytes()
+    expected = record.get(f"{kind}_sha256")
+    if not expected or hashlib.sha256(data).hexdigest() != expected:
+        raise UserInputError(f"{path} does not match the sha256 in its description (file changed or corrupted); "
+                             f"refusing to use it: {fix}")
+    return data
+
+
 VERSIONED = ("transferlab", "numpy", "torch", "torchvision", "timm", "scikit-learn", "joblib", "h5py")
 
 

@@ -39,7 +39,7 @@ def t(tmp_path_factory):
                    t / "head").returncode == 0
     edited = t / "head_edited"
     edited.mkdir()
-    (edited / "head.joblib").write_bytes((t / "head" / "head.joblib").read_bytes())
+    (edited / "head.safetensors").write_bytes((t / "head" / "head.safetensors").read_bytes())
     meta = json.loads((t / "head" / "head.json").read_text())
     meta["layer"] = "stem"  # another layer: the prediction would silently change
     (edited / "head.json").write_text(json.dumps(meta))

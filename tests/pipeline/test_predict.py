@@ -42,6 +42,7 @@ def test_predict_on_png_files_matches_the_head_on_cached_rows(trained):
 
 def test_folders_csv_top_k_and_an_unreadable_file_that_does_not_stop_the_run(trained):
     import csv
+    import json
 
     from transferlab.classifiers import load_head
 
@@ -70,7 +71,8 @@ def test_folders_csv_top_k_and_an_unreadable_file_that_does_not_stop_the_run(tra
     for i, name in enumerate(["img0.png", "img1.png", "img2.png", "z0.png", "z1.png"]):
         r = by_name[name]
         top = np.argsort(-proba[i])[:2]
-        assert r["top_classes"].split(";") == [f"class{c}" for c in top] and r["class"] == f"class{top[0]}"
+        assert json.loads(r["top_classes"]) == [f"class{c}" for c in top] and r["class"] == f"class{top[0]}"
+        assert json.loads(r["top_scores"]) == pytest.approx(proba[i, top], abs=1e-5)
         assert float(r["probability"]) == pytest.approx(proba[i, top[0]], abs=1e-5) and r["margin"] == ""
     strict = run_cli("predict", "--model", tmp_path / "head", tmp_path / "in", "--strict")
     assert strict.returncode == 2 and "bad.png" in strict.stderr and "Traceback" not in strict.stderr
@@ -107,8 +109,8 @@ def test_tampered_head_and_unreadable_image_are_refused_with_exit_2(trained):
     bad.write_bytes(b"\x89PNG garbage")
     out = run_cli("predict", "--model", tmp_path / "head", bad)
     assert out.returncode == 2 and "bad.png" in out.stderr and "Traceback" not in out.stderr
-    joblib_file = tmp_path / "head" / "head.joblib"
-    joblib_file.write_bytes(joblib_file.read_bytes() + b"\0")
+    head_file = tmp_path / "head" / "head.safetensors"
+    head_file.write_bytes(head_file.read_bytes() + b"\0")
     ok = tmp_path / "ok.png"
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(ok)
     out = run_cli("predict", "--model", tmp_path / "head", ok)
@@ -118,7 +120,7 @@ def test_tampered_head_and_unreadable_image_are_refused_with_exit_2(trained):
 def test_an_edited_head_json_is_refused_and_a_signed_wrong_width_is_caught_before_predicting(trained):
     import json
 
-    from transferlab.classifiers.persistence import meta_sha256
+    from transferlab.util import meta_sha256
 
     tmp_path, _, _ = trained
     img = tmp_path / "x.png"

@@ -55,7 +55,7 @@ def test_confusion_matrix_is_of_the_head_chosen_on_validation(swept):
                    "--out", tmp / "best_head", "--quiet")
     assert pred.returncode == 0, pred.stderr
     assert pred.stdout.split()[:2] == [by_val["layer"], by_val["head"]]
-    assert (out / "chosen_head" / "head.joblib").is_file()
+    assert (out / "chosen_head" / "head.safetensors").is_file()
 
 
 def test_predict_on_a_sweep_folder_uses_its_chosen_head(swept):
