@@ -68,7 +68,7 @@ import numpy as np
 from transferlab.util import UserInputError, library_versions, sha256_json
 
 from .locks import exclusive, shared
-from .spec import ExtractionSpec
+from .spec import ExtractionSpec, storage_dtype
 
 FORMAT_VERSION = 1
 SUFFIX = ".h5"
@@ -278,11 +278,11 @@ class CacheWriter:
             raise UserInputError(f"{self.path}:{split.name} holds other labels than the data set; "
                                  f"`transferlab cache rm {self.path}` and extract again")
         feats = grp.require_group("features")
-        dtype = self.f.attrs["dtype"]
+        dtype = storage_dtype(_attr(self.f.attrs["dtype"]))
         pooling = _attr(self.f.attrs["pooling"])
         for i in infos:
             if i.name not in feats:
-                rows = int(max(1, min(n, chunk_bytes // (i.dim * (2 if dtype == "float16" else 4)))))
+                rows = int(max(1, min(n, chunk_bytes // (i.dim * dtype.itemsize))))
                 ds = feats.create_dataset(i.name, shape=(n, i.dim), maxshape=(None, i.dim), dtype=dtype,
                                           chunks=(rows, i.dim), fletcher32=True)
                 ds.attrs.update({"depth": i.depth, "rel_depth": i.rel_depth, "raw_shape": list(i.raw_shape),
