@@ -55,6 +55,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -75,6 +76,8 @@ SUFFIX = ".h5"
 COMMIT_SECONDS = 1.0  # the writer commits queued rows at most this long after the last commit
 COMMIT_BYTES = 64 << 20  # ... or as soon as this many bytes are queued
 _RERUN = "rerun `transferlab extract` to finish it"
+PART_SUFFIX = ".part"
+_PART_NAME = re.compile(r"(?P<file>.+_[0-9a-f]{12}\.h5)\.rank(?P<rank>\d+)of(?P<world>\d+)\.part")
 
 
 # --- names and keys -------------------------------------------------------------------------------
@@ -98,6 +101,25 @@ def cache_path(cache_dir: "str | Path", spec: ExtractionSpec, dataset) -> tuple[
     """``(path, key)`` of the cache file for a resolved spec and a data set."""
     key = compute_key(spec, dataset.fingerprint)
     return Path(cache_dir) / file_name(spec, dataset.short_name, key), key
+
+
+def part_path(path: "str | Path", rank: int, world_size: int) -> Path:
+    """The part file rank ``rank`` of ``world_size`` writes for the cache file ``path`` (:mod:`features.distributed`)."""
+    return Path(path).with_name(f"{Path(path).name}.rank{rank}of{world_size}{PART_SUFFIX}")
+
+
+def part_owner(path: "str | Path") -> Path | None:
+    """The cache file a part file belongs to (None: ``path`` is not named as a part)."""
+    m = _PART_NAME.fullmatch(Path(path).name)
+    return Path(path).with_name(m["file"]) if m else None
+
+
+def parts_of(path: "str | Path") -> list[Path]:
+    """The part files of the cache file ``path`` that exist, any world size."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.iterdir() if part_owner(p) == path)
 
 
 def locked(path: Path, timeout: float = -1, notify=None):
