@@ -28,8 +28,8 @@ Integrity rule
 - *Commits.* The writer queues computed rows in memory and commits them (write, flush, raise
   ``n_done``, flush) once ``COMMIT_SECONDS`` (1 s) have passed since the last commit or
   ``COMMIT_BYTES`` (64 MiB) are queued, and always when a split finishes or the run stops on an
-  exception (Ctrl-C included). A commit per batch cost 10 ms for nine layers, a tenth of a 64 px
-  CPU batch and more than a GPU batch; one a second costs nothing measurable.
+  exception (Ctrl-C included). Extraction against the pure forward pass, commits included, is the
+  P1 row of ``bench/README.md``.
 - *Crash.* A kill at any moment leaves a file that resumes from each layer's ``n_done``; what a
   kill -9 loses is the queue, at most ``COMMIT_SECONDS`` of work. A split's own
   ``n_done``/``complete`` summarise its layers (for ``cache ls``); readers decide per layer.
