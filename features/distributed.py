@@ -27,6 +27,9 @@ Integrity rule of the part files
   moved aside when not (:func:`features.cache.after_write_failure`, as in one process).
 - *Concurrency.* Rank 0 holds the cache file's lock from the plan to the merge; other ranks write
   only after rank 0 has broadcast the plan, i.e. under that lock.
+- *Leftovers.* Whichever run completes the cache file (this merge, or a single-process ``extract``
+  resuming a killed torchrun run) removes the parts whose layers are all finished in it
+  (:func:`features.engine.remove_finished_parts`).
 """
 from __future__ import annotations
 
@@ -273,6 +276,5 @@ def merge_parts(job: ExtractionJob, todo: dict, size: int, block_bytes: int = 64
                     writer.write(s, lo, block)
             writer.finish(s, names)
     job.log(f"merged {size} parts into {path}")
-    for p in parts.values():
-        p.unlink(missing_ok=True)
+    engine.remove_finished_parts(path)
     return path

@@ -9,7 +9,7 @@ this one code for both, so a rank's rows are bit-equal to the single-process row
 Rule: the job's file is written only through :class:`features.cache.CacheWriter` (its integrity
 rule is :mod:`features.cache`'s; the part files' is :mod:`features.distributed`'s), and what is
 computed is exactly the layers the file lacks, after the plan has been checked against the memory
-and the disk.
+and the disk. When a run completes the cache file, the part files whose rows it now holds are removed.
 """
 from __future__ import annotations
 
@@ -293,6 +293,28 @@ def extract_split(writer, job: ExtractionJob, split, infos: list[LayerInfo], mod
         on_batch(split.name, done)
 
 
+def remove_finished_parts(path: Path) -> list[Path]:
+    """Remove the part files of ``path`` whose every layer is finished in it; return those removed.
+
+    Called by whoever completed the cache file, holding its lock (no rank writes a part then).
+    A part that cannot be read holds nothing to merge and goes too; one still holding a layer the
+    cache file lacks stays for the torchrun run that will merge it (``cache rm --all`` removes it).
+    """
+    status = fcache.read_status(path)
+    removed = []
+    for part in fcache.parts_of(path):
+        try:
+            st = fcache.read_status(part)
+        except UserInputError:  # held open by another process: not ours to remove now
+            continue
+        held = {} if st is None else {s: list(v["layers"]) for s, v in st["splits"].items()}
+        if st is None or all(fcache.is_complete(status, [s], names) for s, names in held.items()):
+            part.unlink(missing_ok=True)
+            Path(str(part) + ".writing").unlink(missing_ok=True)
+            removed.append(part)
+    return removed
+
+
 def extract_locked(job: ExtractionJob) -> Path:
     """One process, holding the cache file's lock: plan what the file lacks, check the disk, compute it."""
     todo = work_list(job, fcache.read_status(job.path))
@@ -301,4 +323,7 @@ def extract_locked(job: ExtractionJob) -> Path:
         return job.path
     check_disk(job, todo)
     compute(job, todo)
+    removed = remove_finished_parts(job.path)
+    if removed:
+        job.log(f"note: removed {len(removed)} part file(s) a torchrun run left; {job.path.name} holds their rows")
     return job.path

@@ -188,3 +188,34 @@ def test_rank0_plan_removes_parts_of_another_world_size_and_refuses_a_full_disk(
     with pytest.raises(UserInputError, match=r"part files, then the merged file"):
         fdist.plan_work(job, 2)
     assert not job.path.exists()
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_single_process_run_completing_the_file_removes_the_parts_a_killed_torchrun_left(tmp_path, monkeypatch):
+    """A killed 2-rank run leaves rank 0's part finished and rank 1's at its first batch (and, after a
+    kill -9, its ``.writing`` marker); ``extract`` in one process then completes the cache file."""
+    npz = make_npz(tmp_path / "tiny.npz", n_train=20, n_test=9)
+    job, todo = _resolved(npz, tmp_path / "dist")
+    fdist.extract_part(job, todo, 0, 2)
+    monkeypatch.setattr(fcache, "COMMIT_SECONDS", 0)
+
+    def killed(split, n_done):
+        raise _Killed
+
+    with pytest.raises(_Killed):
+        fdist.extract_part(replace(job, on_batch=killed), todo, 1, 2)
+    parts = [fdist.part_path(job.path, r, 2) for r in range(2)]
+    Path(str(parts[1]) + ".writing").touch()
+    assert fcache.read_status(parts[1])["splits"]["train"]["n_done"] == B
+    kw = dict(image_size=32, batch_size=B, cache_dir=tmp_path / "dist", progress=False)
+    notes = []
+    # fewer layers than the parts hold: bn2 is not in the cache file yet, so the parts stay for a torchrun resume
+    extract(f"npz:{npz}", job.backbone, layers="bn1,blocks.2", log=notes.append, **kw)
+    assert all(p.exists() for p in parts) and not any("part file" in n for n in notes)
+    extract(f"npz:{npz}", job.backbone, layers=LAYERS, log=notes.append, **kw)
+    assert "note: removed 2 part file(s) a torchrun run left" in notes[-1]
+    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == sorted([job.path.name, job.path.name + ".lock"])
+    assert fcache.is_complete(fcache.read_status(job.path), ["train", "test"], LAYERS.split(","))
