@@ -49,6 +49,11 @@ Integrity rule
   by a writer and shared by readers: two writers never write one key at once, a writer waits for
   readers to finish, and a reader waits (saying so) while the file is being written by another
   process, instead of reading a half-updated file or calling it unreadable.
+- *Removal.* ``cache rm`` removes only the cache's own files (:func:`foreign` says why another is
+  not): a file whose root attributes are the cache's (a cache file, or a torchrun part file
+  ``<file>.rank<R>of<W>.part``), or one named like them that cannot be opened (damage, a kill
+  before the attributes were written). A user's own ``.h5`` or a folder is refused, never read
+  for more than its attributes, never changed.
 """
 from __future__ import annotations
 
@@ -76,7 +81,10 @@ SUFFIX = ".h5"
 COMMIT_SECONDS = 1.0  # the writer commits queued rows at most this long after the last commit
 COMMIT_BYTES = 64 << 20  # ... or as soon as this many bytes are queued
 _RERUN = "rerun `transferlab extract` to finish it"
+# root attributes every cache (and part) file carries: what tells the cache's own files from others
+ROOT_ATTRS = ("format_version", "key", "backbone", "weights_sha256", "pooling", "dtype", "data_fingerprint")
 PART_SUFFIX = ".part"
+_CACHE_NAME = re.compile(r".+_[0-9a-f]{12}\.h5")
 _PART_NAME = re.compile(r"(?P<file>.+_[0-9a-f]{12}\.h5)\.rank(?P<rank>\d+)of(?P<world>\d+)\.part")
 
 
@@ -120,6 +128,12 @@ def parts_of(path: "str | Path") -> list[Path]:
     if not path.parent.is_dir():
         return []
     return sorted(p for p in path.parent.iterdir() if part_owner(p) == path)
+
+
+def part_files(cache_dir: "str | Path") -> list[Path]:
+    """Every part file in a cache directory."""
+    d = Path(cache_dir)
+    return sorted(p for p in d.iterdir() if part_owner(p) is not None and p.is_file()) if d.is_dir() else []
 
 
 def locked(path: Path, timeout: float = -1, notify=None):
@@ -454,23 +468,35 @@ def is_complete(status: dict | None, splits, layers) -> bool:
 
 
 def cache_files(cache_dir: "str | Path") -> list[Path]:
+    """The ``*.h5`` files of a cache directory (folders so named are not files)."""
     d = Path(cache_dir)
-    return sorted(d.glob(f"*{SUFFIX}")) if d.is_dir() else []
+    return sorted(p for p in d.glob(f"*{SUFFIX}") if p.is_file()) if d.is_dir() else []
 
 
 def list_cache(cache_dir: "str | Path") -> list[dict]:
+    """One row per cache file, part file (status ``part``) and foreign ``*.h5`` file (status ``foreign``)."""
     rows = []
-    for p in cache_files(cache_dir):
+    for p in cache_files(cache_dir) + part_files(cache_dir):
         row = {"file": str(p), "bytes": p.stat().st_size}
+        why = foreign(p)
+        if why:
+            rows.append({**row, "status": "foreign", "why": why})
+            continue
+        owner = part_owner(p)
         try:
-            with reading(p, wait=0):
+            with reading(owner or p, wait=0):
                 st = read_status(p)
         except UserInputError:
             rows.append({**row, "status": "being written", "data": "(another process is writing it)",
                          "backbone": "-", "weights": "-", "image_size": "-", "pooling": "-", "dtype": "-",
                          "splits": {}, "layers": []})
             continue
-        if st is None:
+        if owner is not None:
+            m = _PART_NAME.fullmatch(p.name)
+            row.update(status="part", part_of=owner.name, rank=int(m["rank"]), world=int(m["world"]))
+            if st is not None:
+                row["splits"] = {k: v["n_done"] for k, v in st["splits"].items()}
+        elif st is None:
             row.update(status="unreadable")
         else:
             a = st["attrs"]
@@ -528,7 +554,7 @@ def _verify(path: "str | Path") -> list[str]:
     fix = f"`transferlab cache rm {path}` and extract again"
     with f:
         try:
-            for k in ("format_version", "key", "backbone", "weights_sha256", "pooling", "dtype", "data_fingerprint"):
+            for k in ROOT_ATTRS:
                 if k not in f.attrs:
                     problems_root = f"{path}: root attribute '{k}' missing"
                     return [problems_root]
@@ -597,19 +623,67 @@ def _verify(path: "str | Path") -> list[str]:
     return problems
 
 
+def foreign(path: "str | Path") -> str | None:
+    """Why ``path`` is not one of the cache's own files, or None when it is (the *Removal* rule above).
+
+    Reads the root attributes only; takes no lock and writes nothing beside the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return "not a regular file" if p.exists() else "no such file"
+    named = bool(_CACHE_NAME.fullmatch(p.name) or _PART_NAME.fullmatch(p.name))
+    try:
+        with h5py.File(p, "r") as f:
+            attrs = set(f.attrs)
+    except Exception as exc:
+        if _busy(exc):  # open for writing elsewhere: ours while one of our writers marks it
+            return None if Path(str(p) + ".writing").exists() else "held open for writing by another program"
+        return None if named else "not an HDF5 file"
+    if set(ROOT_ATTRS) <= attrs or (named and not attrs):
+        return None
+    return "an HDF5 file without the cache's root attributes"
+
+
+def _removable(p: Path) -> Path:
+    if not (p.name.endswith(SUFFIX) or part_owner(p) is not None):
+        raise UserInputError(f"{p} is not a cache file (*.h5); `transferlab cache ls` lists them")
+    if not p.exists():
+        raise UserInputError(f"{p} does not exist; `transferlab cache ls` lists the cache files")
+    why = foreign(p)
+    if why:
+        raise UserInputError(f"{p} is not a cache file ({why}); `transferlab cache rm` removes only what "
+                             f"`transferlab extract` wrote, so it was left as it is")
+    return p
+
+
 def remove(paths) -> list[Path]:
+    """Remove cache and part files with their marker and lock; a path that is not one refuses all, before any."""
+    paths = [_removable(Path(p)) for p in paths]
+    from filelock import Timeout
+
     removed = []
-    for p in map(Path, paths):
-        if p.suffix != SUFFIX:
-            raise UserInputError(f"{p} is not a cache file (*.h5); `transferlab cache ls` lists them")
-        if not p.exists():
-            raise UserInputError(f"{p} does not exist; `transferlab cache ls` lists the cache files")
-        with locked(p, timeout=10):
-            p.unlink()
-            Path(str(p) + ".writing").unlink(missing_ok=True)
-        Path(str(p) + ".lock").unlink(missing_ok=True)
+    # parts first, each under its cache file's lock; the cache file's own removal then deletes that lock
+    for p in sorted(paths, key=lambda q: part_owner(q) is None):
+        owner = part_owner(p) or p
+        try:
+            with locked(owner, timeout=10):
+                p.unlink(missing_ok=True)
+                Path(str(p) + ".writing").unlink(missing_ok=True)
+        except Timeout:
+            raise UserInputError(f"{owner} is in use by another process (extracting into it or reading it); "
+                                 f"rerun `transferlab cache rm` when it has finished") from None
+        if not owner.exists():
+            Path(str(owner) + ".lock").unlink(missing_ok=True)
         removed.append(p)
     return removed
+
+
+def remove_all(cache_dir: "str | Path") -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Remove every cache and part file of a directory; return those removed and ``(path, why)`` of those left."""
+    d = Path(cache_dir)
+    found = sorted(d.glob(f"*{SUFFIX}")) + part_files(d) if d.is_dir() else []
+    checked = [(p, foreign(p)) for p in found]
+    return remove([p for p, why in checked if not why]), [(p, why) for p, why in checked if why]
 
 
 def quarantine(path: Path) -> Path:

@@ -29,7 +29,8 @@ Integrity rule of the part files
   only after rank 0 has broadcast the plan, i.e. under that lock.
 - *Leftovers.* Whichever run completes the cache file (this merge, or a single-process ``extract``
   resuming a killed torchrun run) removes the parts whose layers are all finished in it
-  (:func:`features.engine.remove_finished_parts`).
+  (:func:`features.engine.remove_finished_parts`); ``cache ls`` lists parts, ``cache rm --all``
+  removes them.
 """
 from __future__ import annotations
 

@@ -88,6 +88,19 @@ def test_damage_is_seen_by_verify_and_extract_train_refuse_or_rebuild(built, kin
         assert list(path.parent.glob(path.name + ".damaged-*")), "the damaged file is kept aside, not deleted"
 
 
+@pytest.mark.parametrize("kind", ["truncated", "flipped byte in a chunk"])
+def test_cache_rm_removes_a_damaged_cache_file_as_verify_advises(built, kind):
+    """`cache rm` refuses files that lack the cache's attributes; a cache file damaged so far that they
+    cannot be read is still its own (named as extract names its files), so verify's advice holds."""
+    _, path, _ = built
+    _damage(path, kind)
+    advice = f"`transferlab cache rm {path}`"
+    assert any(advice in m for m in verify(path))
+    rm = run_cli("cache", "rm", path)
+    assert rm.returncode == 0 and rm.stdout.strip() == f"removed {path}", (rm.stdout, rm.stderr)
+    assert list(path.parent.iterdir()) == []  # its lock and marker gone too
+
+
 def test_a_flipped_byte_stops_the_sweep_with_one_line_naming_file_and_layer(built, tmp_path):
     npz, path, _ = built
     _flip_chunk_byte(path)

@@ -1,4 +1,5 @@
 """Distributed extraction: sharding by rank, per-rank parts, the merge, and a real 2-process torchrun run."""
+import json
 import os
 import subprocess
 import sys
@@ -219,3 +220,20 @@ def test_a_single_process_run_completing_the_file_removes_the_parts_a_killed_tor
     assert "note: removed 2 part file(s) a torchrun run left" in notes[-1]
     assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == sorted([job.path.name, job.path.name + ".lock"])
     assert fcache.is_complete(fcache.read_status(job.path), ["train", "test"], LAYERS.split(","))
+
+
+def test_cache_ls_lists_part_files_as_parts_and_rm_all_removes_them(tmp_path):
+    npz = make_npz(tmp_path / "tiny.npz", n_train=20, n_test=9)
+    job, todo = _resolved(npz, tmp_path / "dist")
+    fdist.extract_part(job, todo, 1, 2)  # what a killed 2-rank run can leave: rank 1's part, no cache file yet
+    part = fdist.part_path(job.path, 1, 2)
+    Path(str(part) + ".writing").touch()  # a kill -9 leaves the writer's marker too
+    ls = run_cli("cache", "ls", "--cache-dir", tmp_path / "dist")
+    (line,) = [l for l in ls.stdout.splitlines() if part.name in l]
+    assert line.startswith("part ") and f"rank 1 of 2 of {job.path.name}" in line
+    rows = json.loads(run_cli("cache", "ls", "--json", "--cache-dir", tmp_path / "dist").stdout)["files"]
+    assert [(r["status"], r["part_of"], r["rank"], r["world"], r["splits"]) for r in rows] == [
+        ("part", job.path.name, 1, 2, {"train": len(fdist.shard_rows(20, B, 1, 2)), "test": 1})]
+    rm = run_cli("cache", "rm", "--all", "--cache-dir", tmp_path / "dist")
+    assert rm.returncode == 0 and rm.stdout.splitlines() == [f"removed {part}"], (rm.stdout, rm.stderr)
+    assert list((tmp_path / "dist").iterdir()) == []  # no part, marker or lock left
