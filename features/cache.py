@@ -112,7 +112,7 @@ def cache_path(cache_dir: "str | Path", spec: ExtractionSpec, dataset) -> tuple[
 
 
 def part_path(path: "str | Path", rank: int, world_size: int) -> Path:
-    """The part file rank ``rank`` of ``world_size`` writes for the cache file ``path`` (:mod:`features.distributed`)."""
+    """The part file of rank ``rank`` of ``world_size`` for the cache file ``path`` (:mod:`features.distributed`)."""
     return Path(path).with_name(f"{Path(path).name}.rank{rank}of{world_size}{PART_SUFFIX}")
 
 
@@ -501,8 +501,9 @@ def list_cache(cache_dir: "str | Path") -> list[dict]:
         else:
             a = st["attrs"]
             complete = all(s["complete"] for s in st["splits"].values()) and bool(st["splits"])
-            layers = sorted({l for s in st["splits"].values() for l in s["layers"]},
-                            key=lambda l: min(s["layers"].get(l, {}).get("depth", 1 << 30) for s in st["splits"].values()))
+            splits = st["splits"].values()
+            layers = sorted({l for s in splits for l in s["layers"]},
+                            key=lambda l: min(s["layers"].get(l, {}).get("depth", 1 << 30) for s in splits))
             row.update(status="complete" if complete else "partial", data=a.get("data"), backbone=a.get("backbone"),
                        weights=a.get("weights"), image_size=a.get("image_size"), pooling=a.get("pooling"),
                        dtype=a.get("dtype"), splits={k: v["n_total"] for k, v in st["splits"].items()},
@@ -773,7 +774,8 @@ def list_layers(features_file, split: str = "train") -> list[str]:
 
 def _layer_dataset(f, split, layer, finished=True) -> h5py.Dataset:
     group = _split_group(f, split)
-    if "features" not in group or layer not in group["features"] or not isinstance(group["features"][layer], h5py.Dataset):
+    if ("features" not in group or layer not in group["features"]
+            or not isinstance(group["features"][layer], h5py.Dataset)):
         valid = _layers(group)
         listing = ", ".join(valid) if valid else "none: extract some layers first"
         raise UserInputError(f"layer {layer!r} is not in split {split!r} of {f.filename}; valid layers: {listing} "

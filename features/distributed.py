@@ -253,7 +253,8 @@ def merge_parts(job: ExtractionJob, todo: dict, size: int, block_bytes: int = 64
                 continue
             for r in owners:
                 if not parts[r].exists():
-                    raise UserInputError(f"part file {parts[r]} is missing; rerun the same torchrun command to compute it")
+                    raise UserInputError(f"part file {parts[r]} is missing; rerun the same torchrun command to "
+                                         f"compute it")
                 st = fcache.read_status(parts[r])
                 if st is None or st["attrs"].get("key") != _part_key(key, r, size, batch_size):
                     raise UserInputError(f"part file {parts[r]} belongs to another run (data, spec, ranks or batch "

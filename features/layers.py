@@ -54,8 +54,8 @@ class LayerInfo:
     bytes_per_image: int
 
     def as_row(self) -> dict:
-        return {"layer": self.name, "depth": self.depth, "rel_depth": self.rel_depth, "channels": self.channels, "stride": self.stride,
-                "raw_shape": "x".join(map(str, self.raw_shape)), "dim": self.dim,
+        return {"layer": self.name, "depth": self.depth, "rel_depth": self.rel_depth, "channels": self.channels,
+                "stride": self.stride, "raw_shape": "x".join(map(str, self.raw_shape)), "dim": self.dim,
                 "bytes_per_image": self.bytes_per_image}
 
 

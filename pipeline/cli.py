@@ -111,7 +111,8 @@ def cmd_cache(a):
                       f"rows done {r.get('splits', '?')}  {r['file']}")
                 continue
             print(f"{r['status']:<9} {r['bytes'] / 1e6:8.1f} MB  {r['data']}  {r['backbone']}/{r['weights']}  "
-                  f"{r['image_size']}px {r['pooling']} {r['dtype']}  splits={r['splits']}  layers={len(r['layers'])}  {r['file']}")
+                  f"{r['image_size']}px {r['pooling']} {r['dtype']}  splits={r['splits']}  "
+                  f"layers={len(r['layers'])}  {r['file']}")
     elif a.action == "info":
         files = [_cache_file(p, cdir) for p in a.files] or fc.cache_files(cdir)
         if not files:

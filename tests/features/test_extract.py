@@ -81,7 +81,8 @@ def test_more_layers_later_compute_only_the_missing_ones(tmp_path, tiny_npz, lit
     asked = []
     real_init = engine.FeatureTap.__init__
     monkeypatch.setattr(engine.FeatureTap, "__init__",
-                        lambda self, m, layers, *a, **k: (asked.append(list(layers)), real_init(self, m, layers, *a, **k))[1])
+                        lambda self, m, layers, *a, **k: (asked.append(list(layers)),
+                                                          real_init(self, m, layers, *a, **k))[1])
     assert extract(f"npz:{tiny_npz}", lite0, layers="bn1,blocks.3", **kw) == path
     assert asked == [["blocks.3"], ["blocks.3"]]  # one pass per split, only the new layer
     assert np.array_equal(_read(path, "train", "bn1"), first)
