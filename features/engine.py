@@ -7,9 +7,10 @@ batches, written into its part file). The tap, the batching, the storage dtype a
 this one code for both, so a rank's rows are bit-equal to the single-process rows of the same batches.
 
 Rule: the job's file is written only through :class:`features.cache.CacheWriter` (its integrity
-rule is :mod:`features.cache`'s; the part files' is :mod:`features.distributed`'s), and what is
-computed is exactly the layers the file lacks, after the plan has been checked against the memory
-and the disk. When a run completes the cache file, the part files whose rows it now holds are removed.
+rule is :mod:`features.cache`'s; the part files' is :mod:`features.distributed`'s); what is
+computed is exactly the layers the file lacks, once :func:`check_memory` (run by ``extract`` before
+it builds the job) and :func:`check_disk` have passed the plan. When a run completes the cache file,
+the part files whose rows it now holds are removed (:func:`remove_finished_parts`).
 """
 from __future__ import annotations
 
