@@ -145,7 +145,7 @@ def _hold(script, path):
         from transferlab.features import cache
         path = Path({str(path)!r})
     """) + textwrap.dedent(script)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -189,20 +189,29 @@ def test_hdf5s_own_lock_is_reported_as_being_written_never_as_damage(built):
 
 
 def test_a_writer_adding_a_layer_waits_for_a_reader_instead_of_failing(built, lite0):
+    """The reader holds its lock until the writer has said it waits (events, not a sleep: under load a
+    timed hold could end before the writer arrives)."""
     npz, path, _ = built
     reader = _hold("""
         with cache.reading(path):
             f = h5py.File(path, "r")
-            print("held", flush=True)
-            time.sleep(3)
+            print("held", flush=True)  # _hold returns once the reader holds the lock
+            import select  # ... and keeps it until the writer has reported waiting (a writer that never
+            select.select([sys.stdin], [], [], 300)  # says so fails the assertion below instead of hanging)
             f.close()
     """, path)
     messages = []
-    t0 = time.monotonic()
+
+    def log(msg):
+        messages.append(msg)
+        if "waiting for another process" in msg:
+            reader.stdin.write("release\n")
+            reader.stdin.flush()
+
     try:
-        extract(f"npz:{npz}", lite0, cache_dir=path.parent, log=messages.append, **{**KW, "layers": "bn1,blocks.2"})
+        extract(f"npz:{npz}", lite0, cache_dir=path.parent, log=log, **{**KW, "layers": "bn1,blocks.2"})
     finally:
         reader.kill()
         reader.wait()
-    assert time.monotonic() - t0 > 1 and any("waiting for another process" in m for m in messages)
+    assert any("waiting for another process" in m for m in messages)
     assert verify(path) == [] and read_status(path)["splits"]["test"]["layers"]["blocks.2"]["complete"]
