@@ -28,8 +28,8 @@ Integrity rule
 - *Commits.* The writer queues computed rows in memory and commits them (write, flush, raise
   ``n_done``, flush) once ``COMMIT_SECONDS`` (1 s) have passed since the last commit or
   ``COMMIT_BYTES`` (64 MiB) are queued, and always when a split finishes or the run stops on an
-  exception (Ctrl-C included). A commit per batch cost 10 ms for nine layers, a tenth of a 64 px
-  CPU batch and more than a GPU batch; one a second costs nothing measurable.
+  exception (Ctrl-C included). Extraction against the pure forward pass, commits included, is the
+  P1 row of ``bench/README.md``.
 - *Crash.* A kill at any moment leaves a file that resumes from each layer's ``n_done``; what a
   kill -9 loses is the queue, at most ``COMMIT_SECONDS`` of work. A split's own
   ``n_done``/``complete`` summarise its layers (for ``cache ls``); readers decide per layer.
@@ -49,12 +49,18 @@ Integrity rule
   by a writer and shared by readers: two writers never write one key at once, a writer waits for
   readers to finish, and a reader waits (saying so) while the file is being written by another
   process, instead of reading a half-updated file or calling it unreadable.
+- *Removal.* ``cache rm`` removes only the cache's own files (:func:`foreign` says why another is
+  not): a file whose root attributes are the cache's (a cache file, or a torchrun part file
+  ``<file>.rank<R>of<W>.part``), or one named like them that cannot be opened (damage, a kill
+  before the attributes were written). A user's own ``.h5`` or a folder is refused, never read
+  for more than its attributes, never changed.
 """
 from __future__ import annotations
 
 import errno
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -68,13 +74,18 @@ import numpy as np
 from transferlab.util import UserInputError, library_versions, sha256_json
 
 from .locks import exclusive, shared
-from .spec import ExtractionSpec
+from .spec import ExtractionSpec, storage_dtype
 
 FORMAT_VERSION = 1
 SUFFIX = ".h5"
 COMMIT_SECONDS = 1.0  # the writer commits queued rows at most this long after the last commit
 COMMIT_BYTES = 64 << 20  # ... or as soon as this many bytes are queued
 _RERUN = "rerun `transferlab extract` to finish it"
+# root attributes every cache (and part) file carries: what tells the cache's own files from others
+ROOT_ATTRS = ("format_version", "key", "backbone", "weights_sha256", "pooling", "dtype", "data_fingerprint")
+PART_SUFFIX = ".part"
+_CACHE_NAME = re.compile(r".+_[0-9a-f]{12}\.h5")
+_PART_NAME = re.compile(r"(?P<file>.+_[0-9a-f]{12}\.h5)\.rank(?P<rank>\d+)of(?P<world>\d+)\.part")
 
 
 # --- names and keys -------------------------------------------------------------------------------
@@ -98,6 +109,31 @@ def cache_path(cache_dir: "str | Path", spec: ExtractionSpec, dataset) -> tuple[
     """``(path, key)`` of the cache file for a resolved spec and a data set."""
     key = compute_key(spec, dataset.fingerprint)
     return Path(cache_dir) / file_name(spec, dataset.short_name, key), key
+
+
+def part_path(path: "str | Path", rank: int, world_size: int) -> Path:
+    """The part file of rank ``rank`` of ``world_size`` for the cache file ``path`` (:mod:`features.distributed`)."""
+    return Path(path).with_name(f"{Path(path).name}.rank{rank}of{world_size}{PART_SUFFIX}")
+
+
+def part_owner(path: "str | Path") -> Path | None:
+    """The cache file a part file belongs to (None: ``path`` is not named as a part)."""
+    m = _PART_NAME.fullmatch(Path(path).name)
+    return Path(path).with_name(m["file"]) if m else None
+
+
+def parts_of(path: "str | Path") -> list[Path]:
+    """The part files of the cache file ``path`` that exist, any world size."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(p for p in path.parent.iterdir() if part_owner(p) == path)
+
+
+def part_files(cache_dir: "str | Path") -> list[Path]:
+    """Every part file in a cache directory."""
+    d = Path(cache_dir)
+    return sorted(p for p in d.iterdir() if part_owner(p) is not None and p.is_file()) if d.is_dir() else []
 
 
 def locked(path: Path, timeout: float = -1, notify=None):
@@ -278,11 +314,11 @@ class CacheWriter:
             raise UserInputError(f"{self.path}:{split.name} holds other labels than the data set; "
                                  f"`transferlab cache rm {self.path}` and extract again")
         feats = grp.require_group("features")
-        dtype = self.f.attrs["dtype"]
+        dtype = storage_dtype(_attr(self.f.attrs["dtype"]))
         pooling = _attr(self.f.attrs["pooling"])
         for i in infos:
             if i.name not in feats:
-                rows = int(max(1, min(n, chunk_bytes // (i.dim * (2 if dtype == "float16" else 4)))))
+                rows = int(max(1, min(n, chunk_bytes // (i.dim * dtype.itemsize))))
                 ds = feats.create_dataset(i.name, shape=(n, i.dim), maxshape=(None, i.dim), dtype=dtype,
                                           chunks=(rows, i.dim), fletcher32=True)
                 ds.attrs.update({"depth": i.depth, "rel_depth": i.rel_depth, "raw_shape": list(i.raw_shape),
@@ -432,29 +468,42 @@ def is_complete(status: dict | None, splits, layers) -> bool:
 
 
 def cache_files(cache_dir: "str | Path") -> list[Path]:
+    """The ``*.h5`` files of a cache directory (folders so named are not files)."""
     d = Path(cache_dir)
-    return sorted(d.glob(f"*{SUFFIX}")) if d.is_dir() else []
+    return sorted(p for p in d.glob(f"*{SUFFIX}") if p.is_file()) if d.is_dir() else []
 
 
 def list_cache(cache_dir: "str | Path") -> list[dict]:
+    """One row per cache file, part file (status ``part``) and foreign ``*.h5`` file (status ``foreign``)."""
     rows = []
-    for p in cache_files(cache_dir):
+    for p in cache_files(cache_dir) + part_files(cache_dir):
         row = {"file": str(p), "bytes": p.stat().st_size}
+        why = foreign(p)
+        if why:
+            rows.append({**row, "status": "foreign", "why": why})
+            continue
+        owner = part_owner(p)
         try:
-            with reading(p, wait=0):
+            with reading(owner or p, wait=0):
                 st = read_status(p)
         except UserInputError:
             rows.append({**row, "status": "being written", "data": "(another process is writing it)",
                          "backbone": "-", "weights": "-", "image_size": "-", "pooling": "-", "dtype": "-",
                          "splits": {}, "layers": []})
             continue
-        if st is None:
+        if owner is not None:
+            m = _PART_NAME.fullmatch(p.name)
+            row.update(status="part", part_of=owner.name, rank=int(m["rank"]), world=int(m["world"]))
+            if st is not None:
+                row["splits"] = {k: v["n_done"] for k, v in st["splits"].items()}
+        elif st is None:
             row.update(status="unreadable")
         else:
             a = st["attrs"]
             complete = all(s["complete"] for s in st["splits"].values()) and bool(st["splits"])
-            layers = sorted({l for s in st["splits"].values() for l in s["layers"]},
-                            key=lambda l: min(s["layers"].get(l, {}).get("depth", 1 << 30) for s in st["splits"].values()))
+            splits = st["splits"].values()
+            layers = sorted({l for s in splits for l in s["layers"]},
+                            key=lambda l: min(s["layers"].get(l, {}).get("depth", 1 << 30) for s in splits))
             row.update(status="complete" if complete else "partial", data=a.get("data"), backbone=a.get("backbone"),
                        weights=a.get("weights"), image_size=a.get("image_size"), pooling=a.get("pooling"),
                        dtype=a.get("dtype"), splits={k: v["n_total"] for k, v in st["splits"].items()},
@@ -506,7 +555,7 @@ def _verify(path: "str | Path") -> list[str]:
     fix = f"`transferlab cache rm {path}` and extract again"
     with f:
         try:
-            for k in ("format_version", "key", "backbone", "weights_sha256", "pooling", "dtype", "data_fingerprint"):
+            for k in ROOT_ATTRS:
                 if k not in f.attrs:
                     problems_root = f"{path}: root attribute '{k}' missing"
                     return [problems_root]
@@ -575,19 +624,67 @@ def _verify(path: "str | Path") -> list[str]:
     return problems
 
 
+def foreign(path: "str | Path") -> str | None:
+    """Why ``path`` is not one of the cache's own files, or None when it is (the *Removal* rule above).
+
+    Reads the root attributes only; takes no lock and writes nothing beside the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return "not a regular file" if p.exists() else "no such file"
+    named = bool(_CACHE_NAME.fullmatch(p.name) or _PART_NAME.fullmatch(p.name))
+    try:
+        with h5py.File(p, "r") as f:
+            attrs = set(f.attrs)
+    except Exception as exc:
+        if _busy(exc):  # open for writing elsewhere: ours while one of our writers marks it
+            return None if Path(str(p) + ".writing").exists() else "held open for writing by another program"
+        return None if named else "not an HDF5 file"
+    if set(ROOT_ATTRS) <= attrs or (named and not attrs):
+        return None
+    return "an HDF5 file without the cache's root attributes"
+
+
+def _removable(p: Path) -> Path:
+    if not (p.name.endswith(SUFFIX) or part_owner(p) is not None):
+        raise UserInputError(f"{p} is not a cache file (*.h5); `transferlab cache ls` lists them")
+    if not p.exists():
+        raise UserInputError(f"{p} does not exist; `transferlab cache ls` lists the cache files")
+    why = foreign(p)
+    if why:
+        raise UserInputError(f"{p} is not a cache file ({why}); `transferlab cache rm` removes only what "
+                             f"`transferlab extract` wrote, so it was left as it is")
+    return p
+
+
 def remove(paths) -> list[Path]:
+    """Remove cache and part files with their marker and lock; a path that is not one refuses all, before any."""
+    paths = [_removable(Path(p)) for p in paths]
+    from filelock import Timeout
+
     removed = []
-    for p in map(Path, paths):
-        if p.suffix != SUFFIX:
-            raise UserInputError(f"{p} is not a cache file (*.h5); `transferlab cache ls` lists them")
-        if not p.exists():
-            raise UserInputError(f"{p} does not exist; `transferlab cache ls` lists the cache files")
-        with locked(p, timeout=10):
-            p.unlink()
-            Path(str(p) + ".writing").unlink(missing_ok=True)
-        Path(str(p) + ".lock").unlink(missing_ok=True)
+    # parts first, each under its cache file's lock; the cache file's own removal then deletes that lock
+    for p in sorted(paths, key=lambda q: part_owner(q) is None):
+        owner = part_owner(p) or p
+        try:
+            with locked(owner, timeout=10):
+                p.unlink(missing_ok=True)
+                Path(str(p) + ".writing").unlink(missing_ok=True)
+        except Timeout:
+            raise UserInputError(f"{owner} is in use by another process (extracting into it or reading it); "
+                                 f"rerun `transferlab cache rm` when it has finished") from None
+        if not owner.exists():
+            Path(str(owner) + ".lock").unlink(missing_ok=True)
         removed.append(p)
     return removed
+
+
+def remove_all(cache_dir: "str | Path") -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Remove every cache and part file of a directory; return those removed and ``(path, why)`` of those left."""
+    d = Path(cache_dir)
+    found = sorted(d.glob(f"*{SUFFIX}")) + part_files(d) if d.is_dir() else []
+    checked = [(p, foreign(p)) for p in found]
+    return remove([p for p, why in checked if not why]), [(p, why) for p, why in checked if why]
 
 
 def quarantine(path: Path) -> Path:
@@ -677,7 +774,8 @@ def list_layers(features_file, split: str = "train") -> list[str]:
 
 def _layer_dataset(f, split, layer, finished=True) -> h5py.Dataset:
     group = _split_group(f, split)
-    if "features" not in group or layer not in group["features"] or not isinstance(group["features"][layer], h5py.Dataset):
+    if ("features" not in group or layer not in group["features"]
+            or not isinstance(group["features"][layer], h5py.Dataset)):
         valid = _layers(group)
         listing = ", ".join(valid) if valid else "none: extract some layers first"
         raise UserInputError(f"layer {layer!r} is not in split {split!r} of {f.filename}; valid layers: {listing} "

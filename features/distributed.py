@@ -1,29 +1,13 @@
 """Distributed extraction: ``torchrun -m transferlab extract ...`` shards the data by rank into one cache file.
 
-Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) :func:`transferlab.features.extract`
-hands over to :func:`extract_sharded`, which runs on every rank:
-
-1. Rank 0 takes the cache file's lock, reads what is already finished and broadcasts the work
-   (splits x layers) to every rank, so all ranks agree on it.
-2. Each split is cut into the same batches a single-process run uses (``batch_size`` rows), and the
-   batches are dealt to the ranks by :class:`torch.utils.data.DistributedSampler` (no shuffle).
-   The sampler pads the last round with repeated batches so every rank gets as many; the padding is
-   dropped (:func:`shard_rows`), so every row is computed exactly once. Because each rank runs whole
-   batches of the single-process run through the same code (:func:`features.extraction._extract_split`),
-   its rows are bit-for-bit the single-process rows (a float16/float32 result can depend on which
-   images share a batch; here they share the same one).
-3. Each rank writes its rows into its own *part file* next to the cache file,
-   ``<cache file>.rank<R>of<W>.part``, written by :class:`features.cache.CacheWriter`: it has the
-   cache layout, and its ``ids`` hold each row's position in the full split (the row's index).
-4. When every rank reports success, rank 0 merges the parts into the cache file in row order,
-   through ``CacheWriter`` as well, checking that the parts' indices cover every row exactly once;
-   then it deletes the parts. The result has the same datasets, values and attributes as a
-   single-process run's file (``versions`` aside).
-
-Process group: ``gloo`` on CPU, ``nccl`` on CUDA (each rank on ``cuda:LOCAL_RANK``), chosen from the
-device; control messages (the work list, errors) go through a ``gloo`` group in both cases. The
-features themselves travel through files, so the cache directory must be shared storage when the
-ranks run on several nodes.
+Under ``torchrun`` (``WORLD_SIZE`` > 1) :func:`transferlab.features.extract` hands its job to
+:func:`extract_sharded` on every rank. Rank 0 plans under the cache file's lock; each rank computes
+whole batches of the single-process run (dealt by :func:`shard_rows`) through the same engine
+(:mod:`features.engine`), so its rows are bit-equal to the single-process rows, into its own part
+file ``<cache file>.rank<R>of<W>.part`` (the cache layout; ``ids`` hold each row's position in the
+full split); rank 0 then merges the parts in row order. Process group: ``gloo`` on CPU, ``nccl`` on
+CUDA, control messages through ``gloo``; the features travel through files, so on several nodes
+the cache directory must be shared storage. Scaling and the multi-node command: ``docs/scaling.md``.
 
 Integrity rule of the part files
 --------------------------------
@@ -38,16 +22,22 @@ Integrity rule of the part files
   merge leaves the cache file resumable by its own rule (``n_done`` per layer) and the parts in
   place; the next run's merge continues from the cache file's ``n_done``.
 - *Disk full.* Rank 0 checks before any work that the cache directory has room for the parts and
-  the merged file (twice the plan); a write that still fails leaves both resumable as above.
+  the merged file (twice the plan); a write that still fails stops every rank with one line, and
+  the file it was writing (a part or the cache file) is kept when sound, resumable as above, or
+  moved aside when not (:func:`features.cache.after_write_failure`, as in one process).
 - *Concurrency.* Rank 0 holds the cache file's lock from the plan to the merge; other ranks write
   only after rank 0 has broadcast the plan, i.e. under that lock.
+- *Leftovers.* Whichever run completes the cache file (this merge, or a single-process ``extract``
+  resuming a killed torchrun run) removes the parts whose layers are all finished in it
+  (:func:`features.engine.remove_finished_parts`); ``cache ls`` lists parts, ``cache rm --all``
+  removes them.
 """
 from __future__ import annotations
 
 import math
 import os
-import shutil
 from contextlib import ExitStack, nullcontext
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -58,11 +48,16 @@ import torch.distributed as dist
 from transferlab.util import UserInputError, sha256_json
 
 from . import cache as fcache
+from . import engine
 from .backbones import resolve_device
-from .data import Dataset, Split
-from .decode import decoder_for
+from .cache import part_path
+from .data import Split
+from .engine import ExtractionJob
+from .spec import storage_dtype
 
-PART_SUFFIX = ".part"
+__all__ = ["world", "is_distributed", "shard_rows", "part_path", "backend_for", "extract_sharded", "plan_work",
+           "extract_part", "merge_parts"]
+
 # collectives wait this long for the slowest rank (rank 0's merge of a large file included)
 TIMEOUT = timedelta(hours=float(os.environ.get("TRANSFERLAB_DIST_TIMEOUT_HOURS", "6")))
 
@@ -104,10 +99,6 @@ def shard_rows(n: int, batch_size: int, rank: int, world_size: int) -> np.ndarra
     return np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
 
 
-def part_path(path: Path, rank: int, world_size: int) -> Path:
-    return Path(path).with_name(f"{Path(path).name}.rank{rank}of{world_size}{PART_SUFFIX}")
-
-
 def _part_key(key: str, rank: int, world_size: int, batch_size: int) -> str:
     return sha256_json({"cache_key": key, "rank": rank, "world": world_size, "batch_size": batch_size})
 
@@ -119,8 +110,8 @@ def _shard(split: Split, rows: np.ndarray) -> Split:
     return Split(split.name, split.labels[rows], paths=[split.paths[i] for i in rows], ids=rows)
 
 
-def _device(device: str, local_rank: int) -> torch.device:
-    dev = resolve_device(device)
+def _device(device: "str | torch.device", local_rank: int) -> torch.device:
+    dev = resolve_device(device) if isinstance(device, str) else device
     if dev.type == "cuda":
         if dev.index is None:
             dev = torch.device("cuda", local_rank)
@@ -143,19 +134,17 @@ def _init_group(dev: torch.device):
     return created, ctrl
 
 
-def extract_sharded(path, key, spec, dataset: Dataset, bb, wanted, axis, batch_size: int, device: str,
-                    num_workers, progress: bool, log, on_batch=None, decode: str = "auto") -> Path:
+def extract_sharded(job: ExtractionJob) -> Path:
     """Run on every torchrun rank: extract this rank's rows into its part, rank 0 merges; returns the cache path.
 
-    The arguments are those :func:`features.extraction.extract` has resolved (cache path and key,
-    resolved spec, data set, built backbone, requested layers' infos, the catalog's names).
+    ``job`` is the single-process job :func:`features.extraction.extract` has resolved; each rank
+    runs its shard of it (:func:`extract_part`) through the same engine.
     """
     rank, size, local_rank = world()
-    dev = _device(device, local_rank)
-    created, ctrl = _init_group(dev)
+    job = replace(job, device=_device(job.device, local_rank))
+    created, ctrl = _init_group(job.device)
     try:
-        return _run(Path(path), key, spec, dataset, bb, wanted, axis, int(batch_size), dev, num_workers,
-                    progress, log, on_batch, rank, size, ctrl, decode)
+        return _run(job, rank, size, ctrl)
     finally:
         if created:
             dist.destroy_process_group()
@@ -177,16 +166,16 @@ def _raise_first_error(err, size, ctrl):
         raise UserInputError(e if r == 0 else f"rank {r}: {e}")
 
 
-def _run(path, key, spec, dataset, bb, wanted, axis, batch_size, dev, num_workers, progress, log, on_batch,
-         rank, size, ctrl, decode="auto"):
-    from .extraction import plan
-
-    say = log if rank == 0 else (lambda msg: None)
+def _run(job: ExtractionJob, rank: int, size: int, ctrl) -> Path:
+    path = job.path
+    if rank != 0:
+        job = replace(job, progress=False)
+    say = job.log if rank == 0 else (lambda msg: None)
     with fcache.locked(path, notify=say) if rank == 0 else nullcontext():
         todo, err = None, None
         if rank == 0:
             try:
-                todo = _plan_work(path, dataset, wanted, size, say, plan)
+                todo = plan_work(job, size)
             except UserInputError as exc:
                 err = str(exc)
         work = _agree({"todo": todo, "error": err}, rank, ctrl)
@@ -198,90 +187,64 @@ def _run(path, key, spec, dataset, bb, wanted, axis, batch_size, dev, num_worker
             return path
         err = None
         try:
-            _extract_part(path, key, spec, dataset, bb, wanted, axis, todo, batch_size, dev, num_workers,
-                          progress and rank == 0, log, on_batch, rank, size, decode)
+            extract_part(job, todo, rank, size)
         except UserInputError as exc:
             err = str(exc)
         _raise_first_error(err, size, ctrl)
         err = None
         if rank == 0:
             try:
-                merge_parts(path, key, spec, dataset, wanted, axis, todo, batch_size, size, log=say)
+                merge_parts(job, todo, size)
             except UserInputError as exc:
                 err = str(exc)
         _raise_first_error(err, size, ctrl)
     return path
 
 
-def _plan_work(path, dataset, wanted, size, say, plan) -> dict:
+def plan_work(job: ExtractionJob, size: int) -> dict:
     """Rank 0: the splits x layers still to compute; stale parts of other world sizes removed; disk checked."""
-    status = fcache.read_status(path)
-    todo = {}
-    for s in dataset.splits:
-        st = (status or {}).get("splits", {}).get(s)
-        names = [i.name for i in wanted if not fcache.layer_complete(st, i.name)]
-        if names:
-            todo[s] = names
-    for stale in path.parent.glob(f"{path.name}.rank*of*{PART_SUFFIX}"):
-        if not stale.name.endswith(f"of{size}{PART_SUFFIX}"):
-            say(f"removing {stale.name}: a part of a run with another number of ranks")
+    todo = engine.work_list(job, fcache.read_status(job.path))
+    for stale in fcache.parts_of(job.path):
+        if not stale.name.endswith(f"of{size}{fcache.PART_SUFFIX}"):
+            job.log(f"removing {stale.name}: a part of a run with another number of ranks")
             stale.unlink(missing_ok=True)
     if todo:
-        text, total = plan(dataset, wanted, todo)
-        say(f"{text}\n  distributed over {size} ranks; parts {path.name}.rank*of{size}{PART_SUFFIX}")
-        free = shutil.disk_usage(path.parent).free
-        if 2 * total * 1.05 + (1 << 20) > free:
-            raise UserInputError(f"the plan needs {2 * total / 1e6:.1f} MB (part files, then the merged file) but "
-                                 f"{path.parent} has {free / 1e6:.1f} MB free; free space, pick fewer layers, "
-                                 f"gap pooling or --dtype float16")
+        engine.check_disk(job, todo, copies=2, note=f"\n  distributed over {size} ranks; parts "
+                                                     f"{job.path.name}.rank*of{size}{fcache.PART_SUFFIX}")
     return todo
 
 
-def _extract_part(path, key, spec, dataset, bb, wanted, axis, todo, batch_size, dev, num_workers, progress, log,
-                  on_batch, rank, size, decode="auto"):
-    from .extraction import _extract_split
-
-    rows = {s: shard_rows(len(dataset.splits[s]), batch_size, rank, size) for s in todo}
+def extract_part(job: ExtractionJob, todo: dict, rank: int, size: int) -> None:
+    """Compute this rank's rows of ``todo`` into its part file (resumed from the part's own ``n_done``)."""
+    rows = {s: shard_rows(len(job.dataset.splits[s]), job.batch_size, rank, size) for s in todo}
     todo = {s: names for s, names in todo.items() if rows[s].size}
     if not todo:  # more ranks than batches
         return
-    part = part_path(path, rank, size)
-    pkey = _part_key(key, rank, size, batch_size)
+    part = part_path(job.path, rank, size)
+    pkey = _part_key(job.key, rank, size, job.batch_size)
     st = fcache.read_status(part) if part.exists() else None
     if part.exists() and (st is None or st["attrs"].get("key") != pkey):
         part.unlink()  # a part of another run: scratch, never merged
     elif st is not None:
         done = {s: min((ls["n_done"] for ls in st["splits"].get(s, {}).get("layers", {}).values()), default=0)
                 for s in todo}
-        log(f"note: rank {rank}/{size}: resuming part at rows {done}")
-    shards = Dataset(dataset.spec, {s: _shard(dataset.splits[s], rows[s]) for s in todo}, dataset.class_names,
-                     dataset.fingerprint)
-    model = bb.model.to(dev).eval()
-    if dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
-    decode = decoder_for(dataset, decode, dev)
-    info = {i.name: i for i in wanted}
-    try:
-        with fcache.CacheWriter(part, pkey, spec, shards, axis, log=log) as writer:
-            for s, names in todo.items():
-                _extract_split(writer, shards.splits[s], [info[n] for n in names], model, spec, batch_size, dev,
-                               workers, progress, on_batch, decode)
-    finally:
-        bb.model.to("cpu")
+        job.log(f"note: rank {rank}/{size}: resuming part at rows {done}")
+    shards = replace(job.dataset, splits={s: _shard(job.dataset.splits[s], rows[s]) for s in todo})
+    engine.compute(replace(job, path=part, key=pkey, dataset=shards), todo)
 
 
-def merge_parts(path, key, spec, dataset, wanted, axis, todo, batch_size, size, log=print,
-                block_bytes: int = 64 << 20) -> Path:
+def merge_parts(job: ExtractionJob, todo: dict, size: int, block_bytes: int = 64 << 20) -> Path:
     """Rank 0: copy the ranks' rows into the cache file in row order, then delete the parts.
 
     Refuses (UserInputError) parts that are incomplete or whose indices miss or repeat a row.
     """
-    info = {i.name: i for i in wanted}
+    path, key, batch_size = job.path, job.key, job.batch_size
+    info = {i.name: i for i in job.wanted}
     parts = {r: part_path(path, r, size) for r in range(size)}
-    with fcache.CacheWriter(path, key, spec, dataset, axis, log=log) as writer:
+    dtype = storage_dtype(job.spec.dtype)
+    with engine.writing(job) as writer:
         for s, names in todo.items():
-            split = dataset.splits[s]
+            split = job.dataset.splits[s]
             n = len(split)
             owners = [r for r in range(size) if shard_rows(n, batch_size, r, size).size]
             start = writer.prepare(split, [info[x] for x in names])
@@ -290,7 +253,8 @@ def merge_parts(path, key, spec, dataset, wanted, axis, todo, batch_size, size, 
                 continue
             for r in owners:
                 if not parts[r].exists():
-                    raise UserInputError(f"part file {parts[r]} is missing; rerun the same torchrun command to compute it")
+                    raise UserInputError(f"part file {parts[r]} is missing; rerun the same torchrun command to "
+                                         f"compute it")
                 st = fcache.read_status(parts[r])
                 if st is None or st["attrs"].get("key") != _part_key(key, r, size, batch_size):
                     raise UserInputError(f"part file {parts[r]} belongs to another run (data, spec, ranks or batch "
@@ -300,10 +264,9 @@ def merge_parts(path, key, spec, dataset, wanted, axis, todo, batch_size, size, 
                 seen = np.sort(np.concatenate([ids for ids, _ in opened]))
                 if seen.shape != (n,) or not np.array_equal(seen, np.arange(n)):
                     raise UserInputError(f"the part files of {path.name} do not cover split {s!r} exactly once "
-                                         f"({seen.size} rows for {n}); delete {path.name}.rank*{PART_SUFFIX} "
+                                         f"({seen.size} rows for {n}); delete {path.name}.rank*{fcache.PART_SUFFIX} "
                                          f"and run again")
-                dtype = np.float16 if spec.dtype == "float16" else np.float32
-                row_bytes = sum(info[x].dim for x in names) * np.dtype(dtype).itemsize
+                row_bytes = sum(info[x].dim for x in names) * dtype.itemsize
                 step = max(batch_size, block_bytes // max(1, row_bytes))
                 for lo in range(start, n, step):
                     hi = min(n, lo + step)
@@ -314,7 +277,6 @@ def merge_parts(path, key, spec, dataset, wanted, axis, todo, batch_size, size, 
                             block[x][ids[a:b] - lo] = layers[x][a:b]
                     writer.write(s, lo, block)
             writer.finish(s, names)
-    log(f"merged {size} parts into {path}")
-    for p in parts.values():
-        p.unlink(missing_ok=True)
+    job.log(f"merged {size} parts into {path}")
+    engine.remove_finished_parts(path)
     return path

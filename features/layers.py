@@ -37,10 +37,9 @@ from torch import nn
 
 from transferlab.util import UserInputError
 from .pooling import Pooling, parse_pooling
-from .spec import parse_layers
+from .spec import parse_layers, storage_dtype
 
 CLASSIFIER_NAMES = ("fc", "classifier", "head", "heads", "global_pool", "avgpool", "pre_logits", "fc_norm")
-DTYPE_BYTES = {"float16": 2, "float32": 4}
 
 
 @dataclass(frozen=True)
@@ -55,8 +54,8 @@ class LayerInfo:
     bytes_per_image: int
 
     def as_row(self) -> dict:
-        return {"layer": self.name, "depth": self.depth, "rel_depth": self.rel_depth, "channels": self.channels, "stride": self.stride,
-                "raw_shape": "x".join(map(str, self.raw_shape)), "dim": self.dim,
+        return {"layer": self.name, "depth": self.depth, "rel_depth": self.rel_depth, "channels": self.channels,
+                "stride": self.stride, "raw_shape": "x".join(map(str, self.raw_shape)), "dim": self.dim,
                 "bytes_per_image": self.bytes_per_image}
 
 
@@ -129,8 +128,7 @@ def catalog(model: nn.Module, layers: "str | list[str]" = "all", pool: "str | Po
     layers : ``"all"`` or list of module paths (a comma-separated string works too).
     """
     pooling = parse_pooling(pool)
-    if dtype not in DTYPE_BYTES:
-        raise UserInputError(f"unknown dtype '{dtype}'; use float16 or float32")
+    itemsize = storage_dtype(dtype).itemsize
     defaults = _candidates(model)
     layers = resolve_names(model, layers)
     mods = dict(model.named_modules())
@@ -157,7 +155,7 @@ def catalog(model: nn.Module, layers: "str | list[str]" = "all", pool: "str | Po
         ch = shape[0] if len(shape) != 2 else shape[1]  # (L, C) token maps
         dim = pooling.dim(ch, flat=flat)
         out.append(LayerInfo(name, depth, round(depth / (n_axis - 1), 4) if n_axis > 1 else 1.0, int(ch),
-                             _stride(shape, image_size), shape, int(dim), int(dim * DTYPE_BYTES[dtype])))
+                             _stride(shape, image_size), shape, int(dim), int(dim * itemsize)))
     return out
 
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+import numpy as np
+
 from transferlab.util import UserInputError, sha256_json
 
 from .pooling import parse_pooling
@@ -45,6 +47,17 @@ MAX_IMAGE_SIZE = 4096
 DTYPES = ("float16", "float32")
 # the fields that decide the features (with the data fingerprint and the cache format version)
 KEY_FIELDS = ("arch", "weights_sha256", "image_size", "resize", "mean", "std", "pooling", "dtype", "exif_transpose")
+
+
+def storage_dtype(name: str) -> np.dtype:
+    """The one storage-dtype rule: ``float16`` or ``float32`` (the cache's rows), anything else refused.
+
+    >>> storage_dtype("float16").itemsize
+    2
+    """
+    if name not in DTYPES:
+        raise UserInputError(f"unknown dtype '{name}'; use float16 or float32")
+    return np.dtype(name)
 
 
 def parse_layers(layers, catalog) -> list[str]:
@@ -143,8 +156,7 @@ class ExtractionSpec:
         size = parse_image_size(self.image_size)
         set_("image_size", DEFAULT_IMAGE_SIZE if size is None else size)
         set_("pooling", parse_pooling(self.pooling).name)
-        if self.dtype not in DTYPES:
-            raise UserInputError(f"unknown dtype '{self.dtype}'; use float16 or float32")
+        storage_dtype(self.dtype)
         for k in ("mean", "std"):
             if getattr(self, k) is not None:
                 set_(k, tuple(float(v) for v in getattr(self, k)))

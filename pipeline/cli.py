@@ -103,8 +103,16 @@ def cmd_cache(a):
             if r["status"] == "unreadable":
                 print(f"UNREADABLE  {r['file']}")
                 continue
+            if r["status"] == "foreign":
+                print(f"FOREIGN   {r['file']}  (not a cache file: {r['why']}; cache rm leaves it)")
+                continue
+            if r["status"] == "part":
+                print(f"part      {r['bytes'] / 1e6:8.1f} MB  rank {r['rank']} of {r['world']} of {r['part_of']}, "
+                      f"rows done {r.get('splits', '?')}  {r['file']}")
+                continue
             print(f"{r['status']:<9} {r['bytes'] / 1e6:8.1f} MB  {r['data']}  {r['backbone']}/{r['weights']}  "
-                  f"{r['image_size']}px {r['pooling']} {r['dtype']}  splits={r['splits']}  layers={len(r['layers'])}  {r['file']}")
+                  f"{r['image_size']}px {r['pooling']} {r['dtype']}  splits={r['splits']}  "
+                  f"layers={len(r['layers'])}  {r['file']}")
     elif a.action == "info":
         files = [_cache_file(p, cdir) for p in a.files] or fc.cache_files(cdir)
         if not files:
@@ -125,14 +133,17 @@ def cmd_cache(a):
         if bad:
             raise SystemExit(1)
     elif a.action == "rm":
-        files = [_cache_file(p, cdir) for p in a.files]
-        if a.all:
-            files = fc.cache_files(cdir)
-        if not files:
+        if not a.files and not a.all:
             raise UserInputError("cache rm needs FILE... or --all")
-        for p in fc.remove(files):
+        removed, left = fc.remove_all(cdir) if a.all else (fc.remove([_cache_file(p, cdir) for p in a.files]), [])
+        for p in removed:
             if not a.quiet:
                 print(f"removed {p}")
+        if not removed and not left and not a.quiet:
+            print(f"no cache files in {cdir}")
+        if left:
+            print(f"note: left {len(left)} file(s) in {cdir} that are not cache files: "
+                  + "; ".join(f"{p.name} ({why})" for p, why in left), file=sys.stderr)
 
 
 def cmd_train(a):
@@ -318,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "info and verify default to every file")
     p.add_argument("--cache-dir", default=None, help="cache directory (default: $TRANSFERLAB_DATA/cache, "
                                                      "else the user cache folder)")
-    p.add_argument("--all", action="store_true", help="with rm: remove every cache file")
+    p.add_argument("--all", action="store_true", help="with rm: remove every cache and part file (other files are left)")
     p.add_argument("--json", action="store_true", help="machine-readable output (ls)")
     _add_quiet(p)
     p.set_defaults(func=cmd_cache)

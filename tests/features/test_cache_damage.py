@@ -88,6 +88,19 @@ def test_damage_is_seen_by_verify_and_extract_train_refuse_or_rebuild(built, kin
         assert list(path.parent.glob(path.name + ".damaged-*")), "the damaged file is kept aside, not deleted"
 
 
+@pytest.mark.parametrize("kind", ["truncated", "flipped byte in a chunk"])
+def test_cache_rm_removes_a_damaged_cache_file_as_verify_advises(built, kind):
+    """`cache rm` refuses files that lack the cache's attributes; a cache file damaged so far that they
+    cannot be read is still its own (named as extract names its files), so verify's advice holds."""
+    _, path, _ = built
+    _damage(path, kind)
+    advice = f"`transferlab cache rm {path}`"
+    assert any(advice in m for m in verify(path))
+    rm = run_cli("cache", "rm", path)
+    assert rm.returncode == 0 and rm.stdout.strip() == f"removed {path}", (rm.stdout, rm.stderr)
+    assert list(path.parent.iterdir()) == []  # its lock and marker gone too
+
+
 def test_a_flipped_byte_stops_the_sweep_with_one_line_naming_file_and_layer(built, tmp_path):
     npz, path, _ = built
     _flip_chunk_byte(path)
@@ -132,7 +145,7 @@ def _hold(script, path):
         from transferlab.features import cache
         path = Path({str(path)!r})
     """) + textwrap.dedent(script)
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -176,20 +189,29 @@ def test_hdf5s_own_lock_is_reported_as_being_written_never_as_damage(built):
 
 
 def test_a_writer_adding_a_layer_waits_for_a_reader_instead_of_failing(built, lite0):
+    """The reader holds its lock until the writer has said it waits (events, not a sleep: under load a
+    timed hold could end before the writer arrives)."""
     npz, path, _ = built
     reader = _hold("""
         with cache.reading(path):
             f = h5py.File(path, "r")
-            print("held", flush=True)
-            time.sleep(3)
+            print("held", flush=True)  # _hold returns once the reader holds the lock
+            import select  # ... and keeps it until the writer has reported waiting (a writer that never
+            select.select([sys.stdin], [], [], 300)  # says so fails the assertion below instead of hanging)
             f.close()
     """, path)
     messages = []
-    t0 = time.monotonic()
+
+    def log(msg):
+        messages.append(msg)
+        if "waiting for another process" in msg:
+            reader.stdin.write("release\n")
+            reader.stdin.flush()
+
     try:
-        extract(f"npz:{npz}", lite0, cache_dir=path.parent, log=messages.append, **{**KW, "layers": "bn1,blocks.2"})
+        extract(f"npz:{npz}", lite0, cache_dir=path.parent, log=log, **{**KW, "layers": "bn1,blocks.2"})
     finally:
         reader.kill()
         reader.wait()
-    assert time.monotonic() - t0 > 1 and any("waiting for another process" in m for m in messages)
+    assert any("waiting for another process" in m for m in messages)
     assert verify(path) == [] and read_status(path)["splits"]["test"]["layers"]["blocks.2"]["complete"]

@@ -1,8 +1,10 @@
 """Distributed extraction: sharding by rank, per-rank parts, the merge, and a real 2-process torchrun run."""
+import json
 import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -13,6 +15,8 @@ import torch
 from transferlab.features import UserInputError, build_backbone, extract, load_dataset
 from transferlab.features import cache as fcache
 from transferlab.features import distributed as fdist
+from transferlab.features import engine
+from transferlab.features.engine import ExtractionJob
 from transferlab.features.layers import catalog, default_layers, resolve_names
 from transferlab.features.spec import ExtractionSpec
 from tests.conftest import ROOT, make_npz, run_cli
@@ -70,7 +74,7 @@ def assert_same_cache(a, b):
 
 
 def _resolved(npz, cache_dir):
-    """What extract() resolves before it hands over to the distributed path."""
+    """The job extract() resolves before it hands over to the distributed path."""
     spec = ExtractionSpec("lite0", image_size=32)
     dataset = load_dataset(f"npz:{npz}")
     bb = build_backbone("lite0")
@@ -82,45 +86,43 @@ def _resolved(npz, cache_dir):
     path, key = fcache.cache_path(cache_dir, spec, dataset)
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     todo = {s: [i.name for i in wanted] for s in dataset.splits}
-    return dict(path=path, key=key, spec=spec, dataset=dataset, bb=bb, wanted=wanted,
-                axis=[i.name for i in infos if i.name in set(axis)]), todo
+    job = ExtractionJob(path, key, spec, dataset, bb, wanted, [i.name for i in infos if i.name in set(axis)], B,
+                        torch.device("cpu"), workers=0, progress=False, log=lambda m: None)
+    return job, todo
 
 
 def test_parts_written_rank_by_rank_merge_into_the_single_process_file(tmp_path):
     npz = make_npz(tmp_path / "tiny.npz", n_train=50, n_test=21)
     ref = _reference(tmp_path, npz)
-    r, todo = _resolved(npz, tmp_path / "dist")
+    job, todo = _resolved(npz, tmp_path / "dist")
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for rank in range(3):  # three ranks, run one after another in this process
-            fdist._extract_part(r["path"], r["key"], r["spec"], r["dataset"], r["bb"], r["wanted"], r["axis"], todo,
-                                B, torch.device("cpu"), 0, False, lambda m: None, None, rank, 3)
+            fdist.extract_part(job, todo, rank, 3)
     finally:
         torch.set_num_threads(old)
     parts = sorted(p.name for p in (tmp_path / "dist").glob("*.part"))
-    assert parts == [fdist.part_path(r["path"], k, 3).name for k in range(3)]
-    with h5py.File(fdist.part_path(r["path"], 1, 3), "r") as f:  # each part carries its rows' positions
+    assert parts == [fdist.part_path(job.path, k, 3).name for k in range(3)]
+    with h5py.File(fdist.part_path(job.path, 1, 3), "r") as f:  # each part carries its rows' positions
         assert f["train/ids"][()].tolist() == fdist.shard_rows(50, B, 1, 3).tolist()
-    fdist.merge_parts(r["path"], r["key"], r["spec"], r["dataset"], r["wanted"], r["axis"], todo, B, 3,
-                      log=lambda m: None, block_bytes=1000)  # small blocks: many block boundaries
-    assert_same_cache(ref, r["path"])
+    fdist.merge_parts(job, todo, 3, block_bytes=1000)  # small blocks: many block boundaries
+    assert_same_cache(ref, job.path)
     assert not list((tmp_path / "dist").glob("*.part"))
-    assert fcache.verify(r["path"]) == []
+    assert fcache.verify(job.path) == []
 
 
 def test_merge_refuses_missing_or_foreign_parts_and_leaves_no_finished_file(tmp_path):
     npz = make_npz(tmp_path / "tiny.npz", n_train=20, n_test=9)
-    r, todo = _resolved(npz, tmp_path / "dist")
-    args = (r["path"], r["key"], r["spec"], r["dataset"], r["bb"], r["wanted"], r["axis"], todo)
-    fdist._extract_part(*args, B, torch.device("cpu"), 0, False, lambda m: None, None, 0, 2)
+    job, todo = _resolved(npz, tmp_path / "dist")
+    fdist.extract_part(job, todo, 0, 2)
     with pytest.raises(UserInputError, match=r"part file .*rank1of2.part is missing"):
-        fdist.merge_parts(*args[:4], r["wanted"], r["axis"], todo, B, 2, log=lambda m: None)
+        fdist.merge_parts(job, todo, 2)
     # a part of another batch size holds other rows: refused, never merged
-    fdist._extract_part(*args, 4, torch.device("cpu"), 0, False, lambda m: None, None, 1, 2)
+    fdist.extract_part(replace(job, batch_size=4), todo, 1, 2)
     with pytest.raises(UserInputError, match="rank1of2.part belongs to another run"):
-        fdist.merge_parts(*args[:4], r["wanted"], r["axis"], todo, B, 2, log=lambda m: None)
-    assert not fcache.is_complete(fcache.read_status(r["path"]), ["train", "test"], LAYERS.split(","))
+        fdist.merge_parts(job, todo, 2)
+    assert not fcache.is_complete(fcache.read_status(job.path), ["train", "test"], LAYERS.split(","))
 
 
 CRASH_RANK1 = """
@@ -173,18 +175,65 @@ def test_torchrun_two_ranks_resume_per_rank_and_equal_a_single_process_run(tmp_p
 def test_rank0_plan_removes_parts_of_another_world_size_and_refuses_a_full_disk(tmp_path, monkeypatch):
     from collections import namedtuple
 
-    from transferlab.features.extraction import plan
-
     npz = make_npz(tmp_path / "tiny.npz", n_train=20, n_test=9)
-    r, todo = _resolved(npz, tmp_path / "dist")
-    old_part = fdist.part_path(r["path"], 2, 4)
-    old_part.write_bytes(b"a part of a 4-rank run")
+    job, todo = _resolved(npz, tmp_path / "dist")
     notes = []
-    assert fdist._plan_work(r["path"], r["dataset"], r["wanted"], 2, notes.append, plan) == todo
+    job = replace(job, log=notes.append)
+    old_part = fdist.part_path(job.path, 2, 4)
+    old_part.write_bytes(b"a part of a 4-rank run")
+    assert fdist.plan_work(job, 2) == todo
     assert not old_part.exists() and any("another number of ranks" in n for n in notes)
-    _, total = plan(r["dataset"], r["wanted"], todo)
+    _, total = engine.plan(job.dataset, job.wanted, todo)
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(fdist.shutil, "disk_usage", lambda p: usage(1 << 40, 0, int(1.5 * total)))
+    monkeypatch.setattr(engine.shutil, "disk_usage", lambda p: usage(1 << 40, 0, int(1.5 * total)))
     with pytest.raises(UserInputError, match=r"part files, then the merged file"):
-        fdist._plan_work(r["path"], r["dataset"], r["wanted"], 2, notes.append, plan)
-    assert not r["path"].exists()
+        fdist.plan_work(job, 2)
+    assert not job.path.exists()
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_single_process_run_completing_the_file_removes_the_parts_a_killed_torchrun_left(tmp_path, monkeypatch):
+    """A killed 2-rank run leaves rank 0's part finished and rank 1's at its first batch (and, after a
+    kill -9, its ``.writing`` marker); ``extract`` in one process then completes the cache file."""
+    npz = make_npz(tmp_path / "tiny.npz", n_train=20, n_test=9)
+    job, todo = _resolved(npz, tmp_path / "dist")
+    fdist.extract_part(job, todo, 0, 2)
+    monkeypatch.setattr(fcache, "COMMIT_SECONDS", 0)
+
+    def killed(split, n_done):
+        raise _Killed
+
+    with pytest.raises(_Killed):
+        fdist.extract_part(replace(job, on_batch=killed), todo, 1, 2)
+    parts = [fdist.part_path(job.path, r, 2) for r in range(2)]
+    Path(str(parts[1]) + ".writing").touch()
+    assert fcache.read_status(parts[1])["splits"]["train"]["n_done"] == B
+    kw = dict(image_size=32, batch_size=B, cache_dir=tmp_path / "dist", progress=False)
+    notes = []
+    # fewer layers than the parts hold: bn2 is not in the cache file yet, so the parts stay for a torchrun resume
+    extract(f"npz:{npz}", job.backbone, layers="bn1,blocks.2", log=notes.append, **kw)
+    assert all(p.exists() for p in parts) and not any("part file" in n for n in notes)
+    extract(f"npz:{npz}", job.backbone, layers=LAYERS, log=notes.append, **kw)
+    assert "note: removed 2 part file(s) a torchrun run left" in notes[-1]
+    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == sorted([job.path.name, job.path.name + ".lock"])
+    assert fcache.is_complete(fcache.read_status(job.path), ["train", "test"], LAYERS.split(","))
+
+
+def test_cache_ls_lists_part_files_as_parts_and_rm_all_removes_them(tmp_path):
+    npz = make_npz(tmp_path / "tiny.npz", n_train=20, n_test=9)
+    job, todo = _resolved(npz, tmp_path / "dist")
+    fdist.extract_part(job, todo, 1, 2)  # what a killed 2-rank run can leave: rank 1's part, no cache file yet
+    part = fdist.part_path(job.path, 1, 2)
+    Path(str(part) + ".writing").touch()  # a kill -9 leaves the writer's marker too
+    ls = run_cli("cache", "ls", "--cache-dir", tmp_path / "dist")
+    (line,) = [l for l in ls.stdout.splitlines() if part.name in l]
+    assert line.startswith("part ") and f"rank 1 of 2 of {job.path.name}" in line
+    rows = json.loads(run_cli("cache", "ls", "--json", "--cache-dir", tmp_path / "dist").stdout)["files"]
+    assert [(r["status"], r["part_of"], r["rank"], r["world"], r["splits"]) for r in rows] == [
+        ("part", job.path.name, 1, 2, {"train": len(fdist.shard_rows(20, B, 1, 2)), "test": 1})]
+    rm = run_cli("cache", "rm", "--all", "--cache-dir", tmp_path / "dist")
+    assert rm.returncode == 0 and rm.stdout.splitlines() == [f"removed {part}"], (rm.stdout, rm.stderr)
+    assert list((tmp_path / "dist").iterdir()) == []  # no part, marker or lock left

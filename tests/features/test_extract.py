@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from transferlab.features import UserInputError, extract
 from transferlab.features import cache as fcache
+from transferlab.features import engine
 from transferlab.features import extraction as extract_mod
 from transferlab.features.memo import MEMO_DIR
 from transferlab.features.cache import read_status, verify
@@ -68,7 +69,7 @@ def test_second_run_is_a_cache_hit_that_touches_nothing(tmp_path, tiny_npz, lite
     kw = dict(layers="bn1,blocks.2", image_size=32, cache_dir=tmp_path, progress=False)
     path = extract(f"npz:{tiny_npz}", lite0, **kw)
     before = (_digest(path), path.stat().st_mtime_ns)
-    monkeypatch.setattr(extract_mod.FeatureTap, "__call__", lambda *a: pytest.fail("backbone ran on a cache hit"))
+    monkeypatch.setattr(engine.FeatureTap, "__call__", lambda *a: pytest.fail("backbone ran on a cache hit"))
     assert extract(f"npz:{tiny_npz}", lite0, **kw) == path
     assert (_digest(path), path.stat().st_mtime_ns) == before
 
@@ -78,9 +79,10 @@ def test_more_layers_later_compute_only_the_missing_ones(tmp_path, tiny_npz, lit
     path = extract(f"npz:{tiny_npz}", lite0, layers="bn1", **kw)
     first = _read(path, "train", "bn1")
     asked = []
-    real_init = extract_mod.FeatureTap.__init__
-    monkeypatch.setattr(extract_mod.FeatureTap, "__init__",
-                        lambda self, m, layers, *a, **k: (asked.append(list(layers)), real_init(self, m, layers, *a, **k))[1])
+    real_init = engine.FeatureTap.__init__
+    monkeypatch.setattr(engine.FeatureTap, "__init__",
+                        lambda self, m, layers, *a, **k: (asked.append(list(layers)),
+                                                          real_init(self, m, layers, *a, **k))[1])
     assert extract(f"npz:{tiny_npz}", lite0, layers="bn1,blocks.3", **kw) == path
     assert asked == [["blocks.3"], ["blocks.3"]]  # one pass per split, only the new layer
     assert np.array_equal(_read(path, "train", "bn1"), first)
@@ -256,7 +258,7 @@ def test_rows_are_committed_about_once_a_second_and_on_the_way_out_of_an_interru
     assert [n for s, n in seen if s == "train"] == [24, 48, 72, 96, 120]  # every third batch, then the rest
     assert [n for s, n in seen if s == "test"] == [8]
 
-    real_batches = extract_mod._batches
+    real_batches = engine.batches
 
     def interrupted_after_five(*args, **kwargs):
         for i, x in enumerate(real_batches(*args, **kwargs)):
@@ -264,14 +266,14 @@ def test_rows_are_committed_about_once_a_second_and_on_the_way_out_of_an_interru
                 raise KeyboardInterrupt
             yield x
 
-    monkeypatch.setattr(extract_mod, "_batches", interrupted_after_five)
+    monkeypatch.setattr(engine, "batches", interrupted_after_five)
     with pytest.raises(KeyboardInterrupt):
         extract(f"npz:{npz}", lite0, cache_dir=tmp_path / "stopped", **kw)
     path = next((tmp_path / "stopped").glob("*.h5"))
     st = read_status(path)["splits"]["train"]
     assert st["n_done"] == 40 and not st["complete"]  # five batches: three committed when due, two on the way out
     assert verify(path) == [] and not list((tmp_path / "stopped").glob("*.writing"))
-    monkeypatch.setattr(extract_mod, "_batches", real_batches)
+    monkeypatch.setattr(engine, "batches", real_batches)
     extract(f"npz:{npz}", lite0, cache_dir=tmp_path / "stopped", **kw)
     for split in ("train", "test"):
         for layer in ("bn1", "bn2"):
