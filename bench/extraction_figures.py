@@ -83,7 +83,7 @@ def child_extract(npz: str, size: int, cache: str, layers: str = "all", workers:
 
     from transferlab.features import extract
 
-    # the clock starts after the imports, as thingsvision_child.py's does; thingsvision's own import
+    # the clock starts after the imports, as peers/thingsvision/child.py's does; thingsvision's own import
     # pulls in timm and torchvision (3.2 s) before its clock, while extract imports timm only when it
     # builds the backbone, so timm is imported first here (it used to count against us: 2.4-3 s)
     t = time.perf_counter()

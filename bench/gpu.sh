@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU figures (P7), one script, under 5 minutes on one data-centre GPU; run it whenever a GPU is lent.
 #
-#   bash bench/gpu.sh                      # writes bench/gpu_results.json, prints the table for bench/README.md
+#   bash bench/gpu.sh                      # writes bench/gpu.json, prints the table for bench/README.md
 #   DEVICE=cpu SMALL=1 bash bench/gpu.sh   # a dry run of every code path on the CPU, tiny sizes (no figures)
 #
 # Figures, each against its limit or a published figure:
@@ -198,6 +198,6 @@ else:
 out = {"machine": machine(), "device": DEV, "small": SMALL, "seconds": round(time.perf_counter() - t_start, 1),
        "figures": rows}
 if not SMALL:
-    Path("bench/gpu_results.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-print(f"done in {out['seconds']} s" + ("" if SMALL else "; wrote bench/gpu_results.json"))
+    Path("bench/gpu.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+print(f"done in {out['seconds']} s" + ("" if SMALL else "; wrote bench/gpu.json"))
 PYEOF

@@ -36,7 +36,7 @@ BEGIN, END = "<!-- bench:table:begin -->", "<!-- bench:table:end -->"
 
 def _run_sections(names, quick, threads, save=lambda out, state: None) -> dict:
     import extraction_figures as ex
-    import thingsvision_peer as tv
+    from peers.thingsvision import peer as tv
 
     out, state = {}, {}
     previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}

@@ -2,19 +2,22 @@
 
 Data flows in from ``transferlab.features`` (the HDF5 cache, read through
 :mod:`transferlab.features.cache`) and out to ``transferlab.pipeline``; nothing here needs a backbone.
+The names are loaded on first use (as in :mod:`transferlab`), so importing the package imports no torch.
 """
+from __future__ import annotations
 
-from .fast_logreg import BatchedLogisticRegressionCV, LogRegPath, TorchLogisticRegression, fit_logreg_path
-from .heads import HeadSpec, adapt_to_data, available_heads, default_grid, default_preprocessing, make_head, register_head
-from .persistence import load_head, read_head_meta, save_head
-from .preprocessing import PREPROCESSING, describe_preprocessing, make_preprocessing
-from .protocol import HeadResult, sample_shots, select_and_fit, stratified_holdout
-from .train import train_head, train_layers
+from transferlab.util import lazy_names
 
-__all__ = [
-    "BatchedLogisticRegressionCV", "HeadResult", "HeadSpec", "LogRegPath", "PREPROCESSING",
-    "TorchLogisticRegression", "adapt_to_data", "available_heads", "default_grid", "default_preprocessing",
-    "describe_preprocessing", "fit_logreg_path", "load_head", "make_head", "make_preprocessing",
-    "read_head_meta", "register_head", "sample_shots", "save_head", "select_and_fit", "stratified_holdout",
-    "train_head", "train_layers",
-]
+# public name -> submodule that defines it
+_API = {name: f".{module}" for module, names in {
+    "fast_logreg": ("BatchedLogisticRegressionCV", "LogRegPath", "TorchLogisticRegression", "fit_logreg_path"),
+    "heads": ("HeadSpec", "adapt_to_data", "available_heads", "default_grid", "default_preprocessing", "make_head",
+              "register_head"),
+    "persistence": ("load_head", "read_head_meta", "save_head"),
+    "preprocessing": ("PREPROCESSING", "describe_preprocessing", "make_preprocessing"),
+    "protocol": ("HeadResult", "sample_shots", "select_and_fit", "stratified_holdout"),
+    "train": ("train_head", "train_layers"),
+}.items() for name in names}
+
+__all__ = list(_API)
+__getattr__, __dir__ = lazy_names(__name__, _API)

@@ -14,18 +14,18 @@ from pathlib import Path
 
 from transferlab.util import UserInputError
 
-from .cli_args import (DATA_HELP, IMAGE_SIZE_HELP, _add_backbone_args, _add_data_options, _add_extract_args,
-                       _add_finetune_args, _add_quiet, _add_workers, _HelpFormatter, _image_size, _Parser,
-                       _positive_int)
+from .cli_args import (ADVISE, CACHE_DIR_HELP, CATALOG, DATA_HELP, IMAGE_SIZE, IMAGE_SIZE_HELP, PREDICT, TRAIN,
+                       ApiDefault, HelpFormatter, Parser, add_backbone_args, add_data_options, add_extract_args,
+                       add_finetune_args, add_quiet, add_spec_args, add_sweep_args, add_workers, image_size_arg,
+                       positive_int)
 
 
 def _load_data(a, spec: str | None = None):
     """The --data spec with the folder options, loaded once (the Dataset object goes to the API)."""
     from transferlab.features import load_dataset
 
-    return load_dataset(spec if spec is not None else a.data, seed=getattr(a, "seed", 0) or 0,
-                        test_fraction=getattr(a, "test_fraction", None),
-                        fingerprint=getattr(a, "fingerprint", None) or "stat")
+    given = {k: getattr(a, k) for k in ("seed", "test_fraction", "fingerprint") if getattr(a, k, None) is not None}
+    return load_dataset(spec if spec is not None else a.data, **given)
 
 
 def _note_layout(ds, quiet: bool) -> None:
@@ -194,8 +194,6 @@ def cmd_sweep(a):
 
     names = {f.name for f in fields(SweepConfig)}
     values = {k: v for k, v in vars(a).items() if k in names and v is not None}
-    if a.workers is not None:
-        values["n_jobs"] = a.workers
     cfg = SweepConfig(**values)
     summary = sweep(cfg, progress=not a.quiet, log=_logger(a.quiet))
     out = Path(cfg.out)
@@ -258,7 +256,7 @@ EXAMPLES = {
 
 
 def _sub(sub, name: str, help_text: str):
-    return sub.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter,
+    return sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter,
                           epilog=f"example:\n  {EXAMPLES[name]}")
 
 
@@ -299,39 +297,35 @@ def cmd_advise(a):
 def build_parser() -> argparse.ArgumentParser:
     from transferlab import __version__
 
-    ap = _Parser(prog="transferlab", description=__doc__.splitlines()[0], formatter_class=_HelpFormatter,
-                 epilog="example:\n  transferlab sweep --data ~/photos --out runs/photos\n"
-                        "  transferlab SUBCOMMAND --help   (each has an example)")
+    ap = Parser(prog="transferlab", description=__doc__.splitlines()[0], formatter_class=HelpFormatter,
+                epilog="example:\n  transferlab sweep --data ~/photos --out runs/photos\n"
+                       "  transferlab SUBCOMMAND --help   (each has an example)")
     ap.add_argument("--version", action="version", version=f"transferlab {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="SUBCOMMAND")
 
     p = _sub(sub, "layers", "list the extractable layers of a backbone, generic to specialised")
-    _add_backbone_args(p)
-    p.add_argument("--layers", default="all", help="comma-separated module paths, or all (the default catalog)")
-    p.add_argument("--pool", default="gap", help="gap, gmp, gap+gmp or grid:K")
-    p.add_argument("--image-size", type=_image_size, default=64, help=IMAGE_SIZE_HELP)
-    p.add_argument("--dtype", default="float16", help="float16 or float32 (for the bytes per image)")
+    add_backbone_args(p)
+    add_spec_args(p, ApiDefault(CATALOG, "layers"), "float16 or float32 (for the bytes per image)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    _add_quiet(p)
+    add_quiet(p)
     p.set_defaults(func=cmd_layers)
 
     p = _sub(sub, "extract", "run a backbone over every split and cache pooled features of many layers")
     p.add_argument("--data", required=True, help=DATA_HELP)
-    _add_data_options(p)
-    _add_backbone_args(p)
-    _add_extract_args(p)
-    _add_quiet(p)
+    add_data_options(p)
+    add_backbone_args(p)
+    add_extract_args(p)
+    add_quiet(p)
     p.set_defaults(func=cmd_extract)
 
     p = _sub(sub, "cache", "manage the feature cache: ls, info [FILE], verify [FILE], rm FILE|--all")
     p.add_argument("action", choices=["ls", "info", "verify", "rm"], help="what to do")
     p.add_argument("files", nargs="*", help="cache files (a bare name is looked up in the cache directory); "
                                             "info and verify default to every file")
-    p.add_argument("--cache-dir", default=None, help="cache directory (default: $TRANSFERLAB_DATA/cache, "
-                                                     "else the user cache folder)")
+    p.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
     p.add_argument("--all", action="store_true", help="with rm: remove every cache and part file (other files are left)")
     p.add_argument("--json", action="store_true", help="machine-readable output (ls)")
-    _add_quiet(p)
+    add_quiet(p)
     p.set_defaults(func=cmd_cache)
 
     p = _sub(sub, "train", "train a head on cached features of one layer")
@@ -342,12 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="directory for head.safetensors and head.json "
                                                "(default runs/heads/<data>_<layer>_<head>)")
     p.add_argument("--preprocessing", default=None, help="none, l2, standardize or l2+standardize (default: per head)")
-    p.add_argument("--pca", type=_positive_int, default=None, help="reduce features to this many dimensions first")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="validation share of train when the data has no val split")
-    p.add_argument("--full-grid", action="store_true", help="the full 45-value C grid of Kornblith et al. for logreg")
-    p.add_argument("--seed", type=int, default=0, help="seed of the validation split and the head")
-    _add_workers(p, "parallel fits of the hyperparameter grid", default=1, old="--n-jobs")
-    _add_quiet(p)
+    p.add_argument("--pca", type=positive_int, default=None, help="reduce features to this many dimensions first")
+    p.add_argument("--val-fraction", type=float, default=ApiDefault(TRAIN, "val_fraction"),
+                   help="validation share of train when the data has no val split")
+    p.add_argument("--full-grid", action="store_true", default=ApiDefault(TRAIN, "full_grid"),
+                   help="the full 45-value C grid of Kornblith et al. for logreg")
+    p.add_argument("--seed", type=int, default=ApiDefault(TRAIN, "seed"),
+                   help="seed of the validation split and the head")
+    add_workers(p, "parallel fits of the hyperparameter grid", default=ApiDefault(TRAIN, "n_jobs"), old="--n-jobs")
+    add_quiet(p)
     p.set_defaults(func=cmd_train)
 
     p = _sub(sub, "predict", "classify image files and folders with a saved head or fine-tuned model")
@@ -355,65 +352,51 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "folder (its chosen_head/)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders searched recursively")
     p.add_argument("--out", default=None, help="also write a CSV: path, class, probability or margin, top classes")
-    p.add_argument("--top-k", type=_positive_int, default=3, help="classes listed per image, best first")
+    p.add_argument("--top-k", type=positive_int, default=ApiDefault(PREDICT, "top_k"),
+                   help="classes listed per image, best first")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable file (exit 2) instead of "
                                                          "skipping it and listing it at the end (exit 1)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per forward pass")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--batch-size", type=positive_int, default=ApiDefault(PREDICT, "batch_size"),
+                   help="images per forward pass")
+    p.add_argument("--device", default=ApiDefault(PREDICT, "device"), help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--allow-pickle", action="store_true", help="also load a head saved as a pickle (head.joblib: "
                    "your own estimator, or saved by an older version); unpickling runs its author's code")
-    _add_quiet(p)
+    add_quiet(p)
     p.set_defaults(func=cmd_predict)
 
     p = _sub(sub, "sweep", "the main job: extract every layer, train every head, write results and report")
-    p.add_argument("--config", default=None, help="TOML or YAML file with any of these flags")
-    p.add_argument("--data", default=None, help=DATA_HELP + " (default digits)")
-    _add_data_options(p)
-    p.add_argument("--backbone", default=None, help="comma-separated backbones (default lite0)")
-    p.add_argument("--weights", default=None, help="comma-separated: imagenet (default), random, PATH")
-    p.add_argument("--heads", default=None, help="comma-separated heads (default logreg,svm)")
-    p.add_argument("--layers", default=None, help="all (default) or comma-separated module paths")
-    p.add_argument("--pool", default=None, help="comma-separated poolings (default gap)")
-    p.add_argument("--image-size", default=None, help="comma-separated input sides (default 64; 0 = the backbone's own)")
-    p.add_argument("--dtype", default=None, help="cache storage dtype, float16 (default) or float32")
-    p.add_argument("--shots", default=None, help="low-shot: comma-separated examples per class, e.g. 1,5,10,50")
-    p.add_argument("--repeats", type=_positive_int, default=None, help="redraw validation split and seeds N times (default 1)")
-    p.add_argument("--seed", type=int, default=None, help="seed of splits and heads (default 0)")
-    p.add_argument("--val-fraction", type=float, default=None, help="validation share of train when the data has no "
-                                                                   "val split (default 0.2)")
-    p.add_argument("--preprocessing", default=None, help="feature preprocessing for every head (default: per head)")
-    p.add_argument("--full-grid", action="store_const", const=True, default=None, help="the full 45-value C grid for logreg")
-    p.add_argument("--out", default=None, help="output directory (default runs/sweep)")
-    p.add_argument("--cache-dir", default=None, help="cache directory (default: $TRANSFERLAB_DATA/cache, else the "
-                                                     "user cache folder)")
-    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N or mps")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="images per forward pass (default 64)")
-    _add_workers(p, "parallel head fits (joblib; default all cores)", old="--n-jobs")
-    p.add_argument("--backend", default=None, help="joblib backend for head fits: loky (default), dask, ray")
-    _add_quiet(p)
+    add_sweep_args(p)
     p.set_defaults(func=cmd_sweep)
 
     p = _sub(sub, "advise", "measure the evidence and name the transfer regime for a data set")
     p.add_argument("--data", required=True, help=DATA_HELP)
-    p.add_argument("--backbone", default="lite0", help="an ImageNet backbone: lite0, timm:NAME or torchvision:NAME")
-    p.add_argument("--image-size", type=_image_size, default=None, help=IMAGE_SIZE_HELP)
-    p.add_argument("--pool", default="gap", help="gap, gmp, gap+gmp or grid:K")
-    p.add_argument("--seed", type=int, default=0, help="seed of the subsample and the validation split")
-    p.add_argument("--max-train", type=_positive_int, default=5000, help="training rows measured on (stratified cap)")
-    p.add_argument("--max-val", type=_positive_int, default=2000, help="validation rows measured on (stratified cap)")
-    p.add_argument("--no-random", dest="random", action="store_false",
+    p.add_argument("--backbone", default=ApiDefault(ADVISE, "backbone"),
+                   help="an ImageNet backbone: lite0, timm:NAME or torchvision:NAME")
+    size = p.add_argument("--image-size", type=image_size_arg, default=ApiDefault(ADVISE, "image_size"),
+                          help=IMAGE_SIZE_HELP)
+    size.shown_default = ApiDefault(IMAGE_SIZE)  # advise's None is the default size
+    p.add_argument("--pool", default=ApiDefault(ADVISE, "pool"), help="gap, gmp, gap+gmp or grid:K")
+    p.add_argument("--seed", type=int, default=ApiDefault(ADVISE, "seed"),
+                   help="seed of the subsample and the validation split")
+    p.add_argument("--max-train", type=positive_int, default=ApiDefault(ADVISE, "max_train"),
+                   help="training rows measured on (stratified cap)")
+    p.add_argument("--max-val", type=positive_int, default=ApiDefault(ADVISE, "max_val"),
+                   help="validation rows measured on (stratified cap)")
+    p.add_argument("--no-random", dest="random", action="store_false", default=ApiDefault(ADVISE, "compare_random"),
                    help="skip the random-weights comparison (faster; no from-scratch evidence)")
-    p.add_argument("--no-scores", dest="scores", action="store_false", help="skip kNN and LogME per layer")
-    p.add_argument("--finetune-probe", action="store_true", help="also fine-tune last:2 briefly on the subset")
+    p.add_argument("--no-scores", dest="scores", action="store_false", default=ApiDefault(ADVISE, "scores"),
+                   help="skip kNN and LogME per layer")
+    p.add_argument("--finetune-probe", action="store_true", default=ApiDefault(ADVISE, "finetune_probe"),
+                   help="also fine-tune last:2 briefly on the subset")
     p.add_argument("--cache-dir", default=None, help="feature cache directory")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", default=ApiDefault(ADVISE, "device"), help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--json", action="store_true", help="print the advice as one JSON object (key 'strategy')")
-    _add_quiet(p)
+    add_quiet(p)
     p.set_defaults(func=cmd_advise)
 
     p = _sub(sub, "finetune", "end-to-end training: head, last:N, full (low lr) or scratch")
-    _add_finetune_args(p)
+    add_finetune_args(p)
     p.set_defaults(func=cmd_finetune)
     return ap
 

@@ -1,32 +1,135 @@
 """Argument building blocks of the ``transferlab`` command line: the error form, the help formatter,
-value types, and the flags several subcommands share (one name and one help text per flag)."""
+value types, and the flags several subcommands share (one name and one help text per flag).
+
+Defaults rule: a flag's default is read from the API that the subcommand calls (a config dataclass
+field, the keyword default of its function, or a named constant: :class:`ApiDefault`), never written
+here, and the help shows that same value. ``sweep`` and ``finetune`` flags that are left out stay
+unset (the config file, then the dataclass, decide); the others get the API's value when parsed.
+"""
 from __future__ import annotations
 
 import argparse
+import functools
 
 from transferlab.util import UserInputError
 
+# where the defaults live
+SPEC = "transferlab.features.spec:ExtractionSpec"
+IMAGE_SIZE = "transferlab.features.spec:DEFAULT_IMAGE_SIZE"
+DATA = "transferlab.features.data:load_dataset"
+TEST_FRACTION = "transferlab.features.folders:DEFAULT_TEST_FRACTION"
+CATALOG = "transferlab.features.layers:catalog"
+EXTRACT = "transferlab.features.extraction:extract"
+TRAIN = "transferlab.classifiers.train:train_head"
+PREDICT = "transferlab.pipeline.predict:predict"
+ADVISE = "transferlab.pipeline.advise:advise"
+SWEEP = "transferlab.pipeline.sweep:SweepConfig"
+FINETUNE = "transferlab.finetuning.config:FinetuneConfig"
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with the project's error form: one line, ``error: ...``, exit 2 (no usage block)."""
+
+def show(value) -> str:
+    """A default as the help prints it: lists comma-separated, like the flag takes them."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+@functools.lru_cache(maxsize=None)
+def _module_source_tree(module: str):
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec(module)
+    return ast.parse(Path(spec.origin).read_text()) if spec and spec.origin else ast.Module(body=[])
+
+
+def _literal_keyword_default(module: str, func: str, name: str):
+    """A function's keyword default read from its module's source when it is a literal, without importing
+    the module (a stage that imports torch), so ``--help`` stays light; LookupError when it is not."""
+    import ast
+
+    for node in _module_source_tree(module).body:
+        if isinstance(node, ast.FunctionDef) and node.name == func:
+            a = node.args
+            positional = a.posonlyargs + a.args
+            pairs = [*zip(positional[len(positional) - len(a.defaults):], a.defaults),
+                     *zip(a.kwonlyargs, a.kw_defaults)]
+            for arg, default in pairs:
+                if arg.arg == name and default is not None:
+                    try:
+                        return ast.literal_eval(default)
+                    except ValueError:
+                        break
+    raise LookupError(f"{module}:{func}({name}=...)")
+
+
+class ApiDefault:
+    """The default of ``name`` in ``source`` (``"module:attr"``: a dataclass field, a function's keyword,
+    or with no ``name`` the attribute itself), read on first use: building the parser imports no stage,
+    and ``--help`` or a parse reads the value from where the API keeps it (a function's literal keyword
+    from its source, anything else by importing it)."""
+
+    def __init__(self, source: str, name: str | None = None):
+        self.source, self.name = source, name
+
+    @functools.cached_property
+    def value(self):
+        import dataclasses
+        import importlib
+        import inspect
+
+        module, _, attr = self.source.partition(":")
+        if self.name is not None:
+            try:
+                return _literal_keyword_default(module, attr, self.name)
+            except LookupError:
+                pass
+        obj = getattr(importlib.import_module(module), attr)
+        if self.name is None:
+            return obj
+        if dataclasses.is_dataclass(obj):
+            f = {f.name: f for f in dataclasses.fields(obj)}[self.name]
+            return f.default_factory() if f.default is dataclasses.MISSING else f.default
+        return inspect.signature(obj).parameters[self.name].default
+
+    def __str__(self):
+        return show(self.value)
+
+    def __repr__(self):
+        return f"ApiDefault({self.source!r}, {self.name!r})"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error form (one line, ``error: ...``, exit 2, no usage block), and
+    the :class:`ApiDefault` of every flag left out replaced by its value."""
 
     def error(self, message):
         self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
 
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, rest = super().parse_known_args(args, namespace)
+        for k, v in vars(namespace).items():
+            if isinstance(v, ApiDefault):
+                setattr(namespace, k, v.value)
+        return namespace, rest
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Examples kept as written, and ``(default: X)`` after every flag that has a default worth showing."""
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written, and ``(default: X)`` after every flag that has a default worth showing:
+    the flag's own, or for a flag that stays unset when left out, the ``shown_default`` it carries."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        default = action.default
-        if ("%(default)" in text or "(default" in text or default in (None, False, argparse.SUPPRESS)
-                or not action.option_strings or isinstance(default, bool) and action.nargs == 0):
+        default = getattr(action, "shown_default", action.default)
+        if isinstance(default, ApiDefault):
+            default = default.value
+        hidden = (default is None or default == argparse.SUPPRESS or default == [] or default == ()
+                  or isinstance(default, bool) and not isinstance(action, argparse.BooleanOptionalAction))
+        if "(default" in text or hidden or not action.option_strings:
             return text
-        return f"{text} (default: %(default)s)"
+        return f"{text} (default: {show(default).replace('%', '%%')})"
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         v = int(text)
     except ValueError:
@@ -36,7 +139,7 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _fraction(text: str) -> float:
+def fraction(text: str) -> float:
     try:
         v = float(text)
     except ValueError:
@@ -46,7 +149,7 @@ def _fraction(text: str) -> float:
     return v
 
 
-def _image_size(text: str) -> int:
+def image_size_arg(text: str) -> int:
     from transferlab.features.spec import parse_image_size
 
     try:
@@ -59,47 +162,111 @@ DATA_HELP = ("digits, npz:PATH, folder:PATH (PATH/<class>/*, or PATH/train|val|t
              "torchvision:NAME; a bare folder or .npz path is guessed")
 IMAGE_SIZE_HELP = "input side in pixels (0 = the backbone's own)"
 QUIET_HELP = "no progress bars (results, warnings and errors still print)"
+CACHE_DIR_HELP = "cache directory (default: $TRANSFERLAB_DATA/cache, else the user cache folder)"
+CONFIG_HELP = "TOML or YAML file with any of these flags (flags given here win)"
 
 
-def _add_quiet(p):
+def add_quiet(p):
     p.add_argument("--quiet", "-q", action="store_true", help=QUIET_HELP)
 
 
-def _add_workers(p, what: str, default=None, dest: str = "workers", old: str | None = None):
+def add_workers(p, what: str, default=None, dest: str = "workers", old: str | None = None):
     p.add_argument("--workers", dest=dest, type=int, default=default, help=what)
     if old:  # the name this flag had before; hidden, same destination
         p.add_argument(old, dest=dest, type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
 
 
-def _add_data_options(p, suppress: bool = False):
-    d = argparse.SUPPRESS if suppress else None
-    p.add_argument("--test-fraction", type=_fraction, default=d,
-                   help="folder data without a test/ split: share of images held out as test "
-                        "(stratified, seeded by --seed; default 0.2)")
-    p.add_argument("--fingerprint", choices=["stat", "content"], default=d,
-                   help="folder data: detect changed files by path+size+mtime (stat, fast; default) "
-                        "or by the sha256 of every file (content, exact)")
+def _add_flags(p, flags, source: str, absent=None):
+    """Add ``flags`` ((flag, argparse keywords) pairs) whose defaults live in ``source``: a flag left out
+    is ``absent`` (None, or SUPPRESS: not set at all), and its help shows the default ``source`` gives
+    (keyword ``field`` when the field is not the flag's destination, ``shown`` for another source)."""
+    for flag, kw in flags:
+        kw = dict(kw)
+        dest = kw.get("dest", flag[2:].replace("-", "_"))
+        shown = kw.pop("shown", None) or ApiDefault(source, kw.pop("field", dest))
+        p.add_argument(flag, default=absent, **kw).shown_default = shown
 
 
-def _add_backbone_args(p, default_backbone="lite0"):
-    p.add_argument("--backbone", default=default_backbone,
+# folder data options: the defaults are load_dataset's (None: DEFAULT_TEST_FRACTION where a split is needed)
+DATA_FLAGS = [
+    ("--test-fraction", {"type": fraction, "shown": ApiDefault(TEST_FRACTION),
+                         "help": "folder data without a test/ split: share of images held out as test "
+                                 "(stratified, seeded by --seed)"}),
+    ("--fingerprint", {"choices": ["stat", "content"],
+                       "help": "folder data: detect changed files by path+size+mtime (stat, fast) or by the "
+                               "sha256 of every file (content, exact)"}),
+]
+
+
+def add_data_options(p, suppress: bool = False):
+    _add_flags(p, DATA_FLAGS, DATA, argparse.SUPPRESS if suppress else None)
+
+
+def add_backbone_args(p):
+    p.add_argument("--backbone", default=ApiDefault(SPEC, "backbone"),
                    help="lite0 (offline ImageNet EfficientNet-Lite0), lite1, lite2, timm:NAME or torchvision:NAME")
-    p.add_argument("--weights", default="imagenet", help="imagenet, random, or a path to a weights file")
-    p.add_argument("--seed", type=int, default=0, help="seed for random weights and data splits")
+    p.add_argument("--weights", default=ApiDefault(SPEC, "weights"),
+                   help="imagenet, random, or a path to a weights file")
+    p.add_argument("--seed", type=int, default=ApiDefault(SPEC, "seed"),
+                   help="seed for random weights and data splits")
 
 
-def _add_extract_args(p):
-    p.add_argument("--layers", default="all", help="comma-separated module paths, or all (the default catalog)")
-    p.add_argument("--pool", default="gap", help="gap, gmp, gap+gmp or grid:K")
-    p.add_argument("--image-size", type=_image_size, default=64, help=IMAGE_SIZE_HELP)
-    p.add_argument("--dtype", default="float16", help="storage dtype, float16 or float32")
+def add_spec_args(p, layers_default: ApiDefault, dtype_help: str):
+    """The flags of ``layers`` and ``extract`` that make the extraction spec."""
+    p.add_argument("--layers", default=layers_default,
+                   help="comma-separated module paths, or all (the default catalog)")
+    p.add_argument("--pool", default=ApiDefault(SPEC, "pooling"), help="gap, gmp, gap+gmp or grid:K")
+    p.add_argument("--image-size", type=image_size_arg, default=ApiDefault(IMAGE_SIZE), help=IMAGE_SIZE_HELP)
+    p.add_argument("--dtype", default=ApiDefault(SPEC, "dtype"), help=dtype_help)
+
+
+def add_extract_args(p):
+    add_spec_args(p, ApiDefault(EXTRACT, "layers"), "storage dtype, float16 or float32")
     p.add_argument("--cache-dir", default=None, help="cache directory (default: $TRANSFERLAB_DATA/cache, else the "
                                                      "user cache folder; `transferlab cache ls` prints it)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass")
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    _add_workers(p, "DataLoader workers decoding image files (default: up to 4)")
-    p.add_argument("--decode", choices=["auto", "cpu", "gpu"], default="auto",
+    p.add_argument("--batch-size", type=positive_int, default=ApiDefault(EXTRACT, "batch_size"),
+                   help="images per forward pass")
+    p.add_argument("--device", default=ApiDefault(EXTRACT, "device"),
+                   help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    add_workers(p, "DataLoader workers decoding image files (default: up to 4)",
+                 default=ApiDefault(EXTRACT, "num_workers"))
+    p.add_argument("--decode", choices=["auto", "cpu", "gpu"], default=ApiDefault(EXTRACT, "decode"),
                    help="where image files are decoded (auto: on the GPU for folder data on CUDA)")
+
+
+# sweep flags: help text here, defaults only in SweepConfig (absent flags stay None: the config file, then
+# SweepConfig, decide)
+SWEEP_FLAGS = [
+    ("--backbone", {"help": "comma-separated backbones"}),
+    ("--weights", {"help": "comma-separated: imagenet, random, PATH"}),
+    ("--heads", {"help": "comma-separated heads"}),
+    ("--layers", {"help": "all or comma-separated module paths"}),
+    ("--pool", {"help": "comma-separated poolings"}),
+    ("--image-size", {"help": "comma-separated input sides (0 = the backbone's own)"}),
+    ("--dtype", {"help": "cache storage dtype, float16 or float32"}),
+    ("--shots", {"help": "low-shot: comma-separated examples per class, e.g. 1,5,10,50"}),
+    ("--repeats", {"type": positive_int, "help": "redraw validation split and seeds N times"}),
+    ("--seed", {"type": int, "help": "seed of splits and heads"}),
+    ("--val-fraction", {"type": float, "help": "validation share of train when the data has no val split"}),
+    ("--preprocessing", {"help": "feature preprocessing for every head (default: per head)"}),
+    ("--full-grid", {"action": "store_const", "const": True, "help": "the full 45-value C grid for logreg"}),
+    ("--out", {"help": "output directory"}),
+    ("--cache-dir", {"help": CACHE_DIR_HELP}),
+    ("--device", {"help": "auto, cpu, cuda, cuda:N or mps"}),
+    ("--batch-size", {"type": positive_int, "help": "images per forward pass"}),
+    ("--workers", {"dest": "n_jobs", "metavar": "WORKERS", "type": int,
+                   "help": "parallel head fits (joblib; -1 = every core)"}),
+    ("--backend", {"help": "joblib backend for head fits: loky (when not given), dask, ray"}),
+]
+
+
+def add_sweep_args(p):
+    p.add_argument("--config", default=None, help=CONFIG_HELP)
+    _add_flags(p, [("--data", {"help": DATA_HELP})], SWEEP)
+    add_data_options(p)
+    _add_flags(p, SWEEP_FLAGS, SWEEP)
+    p.add_argument("--n-jobs", dest="n_jobs", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    add_quiet(p)
 
 
 # finetune flags: help text here, defaults only in FinetuneConfig (absent flags leave its defaults)
@@ -107,11 +274,13 @@ FINETUNE_FLAGS = [
     ("--data", {"help": DATA_HELP}),
     ("--backbone", {"help": "lite0, timm:NAME or torchvision:NAME"}),
     ("--mode", {"help": "head, last:N, full or scratch"}),
-    ("--out", {"help": "run directory (checkpoint, metrics.json, model.pt; default runs/finetune_<data>_<backbone>_<mode>)"}),
+    ("--out", {"help": "run directory (checkpoint, metrics.json, model.pt; "
+                       "default runs/finetune_<data>_<backbone>_<mode>)"}),
     ("--epochs", {"type": int, "help": "training epochs (the cosine schedule spans them)"}),
     ("--lr", {"type": float, "help": "peak learning rate (default per mode)"}),
     ("--weights", {"help": "imagenet, random or a weights file"}),
-    ("--image-size", {"type": _image_size, "help": IMAGE_SIZE_HELP + "; with --append-to: the sweep's"}),
+    ("--image-size", {"type": image_size_arg, "shown": ApiDefault(IMAGE_SIZE),
+                      "help": IMAGE_SIZE_HELP + "; with --append-to: the sweep's"}),
     ("--batch-size", {"type": int, "help": "images per step"}),
     ("--optimizer", {"choices": ["adamw", "sgd"], "help": "optimizer"}),
     ("--weight-decay", {"type": float, "help": "default 0.01 (adamw) or 5e-4 (sgd)"}),
@@ -135,21 +304,17 @@ FINETUNE_FLAGS = [
 ]
 
 
-def _add_finetune_args(p):
-    from dataclasses import fields
-
-    from transferlab.finetuning.config import FinetuneConfig
-
-    defaults = {f.name: f.default for f in fields(FinetuneConfig)}
-    p.add_argument("--config", default=None, help="TOML or YAML file with any of these flags")
-    for flag, kw in FINETUNE_FLAGS:
-        dest = kw.get("dest", flag[2:].replace("-", "_"))
-        default = defaults[dest]
-        if kw.get("action") not in ("store_true", "store_false") and default is not None:
-            kw = {**kw, "help": f"{kw.get('help', '')} (default: {default})".lstrip()}
-        p.add_argument(flag, default=argparse.SUPPRESS, **kw)
+def add_finetune_args(p):
+    p.add_argument("--config", default=None, help=CONFIG_HELP)
+    _add_flags(p, FINETUNE_FLAGS, FINETUNE, argparse.SUPPRESS)
     p.add_argument("--num-workers", dest="num_workers", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    _add_data_options(p, suppress=True)
+    add_data_options(p, suppress=True)
     p.add_argument("--append-to", default=None, help="a sweep directory or results.csv to add the result to "
                                                      "(its image size and validation fraction become the defaults)")
-    _add_quiet(p)
+    add_quiet(p)
+
+
+def config_flags(command: str) -> dict:
+    """``{destination: argparse keywords}`` of the flags a ``--config`` file of ``sweep`` or ``finetune`` may set."""
+    flags = {"sweep": [("--data", {}), *SWEEP_FLAGS], "finetune": FINETUNE_FLAGS}[command] + DATA_FLAGS
+    return {kw.get("dest", flag[2:].replace("-", "_")): {"flag": flag, **kw} for flag, kw in flags}

@@ -38,7 +38,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from transferlab.features.locks import exclusive
+from transferlab.features.locks import exclusive_folder
 from transferlab.util import UserInputError, atomic_write, sha256_json
 
 RESULT_COLUMNS = [
@@ -294,10 +294,11 @@ def default_head_dir(features, layer: str, head: str) -> Path:
 
 @contextmanager
 def locked_out(out: "str | Path", log=print):
-    """Hold ``<out>/.transferlab.lock`` while writing a results folder; wait, saying so, when held."""
+    """Hold ``<out>/.transferlab.lock`` while writing a results folder; wait, saying so, when held. A run
+    that created the lock file and wrote nothing (refused input) removes it again: the rule, and why it
+    is safe for a waiting process, is in :mod:`transferlab.features.locks` (:func:`exclusive_folder`)."""
     try:
-        lock = exclusive(Path(out) / ".transferlab.lock", notify=log,
-                         waiting=f"waiting: another process is writing results into {out} ...")
+        lock = exclusive_folder(out, notify=log, waiting=f"waiting: another process is writing results into {out} ...")
         lock.__enter__()
     except OSError as exc:
         raise UserInputError(f"cannot lock {out} ({exc.strerror or exc}); choose a writable --out") from None

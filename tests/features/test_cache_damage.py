@@ -188,30 +188,32 @@ def test_hdf5s_own_lock_is_reported_as_being_written_never_as_damage(built):
     assert not list(path.parent.glob("*.damaged-*"))
 
 
-def test_a_writer_adding_a_layer_waits_for_a_reader_instead_of_failing(built, lite0):
-    """The reader holds its lock until the writer has said it waits (events, not a sleep: under load a
-    timed hold could end before the writer arrives)."""
+def test_a_writer_adding_a_layer_waits_for_a_reader_instead_of_failing(built, lite0, tmp_path):
+    """Ordered by events, not time: the reader holds its lock before the writer starts (``_hold`` reads
+    its "held"), and keeps holding until the writer has said it waits (the writer's log creates ``go``)."""
     npz, path, _ = built
-    reader = _hold("""
+    go = tmp_path / "writer-is-waiting"
+    reader = _hold(f"""
         with cache.reading(path):
             f = h5py.File(path, "r")
-            print("held", flush=True)  # _hold returns once the reader holds the lock
-            import select  # ... and keeps it until the writer has reported waiting (a writer that never
-            select.select([sys.stdin], [], [], 300)  # says so fails the assertion below instead of hanging)
+            print("held", flush=True)
+            give_up = time.monotonic() + 600  # a writer that never waits fails the test instead of hanging it
+            while not Path({str(go)!r}).exists() and time.monotonic() < give_up:
+                time.sleep(0.05)
             f.close()
     """, path)
-    messages = []
+    messages, reader_held = [], []
 
-    def log(msg):
-        messages.append(msg)
-        if "waiting for another process" in msg:
-            reader.stdin.write("release\n")
-            reader.stdin.flush()
+    def log(message):
+        messages.append(message)
+        if "waiting for another process" in message:
+            reader_held.append(reader.poll() is None)
+            go.write_text("")  # now the reader lets go, and the writer goes on
 
     try:
         extract(f"npz:{npz}", lite0, cache_dir=path.parent, log=log, **{**KW, "layers": "bn1,blocks.2"})
     finally:
         reader.kill()
         reader.wait()
-    assert any("waiting for another process" in m for m in messages)
+    assert reader_held == [True], messages  # the writer said it waits, once, while the reader held the file
     assert verify(path) == [] and read_status(path)["splits"]["test"]["layers"]["blocks.2"]["complete"]

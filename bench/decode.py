@@ -1,6 +1,6 @@
 """JPEG decode against the forward pass, on this machine's CPU (``docs/scaling.md`` uses the figures).
 
-    python bench/bench_decode.py [N_FORWARD]
+    python bench/decode.py [N_FORWARD]
 
 Decode: five real photographs of ImageNet's size (skimage.data: astronaut, coffee, chelsea, rocket,
 immunohistochemistry; 300x451 to 512x640, ImageNet's mean is about 400x350), saved as quality-90

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every fine-tuning mode through the CLI on a 1,000-image CIFAR-10 slice at 64 px, then a run killed
 # (SIGKILL) right after its first checkpoint and resumed by rerunning the same command.
-#   bash bench/finetune_cli_check.sh [EPOCHS]        (uses .venv/bin/python unless PYTHON is set)
+#   bash bench/finetune_modes.sh [EPOCHS]        (uses .venv/bin/python unless PYTHON is set)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}

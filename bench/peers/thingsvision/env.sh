@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # thingsvision in its own environment (it imports tensorflow at import time), outside the repository.
-#   bash bench/thingsvision_env.sh [VENV]        (default /tmp/tv-venv)
+#   bash bench/peers/thingsvision/env.sh [VENV]        (default /tmp/tv-venv)
 # The venv sees the project's torch/timm/numpy through a .pth file (no second torch download), gets
 # thingsvision 2.7.3 and the few pure-Python packages its PyTorch path imports, and a stub
-# `tensorflow` package (bench/tf_stub) that answers every attribute with an empty object.
+# `tensorflow` package (tf_stub/ beside this script) that answers every attribute with an empty object.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../../.."  # the repository root
 VENV=${1:-/tmp/tv-venv}
 PY=${PYTHON:-.venv/bin/python}
 SITE=$("$PY" -c "import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))")

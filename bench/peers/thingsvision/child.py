@@ -1,7 +1,7 @@
-"""Run by thingsvision's own interpreter (bench/thingsvision_env.sh): extract lite0 features of an image
+"""Run by thingsvision's own interpreter (made by env.sh beside this file): extract lite0 features of an image
 folder the way a thingsvision user does, then pool and save them; prints one JSON line.
 
-    python thingsvision_child.py ROOT WEIGHTS.pt SIZE LAYERS OUT_DIR
+    python bench/peers/thingsvision/child.py ROOT WEIGHTS.pt SIZE LAYERS OUT_DIR
 
 thingsvision keeps each layer's full activation maps in memory (``flatten_acts=False``); the maps
 are averaged over height and width afterwards (GAP, TransferLab's default pooling) and saved with
