@@ -25,14 +25,9 @@ import numpy as np
 
 from transferlab.util import UserInputError, atomic_write
 
+from .curves import curve_label, curves, is_finetune, number
+
 GROUPS = (("generic", 0.0, 1 / 3), ("middle", 1 / 3, 2 / 3), ("specialised", 2 / 3, 1.01))
-
-
-def _f(v, default=float("nan")) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return default
 
 
 def _pyplot():
@@ -51,10 +46,6 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def is_probe(r: dict) -> bool:
-    return not str(r.get("head", "")).startswith("finetune:")
-
-
 def _chance(ax, n_classes: int | None) -> None:
     if n_classes and n_classes > 1:
         ax.axhline(1 / n_classes, color="grey", linestyle=":", linewidth=1.2, label=f"chance (1/{n_classes})")
@@ -62,14 +53,12 @@ def _chance(ax, n_classes: int | None) -> None:
 
 def depth_curve(rows: list[dict], path: Path, n_classes: int | None = None) -> Path | None:
     """``depth_vs_accuracy.png`` from the probe rows on full training data (see the module docstring)."""
-    from .report import _label, curves
-
-    probes = [r for r in rows if is_probe(r)]
+    probes = [r for r in rows if not is_finetune(r.get("head"))]
     rows = [r for r in probes if not r.get("shots")]
     title = "Layer depth against accuracy"
     if not rows and probes:  # a low-shot-only sweep: the depth curve of its largest shot count
-        most = max(int(_f(r["shots"], 0)) for r in probes)
-        rows = [r for r in probes if int(_f(r["shots"], 0)) == most]
+        most = max(int(number(r["shots"], 0)) for r in probes)
+        rows = [r for r in probes if int(number(r["shots"], 0)) == most]
         title += f" ({most} examples per class)"
     cs = curves(rows)
     if not cs:
@@ -83,7 +72,7 @@ def depth_curve(rows: list[dict], path: Path, n_classes: int | None = None) -> P
         x = [p["rel_depth"] if rel else p["depth"] for p in pts]
         color = f"C{i % 10}"
         ax.errorbar(x, [p["test"] for p in pts], yerr=[p["test_std"] for p in pts], marker="o", color=color,
-                    capsize=3, label=f"{_label(key, keys)} (test)")
+                    capsize=3, label=f"{curve_label(key, keys)} (test)")
         ax.plot(x, [p["val"] for p in pts], linestyle="--", color=color, alpha=0.5, linewidth=1)
     _chance(ax, n_classes)
     if not rel:
@@ -111,8 +100,9 @@ def learning_points(rows: list[dict]) -> dict:
     """(head, group) -> sorted [(shots, mean test accuracy, std, n rows)] over the low-shot probe rows."""
     acc = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if is_probe(r) and r.get("shots") not in ("", None, 0, "0"):
-            acc[(r["head"], group_of(_f(r.get("rel_depth"), 0.0)))][int(_f(r["shots"]))].append(_f(r["test_accuracy"]))
+        if not is_finetune(r.get("head")) and r.get("shots") not in ("", None, 0, "0"):
+            group = group_of(number(r.get("rel_depth"), 0.0))
+            acc[(r["head"], group)][int(number(r["shots"]))].append(number(r["test_accuracy"]))
     return {k: sorted((s, float(np.mean(v)), float(np.std(v)), len(v)) for s, v in by.items())
             for k, by in acc.items()}
 
@@ -151,15 +141,15 @@ def finetune_bars(rows: list[dict], path: Path, best_probe: dict | None, n_test:
 
     With ``n_test`` (the test split's size) each bar carries its binomial standard error,
     ``sqrt(p (1 - p) / n_test)``, so a difference can be read against its noise."""
-    ft = [r for r in rows if not is_probe(r)]
+    ft = [r for r in rows if is_finetune(r.get("head"))]
     if not ft:
         return None
     plt = _pyplot()
     bars = []
     if best_probe is not None:
-        bars.append((f"probe: {best_probe['head']}\n@ {best_probe['layer']}", _f(best_probe["test_accuracy"]), "C0"))
+        bars.append((f"probe: {best_probe['head']}\n@ {best_probe['layer']}", number(best_probe["test_accuracy"]), "C0"))
     for r in sorted(ft, key=lambda r: r["head"]):
-        bars.append((f"{r['head'].split(':', 1)[1]}\n({r['weights']})", _f(r["test_accuracy"]), "C1"))
+        bars.append((f"{r['head'].split(':', 1)[1]}\n({r['weights']})", number(r["test_accuracy"]), "C1"))
     fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(bars) + 1.5), 4), dpi=110)
     xs = np.arange(len(bars))
     se = [np.sqrt(max(b[1] * (1 - b[1]), 0.0) / n_test) for b in bars] if n_test else None

@@ -8,126 +8,16 @@ pictures are drawn by :mod:`transferlab.pipeline.plots` (the chosen head's confu
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
-
-import numpy as np
 
 from transferlab.util import atomic_write, write_json
 
-
-def _f(v, default=float("nan")):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return default
-
-
-def _shots_key(key):
-    """Curve keys sort with shots as numbers (1, 5, 10), all-data curves first."""
-    shots = key[5]
-    return key[:5] + ((0, 0) if shots in ("", None) else (1, int(float(shots))),)
-
-
-def _sd(a: np.ndarray) -> float:
-    """Sample standard deviation over repeats (ddof=1); 0 for a single repeat."""
-    a = a[np.isfinite(a)]
-    return float(a.std(ddof=1)) if a.size > 1 else 0.0
-
-
-def _mean(a: np.ndarray) -> float:
-    a = a[np.isfinite(a)]
-    return float(a.mean()) if a.size else float("nan")
-
-
-def curves(rows: list[dict]) -> dict:
-    """Group rows into curves: (backbone, weights, pool, size, head, shots) -> points in depth order.
-
-    Each point holds the mean over repeats of the validation and test accuracy, their sample
-    standard deviations (ddof=1), the repeat count and the validation row count.
-    """
-    acc = defaultdict(lambda: defaultdict(list))
-    meta = {}
-    for r in rows:
-        key = (r["backbone"], r["weights"], r.get("pool", ""), str(r.get("image_size", "")), r["head"], str(r.get("shots", "")))
-        acc[key][r["layer"]].append(r)
-        meta[(key, r["layer"])] = r
-    out = {}
-    for key, layers in acc.items():
-        pts = []
-        for layer, rs in layers.items():
-            test = np.array([_f(x["test_accuracy"]) for x in rs])
-            val = np.array([_f(x["val_accuracy"]) for x in rs])
-            r0 = rs[0]
-            pts.append({"layer": layer, "depth": int(_f(r0["depth"], 0)), "rel_depth": _f(r0.get("rel_depth"), 0.0),
-                        "dim": r0.get("dim", ""), "test": _mean(test), "test_std": _sd(test),
-                        "val": _mean(val), "val_std": _sd(val), "n": len(rs),
-                        "n_val": int(_f(r0.get("n_val"), 0)), "notes": r0.get("notes", ""),
-                        "fit_seconds": float(np.mean([_f(x.get("fit_seconds"), 0.0) for x in rs]))})
-        out[key] = sorted(pts, key=lambda p: (p["depth"], p["layer"]))
-    return dict(sorted(out.items(), key=lambda kv: _shots_key(kv[0])))
-
-
-def _label(key, keys) -> str:
-    parts = []
-    for i, name in enumerate(("backbone", "weights", "pool", "size", "head", "shots")):
-        if len({k[i] for k in keys}) > 1 or name == "head":
-            v = key[i]
-            parts.append(f"{v}-shot" if name == "shots" and v else (f"{v}px" if name == "size" else v))
-    return " / ".join(p for p in parts if p)
-
-
-def best_per_curve(rows: list[dict]) -> list[dict]:
-    """Per curve: the layer chosen on *validation* accuracy (ties: the deeper), its test accuracy, and the last layer.
-
-    The test accuracy of the choice is reported beside it; it never takes part in the choice.
-    Curves without validation accuracy (no validation rows could be held out) have no choice.
-    """
-    from .decision import stderr
-
-    out = []
-    for key, pts in curves(rows).items():
-        if str(key[4]).startswith("finetune:"):
-            continue
-        scored = [p for p in pts if np.isfinite(p["val"])]
-        last = pts[-1]
-        choice = max(scored, key=lambda p: (p["val"], p["depth"])) if scored else None
-        out.append({"backbone": key[0], "weights": key[1], "pool": key[2], "image_size": key[3], "head": key[4],
-                    "shots": key[5], "val_choice": choice["layer"] if choice else None,
-                    "val_choice_depth": choice["rel_depth"] if choice else None,
-                    "val_choice_val": choice["val"] if choice else float("nan"),
-                    "val_choice_se": stderr(choice["val"], choice["n_val"]) if choice else float("nan"),
-                    "val_choice_test": choice["test"] if choice else float("nan"),
-                    "last_layer": last["layer"], "last_val": last["val"], "last_test": last["test"],
-                    "n_val": choice["n_val"] if choice else 0, "n_layers": len(pts)})
-    return sorted(out, key=lambda b: -(b["val_choice_val"] if np.isfinite(b["val_choice_val"]) else -1))
-
-
-def evidence_from_rows(rows: list[dict], class_counts: dict | None):
-    """The decision's evidence from a sweep: its best pretrained all-data curve (on validation),
-    random weights' best, and the class sizes."""
-    from .decision import Evidence, LayerPoint
-
-    best = [b for b in best_per_curve(rows) if not b["shots"] and b["val_choice"]]
-    pre = [b for b in best if b["weights"] == "imagenet"] or best
-    if not pre or not class_counts:
-        return None
-    top = pre[0]
-    key = (top["backbone"], top["weights"], top["pool"], top["image_size"], top["head"], top["shots"])
-    curve = [LayerPoint(p["layer"], p["rel_depth"], p["val"], p["n_val"]) for p in curves(rows)[key]
-             if np.isfinite(p["val"])]
-    rnd = [b for b in best if b["weights"] == "random" and b["backbone"] == top["backbone"]]
-    counts = np.array(list(class_counts.values()), dtype=float)
-    return Evidence(n_train=int(counts.sum()), n_classes=int(counts.size), per_class_min=int(counts.min()),
-                    per_class_median=float(np.median(counts)), curve=curve,
-                    random_best=max(b["val_choice_val"] for b in rnd) if rnd else None,
-                    random_n_val=rnd[0]["n_val"] if rnd else None, weights=top["weights"])
+from .curves import best_per_curve, curves, decision_of, evidence_from_rows
+from .decision import decide
 
 
 def decision_section(rows: list[dict], class_counts: dict | None) -> tuple[list[str], object]:
     """The report's headline: the validation choice with its noise, its test accuracy, and the regime."""
-    from .decision import decide
-
     best = best_per_curve(rows)
     if not best:
         return ["No results yet."], None
@@ -217,8 +107,6 @@ def refresh_report(out: "str | Path") -> Path | None:
         return None
     summary = json.loads(summary_path.read_text())
     summary["rows"] = read_rows(out / "results.csv")
-    from .sweep import decision_of
-
     summary["decision"] = decision_of(summary)
     write_json(summary_path, summary)
     return write_report(out, summary)
