@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from transferlab.features.locks import exclusive
-from transferlab.util import UserInputError, atomic_write, sha256_json
+from transferlab.util import UserInputError, atomic_write, sha256_json, slug
 
 from .curves import best_on_validation
 
@@ -263,11 +263,12 @@ def resolve_train_target(features, layer: str, head: str) -> tuple[Path, str, st
 
 
 def default_head_dir(features, layer: str, head: str) -> Path:
-    """``runs/heads/<cache file name without its key>_<layer>_<head>``: where ``train`` saves without ``--out``."""
+    """``runs/heads/<cache file name without its key>_<layer>_<head>``: where ``train`` saves without ``--out``.
+
+    Each ``_``-separated part is a :func:`transferlab.util.slug` (``blocks.3`` gives ``blocks-3``)."""
     stem = Path(features).stem
     base = stem.rsplit("_", 1)[0] if "_" in stem else stem
-    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{base}_{layer}_{head}")
-    return Path("runs") / "heads" / slug
+    return Path("runs") / "heads" / "_".join(slug(part, limit=None) for part in f"{base}_{layer}_{head}".split("_"))
 
 
 @contextmanager
