@@ -296,7 +296,7 @@ def append_finetune(target: "str | Path", metrics: dict) -> Path:
     params = json.dumps({k: cfg[k] for k in ("epochs", "lr", "lr_spread", "optimizer", "weight_decay", "batch_size",
                                              "accumulate", "augment", "label_smoothing", "max_train")}, sort_keys=True)
     row = {"backbone": cfg["backbone"], "weights": cfg["weights"], "layer": metrics["last_layer"],
-           "depth": metrics["depth"], "rel_depth": 1.0, "dim": metrics["feature_dim"],
+           "depth": metrics["depth"], "rel_depth": metrics["rel_depth"], "dim": metrics["feature_dim"],
            "head": FINETUNE_PREFIX + cfg["mode"], "pool": "gap", "image_size": cfg["image_size"], "preprocessing": "none",
            "params": params, "shots": "", "repeat": 0, "seed": cfg["seed"], "val_accuracy": metrics["val_accuracy"],
            "test_accuracy": metrics["test_accuracy"], "fit_seconds": round(metrics["fit_seconds"], 3),
