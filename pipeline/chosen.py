@@ -2,8 +2,8 @@
 
 The choice is made on *validation* accuracy, never test: among the probe rows trained on the full
 training data, the (cache file, layer, head) with the best mean validation accuracy over repeats
-(ties: the deeper layer, as in the report's headline; :func:`transferlab.pipeline.curves.best_on_validation`). That head is
-fitted again with the row's own settings (the same :func:`transferlab.classifiers.train_head` call
+(ties: the deeper layer, as in the report's headline; :func:`transferlab.pipeline.curves.best_on_validation`).
+That head is fitted again with the row's own settings (the same :func:`transferlab.classifiers.train_head` call
 the sweep made, so it reproduces the row's test accuracy) and saved as ``<out>/chosen_head/``,
 which ``transferlab predict --model <out>/chosen_head`` loads. Its predictions on the test split
 give the confusion matrix and the per-class accuracy of the report.

@@ -297,7 +297,8 @@ def append_finetune(target: "str | Path", metrics: dict) -> Path:
                                              "accumulate", "augment", "label_smoothing", "max_train")}, sort_keys=True)
     row = {"backbone": cfg["backbone"], "weights": cfg["weights"], "layer": metrics["last_layer"],
            "depth": metrics["depth"], "rel_depth": metrics["rel_depth"], "dim": metrics["feature_dim"],
-           "head": FINETUNE_PREFIX + cfg["mode"], "pool": "gap", "image_size": cfg["image_size"], "preprocessing": "none",
+           "head": FINETUNE_PREFIX + cfg["mode"], "pool": "gap", "image_size": cfg["image_size"],
+           "preprocessing": "none",
            "params": params, "shots": "", "repeat": 0, "seed": cfg["seed"], "val_accuracy": metrics["val_accuracy"],
            "test_accuracy": metrics["test_accuracy"], "fit_seconds": round(metrics["fit_seconds"], 3),
            "n_train": metrics["n_train"], "n_val": metrics["n_val"], "selection": cfg["val_source"],
