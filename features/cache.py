@@ -96,8 +96,7 @@ def compute_key(spec: ExtractionSpec, data_fingerprint: str) -> str:
 
 
 def file_name(spec: ExtractionSpec, data_name: str, key: str) -> str:
-    def slug(s):
-        return "".join(c if c.isalnum() or c in "-" else "-" for c in str(s)).strip("-")[:40]
+    from transferlab.util import slug
 
     weights = spec.weights if spec.weights in ("imagenet", "random") else "file"
     parts = [data_name, spec.backbone.split(":")[-1], weights, f"{spec.image_size}px",

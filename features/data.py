@@ -80,14 +80,11 @@ class Dataset:
 
     @property
     def short_name(self) -> str:
+        from transferlab.util import slug
+
         kind, _, rest = self.spec.partition(":")
         base = Path(rest).stem if rest else kind
-        return _slug(base if kind in ("npz", "folder") else (rest or kind))
-
-
-def _slug(text: str) -> str:
-    keep = "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
-    return keep.strip("-")[:40] or "data"
+        return slug(base if kind in ("npz", "folder") else (rest or kind)) or "data"
 
 
 def _hash_arrays(*named: tuple[str, np.ndarray]) -> str:

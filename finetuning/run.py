@@ -296,6 +296,10 @@ def _summary(st: dict) -> dict:
 
 
 def _metrics_base(fm, cfg, key, ds, train, val, test, head_info, out) -> dict:
+    from transferlab.features.layers import catalog  # the one definition of depth
+    from transferlab.features.spec import DEFAULT_IMAGE_SIZE
+
+    last = catalog(fm.model, [fm.catalog_groups[-1]], image_size=min(cfg["image_size"], DEFAULT_IMAGE_SIZE))[0]
     names = fm.trainable_names
     params = dict(fm.model.named_parameters())
     return {"mode": cfg["mode"], "data": ds.spec, "backbone": cfg["backbone"], "weights": cfg["weights"],
@@ -306,5 +310,5 @@ def _metrics_base(fm, cfg, key, ds, train, val, test, head_info, out) -> dict:
                           "frozen_groups": [g for g in fm.groups if g not in fm.trainable_groups],
                           "n_tensors": len(names), "n_parameters": int(sum(params[n].numel() for n in names)),
                           "n_parameters_total": int(sum(p.numel() for p in params.values())), "names": names},
-            "last_layer": fm.catalog_groups[-1], "depth": len(fm.catalog_groups) - 1,
+            "last_layer": last.name, "depth": last.depth, "rel_depth": last.rel_depth,
             "init_head": head_info, "config": cfg, "config_key": key, "versions": library_versions()}

@@ -2,8 +2,8 @@
 
 The choice is made on *validation* accuracy, never test: among the probe rows trained on the full
 training data, the (cache file, layer, head) with the best mean validation accuracy over repeats
-(ties: the deeper layer, as in the report's headline; :func:`transferlab.pipeline.results.best_on_validation`). That head is
-fitted again with the row's own settings (the same :func:`transferlab.classifiers.train_head` call
+(ties: the deeper layer, as in the report's headline; :func:`transferlab.pipeline.curves.best_on_validation`).
+That head is fitted again with the row's own settings (the same :func:`transferlab.classifiers.train_head` call
 the sweep made, so it reproduces the row's test accuracy) and saved as ``<out>/chosen_head/``,
 which ``transferlab predict --model <out>/chosen_head`` loads. Its predictions on the test split
 give the confusion matrix and the per-class accuracy of the report.
@@ -25,7 +25,7 @@ import numpy as np
 
 from transferlab.util import UserInputError
 
-from .results import best_on_validation
+from .curves import best_on_validation, is_finetune
 
 CHOSEN_DIR = "chosen_head"
 
@@ -33,7 +33,7 @@ CHOSEN_DIR = "chosen_head"
 def chosen_row(rows: list[dict]) -> dict | None:
     """The probe row chosen on validation accuracy (see the module docstring), or None."""
     probes = [r for r in rows if r.get("row_key") and r.get("cache_file") and not r.get("shots")
-              and not str(r.get("head", "")).startswith("finetune:")]
+              and not is_finetune(r.get("head"))]
     try:
         return best_on_validation(probes) if probes else None
     except Exception:  # no validation accuracies at all

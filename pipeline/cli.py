@@ -189,7 +189,7 @@ def cmd_predict(a):
 def cmd_sweep(a):
     from dataclasses import fields
 
-    from transferlab.pipeline.report import best_per_curve
+    from transferlab.pipeline.curves import best_per_curve
     from transferlab.pipeline.sweep import SweepConfig, sweep
 
     names = {f.name for f in fields(SweepConfig)}

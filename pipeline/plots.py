@@ -14,7 +14,8 @@
 Integrity rule: every picture is rendered in memory and written whole and atomically
 (:func:`transferlab.util.atomic_write`); a crash leaves the previous picture, which the next run or
 ``finetune --append-to`` replaces. A picture with nothing to show is not written (and a stale one
-of that name is removed), so a report never shows a picture of other rows.
+of that name is removed), so a report never shows a picture of other rows. Strings from data are drawn
+as they are: a ``$`` in a class or layer name never starts matplotlib's mathtext.
 """
 from __future__ import annotations
 
@@ -25,14 +26,12 @@ import numpy as np
 
 from transferlab.util import UserInputError, atomic_write
 
+from .curves import curve_label, curves, is_finetune, number
+from .html import md_code, md_row, md_text
+
 GROUPS = (("generic", 0.0, 1 / 3), ("middle", 1 / 3, 2 / 3), ("specialised", 2 / 3, 1.01))
-
-
-def _f(v, default=float("nan")) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return default
+# the report's pictures, all written into its folder: the only files report.html embeds
+PICTURES = ("depth_vs_accuracy.png", "confusion.png", "learning_curve.png", "finetune.png")
 
 
 def _pyplot():
@@ -51,8 +50,9 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def is_probe(r: dict) -> bool:
-    return not str(r.get("head", "")).startswith("finetune:")
+def _shown(text) -> str:
+    """A data string as matplotlib text: shown as it is (a ``$`` never starts mathtext, which could fail to parse)."""
+    return str(text).replace("$", r"\$")
 
 
 def _chance(ax, n_classes: int | None) -> None:
@@ -62,14 +62,12 @@ def _chance(ax, n_classes: int | None) -> None:
 
 def depth_curve(rows: list[dict], path: Path, n_classes: int | None = None) -> Path | None:
     """``depth_vs_accuracy.png`` from the probe rows on full training data (see the module docstring)."""
-    from .report import _label, curves
-
-    probes = [r for r in rows if is_probe(r)]
+    probes = [r for r in rows if not is_finetune(r.get("head"))]
     rows = [r for r in probes if not r.get("shots")]
     title = "Layer depth against accuracy"
     if not rows and probes:  # a low-shot-only sweep: the depth curve of its largest shot count
-        most = max(int(_f(r["shots"], 0)) for r in probes)
-        rows = [r for r in probes if int(_f(r["shots"], 0)) == most]
+        most = max(int(number(r["shots"], 0)) for r in probes)
+        rows = [r for r in probes if int(number(r["shots"], 0)) == most]
         title += f" ({most} examples per class)"
     cs = curves(rows)
     if not cs:
@@ -83,12 +81,12 @@ def depth_curve(rows: list[dict], path: Path, n_classes: int | None = None) -> P
         x = [p["rel_depth"] if rel else p["depth"] for p in pts]
         color = f"C{i % 10}"
         ax.errorbar(x, [p["test"] for p in pts], yerr=[p["test_std"] for p in pts], marker="o", color=color,
-                    capsize=3, label=f"{_label(key, keys)} (test)")
+                    capsize=3, label=f"{_shown(curve_label(key, keys))} (test)")
         ax.plot(x, [p["val"] for p in pts], linestyle="--", color=color, alpha=0.5, linewidth=1)
     _chance(ax, n_classes)
     if not rel:
         pts = cs[keys[0]]
-        ax.set_xticks([p["depth"] for p in pts], [p["layer"] for p in pts], rotation=35, ha="right")
+        ax.set_xticks([p["depth"] for p in pts], [_shown(p["layer"]) for p in pts], rotation=35, ha="right")
         ax.set_xlabel("layer, generic (left) to specialised (right)")
     else:
         ax.set_xlabel("relative depth (0 = stem, 1 = last layer)")
@@ -111,8 +109,9 @@ def learning_points(rows: list[dict]) -> dict:
     """(head, group) -> sorted [(shots, mean test accuracy, std, n rows)] over the low-shot probe rows."""
     acc = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        if is_probe(r) and r.get("shots") not in ("", None, 0, "0"):
-            acc[(r["head"], group_of(_f(r.get("rel_depth"), 0.0)))][int(_f(r["shots"]))].append(_f(r["test_accuracy"]))
+        if not is_finetune(r.get("head")) and r.get("shots") not in ("", None, 0, "0"):
+            group = group_of(number(r.get("rel_depth"), 0.0))
+            acc[(r["head"], group)][int(number(r["shots"]))].append(number(r["test_accuracy"]))
     return {k: sorted((s, float(np.mean(v)), float(np.std(v)), len(v)) for s, v in by.items())
             for k, by in acc.items()}
 
@@ -129,7 +128,7 @@ def learning_curve(rows: list[dict], path: Path, n_classes: int | None = None) -
     styles = ["-", "--", "-.", ":"]
     for head, group in sorted(pts, key=lambda k: (k[0], order[k[1]])):
         p = pts[(head, group)]
-        label = group if len(heads) == 1 else f"{head} · {group}"
+        label = group if len(heads) == 1 else f"{_shown(head)} · {group}"
         ax.errorbar([s for s, *_ in p], [m for _, m, _, _ in p], yerr=[sd for _, _, sd, _ in p], marker="o",
                     capsize=3, color=f"C{order[group]}", linestyle=styles[heads.index(head) % 4], label=label)
     _chance(ax, n_classes)
@@ -151,15 +150,16 @@ def finetune_bars(rows: list[dict], path: Path, best_probe: dict | None, n_test:
 
     With ``n_test`` (the test split's size) each bar carries its binomial standard error,
     ``sqrt(p (1 - p) / n_test)``, so a difference can be read against its noise."""
-    ft = [r for r in rows if not is_probe(r)]
+    ft = [r for r in rows if is_finetune(r.get("head"))]
     if not ft:
         return None
     plt = _pyplot()
     bars = []
     if best_probe is not None:
-        bars.append((f"probe: {best_probe['head']}\n@ {best_probe['layer']}", _f(best_probe["test_accuracy"]), "C0"))
+        label = _shown(f"probe: {best_probe['head']}\n@ {best_probe['layer']}")
+        bars.append((label, number(best_probe["test_accuracy"]), "C0"))
     for r in sorted(ft, key=lambda r: r["head"]):
-        bars.append((f"{r['head'].split(':', 1)[1]}\n({r['weights']})", _f(r["test_accuracy"]), "C1"))
+        bars.append((_shown(f"{r['head'].split(':', 1)[1]}\n({r['weights']})"), number(r["test_accuracy"]), "C1"))
     fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(bars) + 1.5), 4), dpi=110)
     xs = np.arange(len(bars))
     se = [np.sqrt(max(b[1] * (1 - b[1]), 0.0) / n_test) for b in bars] if n_test else None
@@ -184,6 +184,7 @@ def confusion(cm: np.ndarray, class_names: list[str], path: Path, title: str) ->
     side = min(9.0, 2.5 + 0.45 * k)
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(side + 3.5, side), dpi=110,
                                  gridspec_kw={"width_ratios": [side, 3]})
+    class_names = [_shown(c) for c in class_names]
     ConfusionMatrixDisplay(cm, display_labels=class_names).plot(ax=ax, cmap="Blues", colorbar=False,
                                                                 include_values=k <= 20, xticks_rotation=45)
     recall = per_class_accuracy(cm)
@@ -194,7 +195,7 @@ def confusion(cm: np.ndarray, class_names: list[str], path: Path, title: str) ->
     bx.set_xlim(0, 1)
     bx.set_xlabel("per-class accuracy")
     bx.grid(alpha=0.3, axis="x")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(_shown(title), fontsize=10)
     return _save(fig, path)
 
 
@@ -227,22 +228,23 @@ def write_pictures(out: Path, summary: dict, log=None) -> list[str]:
             ev = fit_chosen(out, row, preprocessing=(summary.get("config") or {}).get("preprocessing"), log=log)
         except (UserInputError, OSError) as exc:  # its cache file removed or damaged since the sweep
             lines += ["## The chosen layer and head", "",
-                      f"`{row['layer']}` with the {row['head']} head is the choice on validation accuracy, but its "
-                      f"confusion matrix could not be computed: {exc}", ""]
+                      f"{md_code(row['layer'])} with the {md_text(row['head'])} head is the choice on validation "
+                      f"accuracy, but its confusion matrix could not be computed: {md_text(exc)}", ""]
     if ev is not None:
         acc = per_class_accuracy(ev["confusion"])
         title = (f"{row['backbone']}/{row['weights']} {row['layer']} + {row['head']}: test accuracy "
                  f"{ev['test_accuracy']:.3f}")
         confusion(ev["confusion"], ev["class_names"], out / "confusion.png", title)
+        predict = f"transferlab predict --model {ev['dir']} IMAGE..."
         lines += ["## The chosen layer and head", "",
-                  f"Chosen on validation accuracy ({row['mean_val_accuracy']:.3f}): `{row['layer']}` of "
-                  f"{row['backbone']}/{row['weights']} with the {row['head']} head; its test accuracy is "
-                  f"{ev['test_accuracy']:.3f}. The head is saved in `{ev['dir'].name}/` "
-                  f"(`transferlab predict --model {ev['dir']} IMAGE...`).", "",
+                  f"Chosen on validation accuracy ({row['mean_val_accuracy']:.3f}): {md_code(row['layer'])} of "
+                  f"{md_text(row['backbone'] + '/' + row['weights'])} with the {md_text(row['head'])} head; its test "
+                  f"accuracy is {ev['test_accuracy']:.3f}. The head is saved in {md_code(ev['dir'].name + '/')} "
+                  f"({md_code(predict)}).", "",
                   "![confusion matrix and per-class accuracy](confusion.png)", "",
-                  "| class | test images | per-class accuracy |", "|---|---|---|"]
+                  md_row("class", "test images", "per-class accuracy"), "|---|---|---|"]
         support = ev["confusion"].sum(axis=1)
-        lines += [f"| {name} | {int(n)} | {'n/a' if np.isnan(a) else format(a, '.3f')} |"
+        lines += [md_row(name, int(n), "n/a" if np.isnan(a) else format(a, ".3f"))
                   for name, n, a in zip(ev["class_names"], support, acc)]
         lines.append("")
     else:

@@ -39,7 +39,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from transferlab.features.locks import exclusive_folder
-from transferlab.util import UserInputError, atomic_write, sha256_json
+from transferlab.util import UserInputError, atomic_write, sha256_json, slug
+
+from .curves import best_on_validation
 
 RESULT_COLUMNS = [
     "backbone", "weights", "pool", "image_size", "layer", "depth", "rel_depth", "dim", "head", "preprocessing",
@@ -227,30 +229,6 @@ def load_results(out: "str | Path") -> SweepResult:
 
 # --- choosing from a sweep -------------------------------------------------------------------------
 
-def best_on_validation(rows: list[dict]) -> dict:
-    """The (cache file, layer, head) with the best mean validation accuracy over repeats (ties: the deeper layer).
-
-    The same rule as the report's headline (:func:`transferlab.pipeline.report.best_per_curve`)."""
-    groups: dict = {}
-    for r in rows:
-        try:
-            v = float(r["val_accuracy"])
-        except (TypeError, ValueError):
-            continue
-        groups.setdefault((r["cache_file"], r["layer"], r.get("head")), []).append((v, r))
-    if not groups:
-        raise UserInputError("the sweep has no validation accuracies to choose a layer on; name a --layer")
-
-    def score(item):
-        vals = [v for v, _ in item[1]]
-        return (sum(vals) / len(vals), float(item[1][0][1].get("depth") or 0))
-
-    _, members = max(groups.items(), key=score)
-    best = dict(members[0][1])
-    best["mean_val_accuracy"] = sum(v for v, _ in members) / len(members)
-    return best
-
-
 def resolve_train_target(features, layer: str, head: str) -> tuple[Path, str, str | None]:
     """``(cache file, layer, note)`` for ``train``: ``features`` may be a cache file or a sweep folder,
     ``layer`` a name or ``best`` (the sweep's validation choice for ``head``)."""
@@ -285,11 +263,12 @@ def resolve_train_target(features, layer: str, head: str) -> tuple[Path, str, st
 
 
 def default_head_dir(features, layer: str, head: str) -> Path:
-    """``runs/heads/<cache file name without its key>_<layer>_<head>``: where ``train`` saves without ``--out``."""
+    """``runs/heads/<cache file name without its key>_<layer>_<head>``: where ``train`` saves without ``--out``.
+
+    Each ``_``-separated part is a :func:`transferlab.util.slug` (``blocks.3`` gives ``blocks-3``)."""
     stem = Path(features).stem
     base = stem.rsplit("_", 1)[0] if "_" in stem else stem
-    slug = "".join(c if c.isalnum() or c in "-_." else "-" for c in f"{base}_{layer}_{head}")
-    return Path("runs") / "heads" / slug
+    return Path("runs") / "heads" / "_".join(slug(part, limit=None) for part in f"{base}_{layer}_{head}".split("_"))
 
 
 @contextmanager

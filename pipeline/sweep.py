@@ -40,6 +40,7 @@ from transferlab.features.cache import layer_info, read_cache_meta
 from transferlab.classifiers._parallel import check_backend, parallel
 from transferlab.util import UserInputError, jsonable, library_versions, write_json
 
+from .curves import FINETUNE_PREFIX, decision_of, is_finetune
 from .report import refresh_report, write_report
 from .results import SweepResult, append_row, locked_out, read_rows, row_key, set_aside
 
@@ -151,15 +152,6 @@ def class_counts(dataset) -> dict:
     return counts
 
 
-def decision_of(summary: dict) -> dict | None:
-    """The recommendation from a sweep's rows (see :mod:`transferlab.pipeline.decision`)."""
-    from .decision import decide
-    from .report import evidence_from_rows
-
-    ev = evidence_from_rows(summary["rows"], summary.get("class_counts"))
-    return decide(ev).to_dict() if ev is not None else None
-
-
 def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, **overrides) -> SweepResult:
     """Run a sweep and write ``results.csv``, ``results.json``, ``depth_vs_accuracy.png``, ``report.md``.
 
@@ -243,7 +235,7 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
                 jobs.append(job)
     keys = {j["row_key"] for j in jobs}
     stale = set_aside(csv_path, lambda r: r.get("row_key") in keys or (
-        str(r.get("head", "")).startswith("finetune:") and r.get("data_fingerprint") == dataset.fingerprint))
+        is_finetune(r.get("head")) and r.get("data_fingerprint") == dataset.fingerprint))
     if stale:
         log(f"note: {len(stale)} row(s) in {csv_path} came from another configuration or data set "
             f"(or were torn); moved them to {csv_path.with_name('results.stale.csv')}")
@@ -304,8 +296,9 @@ def append_finetune(target: "str | Path", metrics: dict) -> Path:
     params = json.dumps({k: cfg[k] for k in ("epochs", "lr", "lr_spread", "optimizer", "weight_decay", "batch_size",
                                              "accumulate", "augment", "label_smoothing", "max_train")}, sort_keys=True)
     row = {"backbone": cfg["backbone"], "weights": cfg["weights"], "layer": metrics["last_layer"],
-           "depth": metrics["depth"], "rel_depth": 1.0, "dim": metrics["feature_dim"],
-           "head": f"finetune:{cfg['mode']}", "pool": "gap", "image_size": cfg["image_size"], "preprocessing": "none",
+           "depth": metrics["depth"], "rel_depth": metrics["rel_depth"], "dim": metrics["feature_dim"],
+           "head": FINETUNE_PREFIX + cfg["mode"], "pool": "gap", "image_size": cfg["image_size"],
+           "preprocessing": "none",
            "params": params, "shots": "", "repeat": 0, "seed": cfg["seed"], "val_accuracy": metrics["val_accuracy"],
            "test_accuracy": metrics["test_accuracy"], "fit_seconds": round(metrics["fit_seconds"], 3),
            "n_train": metrics["n_train"], "n_val": metrics["n_val"], "selection": cfg["val_source"],

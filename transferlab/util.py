@@ -1,4 +1,5 @@
-"""Small things every stage needs, in one place: the user-error type, file hashes, atomic writes, versions.
+"""Small things every stage needs, in one place: the user-error type, file hashes, file-name parts, atomic writes,
+versions.
 
 Integrity rule of :func:`atomic_write` (used for every JSON, joblib and torch file the tool writes
 whole): the bytes go to a temporary file in the same folder, are flushed and fsynced, and only then
@@ -38,6 +39,16 @@ def sha256_file(path: "str | Path", chunk: int = 1 << 20) -> str:
 def sha256_json(obj) -> str:
     """Hex SHA-256 of a JSON-able object in canonical form (sorted keys)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=list).encode()).hexdigest()
+
+
+def slug(text, limit: int | None = 40) -> str:
+    """``text`` as a part of a file name: letters and digits (any script) and ``-`` kept, any other
+    character (``_``, ``.``, ``/``, spaces...) a ``-``, no ``-`` at either end, cut at ``limit`` characters.
+
+    Cache file names are made of these parts (:func:`transferlab.features.cache.file_name`): changing
+    the rule renames every existing cache file, whose features would then be computed again."""
+    kept = "".join(c if c.isalnum() or c == "-" else "-" for c in str(text)).strip("-")
+    return kept[:limit] if limit is not None else kept
 
 
 def atomic_write(path: "str | Path", data) -> Path:

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from transferlab.pipeline.report import best_per_curve, curves, decision_section
+from transferlab.pipeline.curves import best_per_curve, curves
+from transferlab.pipeline.report import decision_section
 
 
 def _row(layer, depth, val, test, head="logreg", weights="imagenet", shots="", repeat=0, n_val=500, notes=""):
@@ -44,3 +45,28 @@ def test_grid_edge_choices_are_warned_about():
             _row("bn2", 3, 0.7, 0.7)]
     lines, _ = decision_section(rows, {"a": 10, "b": 10})
     assert any("edge of its grid" in l and "bn1/logreg" in l for l in lines)
+
+
+def test_the_headline_and_the_chosen_head_break_a_tie_across_curves_alike_the_deeper_layer():
+    from transferlab.pipeline.chosen import chosen_row
+    from transferlab.pipeline.curves import best_on_validation
+
+    # knn's best (blocks.1) ties logreg's best (blocks.2) on validation: the deeper one is the choice everywhere
+    rows = [dict(_row(layer, d, v, t, head=h), row_key=f"{h}{layer}", cache_file="c.h5")
+            for h, pts in (("knn", (("blocks.1", 1, 0.9, 0.95), ("blocks.2", 2, 0.8, 0.8))),
+                           ("logreg", (("blocks.1", 1, 0.7, 0.7), ("blocks.2", 2, 0.9, 0.85))))
+            for layer, d, v, t in pts]
+    assert [(b["head"], b["val_choice"]) for b in best_per_curve(rows)] == [("logreg", "blocks.2"), ("knn", "blocks.1")]
+    assert (best_on_validation(rows)["head"], best_on_validation(rows)["layer"]) == ("logreg", "blocks.2")
+    assert (chosen_row(rows)["head"], chosen_row(rows)["layer"]) == ("logreg", "blocks.2")
+    lines, _ = decision_section(rows, {"a": 10, "b": 10})
+    assert "Chosen on validation: `blocks.2`** (lite0, imagenet weights, logreg)" in "\n".join(lines)
+
+
+def test_fine_tuning_rows_have_no_curve_choice_and_are_never_the_chosen_head():
+    from transferlab.pipeline.chosen import chosen_row
+
+    rows = [dict(_row("bn2", 3, 0.99, 0.99, head="finetune:full"), row_key="ft", cache_file="c.h5"),
+            dict(_row("bn2", 3, 0.7, 0.7), row_key="p", cache_file="c.h5")]
+    assert [b["head"] for b in best_per_curve(rows)] == ["logreg"]
+    assert chosen_row(rows)["row_key"] == "p"

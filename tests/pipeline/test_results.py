@@ -90,7 +90,10 @@ def test_a_flat_photo_folder_is_split_recorded_and_keyed_by_its_split(tmp_path):
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["data_layout"] == "flat <class>/ folders; test split off train: 0.2 of the images, stratified, seed 0"
     assert saved["class_names"] == ["kind0", "kind1", "kind2"]
-    assert "Data layout: flat <class>/ folders; test split off train" in (tmp_path / "run" / "report.md").read_text()
+    # escaped for Markdown and HTML: the page shows "<class>" (raw, a browser took it for a tag and dropped it)
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "Data layout: flat &lt;class&gt;/ folders; test split off train" in report
+    assert "Data layout: flat &lt;class&gt;/ folders" in (tmp_path / "run" / "report.html").read_text()
     (row,) = read_rows(tmp_path / "run" / "results.csv")
     assert int(row["n_train"]) + int(row["n_val"]) == 24  # 30 images, 6 held out as test
     out = run_cli(*args, "--test-fraction", "0.3")
