@@ -1,8 +1,9 @@
 """The sweep's chosen probe, fitted again and saved, with its test confusion matrix.
 
-The choice is made on *validation* accuracy, never test: among the probe rows trained on the full
-training data, the (cache file, layer, head) with the best mean validation accuracy over repeats
-(ties: the deeper layer, as in the report's headline; :func:`transferlab.pipeline.curves.best_on_validation`).
+The choice is the recommendation's, made on *validation* accuracy, never test: the layer the
+sweep's decision names (:func:`chosen_row`), and at that layer the head with the best mean
+validation accuracy over repeats; the report's headline, its plot marker and ``train --layer best``
+name the same row.
 That head is fitted again with the row's own settings (the same :func:`transferlab.classifiers.train_head` call
 the sweep made, so it reproduces the row's test accuracy) and saved as ``<out>/chosen_head/``,
 which ``transferlab predict --model <out>/chosen_head`` loads. Its predictions on the test split
@@ -30,14 +31,25 @@ from .curves import best_on_validation, is_finetune
 CHOSEN_DIR = "chosen_head"
 
 
-def chosen_row(rows: list[dict]) -> dict | None:
-    """The probe row chosen on validation accuracy (see the module docstring), or None."""
+def chosen_row(rows: list[dict], decision: dict | None = None) -> dict | None:
+    """The probe row the recommendation names, or None.
+
+    With a sweep's ``decision`` (:func:`transferlab.pipeline.curves.decision_of`): at the layer it
+    recommends (``chosen_layer``), on the cache file of the curve it was taken on, the head with the
+    best validation accuracy. Without one (or when those rows are gone), the best on validation over
+    all probe rows trained on the full training data (ties: the deeper layer).
+    """
     probes = [r for r in rows if r.get("row_key") and r.get("cache_file") and not r.get("shots")
               and not is_finetune(r.get("head"))]
-    try:
-        return best_on_validation(probes) if probes else None
-    except Exception:  # no validation accuracies at all
-        return None
+    layer, curve = (decision or {}).get("chosen_layer"), (decision or {}).get("curve") or {}
+    at = [r for r in probes if r["layer"] == layer and r["cache_file"] == curve.get("cache_file")]
+    for candidates in (at, probes):
+        try:
+            if candidates:
+                return best_on_validation(candidates)
+        except UserInputError:  # no validation accuracies among them
+            continue
+    return None
 
 
 def _params(row: dict) -> dict:

@@ -132,26 +132,86 @@ def best_on_validation(rows: list[dict]) -> dict:
     return dict(choice["row"], mean_val_accuracy=choice["val"])
 
 
-def evidence_from_rows(rows: list[dict], class_counts: dict | None) -> Evidence | None:
-    """The decision's evidence from a sweep: its best pretrained all-data curve (on validation),
-    random weights' best, and the class sizes."""
+def finetune_budget(row: dict) -> str:
+    """What a fine-tuning row cost, in words: its mode, epochs and image size (``last:2, 5 epochs, 64 px``)."""
+    import json
+
+    try:
+        params = json.loads(row.get("params") or "{}")
+    except ValueError:
+        params = {}
+    epochs = params.get("epochs")
+    parts = [str(row.get("head", ""))[len(FINETUNE_PREFIX):]]
+    if epochs not in (None, ""):
+        parts.append(f"{epochs} epoch{'' if str(epochs) == '1' else 's'}")
+    if row.get("image_size") not in (None, ""):
+        parts.append(f"{row['image_size']} px")
+    return ", ".join(p for p in parts if p)
+
+
+def decision_curve(rows: list[dict]) -> dict | None:
+    """The configuration the decision measures: the best pretrained all-data probe curve on validation
+    (random weights' best only when the rows have no pretrained curve).
+
+    Returns ``{"backbone", "weights", "pool", "image_size", "head", "cache_file", "cache_key", "layers"}``
+    (layers in depth order), or None when no curve has validation accuracies.
+    """
     best = [b for b in best_per_curve(rows) if not b["shots"] and b["val_choice"]]
     pre = [b for b in best if b["weights"] == "imagenet"] or best
-    if not pre or not class_counts:
+    if not pre:
         return None
     top = pre[0]
     key = (top["backbone"], top["weights"], top["pool"], top["image_size"], top["head"], top["shots"])
-    curve = [LayerPoint(p["layer"], p["rel_depth"], p["val"], p["n_val"]) for p in curves(rows)[key]
-             if np.isfinite(p["val"])]
-    rnd = [b for b in best if b["weights"] == "random" and b["backbone"] == top["backbone"]]
+    pts = curves(rows)[key]
+    row = pts[0]["row"]
+    return {"backbone": top["backbone"], "weights": top["weights"], "pool": top["pool"],
+            "image_size": top["image_size"], "head": top["head"], "cache_file": row.get("cache_file", ""),
+            "cache_key": row.get("cache_key", ""), "layers": [p["layer"] for p in pts]}
+
+
+def evidence_from_rows(rows: list[dict], class_counts: dict | None, measurement: dict | None = None) -> Evidence | None:
+    """The decision's evidence from a sweep: the curve of :func:`decision_curve`, random weights' best,
+    the best measured fine-tune of that backbone, and the class sizes.
+
+    ``measurement`` (what :func:`transferlab.pipeline.evidence.measure_curve` measured on that curve's
+    cache file, as the sweep stores it in ``results.json``) gives every layer measured the same way and
+    the paired peak-vs-last gap; without it (or for another cache file) the rows' one-split validation
+    accuracies are used, and the decision says its gap is unpaired.
+    """
+    dc = decision_curve(rows)
+    if dc is None or not class_counts:
+        return None
+    curves_ = curves(rows)
+    key = (dc["backbone"], dc["weights"], dc["pool"], dc["image_size"], dc["head"], "")
+    peak_gap = None
+    if measurement and measurement.get("cache_file") == dc["cache_file"] and measurement.get("points"):
+        curve = [LayerPoint(**p) for p in measurement["points"]]
+        peak_gap = measurement.get("gap")
+    else:
+        curve = [LayerPoint(p["layer"], p["rel_depth"], p["val"], p["n_val"]) for p in curves_[key]
+                 if np.isfinite(p["val"])]
+    best = [b for b in best_per_curve(rows) if not b["shots"] and b["val_choice"]]
+    rnd = [b for b in best if b["weights"] == "random" and b["backbone"] == dc["backbone"]]
+    tuned = [r for r in rows if is_finetune(r.get("head")) and r.get("backbone") == dc["backbone"]
+             and r.get("weights") == "imagenet" and np.isfinite(number(r.get("val_accuracy")))]
+    ft = max(tuned, key=lambda r: number(r["val_accuracy"])) if tuned else None
     counts = np.array(list(class_counts.values()), dtype=float)
     return Evidence(n_train=int(counts.sum()), n_classes=int(counts.size), per_class_min=int(counts.min()),
                     per_class_median=float(np.median(counts)), curve=curve,
                     random_best=max(b["val_choice_val"] for b in rnd) if rnd else None,
-                    random_n_val=rnd[0]["n_val"] if rnd else None, weights=top["weights"])
+                    random_n_val=rnd[0]["n_val"] if rnd else None, weights=dc["weights"], peak_gap=peak_gap,
+                    finetune_val=number(ft["val_accuracy"]) if ft else None,
+                    finetune_n_val=int(number(ft.get("n_val"), 0)) or None if ft else None,
+                    finetune_budget=finetune_budget(ft) if ft else None)
 
 
 def decision_of(summary: dict) -> dict | None:
-    """The recommendation from a sweep's rows and class counts (:func:`transferlab.pipeline.decision.decide`)."""
-    ev = evidence_from_rows(summary["rows"], summary.get("class_counts"))
-    return decide(ev).to_dict() if ev is not None else None
+    """The recommendation from a sweep's rows, class counts and stored measurement
+    (:func:`transferlab.pipeline.decision.decide`), with the curve it was taken on (``curve``)."""
+    rows = summary["rows"]
+    ev = evidence_from_rows(rows, summary.get("class_counts"), summary.get("measurement"))
+    if ev is None:
+        return None
+    d = decide(ev).to_dict()
+    d["curve"] = decision_curve(rows)
+    return d

@@ -26,7 +26,8 @@ import numpy as np
 
 from transferlab.util import UserInputError, atomic_write
 
-from .curves import curve_label, curves, is_finetune, number
+from .curves import curve_label, curves, finetune_budget, is_finetune, number
+from .decision import stderr
 from .html import md_code, md_row, md_text
 
 GROUPS = (("generic", 0.0, 1 / 3), ("middle", 1 / 3, 2 / 3), ("specialised", 2 / 3, 1.01))
@@ -60,8 +61,11 @@ def _chance(ax, n_classes: int | None) -> None:
         ax.axhline(1 / n_classes, color="grey", linestyle=":", linewidth=1.2, label=f"chance (1/{n_classes})")
 
 
-def depth_curve(rows: list[dict], path: Path, n_classes: int | None = None) -> Path | None:
-    """``depth_vs_accuracy.png`` from the probe rows on full training data (see the module docstring)."""
+def depth_curve(rows: list[dict], path: Path, n_classes: int | None = None, chosen: dict | None = None) -> Path | None:
+    """``depth_vs_accuracy.png`` from the probe rows on full training data (see the module docstring).
+
+    ``chosen`` (``{"row", "strategy"}``): the recommended row, marked with a star on its curve.
+    """
     probes = [r for r in rows if not is_finetune(r.get("head"))]
     rows = [r for r in probes if not r.get("shots")]
     title = "Layer depth against accuracy"
@@ -82,7 +86,20 @@ def depth_curve(rows: list[dict], path: Path, n_classes: int | None = None) -> P
         color = f"C{i % 10}"
         ax.errorbar(x, [p["test"] for p in pts], yerr=[p["test_std"] for p in pts], marker="o", color=color,
                     capsize=3, label=f"{_shown(curve_label(key, keys))} (test)")
-        ax.plot(x, [p["val"] for p in pts], linestyle="--", color=color, alpha=0.5, linewidth=1)
+        val = np.array([p["val"] for p in pts], dtype=float)
+        se = np.array([stderr(p["val"], p["n_val"]) for p in pts], dtype=float)
+        ax.plot(x, val, linestyle="--", color=color, alpha=0.5, linewidth=1)
+        ax.fill_between(x, val - se, val + se, color=color, alpha=0.12, linewidth=0)
+    if chosen is not None:
+        r = chosen["row"]
+        key = (r["backbone"], r["weights"], r.get("pool", ""), str(r.get("image_size", "")), r["head"],
+               str(r.get("shots", "")))
+        point = next((p for p in cs.get(key, []) if p["layer"] == r["layer"]), None)
+        if point is not None:
+            x0 = point["rel_depth"] if rel else point["depth"]
+            label = f"recommended: {chosen.get('strategy') or 'best on validation'}, {r['layer']} + {r['head']}"
+            ax.plot([x0], [point["val"]], marker="*", markersize=15, color="black", linestyle="none",
+                    label=_shown(label), zorder=5)
     _chance(ax, n_classes)
     if not rel:
         pts = cs[keys[0]]
@@ -90,7 +107,7 @@ def depth_curve(rows: list[dict], path: Path, n_classes: int | None = None) -> P
         ax.set_xlabel("layer, generic (left) to specialised (right)")
     else:
         ax.set_xlabel("relative depth (0 = stem, 1 = last layer)")
-    ax.set_ylabel("accuracy (solid: test, dashed: validation)")
+    ax.set_ylabel("accuracy (solid: test, dashed: validation ± se)")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
@@ -156,10 +173,11 @@ def finetune_bars(rows: list[dict], path: Path, best_probe: dict | None, n_test:
     plt = _pyplot()
     bars = []
     if best_probe is not None:
-        label = _shown(f"probe: {best_probe['head']}\n@ {best_probe['layer']}")
+        label = _shown(f"probe: {best_probe['head']}\n@ {best_probe['layer']}\n{best_probe.get('image_size', '')} px")
         bars.append((label, number(best_probe["test_accuracy"]), "C0"))
     for r in sorted(ft, key=lambda r: r["head"]):
-        bars.append((_shown(f"{r['head'].split(':', 1)[1]}\n({r['weights']})"), number(r["test_accuracy"]), "C1"))
+        budget = finetune_budget(r).replace(", ", "\n", 1)  # the mode, then what it cost (epochs, image size)
+        bars.append((_shown(f"{budget}\n({r['weights']})"), number(r["test_accuracy"]), "C1"))
     fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(bars) + 1.5), 4), dpi=110)
     xs = np.arange(len(bars))
     se = [np.sqrt(max(b[1] * (1 - b[1]), 0.0) / n_test) for b in bars] if n_test else None
@@ -170,7 +188,7 @@ def finetune_bars(rows: list[dict], path: Path, best_probe: dict | None, n_test:
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3, axis="y")
-    ax.set_title("Fine-tuning modes beside the best probe (blue)" +
+    ax.set_title("Fine-tuning modes beside the recommended probe (blue)" +
                  (f"\nwhiskers: ±1 standard error on {n_test} test images" if n_test else ""), fontsize=10)
     return _save(fig, path)
 
@@ -221,15 +239,15 @@ def write_pictures(out: Path, summary: dict, log=None) -> list[str]:
     rows = summary["rows"]
     n_classes = len(summary.get("class_names") or []) or None
     lines = []
-    row = chosen_row(rows)
+    row = chosen_row(rows, summary.get("decision"))
     ev = None
     if row is not None:
         try:
             ev = fit_chosen(out, row, preprocessing=(summary.get("config") or {}).get("preprocessing"), log=log)
         except (UserInputError, OSError) as exc:  # its cache file removed or damaged since the sweep
             lines += ["## The chosen layer and head", "",
-                      f"{md_code(row['layer'])} with the {md_text(row['head'])} head is the choice on validation "
-                      f"accuracy, but its confusion matrix could not be computed: {md_text(exc)}", ""]
+                      f"{md_code(row['layer'])} with the {md_text(row['head'])} head is the recommended choice, "
+                      f"but its confusion matrix could not be computed: {md_text(exc)}", ""]
     if ev is not None:
         acc = per_class_accuracy(ev["confusion"])
         title = (f"{row['backbone']}/{row['weights']} {row['layer']} + {row['head']}: test accuracy "
@@ -237,7 +255,8 @@ def write_pictures(out: Path, summary: dict, log=None) -> list[str]:
         confusion(ev["confusion"], ev["class_names"], out / "confusion.png", title)
         predict = f"transferlab predict --model {ev['dir']} IMAGE..."
         lines += ["## The chosen layer and head", "",
-                  f"Chosen on validation accuracy ({row['mean_val_accuracy']:.3f}): {md_code(row['layer'])} of "
+                  f"The recommended layer and head (validation accuracy {row['mean_val_accuracy']:.3f}): "
+                  f"{md_code(row['layer'])} of "
                   f"{md_text(row['backbone'] + '/' + row['weights'])} with the {md_text(row['head'])} head; its test "
                   f"accuracy is {ev['test_accuracy']:.3f}. The head is saved in {md_code(ev['dir'].name + '/')} "
                   f"({md_code(predict)}).", "",

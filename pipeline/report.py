@@ -12,37 +12,60 @@ from pathlib import Path
 
 from transferlab.util import atomic_write, write_json
 
-from .curves import best_per_curve, curves, decision_of, evidence_from_rows
-from .decision import decide
+from .curves import best_per_curve, curves, decision_of
 from .html import md_code, md_inline, md_row, md_text, write_html
 from .plots import PICTURES, depth_curve, write_pictures
 from .results import read_rows
 
 
-def decision_section(rows: list[dict], class_counts: dict | None) -> tuple[list[str], object]:
-    """The report's headline: the validation choice with its noise, its test accuracy, and the regime."""
-    best = best_per_curve(rows)
-    if not best:
+def _point(rows: list[dict], curve: dict, head: str, layer: str) -> dict | None:
+    """The (mean over repeats) point of ``layer`` on the curve of ``head`` in the decision's configuration."""
+    key = (curve.get("backbone"), curve.get("weights"), curve.get("pool"), str(curve.get("image_size")), head, "")
+    return next((p for p in curves(rows).get(key, []) if p["layer"] == layer), None)
+
+
+def decision_section(summary: dict) -> tuple[list[str], dict | None]:
+    """The report's one voice: the recommendation, its layer and head (the saved ``chosen_head/``), their
+    validation accuracy and noise, the runner-up, whether the test split agrees, and the evidence."""
+    from .chosen import chosen_row
+    from .decision import stderr
+
+    rows, decision = summary["rows"], summary.get("decision")
+    if not best_per_curve(rows):
         return ["No results yet."], None
-    top = best[0]
+    row = chosen_row(rows, decision)
     lines = []
-    if top["val_choice"] is None:
+    if row is None:
         lines.append("No validation rows could be held out, so no layer is chosen on data.")
+        return lines, decision
+    where = (f"{md_text(row['backbone'])}, {md_text(row['weights'])} weights, {md_text(row['image_size'])} px, "
+             f"{md_text(row['pool'])} pooling")
+    val, n_val = row["mean_val_accuracy"], int(float(row.get("n_val") or 0))
+    said = (f"{md_code(row['layer'])} with the {md_text(row['head'])} head** ({where}): validation accuracy "
+            f"{val:.3f} ± {stderr(val, n_val):.3f} (standard error, {n_val} validation rows), test accuracy "
+            f"{float(row['test_accuracy']):.3f}. This head is saved in `chosen_head/`.")
+    if not decision or not decision.get("strategy"):
+        lines.append("**No transfer regime can be named from these rows; the best on validation is " + said)
     else:
-        shots = f", {md_text(top['shots'])}-shot" if top["shots"] else ""
-        lines.append(
-            f"**Chosen on validation: {md_code(top['val_choice'])}** ({md_text(top['backbone'])}, "
-            f"{md_text(top['weights'])} weights, {md_text(top['head'])}{shots}): validation accuracy "
-            f"{top['val_choice_val']:.3f} ± {top['val_choice_se']:.3f} (standard error, {top['n_val']} validation "
-            f"rows); its test accuracy {top['val_choice_test']:.3f}. The last layer {md_code(top['last_layer'])}: "
-            f"validation {top['last_val']:.3f}, test {top['last_test']:.3f}.")
-    ev = evidence_from_rows(rows, class_counts)
-    decision = decide(ev) if ev is not None else None
-    if decision is not None:
-        lines += ["", f"**Recommendation: {decision.strategy}** (runner-up {decision.runner_up}"
-                  f"{'; a close call' if decision.close else ''}). Evidence:", ""]
-        lines += [f"- {md_inline(r)}" for r in decision.reasons]
-        lines += ["", "Thresholds: " + ", ".join(f"{k} = {v}" for k, v in decision.thresholds.items())
+        close = (f"; a close call: {md_text(decision['runner_up'])} is nearly as likely" if decision["close"] else "")
+        lines.append(f"**Recommendation: {md_text(decision['strategy'])}, at " + said
+                     + f" Runner-up: {md_text(decision['runner_up'])}{close}.")
+    facts, curve = (decision or {}).get("facts") or {}, (decision or {}).get("curve") or {}
+    peak, last = facts.get("peak_layer"), facts.get("last_layer")
+    if peak and last and peak != last:
+        at_peak, at_last = _point(rows, curve, row["head"], peak), _point(rows, curve, row["head"], last)
+        if at_peak and at_last:
+            test_gap = at_peak["test"] - at_last["test"]
+            agree = (test_gap > 0) == (facts.get("last_gap", 0) > 0)
+            lines += ["", f"On validation ({md_text(facts.get('gap_method', ''))}) the peak {md_code(peak)} leads the "
+                      f"last layer {md_code(last)} by {100 * facts['last_gap']:.1f} ± {100 * facts['gap_se']:.1f} "
+                      f"points. On test, reported and never used to choose, the {md_text(row['head'])} head at "
+                      f"{md_code(peak)} scores {at_peak['test']:.3f} and at {md_code(last)} {at_last['test']:.3f} "
+                      f"({100 * test_gap:+.1f} points): the test split "
+                      f"{'points the same way' if agree else 'points the other way'}."]
+    if decision:
+        lines += ["", "Evidence:", ""] + [f"- {md_inline(r)}" for r in decision["reasons"]]
+        lines += ["", "Thresholds: " + ", ".join(f"{k} = {v}" for k, v in decision["thresholds"].items())
                   + ". `transferlab advise` measures more (source confidence, kNN, LogME, learning curve)."]
     edges = sorted({(r["layer"], r["head"]) for r in rows if "grid edge" in str(r.get("notes", ""))})
     if edges:
@@ -50,6 +73,16 @@ def decision_section(rows: list[dict], class_counts: dict | None) -> tuple[list[
                   f"{len(edges)} layer/head pair(s) ({', '.join(md_text(f'{l}/{h}') for l, h in edges[:6])}"
                   f"{', ...' if len(edges) > 6 else ''}): rerun with `--full-grid` to widen it."]
     return lines, decision
+
+
+def _chosen_mark(summary: dict) -> dict | None:
+    """The depth plot's marker: the recommended row (as :func:`transferlab.pipeline.chosen.chosen_row`) and the strategy."""
+    from .chosen import chosen_row
+
+    row = chosen_row(summary["rows"], summary.get("decision"))
+    if row is None:
+        return None
+    return {"row": row, "strategy": (summary.get("decision") or {}).get("strategy")}
 
 
 def _listed(values) -> str:
@@ -61,7 +94,8 @@ def write_report(out: Path, summary: dict, log=None) -> Path:
     data goes through :mod:`transferlab.pipeline.html`'s escaping."""
     out = Path(out)
     rows = summary["rows"]
-    depth_curve(rows, out / "depth_vs_accuracy.png", len(summary.get("class_names") or []) or None)
+    depth_curve(rows, out / "depth_vs_accuracy.png", len(summary.get("class_names") or []) or None,
+                chosen=_chosen_mark(summary))
     cfg, timing = summary["config"], summary["timing"]
     best = best_per_curve(rows)
     lines = ["# TransferLab sweep", "",
@@ -71,10 +105,11 @@ def write_report(out: Path, summary: dict, log=None) -> Path:
              f", {md_text(cfg['repeats'])} repeat(s), seed {md_text(cfg['seed'])}." +
              (f" Data layout: {md_text(summary['data_layout'])}." if summary.get("data_layout") else ""), "",
              "![depth against accuracy](depth_vs_accuracy.png)", "", "## Decision", ""]
-    headline, _ = decision_section(rows, summary.get("class_counts"))
+    headline, _ = decision_section(summary)
     lines += headline + [""]
     lines += write_pictures(out, summary, log)
-    lines += ["## Layer chosen on validation, per curve", "",
+    lines += ["## Peak on validation, per curve", "",
+              "For reference: each curve's own best layer on validation. The recommendation above decides.", "",
               md_row("backbone", "weights", "pool", "size", "head", "shots", "chosen on val", "val ± se", "its test",
                      "last layer val", "last layer test"),
               "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -248,9 +249,15 @@ def resolve_train_target(features, layer: str, head: str) -> tuple[Path, str, st
         raise UserInputError(f"the sweep in {p} has no '{head}' rows; its heads: "
                              f"{', '.join(sorted({r['head'] for r in rows}))}; pass one as --head")
     if layer == "best":
-        b = best_on_validation(mine)
+        decision = _stored_decision(p)
+        curve = (decision or {}).get("curve") or {}
+        at = [r for r in mine if r["layer"] == (decision or {}).get("chosen_layer")
+              and r["cache_file"] == curve.get("cache_file")]
+        b = best_on_validation(at or mine)
+        said = (f"the recommended layer ({decision['strategy']}, see the report)" if at and decision.get("strategy")
+                else "the best on validation")
         return (Path(b["cache_file"]), b["layer"],
-                f"--layer best: {b['layer']} of {b['backbone']}/{b['weights']} "
+                f"--layer best: {b['layer']} of {b['backbone']}/{b['weights']}, {said} "
                 f"(validation accuracy {b['mean_val_accuracy']:.4f} with {head} in {p})")
     files = sorted({r["cache_file"] for r in mine if r["layer"] == layer})
     if not files:
@@ -260,6 +267,15 @@ def resolve_train_target(features, layer: str, head: str) -> tuple[Path, str, st
         raise UserInputError(f"layer '{layer}' is in {len(files)} cache files of the sweep in {p} (several "
                              f"backbones, weights or sizes); give one as --features: {', '.join(files)}")
     return Path(files[0]), layer, None
+
+
+def _stored_decision(folder: Path) -> dict | None:
+    """The decision a sweep stored in ``results.json`` (JSON only), or None."""
+    try:
+        d = json.loads((folder / "results.json").read_text()).get("decision")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return d if isinstance(d, dict) else None
 
 
 def default_head_dir(features, layer: str, head: str) -> Path:

@@ -38,7 +38,7 @@ from transferlab.features.memo import cached_extraction
 from transferlab.features.spec import DEFAULT_IMAGE_SIZE, parse_image_size, parse_layers
 from transferlab.features.cache import layer_info, read_cache_meta
 from transferlab.classifiers._parallel import check_backend, parallel
-from transferlab.util import UserInputError, jsonable, library_versions, write_json
+from transferlab.util import UserInputError, jsonable, library_versions, sha256_json, write_json
 
 from .curves import FINETUNE_PREFIX, decision_of, is_finetune
 from .report import refresh_report, write_report
@@ -265,12 +265,58 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
                "timing": {"extract_seconds": round(t_extract, 2), "train_seconds": round(t_train, 2),
                           "fits_run": len(jobs), "fits_reused": len(rows) - len(jobs)},
                "stale_rows_moved": len(stale)}
+    summary["measurement"] = measure_for_decision(rows, cfg, _previous_measurement(out), log)
     summary["decision"] = decision_of(summary)
     current = not jobs and not stale and _report_is_current(out, summary)
     write_json(out / "results.json", summary)
     if not current:
         write_report(out, summary, log=log)
     return SweepResult(summary, out)
+
+
+def _previous_measurement(out: Path) -> dict | None:
+    try:
+        return json.loads((out / "results.json").read_text()).get("measurement")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def measure_for_decision(rows: list[dict], cfg: SweepConfig, previous: dict | None, log=print) -> dict | None:
+    """The decision's measurement of its curve (:func:`transferlab.pipeline.evidence.measure_curve`), as stored
+    in ``results.json``: every layer of the decision's configuration measured the same way, the peak-vs-last
+    gap paired.
+
+    Its key is everything that decides it (the cache key, the layers, seed, validation fraction, the
+    measurement's own settings and the one-split accuracies it was given): a rerun with the same key
+    reuses the stored measurement (a warm rerun fits nothing and imports no torch); any change measures
+    again. The logreg rows of that configuration, fitted with the default grid and preprocessing,
+    are the same probe on the same rows: their validation accuracies are passed on, not refitted.
+    """
+    from .curves import decision_curve
+    from .evidence import FOLDS, PROBE, REPEATS, SMALL_VAL
+
+    dc = decision_curve(rows)
+    if dc is None or not dc["cache_file"]:
+        return None
+    known = {}
+    if cfg.preprocessing is None and not cfg.full_grid:
+        known = {r["layer"]: float(r["val_accuracy"]) for r in rows
+                 if r.get("cache_file") == dc["cache_file"] and r.get("head") == PROBE and not r.get("shots")
+                 and str(r.get("repeat", "0")) in ("0", "") and r.get("val_accuracy") not in ("", None)
+                 and str(r.get("seed")) == str(cfg.seed)}
+    key = sha256_json({"cache_key": dc["cache_key"], "cache_file": dc["cache_file"], "layers": dc["layers"],
+                       "seed": cfg.seed, "val_fraction": cfg.val_fraction, "known": known,
+                       "measure": [PROBE, SMALL_VAL, FOLDS, REPEATS]})
+    if previous and previous.get("key") == key:
+        return previous
+    from .evidence import measure_curve
+
+    log(f"decision: measuring the {PROBE} probe on {len(dc['layers'])} layers of {dc['backbone']} "
+        f"({dc['weights']}, {dc['image_size']} px) the same way, for a paired peak-vs-last comparison")
+    m = measure_curve(dc["cache_file"], dc["layers"], seed=cfg.seed, val_fraction=cfg.val_fraction, known=known)
+    return {"key": key, **{k: dc[k] for k in ("backbone", "weights", "pool", "image_size", "cache_file")},
+            "method": m.method, "points": [asdict(p) for p in m.points], "gap": m.gap_record(),
+            "params": m.params}
 
 
 def _report_is_current(out: Path, summary: dict) -> bool:

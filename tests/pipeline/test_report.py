@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from transferlab.pipeline.curves import best_per_curve, curves
+from transferlab.pipeline.curves import best_per_curve, curves, decision_of
 from transferlab.pipeline.report import decision_section
 
 
@@ -10,7 +10,14 @@ def _row(layer, depth, val, test, head="logreg", weights="imagenet", shots="", r
     return {"backbone": "lite0", "weights": weights, "pool": "gap", "image_size": "64", "layer": layer,
             "depth": str(depth), "rel_depth": str(depth / 3), "dim": "8", "head": head, "shots": shots,
             "repeat": str(repeat), "val_accuracy": "" if val is None else str(val), "test_accuracy": str(test),
-            "fit_seconds": "0.1", "n_val": str(n_val), "notes": notes}
+            "fit_seconds": "0.1", "n_val": str(n_val), "notes": notes, "row_key": f"{head}-{layer}-{shots}-{repeat}",
+            "cache_file": "c.h5", "seed": "0"}
+
+
+def _section(rows, counts):
+    summary = {"rows": rows, "class_counts": counts}
+    summary["decision"] = decision_of(summary)
+    return decision_section(summary)
 
 
 def test_a_planted_test_split_does_not_move_the_headline():
@@ -20,10 +27,11 @@ def test_a_planted_test_split_does_not_move_the_headline():
     (b,) = best_per_curve(rows)
     assert b["val_choice"] == "blocks.2" and b["val_choice_test"] == 0.85
     assert b["val_choice_se"] == pytest.approx(np.sqrt(0.9 * 0.1 / 500))
-    lines, decision = decision_section(rows, {str(c): 100 for c in range(10)})
+    lines, decision = _section(rows, {str(c): 100 for c in range(10)})
     text = "\n".join(lines)
-    assert "Chosen on validation: `blocks.2`" in text and "0.900 ± 0.013" in text and "its test accuracy 0.850" in text
-    assert decision.strategy == "generic-features" and decision.chosen_layer == "blocks.2"
+    assert "Recommendation: generic-features, at `blocks.2` with the logreg head" in text
+    assert "0.900 ± 0.013" in text and "test accuracy 0.850" in text
+    assert decision["strategy"] == "generic-features" and decision["chosen_layer"] == "blocks.2"
 
 
 def test_one_shot_curves_without_validation_rows_choose_nothing_rather_than_the_stem():
@@ -43,7 +51,7 @@ def test_shots_sort_as_numbers_and_repeats_report_the_sample_std():
 def test_grid_edge_choices_are_warned_about():
     rows = [_row("bn1", 0, 0.6, 0.6, notes="C=10000 at the grid edge (largest of 7): widen the grid"),
             _row("bn2", 3, 0.7, 0.7)]
-    lines, _ = decision_section(rows, {"a": 10, "b": 10})
+    lines, _ = _section(rows, {"a": 10, "b": 10})
     assert any("edge of its grid" in l and "bn1/logreg" in l for l in lines)
 
 
@@ -59,8 +67,8 @@ def test_the_headline_and_the_chosen_head_break_a_tie_across_curves_alike_the_de
     assert [(b["head"], b["val_choice"]) for b in best_per_curve(rows)] == [("logreg", "blocks.2"), ("knn", "blocks.1")]
     assert (best_on_validation(rows)["head"], best_on_validation(rows)["layer"]) == ("logreg", "blocks.2")
     assert (chosen_row(rows)["head"], chosen_row(rows)["layer"]) == ("logreg", "blocks.2")
-    lines, _ = decision_section(rows, {"a": 10, "b": 10})
-    assert "Chosen on validation: `blocks.2`** (lite0, imagenet weights, logreg)" in "\n".join(lines)
+    lines, _ = _section(rows, {"a": 10, "b": 10})
+    assert "at `blocks.2` with the logreg head** (lite0, imagenet weights" in "\n".join(lines)
 
 
 def test_fine_tuning_rows_have_no_curve_choice_and_are_never_the_chosen_head():

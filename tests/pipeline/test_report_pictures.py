@@ -38,23 +38,44 @@ def test_sweep_returns_a_dataframe_and_load_results_reads_it_back(swept):
         load_results(tmp)
 
 
-def test_confusion_matrix_is_of_the_head_chosen_on_validation(swept):
+def _recommended(out):
+    """The row the sweep's decision names: at its chosen layer, the head best on validation (ties: the first)."""
+    import json
+
+    decision = json.loads((out / "results.json").read_text())["decision"]
+    rows = [r for r in read_rows(out / "results.csv") if r["layer"] == decision["chosen_layer"]]
+    return decision, max(rows, key=lambda r: float(r["val_accuracy"]))
+
+
+def test_one_voice_headline_chosen_head_train_best_and_the_recommendation_name_one_layer(swept):
+    import json
+
+    tmp, res = swept
+    out = tmp / "run"
+    decision, row = _recommended(out)
+    assert res.recommendation["chosen_layer"] == decision["chosen_layer"] == row["layer"]
+    head_json = json.loads((out / "chosen_head" / "head.json").read_text())
+    assert (head_json["layer"], head_json["head"]) == (row["layer"], row["head"])
+    report = (out / "report.md").read_text()
+    headline = report.split("## Decision", 1)[1].strip().splitlines()[0]
+    assert f"at `{row['layer']}` with the {row['head']} head" in headline and decision["strategy"] in headline
+    assert report.count("**Recommendation:") == 1 and "Chosen on validation:" not in report
+    best = run_cli("train", "--features", out, "--layer", "best", "--head", row["head"], "--out", tmp / "bh", "--quiet")
+    assert best.returncode == 0, best.stderr
+    assert best.stdout.split()[:2] == [row["layer"], row["head"]]
+
+
+def test_confusion_matrix_is_of_the_recommended_head(swept):
     tmp, _ = swept
     out = tmp / "run"
-    rows = read_rows(out / "results.csv")
-    by_val = max(rows, key=lambda r: (float(r["val_accuracy"]), int(r["depth"])))  # ties: the deeper
+    _, row = _recommended(out)
     report = (out / "report.md").read_text()
-    assert f"`{by_val['layer']}` of lite0/imagenet with the {by_val['head']} head" in report
+    assert f"`{row['layer']}` of lite0/imagenet with the {row['head']} head" in report
     # the per-class table: its support sums to the test split, and its accuracies give the row's test accuracy
     table = re.findall(r"^\| (class\d) \| (\d+) \| ([0-9.]+) \|$", report, flags=re.M)
     assert [t[0] for t in table] == ["class0", "class1", "class2"] and sum(int(t[1]) for t in table) == 30
     correct = sum(int(n) * float(a) for _, n, a in table)
-    assert correct / 30 == pytest.approx(float(by_val["test_accuracy"]), abs=2e-3)
-    # the saved chosen head predicts like the row says
-    pred = run_cli("train", "--features", out, "--layer", "best", "--head", by_val["head"],
-                   "--out", tmp / "best_head", "--quiet")
-    assert pred.returncode == 0, pred.stderr
-    assert pred.stdout.split()[:2] == [by_val["layer"], by_val["head"]]
+    assert correct / 30 == pytest.approx(float(row["test_accuracy"]), abs=2e-3)
     assert (out / "chosen_head" / "head.safetensors").is_file()
 
 
@@ -76,13 +97,15 @@ def test_predict_on_a_sweep_folder_uses_its_chosen_head(swept):
     assert [g["label"] for g in got] == list(head.predict(rows))
 
 
-def test_train_layer_best_picks_the_validation_choice_of_that_head(swept):
+def test_train_layer_best_picks_the_recommended_layer_for_that_head(swept):
     tmp, _ = swept
-    rows = [r for r in read_rows(tmp / "run" / "results.csv") if r["head"] == "knn"]
-    best = max(rows, key=lambda r: (float(r["val_accuracy"]), int(r["depth"])))  # ties: the deeper
+    decision, _ = _recommended(tmp / "run")
+    best = next(r for r in read_rows(tmp / "run" / "results.csv")
+                if r["head"] == "knn" and r["layer"] == decision["chosen_layer"])
     out = run_cli("train", "--features", tmp / "run", "--layer", "best", "--head", "knn", "--out", tmp / "k")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[0] == best["layer"] and f"--layer best: {best['layer']}" in out.stderr
+    assert "the recommended layer" in out.stderr
     assert f"test_accuracy={float(best['test_accuracy']):.4f}" in out.stdout
     bad = run_cli("train", "--features", tmp / "run", "--layer", "best", "--head", "svm")
     assert bad.returncode == 2 and "no 'svm' rows" in bad.stderr
