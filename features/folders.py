@@ -31,7 +31,7 @@ import numpy as np
 
 from transferlab.util import UserInputError
 
-from .data import IMAGE_EXTENSIONS, SPLITS, Dataset, Split
+from .dataset import IMAGE_EXTENSIONS, SPLITS, Dataset, Split
 
 
 FOLDER_SPLIT_NAMES = {"train": "train", "test": "test", "val": "val", "validation": "val"}

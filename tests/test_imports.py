@@ -142,14 +142,10 @@ def test_names_of_a_lazy_package_resolve_to_their_defining_module():
     assert "transferlab.features" not in graph["transferlab.pipeline.sweep"]
 
 
-# cycles that other work removes (issue 22): the extraction engine split over two modules, and the folder
-# loader importing the data module that imports it back. Delete an entry when its cycle is gone.
-ELSEWHERE = {"transferlab.features": [["transferlab.features.data", "transferlab.features.folders"],
-                                      ["transferlab.features.distributed", "transferlab.features.extraction"]]}
 
 
 @pytest.mark.parametrize("package", list(PACKAGES))
 def test_no_import_cycle_between_modules(package):
     graph = import_graph(library_modules())
     found = [c for c in cycles(graph) if any(m == package or m.rpartition(".")[0] == package for m in c)]
-    assert found == ELSEWHERE.get(package, []), "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
+    assert found == [], "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
