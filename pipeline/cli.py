@@ -148,7 +148,7 @@ def cmd_cache(a):
 
 def cmd_train(a):
     from transferlab.classifiers import read_head_meta, train_head
-    from transferlab.pipeline.results import default_head_dir, resolve_train_target
+    from .results import default_head_dir, resolve_train_target
 
     features, layer, note = resolve_train_target(a.features, a.layer, a.head)
     if note and not a.quiet:
@@ -164,7 +164,7 @@ def cmd_train(a):
 
 
 def cmd_predict(a):
-    from transferlab.pipeline.predict import format_line, predict
+    from .predict import format_line, predict
 
     rows = predict(a.model, a.images, batch_size=a.batch_size, device=a.device, progress=not (a.json or a.quiet),
                    top_k=a.top_k, strict=a.strict, out=a.out, allow_pickle=a.allow_pickle)
@@ -189,8 +189,8 @@ def cmd_predict(a):
 def cmd_sweep(a):
     from dataclasses import fields
 
-    from transferlab.pipeline.curves import best_per_curve
-    from transferlab.pipeline.sweep import SweepConfig, sweep
+    from .curves import best_per_curve
+    from .sweep import SweepConfig, sweep
 
     names = {f.name for f in fields(SweepConfig)}
     values = {k: v for k, v in vars(a).items() if k in names and v is not None}
@@ -217,7 +217,7 @@ def cmd_sweep(a):
 
 def cmd_finetune(a):
     from transferlab.finetuning import FinetuneConfig, finetune
-    from transferlab.pipeline.sweep import append_finetune, sweep_defaults_for_finetune
+    from .sweep import append_finetune, sweep_defaults_for_finetune
 
     data_keys = ("test_fraction", "fingerprint")
     values = {k: v for k, v in vars(a).items() if k in (*FinetuneConfig.field_names(), *data_keys)}
@@ -261,7 +261,7 @@ def _sub(sub, name: str, help_text: str):
 
 
 def cmd_advise(a):
-    from transferlab.pipeline.advise import advise
+    from .advise import advise
 
     adv = advise(_load_data(a), a.backbone, image_size=a.image_size, pool=a.pool, seed=a.seed, max_train=a.max_train,
                  max_val=a.max_val, compare_random=a.random, scores=a.scores, finetune_probe=a.finetune_probe,
@@ -282,7 +282,7 @@ def cmd_advise(a):
     curve = adv.evidence.get("curve") or []
     if curve:
         print(f"  {'layer':<12} {'rel.depth':>9} {'val acc':>8} {'+-se':>6} {'knn':>6} {'logme':>7}  measured on")
-        from transferlab.pipeline.decision import stderr
+        from .decision import stderr
 
         for p in curve:
             knn = "" if p["knn"] is None else f"{p['knn']:.3f}"
@@ -407,7 +407,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         if getattr(args, "config", None):
-            from transferlab.pipeline.config import apply_config
+            from .config import apply_config
 
             args = apply_config(args, args.config)
         args.func(args)
