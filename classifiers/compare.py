@@ -114,26 +114,42 @@ def corrected_kfold_gap(acc_a, acc_b, splits: list) -> Gap:
     return Gap(float(d.mean()), se, kfold_shape(splits), int(round(n_test + n_train)))
 
 
-def kfold_accuracies(X, y, splits: list, head: str = "logreg", *, seed: int = 0, grid=None) -> tuple[np.ndarray, dict]:
-    """Each fold's accuracy of ``head``, at the grid point whose mean over the folds is best.
+def fold_scores(X, y, split: tuple, head: str = "logreg", *, seed: int = 0, grid=None) -> tuple[list, np.ndarray]:
+    """The whole grid of ``head`` fitted on one fold's training rows and scored on its held-out rows.
 
-    For every fold of ``splits`` the whole grid is fitted on the fold's training rows and scored on
-    its held-out rows (:func:`transferlab.classifiers.protocol.grid_scores`); the grid point is
-    chosen on the mean over folds, as scikit-learn's ``LogisticRegressionCV`` does, so every layer
-    compared on these folds is measured the same way. A grid point that some fold left unfitted
-    (past that fold's peak) is not chosen. Returns ``(per_fold_accuracy, params)``.
+    ``split`` is one ``(train_idx, test_idx)`` of :func:`repeated_folds`; returns ``(grid_points, scores)``
+    (:func:`transferlab.classifiers.protocol.grid_scores`). One task of :func:`kfold_accuracies`, so
+    callers can run the folds in parallel.
     """
     from .protocol import grid_scores
 
+    tr, te = split
     X, y = np.asarray(X), np.asarray(y)
-    points, rows = None, []
-    for tr, te in splits:
-        points, scores = grid_scores(X[tr], y[tr], X[te], y[te], head, grid=grid, seed=seed)
-        rows.append(scores)
-    table = np.vstack(rows)
+    return grid_scores(X[tr], y[tr], X[te], y[te], head, grid=grid, seed=seed)
+
+
+def choose_on_folds(points: list, table) -> tuple[np.ndarray, dict]:
+    """Each fold's accuracy at the grid point whose mean over the folds is best (``table``: folds x points).
+
+    As scikit-learn's ``LogisticRegressionCV`` chooses; a grid point that some fold left unfitted
+    (past that fold's peak) is not chosen; ties go to the first in grid order, as in the selection
+    protocol. Returns ``(per_fold_accuracy, params)``.
+    """
+    table = np.asarray(table, dtype=float)
     mean = np.where(np.isfinite(table).all(axis=0), table.mean(axis=0), -np.inf)
-    best = int(np.argmax(mean))  # the first best in grid order, as the selection protocol
+    best = int(np.argmax(mean))
     return table[:, best], dict(points[best])
+
+
+def kfold_accuracies(X, y, splits: list, head: str = "logreg", *, seed: int = 0, grid=None) -> tuple[np.ndarray, dict]:
+    """Each fold's accuracy of ``head``, at the grid point whose mean over the folds is best.
+
+    Every layer compared on the same ``splits`` is measured the same way: the whole grid fitted per
+    fold (:func:`fold_scores`), the grid point chosen on the mean over folds (:func:`choose_on_folds`).
+    Returns ``(per_fold_accuracy, params)``.
+    """
+    results = [fold_scores(X, y, split, head, seed=seed, grid=grid) for split in splits]
+    return choose_on_folds(results[0][0], [scores for _, scores in results])
 
 
 def split_correctness(X, y, X_val, y_val, head: str = "logreg", *, seed: int = 0) -> tuple[np.ndarray, dict]:

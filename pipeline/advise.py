@@ -196,7 +196,7 @@ def advise(data, backbone: str = "lite0", image_size=None, pool: str = "gap", se
     layers = list(read_cache_meta(path)["catalog"])
     conf, ent = _source_confidence(path, extra[0]) if extra else (None, None)
     log("pretrained, per layer (validation):")
-    measured = measure_curve(path, layers, seed=seed, val_fraction=val_fraction, log=log)
+    measured = measure_curve(path, layers, seed=seed, val_fraction=val_fraction, n_jobs=-1, log=log)
     curve = measured.points
     if scores:
         _scores(path, curve, seed, log)
@@ -206,7 +206,7 @@ def advise(data, backbone: str = "lite0", image_size=None, pool: str = "gap", se
         rpath = extract(sub, layers="all", spec=rspec, cache_dir=cache_dir, device=device, progress=progress,
                         log=lambda m: None)
         log("random weights, per layer (validation):")
-        rcurve = measure_curve(rpath, layers, seed=seed, val_fraction=val_fraction, log=log).points
+        rcurve = measure_curve(rpath, layers, seed=seed, val_fraction=val_fraction, n_jobs=-1, log=log).points
         best = max(rcurve, key=lambda p: p.val_accuracy)
         random_best, random_n = best.val_accuracy, best.n_val
     ev = Evidence(n_train=int(y.size), n_classes=int(classes.size), per_class_min=int(counts.min()),

@@ -198,18 +198,24 @@ def cmd_sweep(a):
     summary = sweep(cfg, progress=not a.quiet, log=_logger(a.quiet))
     out = Path(cfg.out)
 
+    from .chosen import chosen_row
+    from .decision import stderr
+
+    d, row = summary.get("decision") or {}, chosen_row(summary["rows"], summary.get("decision"))
+    if row is not None:
+        val, n_val = row["mean_val_accuracy"], int(float(row.get("n_val") or 0))
+        what = (f"recommendation: {d['strategy']}" if d.get("strategy") else "no transfer regime can be named; best")
+        print(f"{what} at {row['layer']} with {row['head']} ({row['backbone']}/{row['weights']}): val {val:.3f} ± "
+              f"{stderr(val, n_val):.3f}, test {float(row['test_accuracy']):.3f}"
+              + (f"; runner-up {d['runner_up']}{', a close call' if d['close'] else ''}" if d.get("strategy") else "")
+              + "; saved in chosen_head/, see report.md")
     for b in best_per_curve(summary["rows"])[:6]:
         shots = f" {b['shots']}-shot" if b["shots"] else ""
         if b["val_choice"] is None:
-            print(f"{b['backbone']}/{b['weights']} {b['head']}{shots}: no validation rows, no layer chosen")
+            print(f"  {b['backbone']}/{b['weights']} {b['head']}{shots}: no validation rows, no layer chosen")
             continue
-        print(f"chosen on val: {b['backbone']}/{b['weights']} {b['head']}{shots}: {b['val_choice']} "
-              f"val {b['val_choice_val']:.3f} ± {b['val_choice_se']:.3f}, its test {b['val_choice_test']:.3f} "
-              f"(last layer test {b['last_test']:.3f})")
-    if summary.get("decision"):
-        d = summary["decision"]
-        print(f"recommendation: {d['strategy']} (runner-up {d['runner_up']}{', close call' if d['close'] else ''}); "
-              f"see report.md")
+        print(f"  peak on val of {b['backbone']}/{b['weights']} {b['head']}{shots}: {b['val_choice']} "
+              f"val {b['val_choice_val']:.3f}, test {b['val_choice_test']:.3f} (last layer test {b['last_test']:.3f})")
     t = summary["timing"]
     print(f"extract {t['extract_seconds']:.1f} s, heads {t['train_seconds']:.1f} s")
     print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'report.md'}, {out / 'report.html'}")

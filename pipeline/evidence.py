@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from transferlab.classifiers.compare import (Gap, corrected_kfold_gap, kfold_accuracies, kfold_shape,
+from transferlab.classifiers.compare import (Gap, choose_on_folds, corrected_kfold_gap, fold_scores, kfold_shape,
                                              paired_split_gap, repeated_folds, split_correctness)
 from transferlab.classifiers.protocol import stratified_holdout
 from transferlab.features.cache import layer_info, load_split, read_cache_meta
@@ -71,18 +71,21 @@ def _peak_and_last(points: list) -> tuple:
 
 
 def measure_curve(path, layers: list, *, seed: int = 0, val_fraction: float = 0.2, known: dict | None = None,
-                  small_val: int = SMALL_VAL, folds: int = FOLDS, repeats: int = REPEATS, log=None) -> CurveMeasurement:
+                  small_val: int = SMALL_VAL, folds: int = FOLDS, repeats: int = REPEATS, n_jobs: int | None = 1,
+                  backend: str | None = None, log=None) -> CurveMeasurement:
     """Measure the probe at every layer of ``layers`` in the cache file ``path`` and the peak-vs-last gap.
 
     ``known`` maps a layer to a one-split validation accuracy already measured by the same probe
     on the same rows (a sweep's logreg rows): those layers are not refitted on the one-split path
-    (the peak and the last layer are, for their per-row pairs). Returns a :class:`CurveMeasurement`.
+    (the peak and the last layer are, for their per-row pairs). The k-fold fits, one per layer and
+    fold, run through joblib (``n_jobs``, ``backend``: :mod:`transferlab.classifiers._parallel`), each
+    reading its layer from the cache file. Returns a :class:`CurveMeasurement`.
     """
     log = log or (lambda m: None)
     known = known or {}
     _, _, _, yv = train_val_rows(path, layers[0], val_fraction, seed)
     if yv is None or len(yv) < small_val:
-        return _kfold_curve(path, layers, seed, val_fraction, folds, repeats, log)
+        return _kfold_curve(path, layers, seed, val_fraction, folds, repeats, n_jobs, backend, log)
     points, params = [], {}
     for name in layers:
         info = layer_info(path, name)
@@ -106,21 +109,34 @@ def measure_curve(path, layers: list, *, seed: int = 0, val_fraction: float = 0.
     return CurveMeasurement(points, "split", gap, peak.layer, last.layer, params)
 
 
-def _kfold_curve(path, layers, seed, val_fraction, folds, repeats, log) -> CurveMeasurement:
+def _labelled_rows(path, layer: str, val_fraction: float, seed: int):
+    """Train+val rows of a layer (features, labels): what the folds are cut from."""
+    X, y, Xv, yv = train_val_rows(path, layer, val_fraction, seed)
+    return (np.concatenate([X, Xv]), np.concatenate([y, yv])) if Xv is not None else (X, y)
+
+
+def _fold_task(path, layer, split, val_fraction, seed):
+    """One (layer, fold) fit of the k-fold measurement; reads its own rows (a worker gets only the path)."""
+    X, y = _labelled_rows(path, layer, val_fraction, seed)
+    return fold_scores(X, y, split, PROBE, seed=seed)
+
+
+def _kfold_curve(path, layers, seed, val_fraction, folds, repeats, n_jobs, backend, log) -> CurveMeasurement:
     """Every layer on the same repeated stratified folds of train+val."""
-    data = {}
-    for name in layers:
-        X, y, Xv, yv = train_val_rows(path, name, val_fraction, seed)
-        data[name] = (np.concatenate([X, Xv]), np.concatenate([y, yv])) if Xv is not None else (X, y)
-    y_all = data[layers[0]][1]
+    from transferlab.classifiers._parallel import parallel
+
+    _, y_all = _labelled_rows(path, layers[0], val_fraction, seed)
     splits = repeated_folds(y_all, folds, repeats, seed)
     method = kfold_shape(splits)
+    tasks = [(path, name, split, val_fraction, seed) for name in layers for split in splits]
+    with parallel(n_jobs, backend) as run:
+        results = run(_fold_task, tasks)
     points, per_fold, params = [], {}, {}
-    for name in layers:
-        X, y = data[name]
-        per_fold[name], params[name] = kfold_accuracies(X, y, splits, PROBE, seed=seed)
+    for i, name in enumerate(layers):
+        mine = results[i * len(splits):(i + 1) * len(splits)]
+        per_fold[name], params[name] = choose_on_folds(mine[0][0], [scores for _, scores in mine])
         acc = float(per_fold[name].mean())
-        points.append(LayerPoint(name, layer_info(path, name)["rel_depth"], acc, int(y.size), method=method))
+        points.append(LayerPoint(name, layer_info(path, name)["rel_depth"], acc, int(y_all.size), method=method))
         log(f"  {name:<12} {method} {acc:.3f}")
     peak, last = _peak_and_last(points)
     gap = corrected_kfold_gap(per_fold[peak.layer], per_fold[last.layer], splits) if peak.layer != last.layer else None

@@ -313,7 +313,8 @@ def measure_for_decision(rows: list[dict], cfg: SweepConfig, previous: dict | No
 
     log(f"decision: measuring the {PROBE} probe on {len(dc['layers'])} layers of {dc['backbone']} "
         f"({dc['weights']}, {dc['image_size']} px) the same way, for a paired peak-vs-last comparison")
-    m = measure_curve(dc["cache_file"], dc["layers"], seed=cfg.seed, val_fraction=cfg.val_fraction, known=known)
+    m = measure_curve(dc["cache_file"], dc["layers"], seed=cfg.seed, val_fraction=cfg.val_fraction, known=known,
+                      n_jobs=cfg.n_jobs, backend=cfg.backend)
     return {"key": key, **{k: dc[k] for k in ("backbone", "weights", "pool", "image_size", "cache_file")},
             "method": m.method, "points": [asdict(p) for p in m.points], "gap": m.gap_record(),
             "params": m.params}

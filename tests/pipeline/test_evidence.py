@@ -21,14 +21,19 @@ def cache_file(tmp_path_factory):
 
 def test_small_validation_measures_every_layer_by_the_same_repeated_folds(cache_file, monkeypatch):
     seen = []
-    real = evidence.kfold_accuracies
-    monkeypatch.setattr(evidence, "kfold_accuracies",
-                        lambda X, y, splits, *a, **k: (seen.append([te.tolist() for _, te in splits]),
-                                                       real(X, y, splits, *a, **k))[1])
-    m = evidence.measure_curve(cache_file, LAYERS, seed=0)
+    real = evidence.fold_scores
+    monkeypatch.setattr(evidence, "fold_scores",
+                        lambda X, y, split, *a, **k: (seen.append((X.shape[1], split[1].tolist())),
+                                                      real(X, y, split, *a, **k))[1])
+    m = evidence.measure_curve(cache_file, LAYERS, seed=0)  # n_jobs=1: in this process, so the patch sees it
     assert m.method == "kfold 2x5" and [p.layer for p in m.points] == LAYERS
     assert all(p.n_val == 120 and p.method == "kfold 2x5" for p in m.points)  # 90 train + 30 val rows
-    assert len(seen) == 3 and seen[0] == seen[1] == seen[2]  # the pairing: one set of folds for all layers
+    by_layer = {}
+    for dim, rows in seen:
+        by_layer.setdefault(dim, []).append(rows)
+    assert len(seen) == 30 and len(by_layer) == 3  # 3 layers x 10 folds
+    folds = list(by_layer.values())
+    assert folds[0] == folds[1] == folds[2]  # the pairing: one set of folds for all layers
     peak = max(m.points, key=lambda p: (p.val_accuracy, p.rel_depth))
     assert m.peak == peak.layer and m.last == "bn2"
     if m.gap is not None:
@@ -67,6 +72,13 @@ def test_the_test_split_is_never_read(cache_file, monkeypatch):
     evidence.measure_curve(cache_file, LAYERS, seed=0)
     evidence.measure_curve(cache_file, LAYERS, seed=0, small_val=10)
     assert seen and set(seen) <= {"train", "val"}
+
+
+def test_the_folds_run_in_parallel_workers_with_the_same_result(cache_file):
+    one = evidence.measure_curve(cache_file, LAYERS, seed=0)
+    two = evidence.measure_curve(cache_file, LAYERS, seed=0, n_jobs=2)
+    assert [p.val_accuracy for p in one.points] == [p.val_accuracy for p in two.points]
+    assert one.gap_record() == two.gap_record()
 
 
 def test_seeds_give_one_regime_or_a_named_close_call(cache_file):
