@@ -5,16 +5,27 @@ with their optional extras, ``dask`` (``pip install 'transferlab[dask]'``: the f
 workers of a ``dask.distributed`` cluster) and ``ray`` (``pip install 'transferlab[ray]'``).
 Callers pass only small arguments (a cache file's path, a layer name): each worker reads the
 features from the file itself, so the cache must sit on storage the workers share.
+
+Which dask cluster: the current client; else the scheduler at ``$DASK_SCHEDULER_ADDRESS`` (dask's
+``scheduler-address`` setting; one that does not answer within ``DASK_CONNECT_TIMEOUT_S`` is a
+one-line error); else a local cluster of single-threaded worker processes, one per core (or per
+``n_jobs`` when given), started for the call, announced through ``log`` and closed after it.
+Ray: ``ray.init()``'s own rule (``$RAY_ADDRESS``, else a Ray instance on this machine); an
+address that does not answer is a one-line error.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+import logging
+from contextlib import ExitStack, contextmanager
 
 import joblib
 from joblib import Parallel, delayed
 
 from transferlab.util import UserInputError
+
+DASK_CONNECT_TIMEOUT_S = 5
+
 
 def check_backend(backend: str | None) -> None:
     """Raise UserInputError unless joblib knows ``backend`` and its package is installed (ray registered on demand)."""
@@ -34,38 +45,81 @@ def check_backend(backend: str | None) -> None:
         try:
             import distributed  # noqa: F401
         except ImportError:
-            raise UserInputError("joblib backend 'dask' needs dask.distributed: pip install 'transferlab[dask]'") from None
+            raise UserInputError("joblib backend 'dask' needs dask.distributed: "
+                                 "pip install 'transferlab[dask]'") from None
     if backend not in known:
         raise UserInputError(f"unknown joblib backend {backend!r}: choose one of {', '.join(sorted(known | {'ray'}))}")
 
 
 @contextmanager
-def _dask_client():
-    """The current dask client, or one made for this call (``$DASK_SCHEDULER_ADDRESS``, else a local cluster)."""
-    from distributed import Client
+def _dask_client(n_jobs, log):
+    """The current dask client, else one for this call: ``$DASK_SCHEDULER_ADDRESS``, else a local cluster."""
+    import dask
+    from distributed import Client, LocalCluster
 
     try:
         Client.current()
-        yield
-        return
+        current = True
     except ValueError:  # no client yet
-        pass
-    with Client():
+        current = False
+    address = None if current else dask.config.get("scheduler-address", None)
+    if current:
         yield
+    elif address:
+        try:
+            client = Client(address, timeout=DASK_CONNECT_TIMEOUT_S)
+        except Exception as exc:  # OSError (no answer), ValueError (no port), ...: the address is the user's
+            raise UserInputError(f"cannot connect to the dask scheduler at {address} ($DASK_SCHEDULER_ADDRESS): "
+                                 f"{exc}; start it (dask scheduler), correct the address, or unset "
+                                 f"DASK_SCHEDULER_ADDRESS to run on a local cluster") from None
+        with client:
+            yield
+    else:
+        n = joblib.effective_n_jobs(n_jobs)
+        with LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None,
+                          silence_logs=logging.ERROR) as cluster, Client(cluster):  # not its shutdown chatter
+            log(f"note: dask: no client and no $DASK_SCHEDULER_ADDRESS: started a local cluster of {n} worker "
+                f"processes (set DASK_SCHEDULER_ADDRESS=tcp://HOST:8786 to use a running one)")
+            yield
 
 
 @contextmanager
-def parallel(n_jobs: int | None = 1, backend: str | None = None, lazy: bool = False):
+def _ray_runtime():
+    """Ray started or connected before joblib's ray backend needs it, so an address that does not answer is one line."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    try:
+        ray.init()  # $RAY_ADDRESS, else a running instance on this machine, else a new local one
+    except (ConnectionError, TimeoutError) as exc:
+        raise UserInputError(f"cannot connect to the Ray cluster ($RAY_ADDRESS): {exc}; start it (ray start), "
+                             f"correct RAY_ADDRESS, or unset it to run on this machine") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextmanager
+def parallel(n_jobs: int | None = 1, backend: str | None = None, lazy: bool = False, log=lambda message: None):
     """Yield ``run(fn, list_of_arg_tuples)`` running the calls through joblib.
 
     ``run`` returns a list, or with ``lazy=True`` a generator that gives the results in order as
     they finish (so a caller can keep each one before the next arrives).
     ``backend=None`` keeps joblib's current default, so an enclosing
-    ``joblib.parallel_config(backend=...)`` applies (loky otherwise).
+    ``joblib.parallel_config(backend=...)`` applies (loky otherwise). ``log`` gets the one line
+    that says a local dask cluster was started.
     """
     check_backend(backend)
-    config = joblib.parallel_config(backend=backend) if backend is not None else nullcontext()
-    with _dask_client() if backend == "dask" else nullcontext(), config:
+    with ExitStack() as stack:
+        if backend == "dask":  # joblib's dask backend wants its client before its config
+            stack.enter_context(_dask_client(n_jobs, log))
+        elif backend == "ray":
+            stack.enter_context(_ray_runtime())
+        if backend is not None:
+            stack.enter_context(joblib.parallel_config(backend=backend))
         pool = Parallel(n_jobs=n_jobs, return_as="generator" if lazy else "list")
 
         def run(fn, arglist):
