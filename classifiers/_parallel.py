@@ -11,12 +11,15 @@ Which dask cluster: the current client; else the scheduler at ``$DASK_SCHEDULER_
 one-line error); else a local cluster of single-threaded worker processes, one per core (or per
 ``n_jobs`` when given), started for the call, announced through ``log`` and closed after it.
 Ray: ``ray.init()``'s own rule (``$RAY_ADDRESS``, else a Ray instance on this machine); an
-address that does not answer is a one-line error.
+address that does not answer is a one-line error. While a local (loky) pool runs, SIGTERM and
+Ctrl-C shut its worker processes down before the process ends.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from contextlib import ExitStack, contextmanager
 
 import joblib
@@ -102,6 +105,52 @@ def _ray_runtime():
         ray.shutdown()
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread while a local pool runs, so the pool is shut down on the way out."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated
+
+
+def _end_loky_workers():
+    """Shut down the pool joblib's loky backend reuses, and kill any worker it had started but not yet taken on."""
+    import multiprocessing
+
+    from joblib.externals.loky import get_reusable_executor
+    from joblib.externals.loky.backend.process import LokyProcess
+
+    get_reusable_executor(kill_workers=True).shutdown(kill_workers=True)
+    for proc in multiprocessing.active_children():  # a signal between starting the workers and managing them
+        if isinstance(proc, LokyProcess):
+            proc.terminate()
+
+
+@contextmanager
+def _pool_ends_with_the_process():
+    """SIGTERM and Ctrl-C (SIGINT) shut the loky pool's worker processes down, which would outlive the process.
+
+    SIGTERM then ends the process as it would have ended (killed by the signal); Ctrl-C goes on as
+    KeyboardInterrupt. Nothing changes off the main thread or where SIGTERM has a handler already.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    except (_Terminated, KeyboardInterrupt) as exc:
+        try:
+            _end_loky_workers()
+        finally:
+            if isinstance(exc, _Terminated):
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.raise_signal(signal.SIGTERM)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @contextmanager
 def parallel(n_jobs: int | None = 1, backend: str | None = None, lazy: bool = False, log=lambda message: None):
     """Yield ``run(fn, list_of_arg_tuples)`` running the calls through joblib.
@@ -118,6 +167,8 @@ def parallel(n_jobs: int | None = 1, backend: str | None = None, lazy: bool = Fa
             stack.enter_context(_dask_client(n_jobs, log))
         elif backend == "ray":
             stack.enter_context(_ray_runtime())
+        elif backend in (None, "loky") and n_jobs != 1:
+            stack.enter_context(_pool_ends_with_the_process())
         if backend is not None:
             stack.enter_context(joblib.parallel_config(backend=backend))
         pool = Parallel(n_jobs=n_jobs, return_as="generator" if lazy else "list")

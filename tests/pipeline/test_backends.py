@@ -6,13 +6,15 @@ import csv
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, make_npz, run_cli
 
 SWEEP = "transferlab sweep --data digits --layers blocks.3,bn2 --heads logreg --image-size 32 --backend dask --out d"
 DOC_ADDRESS = "tcp://scheduler:8786"
@@ -88,3 +90,56 @@ def test_an_unreachable_dask_scheduler_is_one_line_exit_2(local_sweep, tmp_path)
     assert res.stderr.startswith(f"error: cannot connect to the dask scheduler at {address}")
     assert len(res.stderr.strip().splitlines()) == 1 and "DASK_SCHEDULER_ADDRESS" in res.stderr
     assert not (tmp_path / "d" / "results.csv").exists() and not (tmp_path / "d" / "report.md").exists()
+
+
+def _alive(proc) -> bool:
+    import psutil
+
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _cmdline(proc) -> str:
+    import psutil
+
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, -signal.SIGTERM), (signal.SIGINT, 130)],
+                         ids=["SIGTERM", "SIGINT"])
+def test_sigterm_or_ctrl_c_shuts_the_sweeps_worker_processes_down(tmp_path, signum, status):
+    """A sweep stopped during its fits takes its loky workers with it (after SIGTERM they outlived it by minutes).
+
+    It ends as it would have otherwise: killed by SIGTERM; after Ctrl-C, the CLI's "interrupted" and 130.
+    """
+    psutil = pytest.importorskip("psutil", reason="psutil is not installed (it comes with the test extra's dask)")
+    npz = make_npz(tmp_path / "d.npz", n_train=60, n_test=30, size=16)
+    args = ["sweep", "--data", f"npz:{npz}", "--backbone", "lite0", "--weights", "random", "--layers", "all",
+            "--heads", "logreg,knn", "--image-size", "32", "--workers", "2", "--out", tmp_path / "out", "--quiet"]
+    err = open(tmp_path / "stderr", "w+")  # a file: a leaked worker would hold a pipe open
+    sweep = subprocess.Popen([sys.executable, "-m", "transferlab", *map(str, args)], cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=err,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as in a terminal
+    main, children = psutil.Process(sweep.pid), []
+    try:
+        while not any("LokyProcess" in _cmdline(p) for p in children):  # the fits start once loky's workers exist
+            assert sweep.poll() is None, "the sweep ended before its worker processes started"
+            time.sleep(0.05)
+            children = main.children(recursive=True)  # the workers and loky's resource tracker
+        sweep.send_signal(signum)
+        assert sweep.wait(timeout=120) == status, (tmp_path / "stderr").read_text()
+        deadline = time.monotonic() + 60
+        while any(map(_alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [_cmdline(p)[:120] for p in children if _alive(p)]
+        assert not left, f"still running after the sweep was terminated: {left}"
+    finally:
+        err.close()
+        for p in [main, *children]:
+            if _alive(p):
+                p.kill()
