@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 
 import joblib
 from joblib import Parallel, delayed
@@ -109,21 +109,22 @@ class _Terminated(BaseException):
     """SIGTERM, raised in the main thread while a local pool runs, so the pool is shut down on the way out."""
 
 
-def _raise_terminated(signum, frame):
-    raise _Terminated
-
-
 def _end_loky_workers():
-    """Shut down the pool joblib's loky backend reuses, and kill any worker it had started but not yet taken on."""
+    """Kill the workers of the pool joblib's loky backend reuses, then shut it down.
+
+    The workers are found as this process's children: the pool's own shutdown reaches them only once
+    all have started and its manager thread runs, and a signal may come in before.
+    """
     import multiprocessing
 
     from joblib.externals.loky import get_reusable_executor
     from joblib.externals.loky.backend.process import LokyProcess
 
-    get_reusable_executor(kill_workers=True).shutdown(kill_workers=True)
-    for proc in multiprocessing.active_children():  # a signal between starting the workers and managing them
+    for proc in multiprocessing.active_children():
         if isinstance(proc, LokyProcess):
             proc.terminate()
+    with suppress(RuntimeError):  # "cannot join thread before it is started": stopped while starting its manager
+        get_reusable_executor(kill_workers=True).shutdown(kill_workers=True)
 
 
 @contextmanager
@@ -131,24 +132,38 @@ def _pool_ends_with_the_process():
     """SIGTERM and Ctrl-C (SIGINT) shut the loky pool's worker processes down, which would outlive the process.
 
     SIGTERM then ends the process as it would have ended (killed by the signal); Ctrl-C goes on as
-    KeyboardInterrupt. Nothing changes off the main thread or where SIGTERM has a handler already.
+    KeyboardInterrupt, also where the interrupted pool code turned it into another error. A signal
+    whose handler is not Python's default is left alone, and so is everything off the main thread.
     """
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    caught = []
+
+    def stop(signum, frame):
+        caught.append(signum)
+        raise KeyboardInterrupt if signum == signal.SIGINT else _Terminated
+
+    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+    mine = [s for s, default in defaults.items() if signal.getsignal(s) is default]
+    for s in mine:
+        signal.signal(s, stop)
     try:
         yield
-    except (_Terminated, KeyboardInterrupt) as exc:
+    except BaseException:
+        if not caught:
+            raise
         try:
             _end_loky_workers()
         finally:
-            if isinstance(exc, _Terminated):
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            for s in mine:
+                signal.signal(s, defaults[s])
+            if signal.SIGTERM in caught:
                 signal.raise_signal(signal.SIGTERM)
-        raise
+        raise KeyboardInterrupt from None
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for s in mine:
+            signal.signal(s, defaults[s])
 
 
 @contextmanager
