@@ -241,20 +241,20 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
             f"(or were torn); moved them to {csv_path.with_name('results.stale.csv')}")
     done = {r["row_key"] for r in read_rows(csv_path)}
     jobs = [j for j in jobs if j["row_key"] not in done]
-    bar = tqdm(total=len(jobs), desc="heads x layers", unit="fit", disable=not progress or not jobs,
-               dynamic_ncols=True)
     t0 = time.perf_counter()
-    fitted = []
+    fitted, bar = [], None
     try:
         if jobs:
-            with parallel(cfg.n_jobs, cfg.backend, lazy=True) as run:
+            with parallel(cfg.n_jobs, cfg.backend, lazy=True, log=log) as run:  # its cluster's note or error first
+                bar = tqdm(total=len(jobs), desc="heads x layers", unit="fit", disable=not progress, dynamic_ncols=True)
                 for row in run(_fit_one, [(j,) for j in jobs]):
                     if append_row(csv_path, row):
                         log(f"note: {csv_path} ended in a torn line (a run killed while appending); cut it off")
                     fitted.append(row)
                     bar.update(1)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         t_train += time.perf_counter() - t0
         for line in summarise_warnings(fitted):
             log(line)

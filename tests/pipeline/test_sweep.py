@@ -155,27 +155,6 @@ def test_two_backbones_share_the_relative_depth_axis(tiny_sweep):
         assert rel[0] == 0.0 and rel[-1] == 1.0 and rel == sorted(rel)
 
 
-def test_dask_backend_runs_the_grid_on_cluster_workers_with_the_local_results(tiny_sweep, tmp_path):
-    pytest.importorskip("distributed", reason="dask.distributed is not installed: pip install 'transferlab[dask]'")
-    from distributed import Client, LocalCluster, get_task_stream
-
-    base = {**tiny_sweep, "heads": "logreg,knn", "layers": "bn1,blocks.2,bn2"}
-    local = sweep(SweepConfig(**base), progress=False)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      host="127.0.0.1") as cluster, Client(cluster) as client:
-        cluster_workers = set(cluster.scheduler_info["workers"])
-        with get_task_stream(client) as stream:
-            remote = sweep(SweepConfig(**{**base, "out": str(tmp_path / "dask"), "backend": "dask", "n_jobs": -1}),
-                           progress=False)
-        ran_on = {t["worker"] for t in stream.data}
-    key = lambda r: (r["layer"], r["head"])  # noqa: E731
-    assert sorted(map(key, remote["rows"])) == sorted(map(key, local["rows"])) and len(remote["rows"]) == 6
-    got = {key(r): float(r["test_accuracy"]) for r in remote["rows"]}
-    assert got == {key(r): float(r["test_accuracy"]) for r in local["rows"]}
-    assert ran_on and ran_on <= cluster_workers  # the fits ran on the cluster's worker processes
-    assert remote["config"]["backend"] == "dask"
-
-
 def test_unknown_or_missing_backend_is_one_line_exit_2(tiny_sweep, tmp_path):
     res = run_cli("sweep", "--data", tiny_sweep["data"], "--backend", "spark", "--out", tmp_path / "x", "--quiet")
     assert res.returncode == 2 and res.stderr.startswith("error: unknown joblib backend 'spark'")
