@@ -1,4 +1,4 @@
-"""``transferlab advise``: measure the evidence on a capped subset, then name the transfer regime.
+"""``transferlab advise``: measure the evidence on a sweep's rows (capped), then name the transfer regime.
 
 What it measures (all on training and validation rows; the test split is never read):
 
@@ -15,10 +15,14 @@ What it measures (all on training and validation rows; the test split is never r
    same validation rows: the last rise is a paired gap);
 6. optionally (``finetune_probe``) a short ``last:2`` fine-tune on the subset.
 
-Large data sets are subsampled (stratified, seeded) to ``max_train`` training and ``max_val``
-validation rows; the per-class size used for the decision is the full data set's. The features go
-through the normal cache (keyed by the subset's fingerprint), so a second ``advise`` reuses them.
-:func:`transferlab.pipeline.decision.decide` turns the evidence into the recommendation.
+The rows are a sweep's (the heads' training rows; the data's ``val`` split, else the heads' holdout
+of train), each capped by a stratified, seeded sample to ``max_train`` and ``max_val``; the
+per-class size used for the decision is the full data set's. The cache is the sweep's (one
+extraction spec per weights, one key): data within the caps is extracted whole, every split, so a
+``sweep`` after ``advise`` extracts nothing; larger data reads its sample from a complete file of
+the full data (:func:`transferlab.features.memo.cached_extraction`), else extracts the sample into
+a file of its own and says so (see :func:`advice_rows`). :func:`transferlab.pipeline.decision.decide`
+turns the evidence into the recommendation.
 """
 from __future__ import annotations
 
@@ -33,12 +37,13 @@ from transferlab.classifiers.holdout import stratified_holdout, stratified_sampl
 from transferlab.classifiers.compare import paired_split_gap, split_correctness
 from transferlab.classifiers.transferability import knn_accuracy, logme
 from transferlab.features import ExtractionSpec, build_backbone, default_layers, extract, load_dataset
-from transferlab.features.cache import layer_info, load_split, read_cache_meta
+from transferlab.features.cache import load_split, read_cache_meta
 from transferlab.features.data import Dataset
+from transferlab.features.memo import cached_extraction
 from transferlab.util import UserInputError, sha256_json
 
 from .decision import THRESHOLDS, Evidence, decide
-from .evidence import measure_curve
+from .evidence import FeatureRows, measure_curve, train_val_rows
 
 LOGME_ROWS = 3000
 MIN_PER_CLASS = 5  # fewer training images in a class: nothing can be measured, say so
@@ -61,44 +66,116 @@ class Advice:
         return dict(self.__dict__)
 
 
-def advice_subset(ds: Dataset, max_train: int, max_val: int, val_fraction: float, seed: int) -> Dataset:
-    """A Dataset of capped, stratified train and val splits (no test split): what advise measures on.
+@dataclass
+class AdviceRows:
+    """The rows advise measures, as positions in the full data set.
+
+    ``train_idx``: the heads' training rows (positions in the train split); ``val_split`` and
+    ``val_idx``: the validation rows (all of the ``val`` split, else the heads' holdout of train);
+    ``keep_train`` and ``keep_val``: the capped sample, positions within ``train_idx`` and ``val_idx``.
+    """
+
+    train_idx: np.ndarray
+    val_split: str
+    val_idx: np.ndarray
+    keep_train: np.ndarray
+    keep_val: np.ndarray
+    source: str  # where the validation rows come from: "val split" or "<fraction> of train"
+
+    @property
+    def capped(self) -> bool:
+        return len(self.keep_train) < len(self.train_idx) or len(self.keep_val) < len(self.val_idx)
+
+    def taken(self) -> tuple:
+        """``(train rows, val rows)`` measured on: positions in the train split and in ``val_split``."""
+        return self.train_idx[self.keep_train], self.val_idx[self.keep_val]
+
+    def subset(self, ds: Dataset) -> Dataset:
+        """The measured rows as a Dataset of ``train`` and ``val`` splits (no test split), with a fingerprint
+        of its own: what advise extracts when the data exceeds its caps and no full cache file exists."""
+        train_idx, val_idx = self.taken()
+        splits = {"train": ds.splits["train"].take(train_idx), "val": ds.splits[self.val_split].take(val_idx, "val")}
+        fp = sha256_json({"data": ds.fingerprint, "train": train_idx.tolist(), "val": val_idx.tolist(),
+                          "val_from": self.source})
+        return Dataset(f"{ds.spec}#advise", splits, ds.class_names, fp)
+
+    def validation_only(self, ds: Dataset) -> Dataset:
+        """The measured validation rows alone, as a ``val`` split: the source classifier's logits for them
+        are computed in a small file of their own when the full data's file lacks the classifier layer."""
+        _, val_idx = self.taken()
+        fp = sha256_json({"data": ds.fingerprint, "val": val_idx.tolist(), "val_from": self.source, "only": "val"})
+        return Dataset(f"{ds.spec}#advise-val", {"val": ds.splits[self.val_split].take(val_idx, "val")},
+                       ds.class_names, fp)
+
+
+def advice_rows(ds: Dataset, max_train: int, max_val: int, val_fraction: float, seed: int) -> AdviceRows:
+    """The training and validation rows of ``ds`` a sweep uses, and advise's capped stratified sample of each.
 
     Validation rows are the data's ``val`` split, else the rows
-    :func:`~transferlab.classifiers.protocol.stratified_holdout` holds out of train (those of the
+    :func:`~transferlab.classifiers.holdout.stratified_holdout` holds out of train (those of the
     heads and fine-tuning); then each side is capped by a stratified sample."""
     tr = ds.splits["train"]
     if "val" in ds.splits and len(ds.splits["val"]):
-        val, source, train_idx = ds.splits["val"], "val split", np.arange(len(tr))
-        val_idx = stratified_sample(val.labels, max_val, seed)
+        val_split, source = "val", "val split"
+        train_idx, val_idx = np.arange(len(tr)), np.arange(len(ds.splits["val"]))
     else:
         train_idx, val_idx, reason = stratified_holdout(tr.labels, val_fraction, seed)
         if reason is not None:
             raise UserInputError(f"{ds.spec}: cannot hold out validation rows ({reason}); "
                                  f"add images or a val split")
-        val, source = tr, f"{val_fraction:g} of train"
-        val_idx = val_idx[stratified_sample(tr.labels[val_idx], max_val, seed)]
-    train_idx = train_idx[stratified_sample(tr.labels[train_idx], max_train, seed)]
-    splits = {"train": tr.take(train_idx), "val": val.take(val_idx, "val")}
-    fp = sha256_json({"data": ds.fingerprint, "train": train_idx.tolist(), "val": val_idx.tolist(), "val_from": source})
-    sub = Dataset(f"{ds.spec}#advise", splits, ds.class_names, fp)
-    sub.val_source = source
-    return sub
+        val_split, source = "train", f"{val_fraction:g} of train"
+    val_labels = ds.splits[val_split].labels[val_idx]
+    return AdviceRows(train_idx, val_split, val_idx, stratified_sample(tr.labels[train_idx], max_train, seed),
+                      stratified_sample(val_labels, max_val, seed), source)
 
 
-def _scores(path, points, seed, log) -> None:
+def advice_subset(ds: Dataset, max_train: int, max_val: int, val_fraction: float, seed: int) -> Dataset:
+    """The capped rows of :func:`advice_rows` as a Dataset (:meth:`AdviceRows.subset`)."""
+    return advice_rows(ds, max_train, max_val, val_fraction, seed).subset(ds)
+
+
+def _measured_rows(ds: Dataset, rows: AdviceRows, spec: ExtractionSpec, layers, logits_layer: str | None, *,
+                   val_fraction: float, seed: int, log, **extract_args) -> tuple:
+    """``(FeatureRows, validation logits or None)`` for one extraction spec, sharing the sweep's cache file.
+
+    The full data's cache file of ``spec`` is read when complete (no torch needed to find it); data
+    within the caps is extracted whole into that file; only data over the caps with no such file
+    gets a capped subset in a file of its own. The logits of ``logits_layer`` on the validation rows
+    come from the same file, else (a sweep wrote it, without that layer) from those rows alone."""
+    cache_dir = extract_args["cache_dir"]
+    full = cached_extraction(ds, spec, "all", cache_dir)
+    if full is None and not rows.capped:
+        full = extract(ds, layers=layers, spec=spec, log=lambda m: None, **extract_args)
+    if full is not None and rows.capped:
+        log(f"advise reads its capped sample ({spec.weights} weights) from the full data's cache file {full}")
+        source = FeatureRows(full, rows.keep_train, rows.keep_val)
+    elif full is not None:
+        source = FeatureRows(full)
+    else:
+        sub = rows.subset(ds)
+        n = sum(len(s) for s in sub.splits.values())
+        log(f"advise measures a capped subset of {n} rows ({spec.weights} weights): its own cache file; "
+            f"a sweep extracts the full data")
+        source = FeatureRows(extract(sub, layers=layers, spec=spec, log=lambda m: None, **extract_args))
+    if logits_layer is None:
+        return source, None
+    if full is None or cached_extraction(ds, spec, [logits_layer], cache_dir) is not None:
+        return source, train_val_rows(source, logits_layer, val_fraction, seed)[2]
+    path = extract(rows.validation_only(ds), layers=[logits_layer], spec=spec, log=lambda m: None, **extract_args)
+    return source, load_split(path, "val", logits_layer)[0]
+
+
+def _scores(source, points, seed, val_fraction, log) -> None:
     """Training-free kNN accuracy and LogME of each layer, on the one validation split (shown, not decided on)."""
     for p in points:
-        X, y, _ = load_split(path, "train", p.layer)
-        Xv, yv, _ = load_split(path, "val", p.layer)
+        X, y, Xv, yv = train_val_rows(source, p.layer, val_fraction, seed)
         p.knn = knn_accuracy(X, y, Xv, yv, k=10)
         rows = stratified_sample(y, LOGME_ROWS, seed)
         p.logme = logme(X[rows], y[rows])
         log(f"  {p.layer:<12} knn {p.knn:.3f}  logme {p.logme:+.3f}")
 
 
-def _source_confidence(path, layer) -> tuple:
-    logits, _, _ = load_split(path, "val", layer)
+def _source_confidence(logits) -> tuple:
     z = logits.astype(np.float64)
     z -= z.max(1, keepdims=True)
     p = np.exp(z)
@@ -107,10 +184,9 @@ def _source_confidence(path, layer) -> tuple:
     return float(p.max(1).mean()), float(ent.mean())
 
 
-def _learning_curve(path, layer, seed) -> tuple[dict, dict]:
+def _learning_curve(source, layer, seed, val_fraction) -> tuple[dict, dict]:
     """Validation accuracy of the probe on 25/50/100% of the training rows, and the last rise as a paired gap."""
-    X, y, _ = load_split(path, "train", layer)
-    Xv, yv, _ = load_split(path, "val", layer)
+    X, y, Xv, yv = train_val_rows(source, layer, val_fraction, seed)
     out, correct = {}, {}
     for frac in (0.25, 0.5, 1.0):
         idx = stratified_sample(y, max(int(round(frac * y.size)), 2 * np.unique(y).size), seed)
@@ -184,42 +260,43 @@ def advise(data, backbone: str = "lite0", image_size=None, pool: str = "gap", se
         return Advice("linear-probe", "generic-features", True, None, [warning], sizes, sizes, dict(THRESHOLDS),
                       f"transferlab sweep --data {ds.spec} --backbone {backbone} --heads logreg --layers all",
                       round(time.perf_counter() - started, 1))
-    sub = advice_subset(ds, max_train, max_val, val_fraction, seed)
+    rows = advice_rows(ds, max_train, max_val, val_fraction, seed)
     spec = ExtractionSpec(backbone, "imagenet", seed, image_size, pool)
     bb = build_backbone(spec.backbone, "imagenet", seed)
     # the source classifier's logits ride along in the same pass (pooling passes flat outputs through)
     extra = [bb.classifier] if bb.classifier in dict(bb.model.named_modules()) and bb.class_names else []
-    log(f"advise: {ds.spec}, {len(sub.splits['train'])} train / {len(sub.splits['val'])} val rows "
-        f"({sub.val_source}), {bb.spec} at {spec.image_size or bb.input_size} px")
-    path = extract(sub, bb, layers=default_layers(bb.model) + extra, spec=spec, cache_dir=cache_dir, device=device,
-                   progress=progress, log=lambda m: None)
-    layers = list(read_cache_meta(path)["catalog"])
-    conf, ent = _source_confidence(path, extra[0]) if extra else (None, None)
+    log(f"advise: {ds.spec}, {len(rows.keep_train)} train / {len(rows.keep_val)} val rows "
+        f"({rows.source}), {bb.spec} at {spec.image_size or bb.input_size} px")
+    how = dict(val_fraction=val_fraction, seed=seed, log=log, cache_dir=cache_dir, device=device, progress=progress)
+    source, logits = _measured_rows(ds, rows, spec, default_layers(bb.model) + extra, extra[0] if extra else None,
+                                    **how)
+    layers = list(read_cache_meta(source.path)["catalog"])
+    conf, ent = _source_confidence(logits) if logits is not None else (None, None)
     log("pretrained, per layer (validation):")
-    measured = measure_curve(path, layers, seed=seed, val_fraction=val_fraction, n_jobs=-1, log=log)
+    measured = measure_curve(source, layers, seed=seed, val_fraction=val_fraction, n_jobs=-1, log=log)
     curve = measured.points
     if scores:
-        _scores(path, curve, seed, log)
+        _scores(source, curve, seed, val_fraction, log)
     random_best = random_n = None
     if compare_random:
         rspec = ExtractionSpec(backbone, "random", seed, image_size, pool)
-        rpath = extract(sub, layers="all", spec=rspec, cache_dir=cache_dir, device=device, progress=progress,
-                        log=lambda m: None)
+        rsource, _ = _measured_rows(ds, rows, rspec, "all", None, **how)
         log("random weights, per layer (validation):")
-        rcurve = measure_curve(rpath, layers, seed=seed, val_fraction=val_fraction, n_jobs=-1, log=log).points
+        rcurve = measure_curve(rsource, layers, seed=seed, val_fraction=val_fraction, n_jobs=-1, log=log).points
         best = max(rcurve, key=lambda p: p.val_accuracy)
         random_best, random_n = best.val_accuracy, best.n_val
     ev = Evidence(n_train=int(y.size), n_classes=int(classes.size), per_class_min=int(counts.min()),
                   per_class_median=float(np.median(counts)), curve=curve, random_best=random_best,
                   random_n_val=random_n, source_confidence=conf, source_entropy=ent, peak_gap=measured.gap_record())
     first = decide(ev)
-    ev.learning_curve, ev.learning_gap = _learning_curve(path, first.chosen_layer or layers[-1], seed)
+    ev.learning_curve, ev.learning_gap = _learning_curve(source, first.chosen_layer or layers[-1], seed, val_fraction)
     if finetune_probe:
         import shutil
         import tempfile
 
         from transferlab.finetuning import finetune
 
+        sub = rows.subset(ds)
         probe_data = Dataset(sub.spec, {**sub.splits, "test": sub.splits["val"]}, sub.class_names, sub.fingerprint)
         out = tempfile.mkdtemp(prefix="transferlab-advise-")
         try:

@@ -296,6 +296,9 @@ def cmd_advise(a):
             how = "one split" if p.get("method", "split") == "split" else p["method"] + " of train+val"
             print(f"  {p['layer']:<12} {p['rel_depth']:>9.2f} {p['val_accuracy']:>8.3f} "
                   f"{stderr(p['val_accuracy'], p['n_val']):>6.3f} {knn:>6} {lm:>7}  {how}, {p['n_val']} rows")
+        if any(p["knn"] is not None for p in curve):
+            print("  (val acc: as 'measured on' says; knn: one validation split; logme: the training rows; "
+                  "both shown, not decided on)")
     print("thresholds: " + ", ".join(f"{k}={v}" for k, v in adv.thresholds.items()))
     print(f"next: {adv.next_command}")
 

@@ -52,16 +52,38 @@ class CurveMeasurement:
         return {**self.gap.to_dict(), "peak": self.peak, "last": self.last}
 
 
-def train_val_rows(path, layer: str, val_fraction: float, seed: int):
-    """``(X, y, X_val, y_val)`` of a layer: the cache's ``val`` split, else the heads' holdout of train."""
-    X, y, _ = load_split(path, "train", layer)
-    if "val" in read_cache_meta(path)["splits"]:
-        Xv, yv, _ = load_split(path, "val", layer)
-        return X, y, Xv, yv
-    tr, va, reason = stratified_holdout(y, val_fraction, seed)
-    if reason is not None:
-        return X, y, None, None
-    return X[tr], y[tr], X[va], y[va]
+@dataclass
+class FeatureRows:
+    """The rows of a cache file a measurement reads: the heads' training rows and the validation rows
+    (:func:`train_val_rows`), each narrowed to the given positions when ``train`` or ``val`` is set
+    (``advise``'s capped sample of a full data set's file). A plain path reads them all."""
+
+    path: str
+    train: np.ndarray | None = None  # positions within the heads' training rows
+    val: np.ndarray | None = None  # positions within the validation rows
+
+
+def train_val_rows(source, layer: str, val_fraction: float, seed: int):
+    """``(X, y, X_val, y_val)`` of a layer of ``source`` (a cache file's path or :class:`FeatureRows`): the
+    cache's ``val`` split, else the heads' holdout of train."""
+    rows = source if isinstance(source, FeatureRows) else FeatureRows(source)
+    X, y, _ = load_split(rows.path, "train", layer)
+    if "val" in read_cache_meta(rows.path)["splits"]:
+        Xv, yv, _ = load_split(rows.path, "val", layer)
+    else:
+        tr, va, reason = stratified_holdout(y, val_fraction, seed)
+        if reason is not None:
+            return X, y, None, None
+        X, y, Xv, yv = X[tr], y[tr], X[va], y[va]
+    if rows.train is not None:
+        X, y = X[rows.train], y[rows.train]
+    if rows.val is not None:
+        Xv, yv = Xv[rows.val], yv[rows.val]
+    return X, y, Xv, yv
+
+
+def _path(source) -> str:
+    return source.path if isinstance(source, FeatureRows) else source
 
 
 def _peak_and_last(points: list) -> tuple:
@@ -70,10 +92,11 @@ def _peak_and_last(points: list) -> tuple:
     return peak, last
 
 
-def measure_curve(path, layers: list, *, seed: int = 0, val_fraction: float = 0.2, known: dict | None = None,
+def measure_curve(source, layers: list, *, seed: int = 0, val_fraction: float = 0.2, known: dict | None = None,
                   small_val: int = SMALL_VAL, folds: int = FOLDS, repeats: int = REPEATS, n_jobs: int | None = 1,
                   backend: str | None = None, log=None) -> CurveMeasurement:
-    """Measure the probe at every layer of ``layers`` in the cache file ``path`` and the peak-vs-last gap.
+    """Measure the probe at every layer of ``layers`` in ``source`` (a cache file's path, or :class:`FeatureRows`
+    of one) and the peak-vs-last gap.
 
     ``known`` maps a layer to a one-split validation accuracy already measured by the same probe
     on the same rows (a sweep's logreg rows): those layers are not refitted on the one-split path
@@ -83,16 +106,16 @@ def measure_curve(path, layers: list, *, seed: int = 0, val_fraction: float = 0.
     """
     log = log or (lambda m: None)
     known = known or {}
-    _, _, _, yv = train_val_rows(path, layers[0], val_fraction, seed)
+    _, _, _, yv = train_val_rows(source, layers[0], val_fraction, seed)
     if yv is None or len(yv) < small_val:
-        return _kfold_curve(path, layers, seed, val_fraction, folds, repeats, n_jobs, backend, log)
+        return _kfold_curve(source, layers, seed, val_fraction, folds, repeats, n_jobs, backend, log)
     points, params = [], {}
     for name in layers:
-        info = layer_info(path, name)
+        info = layer_info(_path(source), name)
         if name in known:
             acc = float(known[name])
         else:
-            X, y, Xv, yv = train_val_rows(path, name, val_fraction, seed)
+            X, y, Xv, yv = train_val_rows(source, name, val_fraction, seed)
             correct, params[name] = split_correctness(X, y, Xv, yv, PROBE, seed=seed)
             acc = float(correct.mean())
         points.append(LayerPoint(name, info["rel_depth"], acc, int(len(yv)), method="split"))
@@ -102,33 +125,33 @@ def measure_curve(path, layers: list, *, seed: int = 0, val_fraction: float = 0.
     if peak.layer != last.layer:
         pairs = []
         for name in (peak.layer, last.layer):
-            X, y, Xv, yv = train_val_rows(path, name, val_fraction, seed)
+            X, y, Xv, yv = train_val_rows(source, name, val_fraction, seed)
             correct, params[name] = split_correctness(X, y, Xv, yv, PROBE, seed=seed)
             pairs.append(correct)
         gap = paired_split_gap(*pairs)
     return CurveMeasurement(points, "split", gap, peak.layer, last.layer, params)
 
 
-def _labelled_rows(path, layer: str, val_fraction: float, seed: int):
+def _labelled_rows(source, layer: str, val_fraction: float, seed: int):
     """Train+val rows of a layer (features, labels): what the folds are cut from."""
-    X, y, Xv, yv = train_val_rows(path, layer, val_fraction, seed)
+    X, y, Xv, yv = train_val_rows(source, layer, val_fraction, seed)
     return (np.concatenate([X, Xv]), np.concatenate([y, yv])) if Xv is not None else (X, y)
 
 
-def _fold_task(path, layer, split, val_fraction, seed):
-    """One (layer, fold) fit of the k-fold measurement; reads its own rows (a worker gets only the path)."""
-    X, y = _labelled_rows(path, layer, val_fraction, seed)
+def _fold_task(source, layer, split, val_fraction, seed):
+    """One (layer, fold) fit of the k-fold measurement; reads its own rows (a worker gets only the source)."""
+    X, y = _labelled_rows(source, layer, val_fraction, seed)
     return fold_scores(X, y, split, PROBE, seed=seed)
 
 
-def _kfold_curve(path, layers, seed, val_fraction, folds, repeats, n_jobs, backend, log) -> CurveMeasurement:
+def _kfold_curve(source, layers, seed, val_fraction, folds, repeats, n_jobs, backend, log) -> CurveMeasurement:
     """Every layer on the same repeated stratified folds of train+val."""
     from transferlab.classifiers._parallel import parallel
 
-    _, y_all = _labelled_rows(path, layers[0], val_fraction, seed)
+    _, y_all = _labelled_rows(source, layers[0], val_fraction, seed)
     splits = repeated_folds(y_all, folds, repeats, seed)
     method = kfold_shape(splits)
-    tasks = [(path, name, split, val_fraction, seed) for name in layers for split in splits]
+    tasks = [(source, name, split, val_fraction, seed) for name in layers for split in splits]
     with parallel(n_jobs, backend) as run:
         results = run(_fold_task, tasks)
     points, per_fold, params = [], {}, {}
@@ -136,7 +159,8 @@ def _kfold_curve(path, layers, seed, val_fraction, folds, repeats, n_jobs, backe
         mine = results[i * len(splits):(i + 1) * len(splits)]
         per_fold[name], params[name] = choose_on_folds(mine[0][0], [scores for _, scores in mine])
         acc = float(per_fold[name].mean())
-        points.append(LayerPoint(name, layer_info(path, name)["rel_depth"], acc, int(y_all.size), method=method))
+        points.append(LayerPoint(name, layer_info(_path(source), name)["rel_depth"], acc, int(y_all.size),
+                                 method=method))
         log(f"  {name:<12} {method} {acc:.3f}")
     peak, last = _peak_and_last(points)
     gap = corrected_kfold_gap(per_fold[peak.layer], per_fold[last.layer], splits) if peak.layer != last.layer else None

@@ -367,9 +367,9 @@ def sweep_defaults_for_finetune(target: "str | Path", values: dict) -> tuple[dic
     """Fine-tuning flags for a run appended to the sweep at ``target``, so its row compares like with like.
 
     Where ``values`` (the flags given) leave them out, the sweep's data, image size (when the sweep
-    used one), validation fraction, test fraction and fingerprint mode are used; a given value that
-    differs from the sweep's is kept and named in the returned notes. A target without
-    ``results.json`` (no sweep yet) changes nothing.
+    used one), validation fraction, seed (so the validation rows are the sweep's), test fraction and
+    fingerprint mode are used; a given value that differs from the sweep's is kept and named in the
+    returned notes. A target without ``results.json`` (no sweep yet) changes nothing.
     """
     target = Path(target).expanduser()
     summary_path = (target.parent if target.suffix == ".csv" else target) / "results.json"
@@ -381,7 +381,7 @@ def sweep_defaults_for_finetune(target: "str | Path", values: dict) -> tuple[dic
         return values, [f"{summary_path} is unreadable; the sweep's settings are not applied"]
     values, notes = dict(values), []
     sizes = [parse_image_size(s) or DEFAULT_IMAGE_SIZE for s in cfg.get("image_size") or []]
-    wanted = {"data": cfg.get("data"), "val_fraction": cfg.get("val_fraction"),
+    wanted = {"data": cfg.get("data"), "val_fraction": cfg.get("val_fraction"), "seed": cfg.get("seed"),
               "test_fraction": cfg.get("test_fraction"), "fingerprint": cfg.get("fingerprint")}
     if len(sizes) == 1:
         wanted["image_size"] = sizes[0]

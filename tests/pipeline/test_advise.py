@@ -34,7 +34,8 @@ def test_json_names_a_regime_with_its_evidence(advice):
     assert adv["evidence"]["per_class_median"] == 30 and adv["next_command"].startswith("transferlab ")
 
 
-def test_advise_never_reads_the_test_split(advice, monkeypatch):
+@pytest.mark.parametrize("caps", [(60, 30), (5000, 2000)], ids=["capped subset", "whole data, test split cached"])
+def test_advise_never_reads_the_test_split(advice, monkeypatch, caps):
     from transferlab.features import cache
 
     _, npz, tmp = advice
@@ -47,9 +48,12 @@ def test_advise_never_reads_the_test_split(advice, monkeypatch):
 
     monkeypatch.setattr(advise_mod, "load_split", cache.load_split)
     monkeypatch.setattr(evidence_mod, "load_split", cache.load_split)
-    advise_mod.advise(f"npz:{npz}", image_size=32, max_train=60, max_val=30, cache_dir=tmp / "cache",
+    advise_mod.advise(f"npz:{npz}", image_size=32, max_train=caps[0], max_val=caps[1], cache_dir=tmp / "cache",
                       compare_random=False, scores=False, log=lambda m: None)
     assert seen and set(seen) <= {"train", "val"}
+    if caps[0] > 90:  # within the caps advise extracts every split for the sweep to share, and reads none of test
+        full = [f for f in (tmp / "cache").glob("*.h5") if "test" in cache.read_cache_meta(f)["splits"]]
+        assert len(full) == 1
 
 
 def test_the_text_output_states_thresholds_and_the_next_command(advice):
@@ -58,6 +62,11 @@ def test_the_text_output_states_thresholds_and_the_next_command(advice):
                   "--cache-dir", tmp / "cache", "--quiet", "--no-random")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("strategy: ") and "runner-up: " in out.stdout
+    # each row of the evidence table says how its accuracy was measured
+    table = [l for l in out.stdout.splitlines() if l.startswith("  bn1 ") or l.startswith("  blocks.")
+             or l.startswith("  bn2 ")]
+    assert len(table) == 9 and all(l.endswith("kfold 2x5 of train+val, 78 rows") for l in table)
+    assert "knn: one validation split" in out.stdout
     assert "thresholds: large_per_class=" in out.stdout and "next: transferlab " in out.stdout
 
 
