@@ -94,7 +94,7 @@ def swept(tmp_path_factory):
     mp.setattr(engine, "ESTIMATE_NOTE_SECONDS", 0)  # every extraction is "long": the note must reach the sweep's log
     try:
         out = run_cli("sweep", "--data", f"folder:{root}", "--layers", "bn2", "--heads", "logreg", "--out", tmp / "run",
-                      "--cache-dir", tmp / "cache", "--workers", "1")
+                      "--cache-dir", tmp / "cache", "--workers", "1", "--batch-size", "8")
     finally:
         mp.undo()
     assert out.returncode == 0, out.stderr
@@ -111,7 +111,7 @@ def test_sweep_prints_records_and_reports_the_resolved_size(swept):
     first = (tmp / "run" / "report.md").read_text().split("\n\n")[1]
     assert "image size 72 px (auto: median shorter side 72 px of 24 images, within 64..224" in first
     assert any(l.startswith("note: extracting 24 images at 72 px on cpu: about ") and
-               l.endswith(" (measured on the first batch)") for l in out.stderr.splitlines())
+               l.endswith(" (measured on the first batches)") for l in out.stderr.splitlines())
 
 
 def test_extract_and_finetune_append_to_take_the_same_size(swept):
@@ -139,7 +139,7 @@ def test_advise_prints_the_resolved_size_and_measures_at_it(swept):
 def test_a_warm_default_sweep_resolves_auto_without_torch(swept):
     root, tmp, _ = swept
     args = ["sweep", "--data", f"folder:{root}", "--layers", "bn2", "--heads", "logreg", "--out", tmp / "run",
-            "--cache-dir", tmp / "cache"]
+            "--cache-dir", tmp / "cache", "--batch-size", "8"]
     code = ("import sys\nfrom transferlab.pipeline.cli import main\ncode = main(sys.argv[1:])\n"
             "print('torch imported' if 'torch' in sys.modules else 'no torch', code)")
     out = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT.parent, capture_output=True,
