@@ -238,6 +238,7 @@ def estimate_note(n_images: int, image_size: int, device, seconds_per_image: flo
     return (f"note: extracting {n_images} images at {image_size} px on {device}: about {about} "
             f"(measured on the first batches)")
 
+
 @contextmanager
 def writing(job: ExtractionJob):
     """The job's file open in a :class:`features.cache.CacheWriter`, its failures turned into one line.

@@ -231,8 +231,9 @@ class ExtractionSpec:
             raise UserInputError(f"seed {self.seed!r} is not a whole number") from None
         size = parse_image_size(self.image_size)
         if size == AUTO_IMAGE_SIZE:
-            raise UserInputError("image size auto depends on the data: resolve it with "
-                                 "transferlab.features.spec.resolve_image_size(value, dataset, backbone) first")
+            raise UserInputError("image size auto is read from the data, which `layers` (or a bare spec) does not "
+                                 "have; give --image-size N, or resolve it with "
+                                 "transferlab.features.spec.resolve_image_size(value, dataset, backbone)")
         set_("image_size", DEFAULT_IMAGE_SIZE if size is None else size)
         set_("pooling", parse_pooling(self.pooling).name)
         storage_dtype(self.dtype)

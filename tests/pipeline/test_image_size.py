@@ -72,8 +72,11 @@ def test_lite_sizes_are_the_weights_own_and_auto_is_parsed_but_never_reaches_a_s
     for name, size in LITE_INPUT_SIZES.items():
         assert timm.models.get_pretrained_cfg(f"tf_efficientnet_{name}").input_size == (3, size, size)
     assert [parse_image_size(v) for v in ("auto", " Auto ", None, "0", "native", 96)] == ["auto", "auto", None, 0, 0, 96]
-    with pytest.raises(UserInputError, match="image size auto depends on the data"):
+    with pytest.raises(UserInputError, match="image size auto is read from the data"):
         ExtractionSpec("lite0", image_size="auto")
+    out = run_cli("layers", "--image-size", "auto")
+    assert out.returncode == 2 and out.stderr.startswith("error: image size auto is read from the data, which "
+                                                         "`layers` (or a bare spec) does not have; give --image-size N")
     assert ExtractionSpec("lite0").image_size == 64  # the spec alone (no data): 64 px, what `layers` shows
 
 
@@ -200,3 +203,15 @@ def test_append_to_a_sweep_at_the_backbones_own_size_keeps_0(tmp_path):
     values, notes = sweep_defaults_for_finetune(tmp_path, {})
     assert values["image_size"] == 0 and notes == []
     assert sweep_defaults_for_finetune(tmp_path, {"image_size": 0})[1] == []
+
+
+def test_a_folder_of_unreadable_files_is_one_line_naming_the_fix(tmp_path):
+    for c in ("a", "b"):
+        (tmp_path / "bad" / c).mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "bad" / c / f"{i}.jpg").write_bytes(b"not a jpeg")
+    out = run_cli("extract", "--data", f"folder:{tmp_path / 'bad'}", "--cache-dir", tmp_path / "c", "--quiet")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert out.stderr.startswith(f"error: folder:{tmp_path / 'bad'}: none of 4 image files could be read (e.g. ")
+    assert out.stderr.rstrip().endswith("remove or replace them, or give --image-size N")
+    assert not (tmp_path / "c").exists()  # nothing written
