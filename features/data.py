@@ -35,6 +35,7 @@ from transferlab.util import UserInputError
 from .dataset import IMAGE_EXTENSIONS, SPLITS, Dataset, Split  # noqa: F401 (the types data specs hand out)
 
 DIGITS_TEST_FRACTION = 0.25
+SIDE_SAMPLE = 300  # image files whose headers median_side reads at most (a fixed-seed sample of more)
 
 
 def _hash_arrays(*named: tuple[str, np.ndarray]) -> str:
@@ -174,6 +175,48 @@ def load_torchvision_data(name: str, root: Path) -> Dataset:
         named += [(f"x_{split}", x), (f"y_{split}", y)]
     names = [str(c) for c in getattr(ds, "classes", range(int(splits["train"].labels.max()) + 1))]
     return Dataset(f"torchvision:{name}", splits, names, _hash_arrays(*named))
+
+
+def _header_side(path) -> int | None:
+    """The shorter side of an image file from its header (PIL opens lazily: nothing is decoded); None
+    when PIL cannot read it (extraction refuses such a file by name)."""
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return int(min(im.size))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def median_side(dataset: Dataset, limit: int = SIDE_SAMPLE) -> tuple[int, int, int]:
+    """``(median shorter side, images measured, images in the data)`` over every split.
+
+    In-memory images are measured from their arrays' shape (all of them). Image files are measured
+    from their headers, at most ``limit`` of them: a larger folder is sampled with a fixed seed from the
+    sorted file list, so the side depends on the files alone (not on ``--seed`` or the split); files PIL
+    cannot read are left out.
+    """
+    sides, total, paths = [], 0, []
+    for split in dataset.splits.values():
+        total += len(split)
+        if split.in_memory:
+            sides += [int(min(split.images.shape[1:3]))] * len(split)
+        else:
+            paths += list(split.paths)
+    paths = sorted(paths)
+    if len(paths) > limit:
+        paths = [paths[i] for i in sorted(np.random.default_rng(0).choice(len(paths), limit, replace=False))]
+    read = [s for s in map(_header_side, paths) if s is not None]
+    if paths and not read:
+        raise UserInputError(f"{dataset.spec}: none of {len(paths)} image files could be read (e.g. {paths[0]}); "
+                             f"remove or replace them, or give --image-size N")
+    sides += read
+    return int(round(float(np.median(sides)))), len(sides), total
 
 
 def default_data_root() -> Path:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from .preprocess import ImageFiles, normalize_batch, to_rgb_uint8
 from .spec import ExtractionSpec, storage_dtype
 
 PROBE_SIZE = 64  # image side of the catalog's probe when the real size would not fit (see check_memory)
+ESTIMATE_NOTE_SECONDS = 60  # an extraction whose first batches predict a longer run says so in one note
 
 
 def _stderr(msg: str) -> None:
@@ -223,6 +225,20 @@ def check_memory(infos: list[LayerInfo], wanted: list[LayerInfo], image_size: in
 
 # --- computing ------------------------------------------------------------------------------------
 
+def estimate_note(n_images: int, image_size: int, device, seconds_per_image: float) -> str | None:
+    """The note printed before a long extraction (over :data:`ESTIMATE_NOTE_SECONDS`), else None.
+
+    >>> estimate_note(60000, 224, "cpu", 0.05)
+    'note: extracting 60000 images at 224 px on cpu: about 50 min (measured on the first batches)'
+    """
+    total = n_images * seconds_per_image
+    if total <= ESTIMATE_NOTE_SECONDS:
+        return None
+    about = f"{total:.0f} s" if total < 90 else f"{total / 60:.0f} min" if total < 5400 else f"{total / 3600:.1f} h"
+    return (f"note: extracting {n_images} images at {image_size} px on {device}: about {about} "
+            f"(measured on the first batches)")
+
+
 @contextmanager
 def writing(job: ExtractionJob):
     """The job's file open in a :class:`features.cache.CacheWriter`, its failures turned into one line.
@@ -251,16 +267,28 @@ def compute(job: ExtractionJob, todo: dict[str, list[str]]) -> None:
     model = job.backbone.model.to(job.device).eval()
     if job.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    pending = [sum(len(job.dataset.splits[s]) for s in todo)]  # rows left at most (a resumed split has fewer)
+
+    def measured(rows: int, seconds: float) -> None:  # the run's first measured batch predicts the rest
+        if pending:
+            note = estimate_note(pending.pop(), job.spec.image_size, job.device, seconds / max(rows, 1))
+            if note:
+                with tqdm.external_write_mode(file=sys.stderr):
+                    job.log(note)
+
     try:
         with writing(job) as writer:
             for split, names in todo.items():
-                extract_split(writer, job, job.dataset.splits[split], [info[n] for n in names], model)
+                extract_split(writer, job, job.dataset.splits[split], [info[n] for n in names], model, measured)
     finally:
         job.backbone.model.to("cpu")
 
 
-def extract_split(writer, job: ExtractionJob, split, infos: list[LayerInfo], model: torch.nn.Module) -> None:
-    """Run the batches of one split through the tap and queue their rows in ``writer``; finish the split."""
+def extract_split(writer, job: ExtractionJob, split, infos: list[LayerInfo], model: torch.nn.Module,
+                  measured: Callable[[int, float], None] | None = None) -> None:
+    """Run the batches of one split through the tap and queue their rows in ``writer``; finish the split.
+    ``measured(rows, seconds)`` hears how long the second batch took: the first one also pays for starting
+    up (workers, the device's warm-up), which would inflate an estimate."""
     n, batch_size, dev = len(split), job.batch_size, job.device
     start = writer.prepare(split, infos)
     # batches stay aligned to the first run's
@@ -274,6 +302,7 @@ def extract_split(writer, job: ExtractionJob, split, infos: list[LayerInfo], mod
     committed = start
     try:
         done = start
+        n_batches, first_end = 0, 0.0
         with torch.inference_mode(), _autocast(dev):
             for x in batches(split, start, batch_size, job.spec, dev, job.workers, job.decode):
                 if dev.type == "cuda":
@@ -282,6 +311,11 @@ def extract_split(writer, job: ExtractionJob, split, infos: list[LayerInfo], mod
                 rows = {name: out[name].float().cpu().numpy().astype(dtype) for name in names}
                 now = writer.write(split.name, done, rows)
                 bar.update(x.shape[0])
+                n_batches += 1
+                if n_batches == 1:
+                    first_end = time.perf_counter()
+                elif n_batches == 2 and measured is not None:
+                    measured(x.shape[0], time.perf_counter() - first_end)
                 done += x.shape[0]
                 if on_batch is not None and now != committed:
                     on_batch(split.name, now)

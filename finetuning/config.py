@@ -88,8 +88,9 @@ class FinetuneConfig:
         Requested epochs; the cosine schedule spans exactly these.
     lr : float, optional
         Peak learning rate of the classifier; default per mode and optimizer.
-    image_size : int, optional
-        Input side: default 64 px like the sweep, 0 = the backbone's own (see ``features.spec``).
+    image_size : int or ``"auto"``
+        Input side: ``auto`` (default, like the sweep: the data's median shorter side within 64 px..the
+        backbone's own, :func:`transferlab.features.spec.resolve_image_size`), pixels, or 0 = the backbone's own.
     weight_decay, warmup_epochs : float, optional
         Defaults 0.01 (AdamW) / 5e-4 (SGD) and 10% of ``epochs``.
     augment : bool
@@ -125,7 +126,7 @@ class FinetuneConfig:
     epochs: int = 5
     lr: float | None = None
     weights: str = "imagenet"
-    image_size: int | None = None
+    image_size: int | str | None = "auto"
     batch_size: int = 64
     optimizer: str = "adamw"
     weight_decay: float | None = None

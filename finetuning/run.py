@@ -51,7 +51,7 @@ from transferlab.features.backbones import resolve_device
 from transferlab.features.data import load_dataset
 from transferlab.util import UserInputError, library_versions, sha256_json, write_json
 
-from transferlab.features.spec import ExtractionSpec
+from transferlab.features.spec import ExtractionSpec, resolve_image_size
 
 from .config import FinetuneConfig
 
@@ -167,6 +167,9 @@ def finetune(config: "FinetuneConfig | str | None" = None, backbone: str | None 
     dev = resolve_device(c.device)
     amp = _resolve_amp(c.amp, dev)
     ds = load_dataset(c.data, seed=seed)
+    size = resolve_image_size(c.image_size, ds, c.backbone)
+    if progress:
+        print(size.line(), file=sys.stderr)
     out = Path(c.out).expanduser() if c.out else Path("runs") / (
         f"finetune_{ds.short_name}_{str(c.backbone).split(':')[-1]}_{mode.name.replace(':', '')}")
     _prepare_out(out)
@@ -175,10 +178,10 @@ def finetune(config: "FinetuneConfig | str | None" = None, backbone: str | None 
     _check(len(ds.class_names) >= 2 and np.unique(train.labels).size >= 2,
            f"{ds.spec}: the training split has a single class; a classifier needs at least two")
     num_classes = len(ds.class_names)
-    fm = build_finetune_model(c.backbone, mode, num_classes, c.weights, c.image_size, seed,
+    fm = build_finetune_model(c.backbone, mode, num_classes, c.weights, size.size, seed,
                               bn_stats="update" if mode.kind == "scratch" else c.bn_stats)
     bb = fm.backbone
-    spec = ExtractionSpec(bb.spec, bb.weights, seed, c.image_size, "gap", "float32").resolve(bb)
+    spec = ExtractionSpec(bb.spec, bb.weights, seed, size.size, "gap", "float32").resolve(bb)
     image_size = spec.image_size
     head_info = init_classifier_from_head(fm, c.init_head_from, fm.catalog_groups[-1]) if c.init_head_from else None
 
@@ -232,7 +235,7 @@ def finetune(config: "FinetuneConfig | str | None" = None, backbone: str | None 
         if progress and st["epoch"] < epochs and not st["stopped"]:
             print(f"resuming {out} after epoch {st['epoch']} of {epochs}", file=sys.stderr)
 
-    base = _metrics_base(fm, cfg, key, ds, train, val, test, head_info, out)
+    base = {**_metrics_base(fm, cfg, key, ds, train, val, test, head_info, out), "image_size_from": size.how}
     try:
         while st["epoch"] < epochs and not st["stopped"]:
             epoch = st["epoch"] + 1

@@ -40,6 +40,7 @@ from transferlab.features import ExtractionSpec, build_backbone, default_layers,
 from transferlab.features.cache import load_split, read_cache_meta
 from transferlab.features.data import Dataset
 from transferlab.features.memo import cached_extraction
+from transferlab.features.spec import resolve_image_size
 from transferlab.util import UserInputError, sha256_json
 
 from .decision import THRESHOLDS, Evidence, decide
@@ -208,7 +209,7 @@ def _next_command(strategy, data, backbone, image_size, decision) -> str:
     return f"transferlab finetune --data {data} --backbone {backbone}{size} --mode scratch --epochs 30"
 
 
-def advise(data, backbone: str = "lite0", image_size=None, pool: str = "gap", seed: int = 0,
+def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", seed: int = 0,
            max_train: int = 5000, max_val: int = 2000, val_fraction: float = 0.2, compare_random: bool = True,
            scores: bool = True, finetune_probe: bool = False, cache_dir=None, device: str = "auto",
            progress: bool = False, log=None) -> Advice:
@@ -220,7 +221,9 @@ def advise(data, backbone: str = "lite0", image_size=None, pool: str = "gap", se
         A data spec (``digits``, ``npz:PATH``, ``folder:PATH``).
     backbone : str
         ImageNet backbone (``lite0``, ``timm:NAME``, ``torchvision:NAME``).
-    image_size, pool : see :class:`transferlab.features.ExtractionSpec`.
+    image_size : ``auto`` (the data's median shorter side, :func:`transferlab.features.spec.resolve_image_size`),
+        pixels, or 0 (the backbone's own).
+    pool : see :class:`transferlab.features.ExtractionSpec`.
     max_train, max_val : int
         Caps of the stratified subset measured on.
     compare_random : bool
@@ -261,6 +264,9 @@ def advise(data, backbone: str = "lite0", image_size=None, pool: str = "gap", se
                       f"transferlab sweep --data {ds.spec} --backbone {backbone} --heads logreg --layers all",
                       round(time.perf_counter() - started, 1))
     rows = advice_rows(ds, max_train, max_val, val_fraction, seed)
+    size = resolve_image_size(image_size, ds, backbone)  # auto: from the whole data set, not the subset
+    log(size.line())
+    image_size = size.size
     spec = ExtractionSpec(backbone, "imagenet", seed, image_size, pool)
     bb = build_backbone(spec.backbone, "imagenet", seed)
     # the source classifier's logits ride along in the same pass (pooling passes flat outputs through)

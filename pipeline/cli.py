@@ -14,7 +14,7 @@ from pathlib import Path
 
 from transferlab.util import UserInputError
 
-from .cli_args import (ADVISE, CACHE_DIR_HELP, CATALOG, DATA_HELP, IMAGE_SIZE, IMAGE_SIZE_HELP, PREDICT, TRAIN,
+from .cli_args import (ADVISE, AUTO_SIZE_HELP, CACHE_DIR_HELP, CATALOG, DATA_HELP, PREDICT, TRAIN,
                        ApiDefault, HelpFormatter, Parser, add_backbone_args, add_data_options, add_extract_args,
                        add_finetune_args, add_quiet, add_spec_args, add_sweep_args, add_workers, image_size_arg,
                        positive_int)
@@ -66,12 +66,12 @@ def _logger(quiet: bool):
 
 
 def cmd_extract(a):
-    from transferlab.features import ExtractionSpec, extract
+    from transferlab.features import extract
 
     ds = _load_data(a)
     _note_layout(ds, a.quiet)
-    spec = ExtractionSpec(a.backbone, a.weights, a.seed, a.image_size, a.pool, a.dtype)
-    path = extract(ds, layers=a.layers, spec=spec, cache_dir=a.cache_dir, batch_size=a.batch_size,
+    path = extract(ds, a.backbone, layers=a.layers, pool=a.pool, image_size=a.image_size, dtype=a.dtype,
+                   weights=a.weights, seed=a.seed, cache_dir=a.cache_dir, batch_size=a.batch_size,
                    device=a.device, num_workers=a.workers, progress=not a.quiet, decode=a.decode,
                    log=_logger(a.quiet))
     from transferlab.features.distributed import world
@@ -382,9 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--backbone", default=ApiDefault(ADVISE, "backbone"),
                    help="an ImageNet backbone: lite0, timm:NAME or torchvision:NAME")
-    size = p.add_argument("--image-size", type=image_size_arg, default=ApiDefault(ADVISE, "image_size"),
-                          help=IMAGE_SIZE_HELP)
-    size.shown_default = ApiDefault(IMAGE_SIZE)  # advise's None is the default size
+    p.add_argument("--image-size", type=image_size_arg, default=ApiDefault(ADVISE, "image_size"), help=AUTO_SIZE_HELP)
     p.add_argument("--pool", default=ApiDefault(ADVISE, "pool"), help="gap, gmp, gap+gmp or grid:K")
     p.add_argument("--seed", type=int, default=ApiDefault(ADVISE, "seed"),
                    help="seed of the subsample and the validation split")

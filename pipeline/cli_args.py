@@ -149,7 +149,7 @@ def fraction(text: str) -> float:
     return v
 
 
-def image_size_arg(text: str) -> int:
+def image_size_arg(text: str) -> "int | str":
     from transferlab.features.spec import parse_image_size
 
     try:
@@ -161,6 +161,8 @@ def image_size_arg(text: str) -> int:
 DATA_HELP = ("digits, npz:PATH, folder:PATH (PATH/<class>/*, or PATH/train|val|test/<class>/*) or "
              "torchvision:NAME; a bare folder or .npz path is guessed")
 IMAGE_SIZE_HELP = "input side in pixels (0 = the backbone's own)"
+AUTO_SIZE_HELP = ("input side: auto (the data's median shorter side, within 64 px..the backbone's own), "
+                  "N pixels, or 0 (the backbone's own)")
 QUIET_HELP = "no progress bars (results, warnings and errors still print)"
 CACHE_DIR_HELP = "cache directory (default: $TRANSFERLAB_DATA/cache, else the user cache folder)"
 CONFIG_HELP = "TOML or YAML file with any of these flags (flags given here win)"
@@ -211,17 +213,19 @@ def add_backbone_args(p):
                    help="seed for random weights and data splits")
 
 
-def add_spec_args(p, layers_default: ApiDefault, dtype_help: str):
+def add_spec_args(p, layers_default: ApiDefault, dtype_help: str, size_default: ApiDefault = ApiDefault(IMAGE_SIZE),
+                  size_help: str = IMAGE_SIZE_HELP):
     """The flags of ``layers`` and ``extract`` that make the extraction spec."""
     p.add_argument("--layers", default=layers_default,
                    help="comma-separated module paths, or all (the default catalog)")
     p.add_argument("--pool", default=ApiDefault(SPEC, "pooling"), help="gap, gmp, gap+gmp or grid:K")
-    p.add_argument("--image-size", type=image_size_arg, default=ApiDefault(IMAGE_SIZE), help=IMAGE_SIZE_HELP)
+    p.add_argument("--image-size", type=image_size_arg, default=size_default, help=size_help)
     p.add_argument("--dtype", default=ApiDefault(SPEC, "dtype"), help=dtype_help)
 
 
 def add_extract_args(p):
-    add_spec_args(p, ApiDefault(EXTRACT, "layers"), "storage dtype, float16 or float32")
+    add_spec_args(p, ApiDefault(EXTRACT, "layers"), "storage dtype, float16 or float32",
+                  ApiDefault(EXTRACT, "image_size"), AUTO_SIZE_HELP)
     p.add_argument("--cache-dir", default=None, help="cache directory (default: $TRANSFERLAB_DATA/cache, else the "
                                                      "user cache folder; `transferlab cache ls` prints it)")
     p.add_argument("--batch-size", type=positive_int, default=ApiDefault(EXTRACT, "batch_size"),
@@ -242,7 +246,8 @@ SWEEP_FLAGS = [
     ("--heads", {"help": "comma-separated heads"}),
     ("--layers", {"help": "all or comma-separated module paths"}),
     ("--pool", {"help": "comma-separated poolings"}),
-    ("--image-size", {"help": "comma-separated input sides (0 = the backbone's own)"}),
+    ("--image-size", {"help": "comma-separated input sides: auto (the data's median shorter side, within 64 px.."
+                              "the backbone's own), N pixels, or 0 (the backbone's own)"}),
     ("--dtype", {"help": "cache storage dtype, float16 or float32"}),
     ("--shots", {"help": "low-shot: comma-separated examples per class, e.g. 1,5,10,50"}),
     ("--repeats", {"type": positive_int, "help": "redraw validation split and seeds N times"}),
@@ -279,8 +284,7 @@ FINETUNE_FLAGS = [
     ("--epochs", {"type": int, "help": "training epochs (the cosine schedule spans them)"}),
     ("--lr", {"type": float, "help": "peak learning rate (default per mode)"}),
     ("--weights", {"help": "imagenet, random or a weights file"}),
-    ("--image-size", {"type": image_size_arg, "shown": ApiDefault(IMAGE_SIZE),
-                      "help": IMAGE_SIZE_HELP + "; with --append-to: the sweep's"}),
+    ("--image-size", {"type": image_size_arg, "help": AUTO_SIZE_HELP + "; with --append-to: the sweep's"}),
     ("--batch-size", {"type": int, "help": "images per step"}),
     ("--optimizer", {"choices": ["adamw", "sgd"], "help": "optimizer"}),
     ("--weight-decay", {"type": float, "help": "default 0.01 (adamw) or 5e-4 (sgd)"}),

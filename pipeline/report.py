@@ -89,6 +89,17 @@ def _listed(values) -> str:
     return ", ".join(md_text(v) for v in values)
 
 
+def _sizes(summary: dict) -> str:
+    """The image sizes, each with how it was chosen (``image_size_from``, when recorded)."""
+    how = summary.get("image_size_from")
+    how = how if isinstance(how, list) else []
+    parts = []
+    for i, v in enumerate(summary["config"]["image_size"]):
+        shown = "the backbone's own" if str(v) == "0" else f"{md_text(v)} px"
+        parts.append(shown + (f" ({md_text(how[i])})" if i < len(how) else ""))
+    return ", ".join(parts)
+
+
 def write_report(out: Path, summary: dict, log=None) -> Path:
     """Write the pictures, ``report.md`` and ``report.html`` of ``summary`` into ``out``; every string from
     data goes through :mod:`transferlab.pipeline.html`'s escaping."""
@@ -100,7 +111,7 @@ def write_report(out: Path, summary: dict, log=None) -> Path:
     best = best_per_curve(rows)
     lines = ["# TransferLab sweep", "",
              f"Data {md_code(cfg['data'])}, backbone {_listed(cfg['backbone'])}, weights {_listed(cfg['weights'])}, "
-             f"pooling {_listed(cfg['pool'])}, image size {_listed(cfg['image_size'])}, heads "
+             f"pooling {_listed(cfg['pool'])}, image size {_sizes(summary)}, heads "
              f"{_listed(cfg['heads'])}" + (f", shots {_listed(cfg['shots'])}" if cfg["shots"] else "") +
              f", {md_text(cfg['repeats'])} repeat(s), seed {md_text(cfg['seed'])}." +
              (f" Data layout: {md_text(summary['data_layout'])}." if summary.get("data_layout") else ""), "",

@@ -27,7 +27,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from transferlab.features import ExtractionSpec, load_dataset, parse_pooling
 from transferlab.features.memo import cached_extraction
-from transferlab.features.spec import DEFAULT_IMAGE_SIZE, parse_image_size, parse_layers
+from transferlab.features.spec import AUTO_IMAGE_SIZE, parse_image_size, parse_layers, resolve_image_size
 from transferlab.features.cache import layer_info, read_cache_meta
 from transferlab.classifiers._parallel import check_backend, parallel
 from transferlab.util import UserInputError, jsonable, library_versions, sha256_json, write_json
@@ -66,7 +66,7 @@ class SweepConfig:
     heads: list = field(default_factory=lambda: ["logreg", "svm"])
     layers: str = "all"
     pool: list = field(default_factory=lambda: ["gap"])
-    image_size: list = field(default_factory=lambda: [DEFAULT_IMAGE_SIZE])
+    image_size: list = field(default_factory=lambda: [AUTO_IMAGE_SIZE])
     dtype: str = "float16"
     shots: list = field(default_factory=list)
     repeats: int = 1
@@ -86,7 +86,7 @@ class SweepConfig:
     def __post_init__(self):
         for name in ("backbone", "weights", "heads", "pool"):
             setattr(self, name, _split_list(getattr(self, name)))
-        self.image_size = [parse_image_size(s) for s in _split_list(self.image_size)] or [DEFAULT_IMAGE_SIZE]
+        self.image_size = [parse_image_size(s) for s in _split_list(self.image_size)] or [AUTO_IMAGE_SIZE]
         self.pool = [parse_pooling(p).name for p in self.pool]
         try:
             self.shots = [int(s) for s in _split_list(self.shots)]
@@ -204,6 +204,14 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
         log(f"data: {dataset.spec}: {dataset.layout}")
     for note in dataset.notes:
         log(f"note: {note}")
+    # `auto` resolved once, here, for every backbone at once; results.json records the sizes and how
+    sizes = {}
+    for request in cfg.image_size:
+        size = resolve_image_size(request, dataset, cfg.backbone)
+        sizes.setdefault(size.size, size)
+    for size in sizes.values():
+        log(size.line())
+    cfg = replace(cfg, image_size=list(sizes))
     csv_path = out / "results.csv"
     t_extract, t_train, cache_files = 0.0, 0.0, []
     jobs = []
@@ -215,7 +223,7 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
             from transferlab.features.extraction import extract
 
             path = extract(dataset, layers=cfg.layers, spec=spec, cache_dir=cfg.cache_dir, batch_size=cfg.batch_size,
-                           device=cfg.device, progress=progress, log=lambda m: None)
+                           device=cfg.device, progress=progress, log=lambda m: log(m) if m.startswith("note") else None)
         t_extract += time.perf_counter() - t0
         cache_files.append(str(path))
         meta = read_cache_meta(path)
@@ -259,7 +267,8 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
         for line in summarise_warnings(fitted):
             log(line)
     rows = read_rows(csv_path)
-    summary = {"config": asdict(cfg), "versions": library_versions(), "rows": rows, "cache_files": cache_files,
+    summary = {"config": asdict(cfg), "image_size_from": [s.how for s in sizes.values()],
+               "versions": library_versions(), "rows": rows, "cache_files": cache_files,
                "class_names": dataset.class_names, "class_counts": class_counts(dataset),
                "data_fingerprint": dataset.fingerprint, "data_layout": dataset.layout, "data_notes": dataset.notes,
                "timing": {"extract_seconds": round(t_extract, 2), "train_seconds": round(t_train, 2),
@@ -367,9 +376,10 @@ def sweep_defaults_for_finetune(target: "str | Path", values: dict) -> tuple[dic
     """Fine-tuning flags for a run appended to the sweep at ``target``, so its row compares like with like.
 
     Where ``values`` (the flags given) leave them out, the sweep's data, image size (when the sweep
-    used one), validation fraction, seed (so the validation rows are the sweep's), test fraction and
-    fingerprint mode are used; a given value that differs from the sweep's is kept and named in the
-    returned notes. A target without ``results.json`` (no sweep yet) changes nothing.
+    used one: the size it resolved, as ``results.json`` records it, never ``auto`` resolved again),
+    validation fraction, seed (so the validation rows are the sweep's), test fraction and fingerprint
+    mode are used; a given value that differs from the sweep's is kept and named in the returned
+    notes. A target without ``results.json`` (no sweep yet) changes nothing.
     """
     target = Path(target).expanduser()
     summary_path = (target.parent if target.suffix == ".csv" else target) / "results.json"
@@ -380,7 +390,7 @@ def sweep_defaults_for_finetune(target: "str | Path", values: dict) -> tuple[dic
     except ValueError:
         return values, [f"{summary_path} is unreadable; the sweep's settings are not applied"]
     values, notes = dict(values), []
-    sizes = [parse_image_size(s) or DEFAULT_IMAGE_SIZE for s in cfg.get("image_size") or []]
+    sizes = [s for s in map(parse_image_size, cfg.get("image_size") or []) if isinstance(s, int)]  # resolved
     wanted = {"data": cfg.get("data"), "val_fraction": cfg.get("val_fraction"), "seed": cfg.get("seed"),
               "test_fraction": cfg.get("test_fraction"), "fingerprint": cfg.get("fingerprint")}
     if len(sizes) == 1:
@@ -393,7 +403,7 @@ def sweep_defaults_for_finetune(target: "str | Path", values: dict) -> tuple[dic
             continue
         if k not in values:
             values[k] = v
-        elif values[k] != v and not (k == "image_size" and (parse_image_size(values[k]) or DEFAULT_IMAGE_SIZE) == v):
+        elif values[k] != v and not (k == "image_size" and parse_image_size(values[k]) == v):
             notes.append(f"--{k.replace('_', '-')} {values[k]} differs from the sweep's {v}: the fine-tuning row "
                          f"and the probe rows are not like for like")
     return values, notes

@@ -37,7 +37,9 @@ def test_extract_and_sweep_share_the_default_so_a_notebook_extract_hits_the_swee
     messages = []
     path = extract(f"npz:{npz}", lite0, layers="bn1,bn2", cache_dir=tmp_path / "cache", progress=False,
                    log=messages.append)
-    assert [str(path)] == summary["cache_files"] and messages == [f"cache hit: {path}"]
+    assert [str(path)] == summary["cache_files"] and messages == [
+        "image size: 64 px (auto: median shorter side 16 px of 36 images, within 64..224, lite0's own size; "
+        "--image-size N to choose)", f"cache hit: {path}"]
     spec = read_spec(path)
     assert spec.image_size == 64 and spec.resolved
     with h5py.File(path, "r") as f:  # the spec is written whole into the root attributes

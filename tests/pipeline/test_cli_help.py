@@ -36,7 +36,7 @@ def _api_sources():
     from transferlab.pipeline.predict import predict
     from transferlab.pipeline.sweep import SweepConfig
 
-    return {"layers": [ExtractionSpec(), catalog], "extract": [ExtractionSpec(), extract, load_dataset],
+    return {"layers": [ExtractionSpec(), catalog], "extract": [extract, ExtractionSpec(), load_dataset],
             "train": [train_head], "predict": [predict], "advise": [advise],
             "sweep": [SweepConfig(), load_dataset], "finetune": [FinetuneConfig(), load_dataset], "cache": []}
 
