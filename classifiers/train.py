@@ -16,7 +16,7 @@ from transferlab.features.cache import layer_info, list_layers, load_split, read
 from transferlab.features.spec import ExtractionSpec
 from transferlab.util import UserInputError
 
-from ._parallel import parallel
+from .parallel import parallel
 from ._validation import check_two_classes
 from .heads import get_head_spec
 from .persistence import save_head

@@ -54,7 +54,7 @@ def _evidence(U, s, d, y, alpha, beta):
     return ev / n, sigma, m2, res2
 
 
-def _fixed_point(U, s, d, y, max_iter=11, tol=1e-3):
+def fixed_point(U, s, d, y, max_iter=11, tol=1e-3):
     n = U.shape[0]
     alpha, beta = 1.0, 1.0
     for _ in range(max_iter):
@@ -97,7 +97,7 @@ def logme(features, labels) -> float:
     scores = []
     for c in np.unique(y):
         target = (y == c).astype(np.float64)
-        alpha, beta = _fixed_point(U, s, d, target)
+        alpha, beta = fixed_point(U, s, d, target)
         scores.append(_evidence(U, s, d, target, alpha, beta)[0])
     return float(np.mean(scores))
 

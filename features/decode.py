@@ -1,8 +1,8 @@
 """Where image files are decoded: ``--decode cpu`` (PIL in DataLoader workers) or ``gpu`` (on the device).
 
 At ImageNet scale the backbone is not the wall on a GPU, JPEG decode is: one CPU core decodes
-a few hundred full-size JPEGs a second while a current GPU runs ResNet-50 at thousands of images a
-second (``docs/scaling.md`` has the numbers). With ``--decode gpu`` the DataLoader workers read each
+full-size JPEGs far more slowly than a current GPU runs ResNet-50 over them (``docs/scaling.md``
+has the numbers). With ``--decode gpu`` the DataLoader workers read each
 file's header (an image over the pixel limit is refused there, :func:`features.preprocess.open_image`)
 and then only the bytes of upright JPEGs; each batch of those is decoded in one call of
 :func:`torchvision.io.decode_jpeg` on the CUDA device (nvJPEG), then resized and normalised there with

@@ -314,7 +314,8 @@ def add_finetune_args(p):
     p.add_argument("--num-workers", dest="num_workers", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     add_data_options(p, suppress=True)
     p.add_argument("--append-to", default=None, help="a sweep directory or results.csv to add the result to "
-                                                     "(its image size and validation fraction become the defaults)")
+                                                     "(its data, resolved image size, validation fraction, seed, test fraction and "
+                                                     "fingerprint mode become the defaults, so it validates on the sweep's rows)")
     add_quiet(p)
 
 

@@ -101,7 +101,7 @@ def measure_curve(source, layers: list, *, seed: int = 0, val_fraction: float = 
     ``known`` maps a layer to a one-split validation accuracy already measured by the same probe
     on the same rows (a sweep's logreg rows): those layers are not refitted on the one-split path
     (the peak and the last layer are, for their per-row pairs). The k-fold fits, one per layer and
-    fold, run through joblib (``n_jobs``, ``backend``: :mod:`transferlab.classifiers._parallel`), each
+    fold, run through joblib (``n_jobs``, ``backend``: :mod:`transferlab.classifiers.parallel`), each
     reading its layer from the cache file. Returns a :class:`CurveMeasurement`.
     """
     log = log or (lambda m: None)
@@ -146,7 +146,7 @@ def _fold_task(source, layer, split, val_fraction, seed):
 
 def _kfold_curve(source, layers, seed, val_fraction, folds, repeats, n_jobs, backend, log) -> CurveMeasurement:
     """Every layer on the same repeated stratified folds of train+val."""
-    from transferlab.classifiers._parallel import parallel
+    from transferlab.classifiers.parallel import parallel
 
     _, y_all = _labelled_rows(source, layers[0], val_fraction, seed)
     splits = repeated_folds(y_all, folds, repeats, seed)

@@ -5,7 +5,7 @@ For each (backbone, weights, pooling, image size) the sweep extracts every reque
 heads stage's selection protocol (:func:`transferlab.classifiers.train_head`, the same call
 ``transferlab train`` makes, so a sweep row equals a ``train`` run of that layer and head). Depth
 and relative depth come from the cache, where extraction stored them. Head fits run in parallel
-through joblib (:mod:`transferlab.classifiers._parallel`; ``backend="dask"`` or ``"ray"`` runs them
+through joblib (:mod:`transferlab.classifiers.parallel`; ``backend="dask"`` or ``"ray"`` runs them
 on a cluster, each worker reading the features from the cache file's path). Rows are appended to
 ``results.csv`` as they finish, so Ctrl-C keeps the finished rows, and a rerun skips the rows whose key (:mod:`transferlab.pipeline.results`) it would compute
 again; rows of another configuration or data set are moved to ``results.stale.csv`` first.
@@ -37,7 +37,7 @@ from transferlab.features import ExtractionSpec, load_dataset, parse_pooling
 from transferlab.features.memo import cached_extraction
 from transferlab.features.spec import AUTO_IMAGE_SIZE, parse_image_size, parse_layers, resolve_image_size
 from transferlab.features.cache import layer_info, read_cache_meta
-from transferlab.classifiers._parallel import check_backend, parallel
+from transferlab.classifiers.parallel import check_backend, parallel
 from transferlab.util import UserInputError, jsonable, library_versions, sha256_json, write_json
 
 from .curves import FINETUNE_PREFIX, decision_of, is_finetune

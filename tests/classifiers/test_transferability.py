@@ -5,7 +5,7 @@ from scipy.stats import multivariate_normal
 from sklearn.datasets import load_digits
 from sklearn.neighbors import KNeighborsClassifier
 
-from transferlab.classifiers.transferability import _fixed_point, knn_accuracy, logme, logme_evidence
+from transferlab.classifiers.transferability import fixed_point, knn_accuracy, logme, logme_evidence
 
 
 def test_logme_evidence_is_the_gaussian_marginal_likelihood():
@@ -25,12 +25,12 @@ def test_logme_evidence_with_more_dimensions_than_rows():
     assert logme_evidence(F, y, 0.4, 1.7) == pytest.approx(multivariate_normal(np.zeros(5), cov).logpdf(y) / 5)
 
 
-def test_the_fixed_point_maximises_the_evidence():
+def test_thefixed_point_maximises_the_evidence():
     rng = np.random.default_rng(2)
     F = rng.normal(size=(60, 6))
     y = F @ rng.normal(size=6) + 0.5 * rng.normal(size=60)
     U, s, _ = np.linalg.svd(F, full_matrices=False)
-    alpha, beta = _fixed_point(U, s, 6, y, max_iter=200, tol=1e-12)
+    alpha, beta = fixed_point(U, s, 6, y, max_iter=200, tol=1e-12)
     best = logme_evidence(F, y, alpha, beta)
     for fa, fb in ((1.5, 1), (1 / 1.5, 1), (1, 1.5), (1, 1 / 1.5)):
         assert logme_evidence(F, y, alpha * fa, beta * fb) < best
