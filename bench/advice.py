@@ -78,7 +78,8 @@ def measure(name: str, epochs: int, image_size: int, cache_dir: Path, keep: dict
     last = max(rows, key=lambda r: int(r["depth"]))
     chosen = max(rows, key=lambda r: (float(r["val_accuracy"]), int(r["depth"])))
     regimes = {
-        "linear-probe": {"layer": last["layer"], "val": float(last["val_accuracy"]), "test": float(last["test_accuracy"])},
+        "linear-probe": {"layer": last["layer"], "val": float(last["val_accuracy"]),
+                         "test": float(last["test_accuracy"])},
         "generic-features": {"layer": chosen["layer"], "val": float(chosen["val_accuracy"]),
                              "test": float(chosen["test_accuracy"])},
     }

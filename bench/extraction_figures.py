@@ -14,7 +14,6 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-
 from common import ROOT, WORK, child, cifar_small, figure, jpeg_folder, png_folder, quiet, subset_npz, timed
 
 BATCH = 64

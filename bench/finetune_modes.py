@@ -57,7 +57,8 @@ def run_modes(npz: Path, work: Path, epochs: int, size: int) -> list:
         m = finetune(f"npz:{npz}", mode=mode, out=work / f"run{i}", epochs=epochs, image_size=size,
                      batch_size=64, progress=False, overwrite=True, **extra)
         wall = time.perf_counter() - t0
-        rows.append({"mode": label, "lr": m["config"]["lr"], "bn_stats": m["config"]["bn_stats"], "trainable": m["trainable"]["n_parameters"],
+        rows.append({"mode": label, "lr": m["config"]["lr"], "bn_stats": m["config"]["bn_stats"],
+                     "trainable": m["trainable"]["n_parameters"],
                      "val": m["val_accuracy"], "test": m["test_accuracy"], "epochs": m["epochs_run"],
                      "sec_epoch": m["seconds_per_epoch"], "wall": wall,
                      "train_loss": [round(h["train_loss"], 3) for h in m["history"]]})
@@ -106,11 +107,13 @@ def write_md(path: Path, rows: list, resume: dict, args, total: float) -> None:
         f"(random resized crop + flip). Command: `.venv/bin/python bench/finetune_modes.py --epochs {args.epochs} "
         f"--train {args.train} --test {args.test} --size {args.size}`.",
         "",
-        "| mode | peak lr | BN statistics | trainable params | val acc | test acc | s / epoch | wall s | train loss per epoch |",
+        "| mode | peak lr | BN statistics | trainable params | val acc | test acc | s / epoch | wall s "
+        "| train loss per epoch |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        lines.append(f"| {r['mode']} | {r['lr']:g} | {r['bn_stats']} | {r['trainable']:,} | {r['val']:.3f} | {r['test']:.3f} | "
+        lines.append(f"| {r['mode']} | {r['lr']:g} | {r['bn_stats']} | {r['trainable']:,} | {r['val']:.3f} "
+                     f"| {r['test']:.3f} | "
                      f"{r['sec_epoch']:.1f} | {r['wall']:.0f} | {', '.join(map(str, r['train_loss']))} |")
     lines += [
         "",

@@ -13,7 +13,6 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-
 from common import Skip, figure, timed
 
 

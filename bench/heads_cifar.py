@@ -24,8 +24,8 @@ from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transferlab.classifiers import train_head  # noqa: E402
-from transferlab.features.cache import load_split  # noqa: E402
 from transferlab.features import extract  # noqa: E402
+from transferlab.features.cache import load_split  # noqa: E402
 from transferlab.pipeline.predict import predict  # noqa: E402
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_small.npz"

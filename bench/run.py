@@ -91,6 +91,7 @@ def _feature_sets(quick, state, previous) -> tuple[str, str | None]:
     """The heads' features: lite0 bn2 of CIFAR-10 small (extracted here when missing) and the memory
     section's 50,000-row cache (None with --quick or when no run has written it)."""
     from common import cifar_small
+
     from transferlab.features import extract
 
     cifar_small()  # skips when absent
@@ -164,7 +165,8 @@ def write_readme(results: dict) -> None:
         if sec is None:
             continue
         if "figures" not in sec:
-            lines.append(f"| {name} | {sec.get('skipped') and 'skipped: ' + sec['skipped'] or 'failed: ' + sec.get('failed', '')}"
+            why = sec.get("skipped") and "skipped: " + sec["skipped"] or "failed: " + sec.get("failed", "")
+            lines.append(f"| {name} | {why}"
                          f" | | | | | | |")
             continue
         for r in sec["figures"]:
@@ -173,7 +175,8 @@ def write_readme(results: dict) -> None:
                 continue
             met = {True: "yes", False: "**no**", None: ""}[r.get("met")]
             lines.append(f"| {r['figure']} | {r['transferlab']} | {r['peer_or_limit']} | {r['ratio']} | "
-                         f"{r['target']} | {met} | {r['load_average']} | {r.get('threads', sec.get('threads', results['threads']))} |")
+                         f"{r['target']} | {met} | {r['load_average']} | "
+                         f"{r.get('threads', sec.get('threads', results['threads']))} |")
     lines += ["", END]
     text = README.read_text() if README.is_file() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
     head, _, rest = text.partition(BEGIN)

@@ -14,10 +14,10 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from .holdout import stratified_holdout
 from ._linear import GridWarmStartMixin, LogisticProbaMixin
 from ._path import DEFAULT_MEMORY_BUDGET, LogRegPath, class_index, fit_logreg_path, past_the_peak, path_scores
 from ._validation import is_h5
+from .holdout import stratified_holdout
 
 __all__ = ["BatchedLogisticRegressionCV", "DEFAULT_MEMORY_BUDGET", "LogRegPath", "TorchLogisticRegression",
            "fit_logreg_path", "past_the_peak"]

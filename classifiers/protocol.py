@@ -30,10 +30,10 @@ from sklearn.pipeline import Pipeline
 
 from transferlab.util import UserInputError, jsonable
 
-from .holdout import stratified_holdout
-from .parallel import parallel
 from ._validation import check_features, check_labels, check_two_classes
 from .heads import adapt_to_data, default_grid, get_head_spec, make_head, solver_of
+from .holdout import stratified_holdout
+from .parallel import parallel
 from .preprocessing import describe_preprocessing
 
 

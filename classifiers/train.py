@@ -16,9 +16,9 @@ from transferlab.features.cache import layer_info, list_layers, load_split, read
 from transferlab.features.spec import ExtractionSpec
 from transferlab.util import UserInputError
 
-from .parallel import parallel
 from ._validation import check_two_classes
 from .heads import get_head_spec
+from .parallel import parallel
 from .persistence import save_head
 from .protocol import sample_shots, select_and_fit
 

@@ -62,7 +62,8 @@ def _load_state_dict(path: Path) -> dict:
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UserInputError(f"cannot load weights file {path} ({exc.__class__.__name__}); it must be a torch state dict") from None
+        raise UserInputError(f"cannot load weights file {path} ({exc.__class__.__name__}); "
+                             f"it must be a torch state dict") from None
     for key in ("state_dict", "model"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
@@ -172,7 +173,8 @@ def _build_torchvision(name: str, weights: str, seed: int) -> Backbone:
 
     if name not in tvm.list_models():
         raise UserInputError(
-            f"torchvision has no model '{name}'; valid names include {', '.join(tvm.list_models(module=tvm)[:12])}, ...")
+            f"torchvision has no model '{name}'; valid names include "
+            f"{', '.join(tvm.list_models(module=tvm)[:12])}, ...")
     enum = tvm.get_model_weights(name)
     default = enum.DEFAULT
     torch.manual_seed(seed)

@@ -17,8 +17,9 @@ refused with the fix; hidden files are ignored and other non-image files counted
 The layout read (and any split made) is ``Dataset.layout``, written to ``results.json`` and the report;
 the split is part of the fingerprint, so of the cache key.
 
-The fingerprint hashes the file list with each file's size and modification time (``fingerprint="stat"``, the default: fast, but an edit that keeps both, e.g.
-``cp -p`` of another file of equal size, goes unnoticed) or each file's sha256
+The fingerprint hashes the file list with each file's size and modification time
+(``fingerprint="stat"``, the default: fast, but an edit that keeps both, e.g. ``cp -p`` of another
+file of equal size, goes unnoticed) or each file's sha256
 (``fingerprint="content"``, exact, reads every byte once); any split made and its seed are hashed
 too, so a changed data set or split never reuses stale cached features.
 """
@@ -32,7 +33,6 @@ import numpy as np
 from transferlab.util import UserInputError
 
 from .dataset import IMAGE_EXTENSIONS, SPLITS, Dataset, Split
-
 
 FOLDER_SPLIT_NAMES = {"train": "train", "test": "test", "val": "val", "validation": "val"}
 FINGERPRINTS = ("stat", "content")
@@ -128,7 +128,8 @@ def load_folder_data(root: str | Path, test_fraction: float | None = None, seed:
         if unknown:
             raise UserInputError(
                 f"{root} mixes split folders ({', '.join(p.name for p in split_dirs)}) with other folders "
-                f"({', '.join(unknown)}); splits are named train, val (or validation) and test; move or rename the others")
+                f"({', '.join(unknown)}); splits are named train, val (or validation) and test; "
+                f"move or rename the others")
         by_split: dict[str, Path] = {}
         for p in split_dirs:
             name = FOLDER_SPLIT_NAMES[p.name.lower()]
@@ -162,7 +163,8 @@ def load_folder_data(root: str | Path, test_fraction: float | None = None, seed:
         files = {"train": (paths, names)}
         layout = "flat <class>/ folders"
     if len(class_names) < 2:
-        raise UserInputError(f"{root} has {len(class_names)} class folder(s) with images; a classifier needs at least 2")
+        raise UserInputError(f"{root} has {len(class_names)} class folder(s) with images; "
+                             f"a classifier needs at least 2")
     h = hashlib.sha256(f"fingerprint={fingerprint}\n".encode())
     ids: dict[str, np.ndarray] = {}
     if "test" not in files:

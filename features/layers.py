@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from transferlab.util import UserInputError
+
 from .pooling import Pooling, parse_pooling
 from .spec import parse_layers, storage_dtype
 

@@ -171,7 +171,8 @@ class FinetuneConfig:
         _check(self.lr_spread is None or (_num(self.lr_spread) and self.lr_spread >= 1),
                f"--lr-spread must be >= 1 (1 = one learning rate for all groups), got {self.lr_spread}")
         _check(self.amp in ("auto", "off", "bf16", "fp16"), f"unknown --amp '{self.amp}'; use auto, off, bf16 or fp16")
-        _check(self.bn_stats in (None, "frozen", "update"), f"unknown --bn-stats '{self.bn_stats}'; use frozen or update")
+        _check(self.bn_stats in (None, "frozen", "update"),
+               f"unknown --bn-stats '{self.bn_stats}'; use frozen or update")
         _check(self.num_workers is None or (_whole(self.num_workers) and self.num_workers >= 0),
                f"--num-workers must be a whole number >= 0, got {self.num_workers}")
 

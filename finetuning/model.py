@@ -34,10 +34,9 @@ import torch
 from torch import nn
 
 from transferlab.features.backbones import Backbone, build_backbone
-from transferlab.features.spec import DEFAULT_IMAGE_SIZE
-from transferlab.util import sha256_file
-from transferlab.util import UserInputError
 from transferlab.features.layers import parameter_groups
+from transferlab.features.spec import DEFAULT_IMAGE_SIZE
+from transferlab.util import UserInputError, sha256_file
 
 from .config import Mode, parse_mode  # noqa: F401 (Mode: for the callers of this module)
 
@@ -65,7 +64,8 @@ class FinetuneModel:
     feature_dim: int
     num_classes: int
     head: nn.Linear  # the new classifier
-    bn_stats: str = "frozen"  # "frozen": every BatchNorm keeps its running statistics; "update": trained ones learn them
+    # "frozen": every BatchNorm keeps its running statistics; "update": trained ones learn them
+    bn_stats: str = "frozen"
 
     @property
     def catalog_groups(self) -> list:

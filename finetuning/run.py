@@ -12,10 +12,11 @@ Files in ``out``
 ----------------
 Integrity rule of the run directory
 -----------------------------------
-``checkpoint.pt``   after every epoch (atomic, ``transferlab.util.atomic_write``); a rerun with the same ``out`` and the same
-                    configuration continues from it exactly, a rerun with another configuration is
-                    refused unless ``overwrite`` (the schedule depends on ``epochs``, so a finished
-                    1-epoch run is *not* the first epoch of a 2-epoch run).
+``checkpoint.pt``   after every epoch (atomic, ``transferlab.util.atomic_write``); a rerun with the
+                    same ``out`` and the same configuration continues from it exactly, a rerun
+                    with another configuration is refused unless ``overwrite`` (the schedule
+                    depends on ``epochs``, so a finished 1-epoch run is *not* the first epoch of
+                    a 2-epoch run).
 ``metrics.json``    per-epoch history, ``val_accuracy``, ``test_accuracy``, ``epochs_run``, seconds
                     per epoch, the trainable groups and parameter names, the resolved
                     configuration and versions; rewritten after every epoch with ``complete`` false.
@@ -49,18 +50,33 @@ import torch
 from transferlab.classifiers.holdout import stratified_holdout, stratified_sample
 from transferlab.features.backbones import resolve_device
 from transferlab.features.data import load_dataset
+from transferlab.features.spec import ExtractionSpec, resolve_image_size
 from transferlab.util import UserInputError, library_versions, sha256_json, write_json
 
-from transferlab.features.spec import ExtractionSpec, resolve_image_size
-
 from .config import FinetuneConfig
-
-from .model import (DEFAULT_LR, DEFAULT_LR_SPREAD, DEFAULT_WEIGHT_DECAY, SGD_LR_FACTOR,
-                             WarmupCosine, build_finetune_model, init_classifier_from_head, make_optimizer,
-                             optimizer_param_groups, parse_mode)
+from .model import (
+    DEFAULT_LR,
+    DEFAULT_LR_SPREAD,
+    DEFAULT_WEIGHT_DECAY,
+    SGD_LR_FACTOR,
+    WarmupCosine,
+    build_finetune_model,
+    init_classifier_from_head,
+    make_optimizer,
+    optimizer_param_groups,
+    parse_mode,
+)
 from .saved import save_finetuned
-from .train import (CHECKPOINT_FORMAT, SplitData, Trainer, load_checkpoint, rng_state, save_checkpoint,
-                             seed_everything, set_rng_state)
+from .train import (
+    CHECKPOINT_FORMAT,
+    SplitData,
+    Trainer,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 
 __all__ = ["RUN_FILES", "config_key", "epoch_line", "finetune", "finetune_splits"]
 
@@ -131,8 +147,10 @@ def epoch_line(row: dict, epochs: int, n_train: int, history: list, stopped: boo
     rate = n_train / max(row["train_seconds"], 1e-9)
     mean = sum(h["seconds"] for h in history) / max(1, len(history))
     left = 0.0 if stopped else (epochs - row["epoch"]) * mean
-    eta = "done" if left == 0 else f"ETA {time.strftime('%H:%M:%S', time.gmtime(left))} for {epochs - row['epoch']} more"
-    return (f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, train acc {row['train_accuracy']:.4f}, "
+    clock = time.strftime("%H:%M:%S", time.gmtime(left))
+    eta = "done" if left == 0 else f"ETA {clock} for {epochs - row['epoch']} more"
+    return (f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, "
+            f"train acc {row['train_accuracy']:.4f}, "
             f"val acc {va}, {row['seconds']:.1f} s ({rate:.0f} img/s), {eta}")
 
 

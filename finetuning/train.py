@@ -26,9 +26,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from transferlab.features.preprocess import (
+    ImageFiles,
+    interpolation_mode,
+    normalize_batch,
+    to_rgb_uint8,
+    worker_batches,
+)
 from transferlab.util import UserInputError, atomic_write
-from transferlab.features.preprocess import (ImageFiles, interpolation_mode, normalize_batch, to_rgb_uint8,
-                                             worker_batches)
 
 CHECKPOINT_FORMAT = 1
 CHECKPOINT_KEYS = ("format", "config_key", "epoch", "model", "optimizer", "scheduler", "scaler", "rng",

@@ -33,8 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transferlab.classifiers.holdout import stratified_holdout, stratified_sample
 from transferlab.classifiers.compare import paired_split_gap, split_correctness
+from transferlab.classifiers.holdout import stratified_holdout, stratified_sample
 from transferlab.classifiers.transferability import knn_accuracy, logme
 from transferlab.features import ExtractionSpec, build_backbone, default_layers, extract, load_dataset
 from transferlab.features.cache import load_split, read_cache_meta
@@ -251,7 +251,8 @@ def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", 
     y = ds.splits["train"].labels
     classes, counts = np.unique(y, return_counts=True)
     if classes.size < 2:
-        raise UserInputError(f"{ds.spec} has a single class in its training split ({ds.class_names[classes[0]] if classes.size else 'none'}); "
+        only = ds.class_names[classes[0]] if classes.size else "none"
+        raise UserInputError(f"{ds.spec} has a single class in its training split ({only}); "
                              f"a classifier needs at least two")
     if int(counts.min()) < MIN_PER_CLASS:
         small = ds.class_names[int(classes[counts.argmin()])]

@@ -83,7 +83,8 @@ def fit_chosen(out: Path, row: dict, preprocessing: str | None = None, log=None)
             log(f"report: fitting the head chosen on validation ({row['layer']} + {row['head']}) for the "
                 f"confusion matrix; saved as {folder}")
         vf = float(row["val_fraction"]) if row.get("val_fraction") not in ("", None) else 0.2
-        train_head(row["cache_file"], row["layer"], row["head"], out=folder, preprocessing=preprocessing, val_fraction=vf,
+        train_head(row["cache_file"], row["layer"], row["head"], out=folder, preprocessing=preprocessing,
+                   val_fraction=vf,
                    seed=int(float(row.get("seed") or 0)), full_grid=row.get("grid") == "full",
                    extra_meta={"sweep_row_key": row["row_key"]})
     if read_head_meta(folder).get("head_file") != HEAD_FILE:

@@ -14,10 +14,28 @@ from pathlib import Path
 
 from transferlab.util import UserInputError
 
-from .cli_args import (ADVISE, AUTO_SIZE_HELP, CACHE_DIR_HELP, CATALOG, DATA_HELP, PREDICT, TRAIN,
-                       ApiDefault, HelpFormatter, Parser, add_backbone_args, add_data_options, add_extract_args,
-                       add_finetune_args, add_quiet, add_spec_args, add_sweep_args, add_workers, image_size_arg,
-                       positive_int)
+from .cli_args import (
+    ADVISE,
+    AUTO_SIZE_HELP,
+    CACHE_DIR_HELP,
+    CATALOG,
+    DATA_HELP,
+    PREDICT,
+    TRAIN,
+    ApiDefault,
+    HelpFormatter,
+    Parser,
+    add_backbone_args,
+    add_data_options,
+    add_extract_args,
+    add_finetune_args,
+    add_quiet,
+    add_spec_args,
+    add_sweep_args,
+    add_workers,
+    image_size_arg,
+    positive_int,
+)
 
 
 def _load_data(a, spec: str | None = None):
@@ -54,7 +72,8 @@ def cmd_layers(a):
     print(f"{'depth':>5}  {'layer':<16} {'channels':>8} {'stride':>6} {'raw (CxHxW)':>14} {'dim':>7} {'bytes/img':>9}")
     for i in infos:
         r = i.as_row()
-        print(f"{i.depth:>5}  {i.name:<16} {i.channels:>8} {i.stride:>6} {r['raw_shape']:>14} {i.dim:>7} {i.bytes_per_image:>9}")
+        print(f"{i.depth:>5}  {i.name:<16} {i.channels:>8} {i.stride:>6} {r['raw_shape']:>14} {i.dim:>7} "
+              f"{i.bytes_per_image:>9}")
 
 
 def _logger(quiet: bool):
@@ -148,6 +167,7 @@ def cmd_cache(a):
 
 def cmd_train(a):
     from transferlab.classifiers import read_head_meta, train_head
+
     from .results import default_head_dir, resolve_train_target
 
     features, layer, note = resolve_train_target(a.features, a.layer, a.head)
@@ -223,6 +243,7 @@ def cmd_sweep(a):
 
 def cmd_finetune(a):
     from transferlab.finetuning import FinetuneConfig, finetune
+
     from .sweep import append_finetune, sweep_defaults_for_finetune
 
     data_keys = ("test_fraction", "fingerprint")
@@ -250,14 +271,16 @@ def cmd_finetune(a):
 EXAMPLES = {
     "layers": "transferlab layers --backbone lite0 --image-size 64",
     "extract": "transferlab extract --data ~/photos --backbone lite0 --layers all --image-size 64",
-    "cache": "transferlab cache ls\n  transferlab cache info --cache-dir /scratch/tl/cache\n  transferlab cache rm --all",
+    "cache": "transferlab cache ls\n  transferlab cache info --cache-dir /scratch/tl/cache\n"
+             "  transferlab cache rm --all",
     "train": "transferlab train --features runs/sweep --layer best --head logreg   # the sweep's validation choice\n"
              "  transferlab train --features FILE.h5 --layer blocks.5 --head svm --out runs/svm_b5",
     "predict": "transferlab predict --model runs/svm_b5 ~/photos/new --out predictions.csv --top-k 3",
     "sweep": "transferlab sweep                                   # digits, lite0, offline\n"
              "  transferlab sweep --data ~/photos --heads logreg --out runs/photos",
     "finetune": "transferlab finetune --data ~/photos --mode last:2 --epochs 5 --append-to runs/photos",
-    "advise": "transferlab advise --data ~/photos\n  transferlab advise --data npz:x.npz --backbone timm:resnet50 --json",
+    "advise": "transferlab advise --data ~/photos\n"
+              "  transferlab advise --data npz:x.npz --backbone timm:resnet50 --json",
 }
 
 
@@ -332,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="*", help="cache files (a bare name is looked up in the cache directory); "
                                             "info and verify default to every file")
     p.add_argument("--cache-dir", default=None, help=CACHE_DIR_HELP)
-    p.add_argument("--all", action="store_true", help="with rm: remove every cache and part file (other files are left)")
+    p.add_argument("--all", action="store_true",
+                   help="with rm: remove every cache and part file (other files are left)")
     p.add_argument("--json", action="store_true", help="machine-readable output (ls)")
     add_quiet(p)
     p.set_defaults(func=cmd_cache)

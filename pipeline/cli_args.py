@@ -313,9 +313,10 @@ def add_finetune_args(p):
     _add_flags(p, FINETUNE_FLAGS, FINETUNE, argparse.SUPPRESS)
     p.add_argument("--num-workers", dest="num_workers", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     add_data_options(p, suppress=True)
-    p.add_argument("--append-to", default=None, help="a sweep directory or results.csv to add the result to "
-                                                     "(its data, resolved image size, validation fraction, seed, test fraction and "
-                                                     "fingerprint mode become the defaults, so it validates on the sweep's rows)")
+    p.add_argument("--append-to", default=None,
+                   help="a sweep directory or results.csv to add the result to (its data, resolved image size, "
+                        "validation fraction, seed, test fraction and fingerprint mode become the defaults, "
+                        "so it validates on the sweep's rows)")
     add_quiet(p)
 
 

@@ -22,7 +22,8 @@ from .cli_args import config_flags, fraction, image_size_arg, positive_int
 
 SWITCHES = ("store_true", "store_false", "store_const", argparse.BooleanOptionalAction)
 EXPECTED = {int: "a whole number", float: "a number", positive_int: "a whole number > 0",
-            fraction: "a number between 0 and 1", image_size_arg: "auto, 0 (the backbone's own) or an image side in pixels"}
+            fraction: "a number between 0 and 1",
+            image_size_arg: "auto, 0 (the backbone's own) or an image side in pixels"}
 
 
 def load_config(path: "str | Path") -> dict:

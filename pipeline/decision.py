@@ -111,7 +111,8 @@ def curve_facts(curve: list, peak_gap: dict | None = None) -> dict:
     if peak_gap and peak_gap.get("peak") == peak.layer and peak_gap.get("last") == last.layer:
         se, method = float(peak_gap["se"]), f"paired, {peak_gap['method']}"
     else:
-        se, method = math.hypot(stderr(peak.val_accuracy, peak.n_val), stderr(last.val_accuracy, last.n_val)), "unpaired"
+        se = math.hypot(stderr(peak.val_accuracy, peak.n_val), stderr(last.val_accuracy, last.n_val))
+        method = "unpaired"
     return {"peak_layer": peak.layer, "peak_rel_depth": peak.rel_depth, "peak_val": peak.val_accuracy,
             "last_layer": last.layer, "last_val": last.val_accuracy, "last_gap": gap, "gap_se": se,
             "gap_in_se": gap / se if se > 0 else float("inf") if gap > 0 else 0.0, "n_val": peak.n_val,
@@ -120,7 +121,8 @@ def curve_facts(curve: list, peak_gap: dict | None = None) -> dict:
 
 def _curve_reason(cf: dict, generic_better: bool, close: bool) -> str:
     if cf["peak_layer"] == cf["last_layer"] or cf["last_gap"] <= 0:
-        return f"validation accuracy peaks at the last layer `{cf['last_layer']}` ({cf['last_val']:.3f}, {cf['curve_method']})"
+        return (f"validation accuracy peaks at the last layer `{cf['last_layer']}` "
+                f"({cf['last_val']:.3f}, {cf['curve_method']})")
     verdict = ("more than" if generic_better else "close to" if close else "within") + f" {Z:g} standard errors"
     return (f"validation accuracy peaks at `{cf['peak_layer']}` (relative depth {cf['peak_rel_depth']:.2f}, "
             f"{cf['peak_val']:.3f}); the last layer `{cf['last_layer']}` trails by {100 * cf['last_gap']:.1f} points, "
@@ -156,7 +158,9 @@ def decide(ev: Evidence) -> Decision:
         source_helps = gain > max(MIN_SOURCE_GAIN, Z * se)
         facts.update(random_best=ev.random_best, source_gain=gain, source_gain_se=se)
         reasons.append(f"pretrained beats random weights by {100 * gain:.1f} points at their best layers "
-                       f"({'the source knowledge helps' if source_helps else 'within noise or under ' + str(int(100 * MIN_SOURCE_GAIN)) + ' points: little source knowledge carries over'})")
+                       + ("(the source knowledge helps)" if source_helps else
+                          f"(within noise or under {int(100 * MIN_SOURCE_GAIN)} points: "
+                          f"little source knowledge carries over)"))
     if ev.source_confidence is not None:
         facts.update(source_confidence=ev.source_confidence, source_entropy=ev.source_entropy)
         reasons.append(f"the source classifier's mean top-1 confidence on these images is "

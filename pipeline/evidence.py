@@ -21,8 +21,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from transferlab.classifiers.compare import (Gap, choose_on_folds, corrected_kfold_gap, fold_scores, kfold_shape,
-                                             paired_split_gap, repeated_folds, split_correctness)
+from transferlab.classifiers.compare import (
+    Gap,
+    choose_on_folds,
+    corrected_kfold_gap,
+    fold_scores,
+    kfold_shape,
+    paired_split_gap,
+    repeated_folds,
+    split_correctness,
+)
 from transferlab.classifiers.protocol import stratified_holdout
 from transferlab.features.cache import layer_info, load_split, read_cache_meta
 

@@ -76,7 +76,8 @@ def decision_section(summary: dict) -> tuple[list[str], dict | None]:
 
 
 def _chosen_mark(summary: dict) -> dict | None:
-    """The depth plot's marker: the recommended row (as :func:`transferlab.pipeline.chosen.chosen_row`) and the strategy."""
+    """The depth plot's marker: the recommended row (as :func:`transferlab.pipeline.chosen.chosen_row`) and the
+    strategy."""
     from .chosen import chosen_row
 
     row = chosen_row(summary["rows"], summary.get("decision"))

@@ -7,8 +7,9 @@ heads stage's selection protocol (:func:`transferlab.classifiers.train_head`, th
 and relative depth come from the cache, where extraction stored them. Head fits run in parallel
 through joblib (:mod:`transferlab.classifiers.parallel`; ``backend="dask"`` or ``"ray"`` runs them
 on a cluster, each worker reading the features from the cache file's path). Rows are appended to
-``results.csv`` as they finish, so Ctrl-C keeps the finished rows, and a rerun skips the rows whose key (:mod:`transferlab.pipeline.results`) it would compute
-again; rows of another configuration or data set are moved to ``results.stale.csv`` first.
+``results.csv`` as they finish, so Ctrl-C keeps the finished rows, and a rerun skips the rows whose
+key (:mod:`transferlab.pipeline.results`) it would compute again; rows of another configuration or
+data set are moved to ``results.stale.csv`` first.
 
 Integrity rule of ``results.json``, ``report.md`` and the plot: they are derived from
 ``results.csv`` and rewritten whole (atomically) at the end of every run; a kill before that
@@ -16,8 +17,10 @@ leaves the previous ones, which the next run replaces. The whole run holds the `
 lock (:func:`transferlab.pipeline.results.locked_out`), so two sweeps into one folder never append
 the same rows twice. A full disk stops the run with a one-line error; the rows appended before it
 are whole and kept (appends are all-or-nothing), and the same command finishes the rest. A run
-that computed no row and moved none aside keeps ``report.md`` and the plot when both are newer than ``results.csv`` and the previous
-``results.json`` holds the same configuration and rows (the warm rerun then only reads).
+that computed no row and moved none aside keeps ``report.md`` and the plot when both are newer than
+``results.csv`` and the previous ``results.json`` holds the same configuration and rows (the warm
+rerun then only reads; the decision's stored measurement is reused when its key is unchanged:
+:func:`measure_for_decision`).
 """
 from __future__ import annotations
 
@@ -33,17 +36,16 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from transferlab.classifiers.parallel import check_backend, parallel
 from transferlab.features import ExtractionSpec, load_dataset, parse_pooling
+from transferlab.features.cache import layer_info, read_cache_meta
 from transferlab.features.memo import cached_extraction
 from transferlab.features.spec import AUTO_IMAGE_SIZE, parse_image_size, parse_layers, resolve_image_size
-from transferlab.features.cache import layer_info, read_cache_meta
-from transferlab.classifiers.parallel import check_backend, parallel
 from transferlab.util import UserInputError, jsonable, library_versions, sha256_json, write_json
 
 from .curves import FINETUNE_PREFIX, decision_of, is_finetune
 from .report import refresh_report, write_report
 from .results import SweepResult, append_row, locked_out, read_rows, row_key, set_aside
-
 
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS)
 
@@ -232,7 +234,8 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
             for head, shots, rep in itertools.product(cfg.heads, cfg.shots or [0], range(cfg.repeats)):
                 job = {"backbone": bspec, "weights": wspec, "layer": name, "depth": info["depth"],
                        "rel_depth": info["rel_depth"], "dim": info["dim"], "head": head, "repeat": rep,
-                       "seed": cfg.seed + rep, "cache_file": str(path), "cache_key": meta["key"], "pool": meta["pooling"],
+                       "seed": cfg.seed + rep, "cache_file": str(path), "cache_key": meta["key"],
+                       "pool": meta["pooling"],
                        "image_size": meta["image_size"], "shots": shots, "preprocessing": cfg.preprocessing,
                        "val_fraction": cfg.val_fraction, "full_grid": cfg.full_grid,
                        "grid": "full" if cfg.full_grid else "default", "data": dataset.spec,

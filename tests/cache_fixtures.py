@@ -45,7 +45,8 @@ def write_cache(path, labels, features, *, incomplete=(), dtype=np.float16, clas
             infos = [LayerInfo(layer, LAYER_DEPTHS.get(layer, 99), LAYER_DEPTHS.get(layer, 99) / 2, X.shape[1], 1,
                                (X.shape[1], 7, 7), X.shape[1], 0) for layer, X in features[split].items()]
             w.prepare(Split(split, np.asarray(y), ids=np.arange(len(y), dtype=np.int64) + 1000), infos,
-                      chunk_bytes=chunk_rows * max(X.shape[1] for X in features[split].values()) * np.dtype(dtype).itemsize)
+                      chunk_bytes=chunk_rows * max(X.shape[1] for X in features[split].values())
+                      * np.dtype(dtype).itemsize)
             n = len(y) // 2 if split in incomplete else len(y)
             w.write(split, 0, {layer: np.asarray(X[:n], dtype=dtype) for layer, X in features[split].items()})
             if split not in incomplete:

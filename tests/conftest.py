@@ -65,8 +65,7 @@ def write_pngs(images: np.ndarray, folder: Path, prefix: str = "img") -> list[Pa
     return paths
 
 
-from tests.cache_fixtures import (cache_no_val, cache_with_val, cache_writer, digits_arrays,  # noqa: E402,F401
-                                  split_data)
+from tests.cache_fixtures import cache_no_val, cache_with_val, cache_writer, digits_arrays, split_data  # noqa: E402,F401
 
 
 class CliResult:

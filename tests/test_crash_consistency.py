@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import ROOT, make_npz, run_cli
 from transferlab.features.cache import load_split, verify
 from transferlab.pipeline.results import read_rows
-from tests.conftest import ROOT, make_npz, run_cli
 
 TRIALS = [pytest.param(1, id="quick"), pytest.param(6, id="many", marks=pytest.mark.slow)]
 

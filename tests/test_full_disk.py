@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import ROOT, make_npz, run_cli
+from tests.mounts import fill, tmpfs
 from transferlab.features import extract
 from transferlab.features.cache import load_split, read_status, verify
 from transferlab.util import UserInputError
-from tests.conftest import ROOT, make_npz, run_cli
-from tests.mounts import fill, tmpfs
 
 KW = dict(layers="bn1,blocks.5,bn2", image_size=32, dtype="float32", batch_size=32, progress=False)
 LAYERS = ("bn1", "blocks.5", "bn2")

@@ -21,7 +21,8 @@ def test_import_transferlab_gives_the_api_without_importing_torch():
 def test_a_users_own_features_module_does_not_shadow_ours(tmp_path):
     (tmp_path / "features.py").write_text("raise ImportError('the user module was imported')\n")
     (tmp_path / "pipeline.py").write_text("raise ImportError('the user module was imported')\n")
-    code = "import transferlab.features, transferlab.finetuning.run, transferlab.pipeline.cli; assert callable(transferlab.finetune); print(transferlab.features.extract.__module__)"
+    code = ("import transferlab.features, transferlab.finetuning.run, transferlab.pipeline.cli; "
+            "assert callable(transferlab.finetune); print(transferlab.features.extract.__module__)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "transferlab.features.extraction"

@@ -11,6 +11,7 @@ from transferlab.classifiers.fast_logreg import TorchLogisticRegression
 from transferlab.classifiers.heads import adapt_to_data, available_heads, default_grid, default_preprocessing, make_head
 from transferlab.util import UserInputError
 
+
 def _shrunk_standardize(k=10.0):
     """The shrunk standardisation computed directly: scale_j = sqrt((n var_j + k mean(var)) / (n + k))."""
     from sklearn.preprocessing import FunctionTransformer
@@ -28,7 +29,8 @@ def _shrunk_standardize(k=10.0):
 
 
 DIRECT = {
-    "svm": (dict(C=0.1, solver="sklearn"), lambda: make_pipeline(Normalizer(), LinearSVC(C=0.1, random_state=0, max_iter=5000))),
+    "svm": (dict(C=0.1, solver="sklearn"),
+            lambda: make_pipeline(Normalizer(), LinearSVC(C=0.1, random_state=0, max_iter=5000))),
     "svm-rbf": (dict(C=10.0), lambda: make_pipeline(_shrunk_standardize(), SVC(C=10.0, gamma="scale", random_state=0))),
     "knn": (dict(n_neighbors=3), lambda: make_pipeline(
         Normalizer(), KNeighborsClassifier(3, weights="distance", metric="cosine", algorithm="brute"))),

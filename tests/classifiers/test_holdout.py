@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from sklearn.model_selection import train_test_split
 
-from transferlab.classifiers.holdout import stratified_holdout, stratified_sample
 from transferlab.classifiers.fast_logreg import BatchedLogisticRegressionCV
+from transferlab.classifiers.holdout import stratified_holdout, stratified_sample
 from transferlab.classifiers.protocol import select_and_fit
 from transferlab.features.data import Dataset, Split
 from transferlab.util import UserInputError

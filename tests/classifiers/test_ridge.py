@@ -22,7 +22,8 @@ def test_solution_equals_sklearn_ridge_classifier(digits, n, classes):
     for alpha in (0.01, 1.0, 100.0):
         ours = RidgeProbe(alpha=alpha).fit(X, y)
         ref = RidgeClassifier(alpha=alpha, solver="svd").fit(X.astype(np.float64), y)
-        np.testing.assert_allclose(ours.coef_, ref.coef_.reshape(ours.coef_.shape), rtol=1e-4, atol=1e-6)  # (1, D) for two classes
+        # (1, D) for two classes
+        np.testing.assert_allclose(ours.coef_, ref.coef_.reshape(ours.coef_.shape), rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(ours.intercept_, ref.intercept_, rtol=1e-4, atol=1e-6)
         assert (ours.predict(X) == ref.predict(X)).all()
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from transferlab.classifiers.persistence import load_head
-from transferlab.features.cache import load_split
 from transferlab.classifiers.train import train_head, train_layers
+from transferlab.features.cache import load_split
 from transferlab.util import UserInputError
 
 CONTRACT_FIELDS = {"layer", "backbone", "weights", "preprocessing", "class_names", "data", "features_file", "key",

@@ -30,7 +30,10 @@ def test_random_weights_are_seeded_and_differ_from_pretrained(lite0):
     r0 = build_backbone("lite0", weights="random", seed=0)
     r0b = build_backbone("lite0", weights="random", seed=0)
     r1 = build_backbone("lite0", weights="random", seed=1)
-    w = lambda bb: bb.model.conv_stem.weight.detach()
+
+    def w(bb):
+        return bb.model.conv_stem.weight.detach()
+
     assert torch.equal(w(r0), w(r0b))
     assert not torch.equal(w(r0), w(r1))
     assert not torch.allclose(w(r0), w(lite0))

@@ -1,21 +1,19 @@
 """Corruption harness and the cache's reader/writer rules: damage is seen by ``cache verify``, refused or
 rebuilt by ``extract``, ``train`` and ``sweep`` (never a traceback); completeness is per layer; readers
 and writers of one file wait for each other instead of failing or calling good work unreadable."""
-import os
 import subprocess
 import sys
 import textwrap
-import time
 
 import h5py
 import numpy as np
 import pytest
 
+from tests.conftest import ROOT, make_npz, run_cli
 from transferlab.classifiers import train_head
 from transferlab.features import extract
 from transferlab.features.cache import load_split, read_status, verify
 from transferlab.util import UserInputError
-from tests.conftest import ROOT, make_npz, run_cli
 
 KW = dict(layers="bn1,bn2", image_size=32, dtype="float32", progress=False)
 

@@ -1,11 +1,10 @@
 import h5py
 import numpy as np
 import pytest
+from sklearn.datasets import load_digits
 
 from transferlab.features.cache import layer_info, list_layers, load_split, read_cache_meta
 from transferlab.util import UserInputError
-
-from sklearn.datasets import load_digits
 
 
 def test_layers_come_in_depth_order(cache_with_val):

@@ -3,8 +3,8 @@ import sys
 import numpy as np
 import pytest
 
-from transferlab.features import UserInputError, load_dataset
 from tests.conftest import make_npz
+from transferlab.features import UserInputError, load_dataset
 
 
 def test_digits_split_is_stratified_and_seeded():

@@ -4,12 +4,12 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import run_cli, write_pngs
+from tests.image_files import asymmetric, bomb_png, no_decode_of, save_tagged  # noqa: F401 (fixture)
 from transferlab.features import UserInputError, extract
 from transferlab.features.decode import EncodedFiles, decode_batch, device_batches, resolve_decode
 from transferlab.features.preprocess import ImageFiles, read_image
 from transferlab.features.spec import ExtractionSpec
-from tests.conftest import run_cli, write_pngs
-from tests.image_files import asymmetric, bomb_png, no_decode_of, save_tagged  # noqa: F401 (fixture)
 
 
 def _images(n=6, seed=0):

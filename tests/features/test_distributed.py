@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from transferlab.features import UserInputError, build_backbone, extract, load_dataset
+from tests.conftest import ROOT, make_npz, run_cli
+from transferlab.features import UserInputError, build_backbone, engine, extract, load_dataset
 from transferlab.features import cache as fcache
 from transferlab.features import distributed as fdist
-from transferlab.features import engine
 from transferlab.features.engine import ExtractionJob
 from transferlab.features.layers import catalog, default_layers, resolve_names
 from transferlab.features.spec import ExtractionSpec
-from tests.conftest import ROOT, make_npz, run_cli
 
 LAYERS = "bn1,blocks.2,bn2"
 B = 8

@@ -10,13 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from transferlab.features import UserInputError, extract
-from transferlab.features import cache as fcache
-from transferlab.features import engine
-from transferlab.features import extraction as extract_mod
-from transferlab.features.memo import MEMO_DIR
-from transferlab.features.cache import read_status, verify
 from tests.conftest import ROOT, make_npz
+from transferlab.features import UserInputError, engine, extract
+from transferlab.features import cache as fcache
+from transferlab.features import extraction as extract_mod
+from transferlab.features.cache import read_status, verify
+from transferlab.features.memo import MEMO_DIR
 
 LAYERS = ["bn1", "blocks.1", "blocks.4", "bn2"]
 

@@ -47,8 +47,10 @@ def test_flat_class_folders_get_a_seeded_stratified_test_split(tmp_path):
     assert list(np.bincount(te.labels)) == [2, 2, 1]  # stratified: 20% of each class
     assert not set(map(str, tr.paths)) & set(map(str, te.paths))
     assert "stratified" in ds.layout and "0.2" in ds.layout
-    again, other_seed = load_dataset(str(root), seed=3, test_fraction=0.2), load_dataset(str(root), seed=4, test_fraction=0.2)
-    assert again.fingerprint == ds.fingerprint and [str(p) for p in again.splits["test"].paths] == list(map(str, te.paths))
+    again = load_dataset(str(root), seed=3, test_fraction=0.2)
+    other_seed = load_dataset(str(root), seed=4, test_fraction=0.2)
+    assert again.fingerprint == ds.fingerprint
+    assert [str(p) for p in again.splits["test"].paths] == list(map(str, te.paths))
     assert other_seed.fingerprint != ds.fingerprint  # the split is part of the cache key
     assert load_dataset(str(root), seed=3, test_fraction=0.4).fingerprint != ds.fingerprint
     # labels follow the folder each file sits in

@@ -14,7 +14,8 @@ CIFAR = SHARED_DATA / "cifar10_small.npz"
 
 @pytest.mark.skipif(not CIFAR.is_file(), reason=f"{CIFAR} absent (shared data not laid out here)")
 def test_cli_extract_on_cifar10_small_matches_hooks_on_timm_lite0(tmp_path, lite0):
-    out = subprocess.run([sys.executable, "-m", "transferlab", "extract", "--data", f"npz:{CIFAR}", "--image-size", "32",
+    out = subprocess.run([sys.executable, "-m", "transferlab", "extract", "--data", f"npz:{CIFAR}",
+                          "--image-size", "32",
                           "--dtype", "float32", "--cache-dir", str(tmp_path), "--quiet", "--batch-size", "250"],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -7,15 +7,20 @@ import torch
 import torch.nn.functional as F
 
 from tests.conftest import make_npz
-from transferlab.util import UserInputError
 from transferlab.features.preprocess import normalize_batch
-from transferlab.finetuning import run as ft_module
 from transferlab.finetuning import finetune, load_finetuned, parse_mode, predict_finetuned
-from transferlab.finetuning.model import (Mode, WarmupCosine, build_finetune_model, init_classifier_from_head,
-                                     linear_from_head)
+from transferlab.finetuning import run as ft_module
+from transferlab.finetuning.model import (
+    Mode,
+    WarmupCosine,
+    build_finetune_model,
+    init_classifier_from_head,
+    linear_from_head,
+)
 from transferlab.finetuning.train import random_resized_crop_flip, rng_state, set_rng_state
 from transferlab.pipeline.results import read_rows
 from transferlab.pipeline.sweep import append_finetune
+from transferlab.util import UserInputError
 
 SIZE = 32  # network input; the images themselves are 16x16
 # lite0's catalog groups are bn1 (stem), blocks.0..6, bn2 (conv_head + bn2); last:2 = blocks.6 and bn2

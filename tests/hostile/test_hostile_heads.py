@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transferlab.util import UserInputError, sha256_json
 from tests.conftest import make_npz, run_cli
+from transferlab.util import UserInputError, sha256_json
 
 
 class Payload:

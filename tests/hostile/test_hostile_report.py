@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 import transferlab
+from tests.conftest import make_npz
 from transferlab.pipeline.html import render_html
 from transferlab.pipeline.report import refresh_report
-from tests.conftest import make_npz
 
 TITLE = "TransferLab sweep"
 ONERROR = "<img src=x onerror=\"document.title='pwned-onerror'\">"

@@ -43,7 +43,6 @@ def test_advise_never_reads_the_test_split(advice, monkeypatch, caps):
     real = cache.load_split
     monkeypatch.setattr(cache, "load_split", lambda p, split, layer: (seen.append(split), real(p, split, layer))[1])
     from transferlab.pipeline import advise as advise_mod
-
     from transferlab.pipeline import evidence as evidence_mod
 
     monkeypatch.setattr(advise_mod, "load_split", cache.load_split)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from transferlab.features.cache import read_status
 from tests.cache_fixtures import digits_splits, write_cache
 from tests.conftest import ROOT, make_npz, run_cli
 from tests.mounts import tmpfs
+from transferlab.features.cache import read_status
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,8 @@ CASES = {
     # extract: data
     "npz missing": (EXTRACT + ["--data", "npz:{t}/missing.npz"], "does not exist"),
     "npz keys missing": (EXTRACT + ["--data", "npz:{t}/nokeys.npz"], "lacks the keys x_test, y_test"),
-    "npz counts differ": (EXTRACT + ["--data", "npz:{t}/mismatch.npz"], "x_train has 3 images but y_train has 2 labels"),
+    "npz counts differ": (EXTRACT + ["--data", "npz:{t}/mismatch.npz"],
+                          "x_train has 3 images but y_train has 2 labels"),
     "npz object array": (EXTRACT + ["--data", "npz:{t}/objects.npz"], "x_train is stored as Python objects"),
     "npz empty x_test": (EXTRACT + ["--data", "npz:{t}/empty_test.npz"], "x_test holds no images"),
     "labels 100000 without class_names": (EXTRACT + ["--data", "npz:{t}/sparse_labels.npz"],
@@ -62,7 +63,8 @@ CASES = {
     # extract: options
     "unknown backbone": (EXTRACT + ["--data", "digits", "--backbone", "vgg99"], "unknown backbone 'vgg99'"),
     "unknown layer": (EXTRACT + ["--data", "digits", "--layers", "blocks.42"], "valid layers: bn1, blocks.0"),
-    "image size 100000": (["extract", "--data", "digits", "--image-size", "100000"], "image size 100000 is out of range"),
+    "image size 100000": (["extract", "--data", "digits", "--image-size", "100000"],
+                          "image size 100000 is out of range"),
     "batch cannot fit in memory": (["extract", "--data", "digits", "--image-size", "512", "--batch-size", "100000",
                                     "--cache-dir", "{t}/cache"], "lower --batch-size"),
     "unknown dtype": (EXTRACT + ["--data", "digits", "--dtype", "int8"], "unknown dtype 'int8'"),

@@ -1,10 +1,10 @@
-"""The features stage through the command line: the cache path printed last, concurrent extractions, cache info/rm (bad input: test_bad_input_catalogue.py)."""
+"""The features stage through the command line: the cache path printed last, concurrent extractions, cache info/rm
+(bad input: test_bad_input_catalogue.py)."""
 import subprocess
 import sys
 
-
-from transferlab.features.cache import read_status
 from tests.conftest import ROOT, make_npz, run_cli
+from transferlab.features.cache import read_status
 
 
 def run(*args, cwd=ROOT):

@@ -27,6 +27,7 @@ def test_finetune_cli_bad_input_is_one_line_exit_2(tmp_path):
 
 def test_predict_uses_a_finetuned_model_like_predict_finetuned(tmp_path):
     import numpy as np
+
     from transferlab.finetuning.saved import load_finetuned, predict_finetuned
     from transferlab.pipeline.predict import predict
 
@@ -63,12 +64,14 @@ def test_append_to_uses_the_sweeps_image_size_and_validation_fraction(tmp_path):
               "--append-to", tmp_path / "sw", "--no-augment")
     assert out.returncode == 0, out.stderr
     cfg = json.loads((tmp_path / "ft" / "metrics.json").read_text())["config"]
-    assert (cfg["image_size"], cfg["val_fraction"], cfg["data"]) == (32, 0.3, f"npz:{npz}")  # the sweep's, not 64/0.1/digits
+    # the sweep's, not 64/0.1/digits
+    assert (cfg["image_size"], cfg["val_fraction"], cfg["data"]) == (32, 0.3, f"npz:{npz}")
     epochs = [l for l in out.stderr.splitlines() if l.startswith("epoch ") and "train loss" in l]
     assert len(epochs) == 2 and all("img/s" in l for l in epochs) and "ETA" in epochs[0]
     assert out.stdout.strip().splitlines()[-1].startswith(f"wrote {tmp_path / 'ft' / 'metrics.json'}; model file "
                                                           f"{tmp_path / 'ft' / 'model.pt'}")
-    differ = run("--mode", "head", "--epochs", "1", "--batch-size", "16", "--out", tmp_path / "ft2", "--image-size", "48",
+    differ = run("--mode", "head", "--epochs", "1", "--batch-size", "16", "--out", tmp_path / "ft2",
+                 "--image-size", "48",
                  "--append-to", tmp_path / "sw", "--no-augment", "--quiet")
     assert differ.returncode == 0 and "--image-size 48 differs from the sweep's 32" in differ.stderr
     rows = [l for l in (tmp_path / "sw" / "results.csv").read_text().splitlines() if "finetune:head" in l]

@@ -4,9 +4,9 @@ import re
 
 import pytest
 
+from tests.conftest import make_npz, run_cli
 from transferlab import __version__
 from transferlab.pipeline.cli import build_parser
-from tests.conftest import make_npz, run_cli
 
 OLD_NAMES = {"--n-jobs", "--num-workers"}  # hidden aliases of --workers
 

@@ -11,8 +11,7 @@ from PIL import Image
 
 from tests.conftest import ROOT, make_npz, run_cli
 from transferlab.features.data import load_dataset, median_side
-from transferlab.features.spec import (AUTO_CAP, LITE_INPUT_SIZES, ExtractionSpec, parse_image_size,
-                                       resolve_image_size)
+from transferlab.features.spec import AUTO_CAP, LITE_INPUT_SIZES, ExtractionSpec, parse_image_size, resolve_image_size
 from transferlab.util import UserInputError
 
 
@@ -71,7 +70,8 @@ def test_lite_sizes_are_the_weights_own_and_auto_is_parsed_but_never_reaches_a_s
 
     for name, size in LITE_INPUT_SIZES.items():
         assert timm.models.get_pretrained_cfg(f"tf_efficientnet_{name}").input_size == (3, size, size)
-    assert [parse_image_size(v) for v in ("auto", " Auto ", None, "0", "native", 96)] == ["auto", "auto", None, 0, 0, 96]
+    parsed = [parse_image_size(v) for v in ("auto", " Auto ", None, "0", "native", 96)]
+    assert parsed == ["auto", "auto", None, 0, 0, 96]
     with pytest.raises(UserInputError, match="image size auto is read from the data"):
         ExtractionSpec("lite0", image_size="auto")
     out = run_cli("layers", "--image-size", "auto")

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import make_npz, run_cli, write_pngs
 from transferlab.features import extract
 from transferlab.pipeline.predict import predict
-from tests.conftest import make_npz, run_cli, write_pngs
 
 
 @pytest.fixture
@@ -62,7 +62,8 @@ def test_folders_csv_top_k_and_an_unreadable_file_that_does_not_stop_the_run(tra
         rows = list(csv.DictReader(fh))
     assert len(rows) == 6 and [r["path"] for r in rows if r["error"]] == [str(bad)]
     good = [r for r in rows if not r["error"]]
-    assert sorted(r["path"].rsplit("/", 1)[-1] for r in good) == ["img0.png", "img1.png", "img2.png", "z0.png", "z1.png"]
+    names = sorted(r["path"].rsplit("/", 1)[-1] for r in good)
+    assert names == ["img0.png", "img1.png", "img2.png", "z0.png", "z1.png"]
     head, _ = load_head(tmp_path / "head")
     by_name = {r["path"].rsplit("/", 1)[-1]: r for r in good}
     with h5py.File(path, "r") as f:

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import transferlab
+from tests.conftest import make_npz, run_cli
 from transferlab.pipeline.report import refresh_report
 from transferlab.pipeline.results import append_row, load_results, read_rows
-from tests.conftest import make_npz, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +82,9 @@ def test_confusion_matrix_is_of_the_recommended_head(swept):
 def test_predict_on_a_sweep_folder_uses_its_chosen_head(swept):
     import h5py
 
+    from tests.conftest import write_pngs
     from transferlab.classifiers import load_head
     from transferlab.pipeline.predict import predict
-    from tests.conftest import write_pngs
 
     tmp, _ = swept
     out = tmp / "run"
@@ -193,7 +193,8 @@ def test_finetune_bars_carry_the_binomial_standard_error(tmp_path, monkeypatch):
     seen = {}
     real = matplotlib.axes.Axes.bar
     monkeypatch.setattr(matplotlib.axes.Axes, "bar",
-                        lambda self, x, h, **kw: (seen.update(h=list(h), yerr=kw.get("yerr")), real(self, x, h, **kw))[1])
+                        lambda self, x, h, **kw: (seen.update(h=list(h), yerr=kw.get("yerr")),
+                                                  real(self, x, h, **kw))[1])
     ft = [{"head": "finetune:last:2", "weights": "imagenet", "test_accuracy": "0.9"}]
     finetune_bars(ft, tmp_path / "f.png", {"head": "logreg", "layer": "bn2", "test_accuracy": "0.8"}, n_test=400)
     assert seen["h"] == [0.8, 0.9]

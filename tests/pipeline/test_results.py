@@ -111,7 +111,8 @@ def test_a_torn_last_line_is_cut_before_the_next_append_never_glued_to_it(tmp_pa
         fh.write(b"lite0,imagenet,gap,32,bn2,8,1.0,1280,logreg,,,,0,0,0.61,0.52")
     assert append_row(path, {"layer": "bn2", "test_accuracy": 0.495, "row_key": "k2"}) is True
     rows = read_rows(path)
-    assert [(r["layer"], r["test_accuracy"], r["row_key"]) for r in rows] == [("bn1", "0.3", "k1"), ("bn2", "0.495", "k2")]
+    got = [(r["layer"], r["test_accuracy"], r["row_key"]) for r in rows]
+    assert got == [("bn1", "0.3", "k1"), ("bn2", "0.495", "k2")]
     assert path.read_bytes().startswith(whole) and b"0.52lite0" not in path.read_bytes()
     assert append_row(path, {"layer": "x", "row_key": "k3"}) is False
 
@@ -151,7 +152,8 @@ def test_two_sweeps_into_one_out_folder_write_each_row_once(tmp_path):
 
     npz = make_npz(tmp_path / "d.npz", n_train=24, n_test=12, size=8)
     args = ["sweep", "--data", f"npz:{npz}", "--heads", "logreg", "--layers", "bn1,bn2", "--image-size", "32",
-            "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache", "--n-jobs", "1"]  # not --quiet: the wait is said
+            # not --quiet: the wait is said
+            "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache", "--n-jobs", "1"]
     procs = [subprocess.Popen([sys.executable, "-m", "transferlab", *map(str, args)], cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]

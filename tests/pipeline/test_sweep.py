@@ -3,11 +3,11 @@ import json
 
 import pytest
 
+from tests.conftest import make_npz, run_cli
 from transferlab.features import extraction
 from transferlab.pipeline.results import RESULT_COLUMNS
 from transferlab.pipeline.sweep import SweepConfig, sweep
 from transferlab.util import UserInputError
-from tests.conftest import make_npz, run_cli
 
 
 @pytest.fixture
@@ -175,9 +175,9 @@ def test_ray_backend_without_ray_names_the_extra(tiny_sweep, tmp_path):
 def test_fit_warnings_are_collected_and_summarised_not_printed(monkeypatch, capfd):
     import warnings
 
-    import transferlab.classifiers as clf
     from sklearn.exceptions import ConvergenceWarning
 
+    import transferlab.classifiers as clf
     from transferlab.pipeline.sweep import _fit_one, summarise_warnings
 
     def noisy(*a, **k):
