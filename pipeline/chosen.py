@@ -80,7 +80,7 @@ def fit_chosen(out: Path, row: dict, preprocessing: str | None = None, log=None)
     # reuse only a head saved as arrays for this row: a pickle is refitted, never opened
     if saved.get("sweep_row_key") != row["row_key"] or saved.get("head_file") != HEAD_FILE:
         if log is not None:
-            log(f"report: fitting the head chosen on validation ({row['layer']} + {row['head']}) for the "
+            log(f"report: fitting the recommended head ({row['layer']} + {row['head']}) for the "
                 f"confusion matrix; saved as {folder}")
         vf = float(row["val_fraction"]) if row.get("val_fraction") not in ("", None) else 0.2
         train_head(row["cache_file"], row["layer"], row["head"], out=folder, preprocessing=preprocessing,
