@@ -91,12 +91,17 @@ def test_a_paired_gap_of_another_pair_of_layers_is_not_used():
     assert d.facts["gap_method"] == "unpaired"
 
 
-@pytest.mark.parametrize("in_se", [1.2, 2.0, 2.9])
+@pytest.mark.parametrize("in_se", [1.2, 1.6, 1.95])
 def test_a_close_call_keeps_the_last_layer_and_names_both(in_se):
     d = decide(_ev(20, [0.80, 0.88, 0.93, 0.90], n_val=300, peak_gap=_gap("l2", "l3", 0.03, 0.03 / in_se)))
     assert d.strategy == "linear-probe" and d.runner_up == "generic-features" and d.close
     assert d.chosen_layer == "l3"
     assert any("close call" in r and "last layer" in r for r in d.reasons)
+
+
+def test_a_paired_gap_just_past_z_is_generic_features_and_not_close():
+    d = decide(_ev(20, [0.80, 0.88, 0.93, 0.90], n_val=300, peak_gap=_gap("l2", "l3", 0.03, 0.03 / 2.1)))
+    assert d.strategy == "generic-features" and not d.close and d.chosen_layer == "l2"
 
 
 def test_a_gap_under_one_standard_error_is_neither_generic_nor_close():
