@@ -117,26 +117,21 @@ def measure_curve(source, layers: list, *, seed: int = 0, val_fraction: float = 
     _, _, _, yv = train_val_rows(source, layers[0], val_fraction, seed)
     if yv is None or len(yv) < small_val:
         return _kfold_curve(source, layers, seed, val_fraction, folds, repeats, n_jobs, backend, log)
-    points, params = [], {}
+    points, params, correct = [], {}, {}
+
+    def pairs_of(name):  # per-row correctness on the validation rows, fitted once per layer
+        if name not in correct:
+            X, y, Xv, yv = train_val_rows(source, name, val_fraction, seed)
+            correct[name], params[name] = split_correctness(X, y, Xv, yv, PROBE, seed=seed)
+        return correct[name]
+
     for name in layers:
         info = layer_info(_path(source), name)
-        if name in known:
-            acc = float(known[name])
-        else:
-            X, y, Xv, yv = train_val_rows(source, name, val_fraction, seed)
-            correct, params[name] = split_correctness(X, y, Xv, yv, PROBE, seed=seed)
-            acc = float(correct.mean())
+        acc = float(known[name]) if name in known else float(pairs_of(name).mean())
         points.append(LayerPoint(name, info["rel_depth"], acc, int(len(yv)), method="split"))
         log(f"  {name:<12} val {acc:.3f}")
     peak, last = _peak_and_last(points)
-    gap = None
-    if peak.layer != last.layer:
-        pairs = []
-        for name in (peak.layer, last.layer):
-            X, y, Xv, yv = train_val_rows(source, name, val_fraction, seed)
-            correct, params[name] = split_correctness(X, y, Xv, yv, PROBE, seed=seed)
-            pairs.append(correct)
-        gap = paired_split_gap(*pairs)
+    gap = paired_split_gap(pairs_of(peak.layer), pairs_of(last.layer)) if peak.layer != last.layer else None
     return CurveMeasurement(points, "split", gap, peak.layer, last.layer, params)
 
 

@@ -61,6 +61,9 @@ def test_known_accuracies_are_not_refitted_except_the_pair_compared(cache_file, 
     m = evidence.measure_curve(cache_file, LAYERS, seed=0, small_val=10, known=known)
     assert [p.val_accuracy for p in m.points] == [0.5, 0.9, 0.6]
     assert m.peak == "blocks.4" and len(calls) == 2
+    calls.clear()
+    evidence.measure_curve(cache_file, LAYERS, seed=0, small_val=10)
+    assert len(calls) == len(LAYERS)  # the compared pair reuses the fits that measured the curve
 
 
 def test_the_test_split_is_never_read(cache_file, monkeypatch):
