@@ -8,6 +8,7 @@ pictures are drawn by :mod:`transferlab.pipeline.plots` (the chosen head's confu
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from transferlab.util import atomic_write, write_json
@@ -57,11 +58,14 @@ def decision_section(summary: dict) -> tuple[list[str], dict | None]:
         if at_peak and at_last:
             test_gap = at_peak["test"] - at_last["test"]
             agree = (test_gap > 0) == (facts.get("last_gap", 0) > 0)
+            n_test = _test_rows(row.get("cache_file"))
+            noise = (f" ± {100 * math.hypot(stderr(at_peak['test'], n_test), stderr(at_last['test'], n_test)):.1f}, "
+                     f"unpaired, on {n_test} test rows" if n_test else "")
             lines += ["", f"On validation ({md_text(facts.get('gap_method', ''))}) the peak {md_code(peak)} leads the "
                       f"last layer {md_code(last)} by {100 * facts['last_gap']:.1f} ± {100 * facts['gap_se']:.1f} "
                       f"points. On test, reported and never used to choose, the {md_text(row['head'])} head at "
                       f"{md_code(peak)} scores {at_peak['test']:.3f} and at {md_code(last)} {at_last['test']:.3f} "
-                      f"({100 * test_gap:+.1f} points): the test split "
+                      f"({100 * test_gap:+.1f} points{noise}): the test split "
                       f"{'points the same way' if agree else 'points the other way'}."]
     if decision:
         lines += ["", "Evidence:", ""] + [f"- {md_inline(r)}" for r in decision["reasons"]]
@@ -73,6 +77,18 @@ def decision_section(summary: dict) -> tuple[list[str], dict | None]:
                   f"{len(edges)} layer/head pair(s) ({', '.join(md_text(f'{l}/{h}') for l, h in edges[:6])}"
                   f"{', ...' if len(edges) > 6 else ''}): rerun with `--full-grid` to widen it."]
     return lines, decision
+
+
+def _test_rows(cache_file) -> int | None:
+    """The test split's size from the cache file's attributes (None when it cannot be read)."""
+    from transferlab.features.cache import read_status
+
+    try:
+        status = read_status(cache_file) if cache_file else None
+    except Exception:  # another process writing it: the headline goes without the test's noise
+        return None
+    n = ((status or {}).get("splits", {}).get("test") or {}).get("n_total")
+    return int(n) if n else None
 
 
 def _chosen_mark(summary: dict) -> dict | None:
