@@ -273,7 +273,7 @@ EXAMPLES = {
     "extract": "transferlab extract --data ~/photos --backbone lite0 --layers all --image-size 64",
     "cache": "transferlab cache ls\n  transferlab cache info --cache-dir /scratch/tl/cache\n"
              "  transferlab cache rm --all",
-    "train": "transferlab train --features runs/sweep --layer best --head logreg   # the sweep's validation choice\n"
+    "train": "transferlab train --features runs/sweep --layer best --head logreg   # the recommended layer\n"
              "  transferlab train --features FILE.h5 --layer blocks.5 --head svm --out runs/svm_b5",
     "predict": "transferlab predict --model runs/svm_b5 ~/photos/new --out predictions.csv --top-k 3",
     "sweep": "transferlab sweep                                   # digits, lite0, offline\n"
@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "train", "train a head on cached features of one layer")
     p.add_argument("--features", required=True, help="a cache file written by extract, or a sweep folder")
     p.add_argument("--layer", required=True, help="a layer stored in the file (module path), or best: the "
-                                                  "sweep's choice on validation accuracy for --head")
+                                                  "layer the sweep recommends (its chosen_head/)")
     p.add_argument("--head", default="logreg", help="svm, svm-rbf, logreg, ridge, mlp or knn")
     p.add_argument("--out", default=None, help="directory for head.safetensors and head.json "
                                                "(default runs/heads/<data>_<layer>_<head>)")

@@ -232,7 +232,8 @@ def load_results(out: "str | Path") -> SweepResult:
 
 def resolve_train_target(features, layer: str, head: str) -> tuple[Path, str, str | None]:
     """``(cache file, layer, note)`` for ``train``: ``features`` may be a cache file or a sweep folder,
-    ``layer`` a name or ``best`` (the sweep's validation choice for ``head``)."""
+    ``layer`` a name or ``best`` (the layer the sweep's recommendation names, else the best on
+    validation for ``head``)."""
     p = Path(features).expanduser()
     if not p.is_dir():
         if layer == "best":
