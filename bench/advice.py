@@ -1,23 +1,33 @@
-"""Calibrate ``transferlab advise``: the advised regime beside the measured best regime, per data set.
+"""Calibrate ``transferlab advise``: the advised regime at three seeds beside the measured best regime, per case.
 
-    python bench/advice.py digits mnist_small cifar10_small            # the small sets
-    python bench/advice.py mnist_full cifar10_full --epochs 1          # the full sets (long on a CPU)
-    python bench/advice.py --render                                    # rewrite bench/advice.md only
+    python bench/advice.py digits mnist_small@128 cifar10_perm@32 --regimes     # measure every regime
+    python bench/advice.py digits mnist_small@128 --advice --seeds 0,1,2        # run advise per seed
+    python bench/advice.py --render                                             # rewrite bench/advice.md only
 
-For each data set it runs ``advise`` (64 px, lite0, defaults) and then measures every regime on
-the whole data set with equal budgets:
+A case is ``NAME[@PX]`` (``PX`` the input size, 64 unless given): ``digits`` (scikit-learn's),
+``mnist_small``, ``cifar10_small``, ``cifar10_full`` (``../shared/data``), ``mnist_100`` and
+``cifar10_100`` (100 training images per class drawn with seed 0 from the small sets; their test
+splits whole), ``cifar10_perm`` (all of CIFAR-10 with one fixed random permutation of pixel
+positions, seed 0, the same for every image: locality, the prior every ImageNet filter encodes, is
+gone, while colour statistics survive). Derived sets are written to a scratch folder outside the
+project.
+
+``--regimes`` measures every regime on the whole case with the stated budget:
 
 - linear-probe: logistic regression on the last layer, C chosen on validation;
 - generic-features: logistic regression on the layer chosen on validation (any layer);
 - fine-tune: ``finetune --mode last:2`` from ImageNet weights, ``--epochs`` epochs;
 - from-scratch: ``finetune --mode scratch``, the same epochs, size and batch.
 
-Test accuracy is reported for each regime; the *measured best* regime is the one with the best
-validation accuracy (fine-tuning's own validation split: 10% of train), its test accuracy beside it.
-Each data set's record goes to ``bench/advice/<name>.json`` (written atomically, whole: a killed run
-leaves the previous record); ``bench/advice.md`` is rendered from all records present.
-Data sets are read from ``../shared/data`` and skipped with a note when absent; the full CIFAR-10
-is materialised from its JPEG archive into a scratch folder outside the project.
+Fine-tuning validates on the probes' rows (``val_fraction`` 0.2, the same seed: the heads' holdout),
+so the four validation accuracies are scored on the same rows. The *measured best* regime is the
+one with the best validation accuracy; test accuracy is beside it, never used to choose.
+``--advice`` runs ``advise`` at each seed with the case's input size and defaults otherwise.
+
+Integrity: each case's record is ``bench/advice/<case>.json``, rewritten whole and atomically
+(``transferlab.util.write_json``) after each phase: a killed run leaves the previous record; a
+regime measured with other epochs is measured again, never mixed. ``bench/advice.md`` is rendered
+from the records present, whole, atomically.
 """
 from __future__ import annotations
 
@@ -29,72 +39,205 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 RECORDS = ROOT / "bench" / "advice"
 SCRATCH = Path(tempfile.gettempdir()) / "transferlab-bench"
+REGIMES = ("linear-probe", "generic-features", "fine-tune", "from-scratch")
+SHORT = {"linear-probe": "LP", "generic-features": "GF", "fine-tune": "FT", "from-scratch": "FS", None: "none"}
+VAL_FRACTION = 0.2  # the sweep's default: fine-tuning validates on the probes' rows
+
+
+def parse_case(case: str) -> tuple[str, int]:
+    name, _, px = case.partition("@")
+    return name, int(px) if px else 64
+
+
+def record_name(case: str) -> str:
+    name, px = parse_case(case)
+    return name if px == 64 else f"{name}_{px}px"
+
+
+def _cifar_full_arrays() -> Path | None:
+    target = SCRATCH / "cifar10_full.npz"
+    if not target.exists():
+        src = SHARED / "materialize.py"
+        if not src.exists():
+            return None
+        SCRATCH.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, str(src), "npz", str(target)], check=True)
+    return target
+
+
+def _write_npz(target: Path, arrays: dict) -> None:
+    tmp = target.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(target)
+
+
+def _per_class_subset(source: Path, target: Path, per_class: int) -> None:
+    with np.load(source) as z:
+        d = {k: z[k] for k in z.files}
+    rng = np.random.default_rng(0)
+    keep = np.sort(np.concatenate([rng.permutation(np.flatnonzero(d["y_train"] == c))[:per_class]
+                                   for c in np.unique(d["y_train"])]))
+    d["x_train"], d["y_train"] = d["x_train"][keep], d["y_train"][keep]
+    _write_npz(target, d)
+
+
+def _permuted(source: Path, target: Path) -> None:
+    with np.load(source) as z:
+        d = {k: z[k] for k in z.files}
+    h, w = d["x_train"].shape[1:3]
+    perm = np.random.default_rng(0).permutation(h * w)
+    for split in ("x_train", "x_test"):
+        x = d[split]
+        d[split] = x.reshape(len(x), h * w, -1)[:, perm].reshape(x.shape)
+    _write_npz(target, d)
 
 
 def data_spec(name: str) -> str | None:
+    """The data spec of a case's data set, building derived sets in the scratch folder; None when absent."""
     if name == "digits":
         return "digits"
     if name == "cifar10_full":
-        target = SCRATCH / "cifar10_full.npz"
+        target = _cifar_full_arrays()
+        return None if target is None else f"npz:{target}"
+    if name in ("mnist_100", "cifar10_100"):
+        source = SHARED / f"{name.split('_')[0]}_small.npz"
+        target = SCRATCH / f"{name}.npz"
+        if not source.exists():
+            return None
         if not target.exists():
-            src = SHARED / "materialize.py"
-            if not src.exists():
-                return None
             SCRATCH.mkdir(parents=True, exist_ok=True)
-            subprocess.run([sys.executable, str(src), "npz", str(target)], check=True)
+            _per_class_subset(source, target, 100)
+        return f"npz:{target}"
+    if name == "cifar10_perm":
+        target = SCRATCH / "cifar10_perm.npz"
+        if not target.exists():
+            full = _cifar_full_arrays()
+            if full is None:
+                return None
+            _permuted(full, target)
         return f"npz:{target}"
     path = SHARED / f"{name}.npz"
     return f"npz:{path}" if path.exists() else None
 
 
-def measure(name: str, epochs: int, image_size: int, cache_dir: Path, keep: dict | None = None,
-            layers: str = "all") -> dict:
+def measure_regimes(case: str, epochs: int, cache_dir: Path, rec: dict, layers: str = "all") -> dict:
+    """Every regime of ``case`` measured with ``epochs`` (kept when already measured with the same epochs)."""
     from transferlab.finetuning import finetune
-    from transferlab.pipeline.advise import advise
     from transferlab.pipeline.sweep import SweepConfig, sweep
 
+    name, px = parse_case(case)
     spec = data_spec(name)
     if spec is None:
-        return {"name": name, "skipped": f"{name} is not in {SHARED}"}
-    rec = {"name": name, "data": spec, "image_size": image_size, "epochs": epochs}
+        return {"name": record_name(case), "skipped": f"{name} is not in {SHARED}"}
+    rec = {**rec, "name": record_name(case), "data": spec, "image_size": px}
+    regimes = dict(rec.get("regimes") or {}) if rec.get("epochs") == epochs else {}
+    rec["epochs"] = epochs
     t0 = time.perf_counter()
-    adv = advise(spec, image_size=image_size, cache_dir=cache_dir, log=lambda m: print(m, file=sys.stderr))
-    rec["advice"] = {"strategy": adv.strategy, "runner_up": adv.runner_up, "close": adv.close,
-                     "reasons": adv.reasons, "seconds": adv.seconds, "facts": adv.facts}
-    print(f"[{name}] advise: {adv.strategy} (runner-up {adv.runner_up}) in {adv.seconds:.0f} s", file=sys.stderr)
-    if keep is not None:  # --advice-only: the regimes as measured before (or not measured)
-        if keep.get("regimes") and keep.get("epochs") == epochs:
-            return {**keep, "advice": rec["advice"]}
-        return {**rec, "regimes": None, "measured_best": None}
-    out = SCRATCH / f"sweep_{name}_{image_size}"
-    summary = sweep(SweepConfig(data=spec, heads="logreg", image_size=str(image_size), out=str(out), layers=layers,
-                                cache_dir=str(cache_dir)), progress=False, log=lambda m: None)
-    rec["probe_layers"] = layers
-    rows = [r for r in summary["rows"] if r["weights"] == "imagenet" and not r["shots"]]
-    last = max(rows, key=lambda r: int(r["depth"]))
-    chosen = max(rows, key=lambda r: (float(r["val_accuracy"]), int(r["depth"])))
-    regimes = {
-        "linear-probe": {"layer": last["layer"], "val": float(last["val_accuracy"]),
-                         "test": float(last["test_accuracy"])},
-        "generic-features": {"layer": chosen["layer"], "val": float(chosen["val_accuracy"]),
-                             "test": float(chosen["test_accuracy"])},
-    }
-    print(f"[{name}] probes done at {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    if "generic-features" not in regimes:
+        out = SCRATCH / f"sweep_{record_name(case)}"
+        summary = sweep(SweepConfig(data=spec, heads="logreg", image_size=str(px), out=str(out), layers=layers,
+                                    cache_dir=str(cache_dir)), progress=False, log=lambda m: None)
+        rows = [r for r in summary["rows"] if r["weights"] == "imagenet" and not r["shots"]]
+        last = max(rows, key=lambda r: int(r["depth"]))
+        chosen = max(rows, key=lambda r: (float(r["val_accuracy"]), int(r["depth"])))
+        regimes["linear-probe"] = {"layer": last["layer"], "val": float(last["val_accuracy"]),
+                                   "test": float(last["test_accuracy"])}
+        regimes["generic-features"] = {"layer": chosen["layer"], "val": float(chosen["val_accuracy"]),
+                                       "test": float(chosen["test_accuracy"])}
+        rec["sizes"] = summary["class_counts"]
+        rec["probe_layers"] = layers
+        print(f"[{case}] probes done at {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     for regime, mode in (("fine-tune", "last:2"), ("from-scratch", "scratch")):
-        m = finetune(spec, "lite0", mode=mode, epochs=epochs, image_size=image_size, augment=False, seed=0,
-                     out=str(SCRATCH / f"ft_{name}_{mode.replace(':', '')}_{image_size}_{epochs}"), progress=False)
+        if regimes.get(regime):
+            continue
+        m = finetune(spec, "lite0", mode=mode, epochs=epochs, image_size=px, augment=False, seed=0,
+                     val_fraction=VAL_FRACTION,
+                     out=str(SCRATCH / f"ft_{record_name(case)}_{mode.replace(':', '')}_{epochs}"), progress=False)
         regimes[regime] = {"mode": mode, "val": m["val_accuracy"], "test": m["test_accuracy"],
-                           "seconds": m["fit_seconds"]}
-        print(f"[{name}] {regime}: test {m['test_accuracy']:.3f} at {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+                           "seconds": m["fit_seconds"], "val_rows": "probes' (0.2 of train, seed 0)"}
+        print(f"[{case}] {regime}: test {m['test_accuracy']:.3f} at {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        rec["regimes"] = regimes  # recorded per regime: a killed run keeps what it measured
+        rec["measured_best"] = None
+        yield_record(rec)
     rec["regimes"] = regimes
     rec["measured_best"] = max(regimes, key=lambda k: regimes[k]["val"])
-    rec["sizes"] = summary["class_counts"]
-    rec["seconds"] = round(time.perf_counter() - t0, 1)
+    rec["note"] = rec.get("note") if rec.get("note") and "partial" not in rec.get("note", "") else None
     return rec
+
+
+def run_advice(case: str, seeds: list, cache_dir: Path, rec: dict) -> dict:
+    """``advise`` at each seed, the case's input size, defaults otherwise."""
+    from transferlab.pipeline.advise import advise
+
+    name, px = parse_case(case)
+    spec = data_spec(name)
+    if spec is None:
+        return {"name": record_name(case), "skipped": f"{name} is not in {SHARED}"}
+    rec = {**rec, "name": record_name(case), "data": spec, "image_size": px}
+    by_seed = dict(rec.get("advice_seeds") or {})
+    for seed in seeds:
+        adv = advise(spec, image_size=px, seed=seed, cache_dir=cache_dir, log=lambda m: print(m, file=sys.stderr))
+        by_seed[str(seed)] = {"strategy": adv.strategy, "runner_up": adv.runner_up, "close": adv.close,
+                              "chosen_layer": adv.chosen_layer, "reasons": adv.reasons, "seconds": adv.seconds}
+        print(f"[{case}] advise seed {seed}: {adv.strategy} (runner-up {adv.runner_up}"
+              f"{', close' if adv.close else ''}) in {adv.seconds:.0f} s", file=sys.stderr)
+        rec["advice_seeds"] = by_seed
+        yield_record(rec)
+    rec["advice_seeds"] = by_seed
+    rec.pop("advice", None)  # the single-seed record of the earlier calibration
+    return rec
+
+
+def yield_record(rec: dict) -> None:
+    from transferlab.util import write_json
+
+    write_json(RECORDS / f"{rec['name']}.json", rec)
+
+
+def _advised(r: dict) -> list:
+    """``[(seed, advice dict)]`` of a record, old (one seed) or new."""
+    if r.get("advice_seeds"):
+        return sorted(((int(s), a) for s, a in r["advice_seeds"].items()))
+    return [(0, r["advice"])] if r.get("advice") else []
+
+
+def agreement(r: dict) -> str:
+    """``yes`` when every seed's advice is the measured best, ``close`` when the ones that differ are named
+    close calls between the measured best and their own answer, ``NO`` otherwise."""
+    best, adv = r.get("measured_best"), _advised(r)
+    if not best or not adv:
+        return "-"
+    if all(a["strategy"] == best for _, a in adv):
+        return "yes"
+    if all(a["strategy"] == best or (a["close"] and a["runner_up"] == best) for _, a in adv):
+        return "close call"
+    return "NO"
+
+
+def confusion(recs: list) -> list:
+    """A 4x4 table of (measured best, advised) over every (case, seed) with both, in Markdown."""
+    cols = list(REGIMES) + [None]
+    counts = {(m, a): 0 for m in REGIMES for a in cols}
+    for r in recs:
+        if r.get("measured_best") in REGIMES:
+            for _, a in _advised(r):
+                key = (r["measured_best"], a["strategy"] if a["strategy"] in REGIMES else None)
+                counts[key] += 1
+    total = sum(counts.values())
+    hits = sum(counts[(m, m)] for m in REGIMES)
+    lines = ["| measured best \\ advised | " + " | ".join(SHORT[c] for c in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    lines += [f"| {m} | " + " | ".join(str(counts[(m, c)]) for c in cols) + " |" for m in REGIMES]
+    lines += ["", f"Agreement: {hits} of {total} (case, seed) pairs"
+                  f"{f' ({hits / total:.0%})' if total else ''}; LP linear-probe, GF generic-features, FT fine-tune, "
+                  "FS from-scratch, none: no regime named."]
+    return lines
 
 
 def render() -> Path:
@@ -105,35 +248,36 @@ def render() -> Path:
              "Written by `python bench/advice.py` (see its docstring). lite0, ImageNet weights unless stated; "
              "probes: logistic regression, C chosen on validation; fine-tune `last:2` and from-scratch with the "
              "same epochs, image size, batch 64, no augmentation. The measured best regime is chosen on "
-             "validation accuracy; test accuracy beside it. Machine: the shared 2-core CPU (busy: figures of time "
-             "are upper bounds).", "",
-             "| data | px | epochs | advised (runner-up) | measured best | linear-probe | generic-features (layer) "
+             "validation accuracy; test accuracy beside it. `advised` lists advise's answer at seeds 0, 1, 2 "
+             "(`~` marks a named close call, its runner-up after `/`). Machine: the shared 2-core CPU (busy: "
+             "figures of time are upper bounds).", "",
+             "| case | px | epochs | advised (seeds) | measured best | linear-probe | generic-features (layer) "
              "| fine-tune | from-scratch | agree |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in recs:
         if "skipped" in r:
             lines.append(f"| {r['name']} | | | skipped: {r['skipped']} | | | | | | |")
             continue
-        if not r.get("regimes"):
-            a = r["advice"]
-            lines.append(f"| {r['name']} | {r['image_size']} | - | **{a['strategy']}** ({a['runner_up']}"
-                         f"{', close' if a['close'] else ''}) | not measured | | | | | |")
-            continue
-        g = r["regimes"]
+        adv = ", ".join(f"{SHORT.get(a['strategy'], a['strategy'])}"
+                        f"{'~/' + SHORT.get(a['runner_up'], str(a['runner_up'])) if a['close'] else ''}"
+                        for _, a in _advised(r)) or "not run"
+        g = r.get("regimes") or {}
         cell = lambda k: (f"{g[k]['test']:.3f} (val {g[k]['val']:.3f})" if g.get(k)  # noqa: E731
-                          else "not finished")
-        a = r["advice"]
-        lines.append(f"| {r['name']} | {r['image_size']} | {r['epochs']} | **{a['strategy']}** ({a['runner_up']}"
-                     f"{', close' if a['close'] else ''}) | {r['measured_best']} | {cell('linear-probe')} | "
-                     f"{cell('generic-features')} `{g['generic-features']['layer']}` | {cell('fine-tune')} | "
-                     f"{cell('from-scratch')} | {'yes' if a['strategy'] == r['measured_best'] else 'NO'} |")
+                          else "not measured")
+        layer = f" `{g['generic-features']['layer']}`" if g.get("generic-features") else ""
+        lines.append(f"| {r['name']} | {r['image_size']} | {r.get('epochs', '-')} | {adv} | "
+                     f"{r.get('measured_best') or 'not finished'} | {cell('linear-probe')} | "
+                     f"{cell('generic-features')}{layer} | {cell('fine-tune')} | {cell('from-scratch')} | "
+                     f"{agreement(r)} |")
+    lines += ["", "## Advised against measured, every (case, seed)", ""] + confusion(recs)
     notes = [f"- {r['name']}: {r['note']}" for r in recs if r.get("note")]
     if notes:
         lines += ["", "Notes:", ""] + notes
-    lines += ["", "## The advice's evidence, per data set", ""]
+    lines += ["", "## The advice's evidence, per case (seed 0)", ""]
     for r in recs:
-        if "skipped" in r:
+        adv = _advised(r)
+        if "skipped" in r or not adv:
             continue
-        lines += [f"### {r['name']} ({r['image_size']} px)", ""] + [f"- {x}" for x in r["advice"]["reasons"]] + [""]
+        lines += [f"### {r['name']} ({r['image_size']} px)", ""] + [f"- {x}" for x in adv[0][1]["reasons"]] + [""]
     path = ROOT / "bench" / "advice.md"
     atomic_write(path, "\n".join(lines) + "\n")
     return path
@@ -141,23 +285,26 @@ def render() -> Path:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("names", nargs="*", help="digits, mnist_small, cifar10_small, mnist_full, cifar10_full")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--image-size", type=int, default=64)
+    ap.add_argument("cases", nargs="*", help="NAME[@PX]: digits, mnist_small, cifar10_small, cifar10_full, "
+                                              "mnist_100, cifar10_100, cifar10_perm")
+    ap.add_argument("--regimes", action="store_true", help="measure every regime (kept when measured already)")
+    ap.add_argument("--advice", action="store_true", help="run advise at each of --seeds")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--layers", default="all", help="layers the probes sweep (all, or a comma-separated list)")
     ap.add_argument("--render", action="store_true", help="only rewrite bench/advice.md from the records")
-    ap.add_argument("--advice-only", action="store_true",
-                    help="rerun advise only; keep the regimes measured before (same epochs)")
     a = ap.parse_args(argv)
-    from transferlab.util import write_json
-
     RECORDS.mkdir(parents=True, exist_ok=True)
-    for name in [] if a.render else a.names:
-        suffix = "" if a.image_size == 64 else f"_{a.image_size}px"
-        target = RECORDS / f"{name}{suffix}.json"
-        keep = (json.loads(target.read_text()) if target.exists() else {}) if a.advice_only else None
-        rec = measure(name, a.epochs, a.image_size, SCRATCH / "cache", keep, a.layers)
-        write_json(target, rec)
+    cache = SCRATCH / "cache"
+    for case in [] if a.render else a.cases:
+        target = RECORDS / f"{record_name(case)}.json"
+        rec = json.loads(target.read_text()) if target.exists() else {}
+        if a.regimes:
+            rec = measure_regimes(case, a.epochs, cache, rec, a.layers)
+            yield_record(rec)
+        if a.advice and "skipped" not in rec:
+            rec = run_advice(case, [int(s) for s in a.seeds.split(",")], cache, rec)
+            yield_record(rec)
         render()
     print(render())
     return 0
