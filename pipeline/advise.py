@@ -40,11 +40,11 @@ from transferlab.features import ExtractionSpec, build_backbone, default_layers,
 from transferlab.features.cache import load_split, read_cache_meta
 from transferlab.features.data import Dataset
 from transferlab.features.memo import cached_extraction
-from transferlab.features.spec import resolve_image_size
+from transferlab.features.spec import DEFAULT_IMAGE_SIZE, resolve_image_size
 from transferlab.util import UserInputError, sha256_json
 
-from .decision import THRESHOLDS, Evidence, decide
-from .evidence import FeatureRows, measure_curve, train_val_rows
+from .decision import THRESHOLDS, Evidence, choose_size, decide
+from .evidence import FeatureRows, measure_curve, peak_gap_between, train_val_rows
 
 LOGME_ROWS = 3000
 MIN_PER_CLASS = 5  # fewer training images in a class: nothing can be measured, say so
@@ -197,6 +197,31 @@ def _learning_curve(source, layer, seed, val_fraction) -> tuple[dict, dict]:
     return out, paired_split_gap(correct[1.0], correct[0.5]).to_dict()
 
 
+def other_size(size, compare_size) -> int | None:
+    """The second input size advise measures, or None.
+
+    ``auto``: 64 px (:data:`~transferlab.features.spec.DEFAULT_IMAGE_SIZE`) when the image size was
+    resolved automatically to at least 1.25x that (photos that the old default scaled down: where the
+    peak layer moves with resolution), else none (an explicit ``--image-size`` is the user's answer; data
+    at 64 px or less has nothing finer to lose). A number: that size, when it differs. None, 0 or
+    ``off``: none."""
+    if compare_size is None or str(compare_size).lower() in ("0", "false", "off", "none"):
+        return None
+    if compare_size == "auto":
+        floor = DEFAULT_IMAGE_SIZE
+        return floor if size.auto and size.size >= 1.25 * floor else None
+    px = int(compare_size)
+    return px if px != size.size else None
+
+
+def _size_summary(px: int, m, why: str) -> dict:
+    """What the evidence keeps of one input size's measurement."""
+    peak = max(m.points, key=lambda p: (p.val_accuracy, p.rel_depth))
+    last = max(m.points, key=lambda p: p.rel_depth)
+    return {"size": px, "why": why, "peak": peak.layer, "peak_val": peak.val_accuracy, "last": last.layer,
+            "last_val": last.val_accuracy, "method": m.method}
+
+
 def _next_command(strategy, data, backbone, image_size, decision) -> str:
     size = f" --image-size {image_size}"
     if strategy == "generic-features":
@@ -212,8 +237,8 @@ def _next_command(strategy, data, backbone, image_size, decision) -> str:
 
 def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", seed: int = 0,
            max_train: int = 5000, max_val: int = 2000, val_fraction: float = 0.2, compare_random: bool = True,
-           scores: bool = True, finetune_probe: bool = False, cache_dir=None, device: str = "auto",
-           progress: bool = False, log=None) -> Advice:
+           scores: bool = True, finetune_probe: bool = False, compare_size="auto", cache_dir=None,
+           device: str = "auto", progress: bool = False, log=None) -> Advice:
     """Measure the evidence and recommend one of the four regimes.
 
     Parameters
@@ -233,6 +258,10 @@ def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", 
         kNN accuracy and LogME per layer.
     finetune_probe : bool
         Also fine-tune ``last:2`` briefly on the subset and compare.
+    compare_size : ``auto``, pixels, or None
+        A second input size at which the pretrained depth curve is measured on the same rows
+        (:func:`other_size`); the advice is read at the better one
+        (:func:`transferlab.pipeline.decision.choose_size`).
 
     Returns
     -------
@@ -268,20 +297,32 @@ def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", 
     rows = advice_rows(ds, max_train, max_val, val_fraction, seed)
     size = resolve_image_size(image_size, ds, backbone)  # auto: from the whole data set, not the subset
     log(size.line())
-    image_size = size.size
-    spec = ExtractionSpec(backbone, "imagenet", seed, image_size, pool)
-    bb = build_backbone(spec.backbone, "imagenet", seed)
+    sizes = [size.size] + [px for px in [other_size(size, compare_size)] if px is not None]
+    bb = build_backbone(backbone, "imagenet", seed)
     # the source classifier's logits ride along in the same pass (pooling passes flat outputs through)
     extra = [bb.classifier] if bb.classifier in dict(bb.model.named_modules()) and bb.class_names else []
     log(f"advise: {ds.spec}, {len(rows.keep_train)} train / {len(rows.keep_val)} val rows "
-        f"({rows.source}), {bb.spec} at {spec.image_size or bb.input_size} px")
+        f"({rows.source}), {bb.spec} at {' and '.join(f'{px or bb.input_size} px' for px in sizes)}")
     how = dict(val_fraction=val_fraction, seed=seed, log=log, cache_dir=cache_dir, device=device, progress=progress)
-    source, logits = _measured_rows(ds, rows, spec, default_layers(bb.model) + extra, extra[0] if extra else None,
-                                    **how)
-    layers = list(read_cache_meta(source.path)["catalog"])
+    at = {}  # input size -> (feature rows, source logits, curve measurement)
+    for px in sizes:
+        source, logits = _measured_rows(ds, rows, ExtractionSpec(backbone, "imagenet", seed, px, pool),
+                                        default_layers(bb.model) + extra, extra[0] if extra else None, **how)
+        layers = list(read_cache_meta(source.path)["catalog"])
+        log(f"pretrained, per layer (validation){f' at {px} px' if len(sizes) > 1 else ''}:")
+        at[px] = (source, logits, measure_curve(source, layers, seed=seed, val_fraction=val_fraction, n_jobs=-1,
+                                                log=log))
+    size_record, size_gap = None, None
+    if len(sizes) > 1:
+        size_record = [_size_summary(px, at[px][2], size.how if px == size.size else "compared")
+                       for px in sizes]
+        size_gap = peak_gap_between(at[sizes[1]][2], at[sizes[0]][2]).to_dict()
+        image_size = choose_size(size_record, size_gap)[0]
+    else:
+        image_size = size.size
+    source, logits, measured = at[image_size]
+    spec = ExtractionSpec(backbone, "imagenet", seed, image_size, pool)
     conf, ent = _source_confidence(logits) if logits is not None else (None, None)
-    log("pretrained, per layer (validation):")
-    measured = measure_curve(source, layers, seed=seed, val_fraction=val_fraction, n_jobs=-1, log=log)
     curve = measured.points
     if scores:
         _scores(source, curve, seed, val_fraction, log)
@@ -295,7 +336,8 @@ def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", 
         random_best, random_n = best.val_accuracy, best.n_val
     ev = Evidence(n_train=int(y.size), n_classes=int(classes.size), per_class_min=int(counts.min()),
                   per_class_median=float(np.median(counts)), curve=curve, random_best=random_best,
-                  random_n_val=random_n, source_confidence=conf, source_entropy=ent, peak_gap=measured.gap_record())
+                  random_n_val=random_n, source_confidence=conf, source_entropy=ent, peak_gap=measured.gap_record(),
+                  image_sizes=size_record, size_gap=size_gap)
     first = decide(ev)
     ev.learning_curve, ev.learning_gap = _learning_curve(source, first.chosen_layer or layers[-1], seed, val_fraction)
     if finetune_probe:

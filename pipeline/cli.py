@@ -294,7 +294,7 @@ def cmd_advise(a):
 
     adv = advise(_load_data(a), a.backbone, image_size=a.image_size, pool=a.pool, seed=a.seed, max_train=a.max_train,
                  max_val=a.max_val, compare_random=a.random, scores=a.scores, finetune_probe=a.finetune_probe,
-                 cache_dir=a.cache_dir, device=a.device, progress=not a.quiet,
+                 compare_size=a.compare_size, cache_dir=a.cache_dir, device=a.device, progress=not a.quiet,
                  log=_logger(a.quiet or a.json))
     if a.json:
         from transferlab.util import jsonable
@@ -420,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip kNN and LogME per layer")
     p.add_argument("--finetune-probe", action="store_true", default=ApiDefault(ADVISE, "finetune_probe"),
                    help="also fine-tune last:2 briefly on the subset")
+    p.add_argument("--compare-size", default=ApiDefault(ADVISE, "compare_size"),
+                   help="a second input size measured on the same rows: auto (64 px when the automatic size is "
+                        "larger), PIXELS, or off; the advice is read at the better one")
     p.add_argument("--cache-dir", default=None, help="feature cache directory")
     p.add_argument("--device", default=ApiDefault(ADVISE, "device"), help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--json", action="store_true", help="print the advice as one JSON object (key 'strategy')")

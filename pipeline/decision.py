@@ -84,6 +84,10 @@ class Evidence:
     finetune_budget: str | None = None  # what the fine-tune cost: mode, epochs, image size
     peak_gap: dict | None = None  # paired peak-minus-last gap: Gap.to_dict() with "peak" and "last"
     weights: str = "imagenet"
+    # input sizes measured (advise, auto size): [{"size", "why", "peak", "peak_val", "last", "last_val"}],
+    # the one measured first (the data's own) first; the paired gap of the other's peak over the first's
+    image_sizes: list | None = None
+    size_gap: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -132,9 +136,35 @@ def _curve_reason(cf: dict, generic_better: bool, close: bool) -> str:
             f"{cf['gap_method']}; {cf['curve_method']} on {cf['n_val']} rows): {verdict}")
 
 
+def choose_size(sizes: list, gap: dict | None) -> tuple[int, str]:
+    """``(size, reason)``: which input size the evidence is read at.
+
+    ``sizes[0]`` is the data's own size (``auto``), ``sizes[1]`` the other measured one and ``gap`` the
+    paired difference of the other's peak over the first's (:class:`transferlab.classifiers.compare.Gap`
+    as a dict). The other size is taken only when it is better by more than :data:`Z` standard
+    errors; otherwise the data's own size stays (nothing discarded, and what the sweep runs by default).
+    """
+    own = sizes[0]
+    if len(sizes) < 2 or gap is None:
+        return own["size"], f"input size {own['size']} px ({own['why']}); one size measured"
+    other = sizes[1]
+    z = gap["in_se"]
+    at = lambda s: f"{s['size']} px: `{s['peak']}` {s['peak_val']:.3f}, last layer {s['last_val']:.3f}"  # noqa: E731
+    measured = (f"measured at two input sizes ({at(own)}; {at(other)}); {other['size']} px minus {own['size']} px at "
+                f"their best layers {100 * gap['difference']:+.1f} points, {z:.1f} standard errors "
+                f"(paired, {gap['method']})")
+    if z > Z:
+        return other["size"], f"{measured}: {other['size']} px is better beyond the noise, the advice is read there"
+    return own["size"], (f"{measured}: not better by more than {Z:g} standard errors, so the data's own size "
+                         f"{own['size']} px ({own['why']}) stays")
+
+
 def decide(ev: Evidence) -> Decision:
     """Name the regime, the runner-up and the reasons, from the evidence alone."""
     reasons, facts = [], {"n_train": ev.n_train, "n_classes": ev.n_classes, "per_class_median": ev.per_class_median}
+    if ev.image_sizes:
+        facts["image_size"], why = choose_size(ev.image_sizes, ev.size_gap)
+        reasons.append(why)
     cf = curve_facts(ev.curve, ev.peak_gap)
     facts.update(cf)
     large = ev.per_class_median >= LARGE_PER_CLASS

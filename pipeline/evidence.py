@@ -52,6 +52,10 @@ class CurveMeasurement:
     peak: str | None = None
     last: str | None = None
     params: dict = field(default_factory=dict)  # layer -> the probe's chosen hyperparameters
+    # what pairs two measurements of the same rows: layer -> per-row correctness ("split", peak and last
+    # layers) or per-fold accuracies ("kfold"); the folds themselves for the corrected variance
+    paired: dict = field(default_factory=dict, repr=False)
+    splits: list | None = field(default=None, repr=False)
 
     def gap_record(self) -> dict | None:
         """What :class:`transferlab.pipeline.decision.Evidence` carries of the gap."""
@@ -132,7 +136,7 @@ def measure_curve(source, layers: list, *, seed: int = 0, val_fraction: float = 
         log(f"  {name:<12} val {acc:.3f}")
     peak, last = _peak_and_last(points)
     gap = paired_split_gap(pairs_of(peak.layer), pairs_of(last.layer)) if peak.layer != last.layer else None
-    return CurveMeasurement(points, "split", gap, peak.layer, last.layer, params)
+    return CurveMeasurement(points, "split", gap, peak.layer, last.layer, params, correct)
 
 
 def _labelled_rows(source, layer: str, val_fraction: float, seed: int):
@@ -167,4 +171,18 @@ def _kfold_curve(source, layers, seed, val_fraction, folds, repeats, n_jobs, bac
         log(f"  {name:<12} {method} {acc:.3f}")
     peak, last = _peak_and_last(points)
     gap = corrected_kfold_gap(per_fold[peak.layer], per_fold[last.layer], splits) if peak.layer != last.layer else None
-    return CurveMeasurement(points, method, gap, peak.layer, last.layer, params)
+    return CurveMeasurement(points, method, gap, peak.layer, last.layer, params, per_fold, splits)
+
+
+def peak_gap_between(a: CurveMeasurement, b: CurveMeasurement) -> Gap:
+    """``a``'s peak minus ``b``'s peak, paired: two measurements of the same rows (the same training and
+    validation rows, or the same folds; e.g. one data set at two input sizes, or two backbones).
+
+    Raises ``ValueError`` when they were not measured the same way."""
+    if a.method != b.method or a.peak is None or b.peak is None:
+        raise ValueError(f"cannot pair a {a.method} measurement with a {b.method} one")
+    if a.method == "split":
+        return paired_split_gap(a.paired[a.peak], b.paired[b.peak])
+    if [t.tolist() for _, t in a.splits] != [t.tolist() for _, t in b.splits]:
+        raise ValueError("the two k-fold measurements were not made on the same folds")
+    return corrected_kfold_gap(a.paired[a.peak], b.paired[b.peak], a.splits)
