@@ -3,7 +3,8 @@
 All are derived from ``results.csv`` and written whole and atomically (``transferlab.util``): a
 kill leaves the previous version, which the next run or ``finetune --append-to`` replaces. The
 pictures are drawn by :mod:`transferlab.pipeline.plots` (the chosen head's confusion matrix by
-:mod:`transferlab.pipeline.chosen`), the page by :mod:`transferlab.pipeline.html`.
+:mod:`transferlab.pipeline.chosen`, its per-class table, confused pairs and gallery of mistakes by
+:mod:`transferlab.pipeline.mistakes`), the page by :mod:`transferlab.pipeline.html`.
 """
 from __future__ import annotations
 
