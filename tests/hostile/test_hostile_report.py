@@ -24,7 +24,7 @@ import pytest
 
 import transferlab
 from tests.conftest import make_npz
-from transferlab.pipeline.html import render_html
+from transferlab.pipeline.html import md_text, render_html
 from transferlab.pipeline.report import refresh_report
 
 TITLE = "TransferLab sweep"
@@ -221,8 +221,10 @@ def test_a_strangers_results_csv_is_shown_as_text_in_every_table(tmp_path, value
     refresh_report(run)
     md = (run / "report.md").read_text()
     assert "<img" not in _outside_code(md) and "<script" not in _outside_code(md)
+    # every curve field is the stranger's one value: said once above "All results", which keeps the rest
+    assert f"Same in every row: backbone {md_text(value)}, weights {md_text(value)}," in md
     for header in ("| backbone | weights | pool | size | head | shots | chosen on val |",
-                   "| backbone | weights | pool | size | layer | depth | dim | head | shots | val | test | fit s |"):
+                   "| chosen | layer | depth | dim | val | test | fit s |"):
         lines = md.splitlines()
         start = next(i for i, line in enumerate(lines) if line.startswith(header))
         width = len(_md_cells(lines[start]))
@@ -235,8 +237,8 @@ def test_a_strangers_results_csv_is_shown_as_text_in_every_table(tmp_path, value
     shown = " ".join(value.splitlines())
     for table in parsed.tables:
         assert len({len(r) for r in table}) == 1  # every row as wide as the header
-    (results,) = [t for t in parsed.tables if t[0][4] == "layer"]
-    assert [r[4] for r in results[1:]] == [f"{shown}{i}" for i in range(3)] and results[1][6] == shown
+    (results,) = [t for t in parsed.tables if t[0][1] == "layer"]
+    assert [r[1] for r in results[1:]] == [f"{shown}{i}" for i in range(3)] and results[1][3] == shown
 
 
 def test_only_the_reports_own_pictures_are_embedded_from_its_own_folder(tmp_path):

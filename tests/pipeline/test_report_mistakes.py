@@ -5,6 +5,7 @@ import base64
 import html
 import html.parser
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 import transferlab
 from tests.conftest import make_npz
 from transferlab.pipeline.mistakes import class_metrics, confused_pairs, thumbnail_png, worst_errors
-from transferlab.pipeline.report import refresh_report
+from transferlab.pipeline.report import refresh_report, results_table
 
 NAMES = ["<script>document.title='pwned'</script>", "a|b", "plain"]
 FLIPPED = 10  # test rows whose label is moved to the next class: the chosen head gets these wrong
@@ -214,6 +215,46 @@ def test_a_moved_or_changed_data_set_leaves_one_line_instead_of_the_gallery(swep
         assert "is no longer the data its features were cached from" in line
     finally:
         data.write_bytes(kept)
+
+
+def _row(layer, depth, val, head="logreg", size="64", shots="", cache="c.h5"):
+    return {"backbone": "lite0", "weights": "imagenet", "pool": "gap", "image_size": size, "layer": layer,
+            "depth": str(depth), "rel_depth": str(depth / 3), "dim": "8", "head": head, "shots": shots, "repeat": "0",
+            "val_accuracy": str(val), "test_accuracy": "0.5", "fit_seconds": "0.1", "n_val": "100",
+            "row_key": f"{head}-{layer}-{size}-{shots}", "cache_file": cache}
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().split("|")[1:-1]]
+
+
+def test_all_results_says_constants_once_sorts_by_curve_and_depth_and_marks_the_chosen_row():
+    rows = [_row("bn2", 3, 0.7, size="128", cache="big.h5"), _row("bn1", 0, 0.6, head="knn"),
+            _row("bn2", 3, 0.8), _row("blocks.1", 1, 0.9), _row("bn1", 0, 0.5),
+            _row("bn2", 3, 0.4, head="finetune:last:2", size="64"), _row("bn1", 0, 0.3, size="128", cache="big.h5")]
+    decision = {"chosen_layer": "blocks.1", "curve": {"cache_file": "c.h5"}}
+    lines = results_table(rows, decision)
+    assert lines[0] == "Same in every row: backbone lite0, weights imagenet, pooling gap, shots all. " \
+                       "★ marks the recommended layer and head."
+    assert _cells(lines[2]) == ["chosen", "size", "layer", "depth", "dim", "head", "val", "test", "fit s"]
+    body = [_cells(line) for line in lines[4:]]
+    # probes before fine-tuning; image size as a number (64 before 128); head; layers by depth
+    assert [(r[1], r[5], r[2]) for r in body] == [
+        ("64", "knn", "bn1"), ("64", "logreg", "bn1"), ("64", "logreg", "blocks.1"), ("64", "logreg", "bn2"),
+        ("128", "logreg", "bn1"), ("128", "logreg", "bn2"), ("64", "finetune:last:2", "bn2")]
+    assert [r[0] for r in body] == ["", "", "★", "", "", "", ""]
+    assert results_table(rows)[0].endswith("★ marks the recommended layer and head.")  # best on val without one
+    assert "★" not in "".join(results_table([dict(r, row_key="") for r in rows]))  # nothing can be chosen
+
+
+def test_the_swept_reports_star_is_the_recommendation(swept):
+    run = swept / "run"
+    decision = json.loads((run / "results.json").read_text())["decision"]
+    head = json.loads((run / "chosen_head" / "head.json").read_text())
+    md = (run / "report.md").read_text().splitlines()
+    start = md.index("| chosen | layer | depth | dim | val | test | fit s |")
+    starred = [_cells(line) for line in md[start + 2:start + 4] if line.startswith("| ★ |")]
+    assert [r[1] for r in starred] == [decision["chosen_layer"]] == [head["layer"]]
 
 
 def _browser():
