@@ -192,12 +192,11 @@ def gallery_lines(ev: dict, config: dict, limit: int = GALLERY_MAX) -> list[str]
         conf, kind, ids = predicted_confidence(ev["dir"], row["cache_file"], row["layer"], pred)
         worst = worst_errors(labels, pred, conf, limit)
         images = load_test_images(row["cache_file"], config, ids[worst])
+        items = [{"png": None if image is None else thumbnail_png(image), "true": names[labels[k]],
+                  "predicted": names[pred[k]], "score": f"{kind} {conf[k]:.3f}", "file": name}
+                 for k, (image, name) in zip(worst, images)]
     except (UserInputError, OSError, ValueError, KeyError) as exc:
         return lines + [f"No gallery: the test images could not be loaded ({md_text(exc)}).", ""]
-    items = []
-    for k, (image, name) in zip(worst, images):
-        items.append({"png": None if image is None else thumbnail_png(image), "true": names[labels[k]],
-                      "predicted": names[pred[k]], "score": f"{kind} {conf[k]:.3f}", "file": name})
     if n_wrong == 1:
         said = f"The one test image the chosen head got wrong (true class, predicted class, its {kind}):"
     else:
