@@ -2,10 +2,12 @@
 
 Safety rule: every string from data (class names, paths, data names, the cells of ``results.csv``) enters
 ``report.md`` through :func:`md_text`, :func:`md_code`, :func:`md_inline` or :func:`md_row`, escaped for
-Markdown and HTML, so it shows as text and cannot move a table's cells. The page (Python-Markdown, tables
-extension) has no script, and its Content-Security-Policy forbids scripts and any request outside it. Only
-the pictures the caller names (:data:`transferlab.pipeline.plots.PICTURES`) are embedded as ``data:`` URIs,
-each a PNG file in the report's own folder (a link is not followed): the file opens alone, offline.
+Markdown and HTML, so it shows as text and cannot move a table's cells; the one raw HTML block, the gallery
+of mistakes (:func:`gallery_html`), escapes its strings for HTML and carries only PNG thumbnails it was
+handed as bytes, as ``data:`` URIs. The page (Python-Markdown, tables extension) has no script, and its
+Content-Security-Policy forbids scripts and any request outside it (images: ``data:`` only). Only the
+pictures the caller names (:data:`transferlab.pipeline.plots.PICTURES`) are embedded from files, each a PNG
+file in the report's own folder (a link is not followed): the file opens alone, offline.
 
 Integrity rule: rendered in memory and written whole and atomically (:func:`transferlab.util.atomic_write`)
 after ``report.md`` and the pictures; a crash leaves the previous page, which the next run or
@@ -34,6 +36,10 @@ th { background: #f3f3f3; }
 tr:nth-child(even) td { background: #fafafa; }
 img { max-width: 100%; height: auto; display: block; margin: 1em 0; }
 code { background: #f3f3f3; padding: 0 3px; border-radius: 3px; }
+.gallery { display: flex; flex-wrap: wrap; gap: 10px; margin: 1em 0; }
+.gallery figure { margin: 0; width: 132px; font-size: 0.75em; line-height: 1.3; overflow-wrap: anywhere; }
+.gallery img { margin: 0 0 3px 0; image-rendering: pixelated; border: 1px solid #ccc; }
+.gallery .missing { color: #a00; }
 """
 
 
@@ -63,6 +69,33 @@ def md_inline(message: str) -> str:
 def md_row(*cells) -> str:
     """A Markdown table row of ``cells``, each escaped as text (a ``|`` or a newline stays in its cell)."""
     return "| " + " | ".join(md_text(c) for c in cells) + " |"
+
+
+# Markdown's inline syntax as HTML character references: text in the raw HTML block that no renderer reads as Markdown
+_MD_ENTITIES = str.maketrans({c: f"&#{ord(c)};" for c in "\\`*_[]|!"})
+
+
+def _one_line(value) -> str:
+    """``value`` as HTML text or attribute value: one line, HTML escaped, Markdown's syntax as character references."""
+    return html.escape(" ".join(str(value).splitlines()), quote=True).translate(_MD_ENTITIES)
+
+
+def gallery_html(items) -> str:
+    """The gallery of mistakes as one raw HTML block for ``report.md``: per item (``{"png": bytes or None,
+    "true", "predicted", "score", "file"}``) a thumbnail (a ``data:`` URI of the PNG bytes; a PNG signature
+    is required) and its caption, every string escaped for HTML."""
+    figures = []
+    for it in items:
+        png = it.get("png")
+        alt = _one_line(f"true {it['true']}, predicted {it['predicted']}")
+        if png is not None and png.startswith(PNG_SIGNATURE):
+            img = f'<img class="thumb" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" alt="{alt}">'
+        else:
+            img = '<span class="missing">(image unreadable)</span>'
+        file = f"<br>{_one_line(it['file'])}" if it.get("file") else ""
+        figures.append(f"<figure>{img}<figcaption>true: {_one_line(it['true'])}<br>predicted: "
+                       f"{_one_line(it['predicted'])}<br>{_one_line(it['score'])}{file}</figcaption></figure>")
+    return '<div class="gallery">\n' + "\n".join(figures) + "\n</div>"
 
 
 def _picture(path: Path) -> bytes | None:

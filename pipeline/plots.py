@@ -9,7 +9,7 @@
 - :func:`finetune_bars` (``finetune.png``, when fine-tuning rows were appended): each fine-tuning
   mode's test accuracy beside the best probe (chosen on validation accuracy).
 - :func:`confusion` (``confusion.png``): the chosen head's test confusion matrix beside its per-class
-  accuracy (recall).
+  accuracy (recall), each bar with its value and binomial standard error.
 
 Integrity rule: every picture is rendered in memory and written whole and atomically
 (:func:`transferlab.util.atomic_write`); a crash leaves the previous picture, which the next run or
@@ -28,7 +28,7 @@ from transferlab.util import UserInputError, atomic_write
 
 from .curves import curve_label, curves, finetune_budget, is_finetune, number
 from .decision import stderr
-from .html import md_code, md_row, md_text
+from .html import md_code, md_text
 
 GROUPS = (("generic", 0.0, 1 / 3), ("middle", 1 / 3, 2 / 3), ("specialised", 2 / 3, 1.01))
 # the report's pictures, all written into its folder: the only files report.html embeds
@@ -206,12 +206,18 @@ def confusion(cm: np.ndarray, class_names: list[str], path: Path, title: str) ->
     ConfusionMatrixDisplay(cm, display_labels=class_names).plot(ax=ax, cmap="Blues", colorbar=False,
                                                                 include_values=k <= 20, xticks_rotation=45)
     recall = per_class_accuracy(cm)
+    support = np.asarray(cm).sum(axis=1)
+    se = np.array([stderr(a, int(n)) for a, n in zip(recall, support)], dtype=float)
     ys = np.arange(k)
-    bx.barh(ys, recall, color="C0")
-    bx.set_yticks(ys, class_names, fontsize=8)
+    bars = bx.barh(ys, np.nan_to_num(recall), color="C0", xerr=np.nan_to_num(se), capsize=2,
+                   error_kw={"elinewidth": 0.8})
+    if k <= 30:  # each bar's value; more classes than this would overlap
+        bx.bar_label(bars, labels=["n/a" if np.isnan(a) else f"{a:.2f}" for a in recall], padding=3, fontsize=8)
+    bx.set_yticks(ys, class_names, fontsize=9 if k <= 20 else 7)
     bx.set_ylim(k - 0.5, -0.5)
-    bx.set_xlim(0, 1)
-    bx.set_xlabel("per-class accuracy")
+    bx.set_xlim(0, 1.2)
+    bx.set_xticks([0, 0.5, 1])
+    bx.set_xlabel("per-class accuracy ± se")
     bx.grid(alpha=0.3, axis="x")
     fig.suptitle(_shown(title), fontsize=10)
     return _save(fig, path)
@@ -234,6 +240,7 @@ def write_pictures(out: Path, summary: dict, log=None) -> list[str]:
 
     ``log`` receives a line before the chosen head is fitted (the one step here that may take a while)."""
     from .chosen import chosen_row, fit_chosen
+    from .mistakes import mistakes_lines
 
     out = Path(out)
     rows = summary["rows"]
@@ -249,7 +256,6 @@ def write_pictures(out: Path, summary: dict, log=None) -> list[str]:
                       f"{md_code(row['layer'])} with the {md_text(row['head'])} head is the recommended choice, "
                       f"but its confusion matrix could not be computed: {md_text(exc)}", ""]
     if ev is not None:
-        acc = per_class_accuracy(ev["confusion"])
         title = (f"{row['backbone']}/{row['weights']} {row['layer']} + {row['head']}: test accuracy "
                  f"{ev['test_accuracy']:.3f}")
         confusion(ev["confusion"], ev["class_names"], out / "confusion.png", title)
@@ -260,12 +266,8 @@ def write_pictures(out: Path, summary: dict, log=None) -> list[str]:
                   f"{md_text(row['backbone'] + '/' + row['weights'])} with the {md_text(row['head'])} head; its test "
                   f"accuracy is {ev['test_accuracy']:.3f}. The head is saved in {md_code(ev['dir'].name + '/')} "
                   f"({md_code(predict)}).", "",
-                  "![confusion matrix and per-class accuracy](confusion.png)", "",
-                  md_row("class", "test images", "per-class accuracy"), "|---|---|---|"]
-        support = ev["confusion"].sum(axis=1)
-        lines += [md_row(name, int(n), "n/a" if np.isnan(a) else format(a, ".3f"))
-                  for name, n, a in zip(ev["class_names"], support, acc)]
-        lines.append("")
+                  "![confusion matrix and per-class accuracy](confusion.png)", ""]
+        lines += mistakes_lines(ev, summary.get("config") or {})
     else:
         _drop(out / "confusion.png")
     if learning_curve(rows, out / "learning_curve.png", n_classes):

@@ -80,7 +80,7 @@ def _rows_from_scores(chunk, scores: np.ndarray, kind: str, names: list, top_k: 
     return rows
 
 
-def _head_scores(head, feats: np.ndarray) -> tuple[np.ndarray, str]:
+def head_scores(head, feats: np.ndarray) -> tuple[np.ndarray, str]:
     """(n, n_classes) scores over the head's classes 0..K-1, and their kind."""
     if hasattr(head, "predict_proba"):
         return np.asarray(head.predict_proba(feats)), "probability"
@@ -182,7 +182,7 @@ def _predict_head(loaded, model_dir, paths, batch_size, device, progress, top_k,
         if feats.shape[1] != width:
             raise UserInputError(f"layer {layer!r} gives {feats.shape[1]} features but the head in {model_dir} "
                                  f"takes {width}; head.json does not describe this head: retrain it")
-        scores, kind = _head_scores(head, feats)
+        scores, kind = head_scores(head, feats)
         classes = np.asarray(getattr(head, "classes_", np.arange(scores.shape[1])), dtype=np.int64)
         full = np.full((len(chunk), max(len(class_names), int(classes.max()) + 1)), -np.inf)
         full[:, classes] = scores  # columns = class index, whatever subset the head saw

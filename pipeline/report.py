@@ -3,7 +3,8 @@
 All are derived from ``results.csv`` and written whole and atomically (``transferlab.util``): a
 kill leaves the previous version, which the next run or ``finetune --append-to`` replaces. The
 pictures are drawn by :mod:`transferlab.pipeline.plots` (the chosen head's confusion matrix by
-:mod:`transferlab.pipeline.chosen`), the page by :mod:`transferlab.pipeline.html`.
+:mod:`transferlab.pipeline.chosen`, its per-class table, confused pairs and gallery of mistakes by
+:mod:`transferlab.pipeline.mistakes`), the page by :mod:`transferlab.pipeline.html`.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from transferlab.util import atomic_write, write_json
 
-from .curves import best_per_curve, curves, decision_of
+from .curves import best_per_curve, curves, decision_of, is_finetune, number
 from .html import md_code, md_inline, md_row, md_text, write_html
 from .plots import PICTURES, depth_curve, write_pictures
 from .results import read_rows
@@ -102,6 +103,61 @@ def _chosen_mark(summary: dict) -> dict | None:
     return {"row": row, "strategy": (summary.get("decision") or {}).get("strategy")}
 
 
+# a curve's key fields (curves()' key order) with their names in the table and in the line of constants
+_KEY_FIELDS = (("backbone", "backbone"), ("weights", "weights"), ("pool", "pooling"), ("size", "image size"),
+              ("head", "head"), ("shots", "shots"))
+
+
+def _curve_order(key: tuple) -> tuple:
+    """The order of curves in the results table: probes before fine-tuning, then backbone, weights, pooling,
+    image size (as a number), head, and shots (as a number, the full training data first)."""
+    size, shots = number(key[3], -1.0), key[5]
+    return (is_finetune(key[4]), key[0], key[1], key[2], size, key[3], key[4],
+            (0, 0.0) if shots in ("", None) else (1, number(shots, 0.0)))
+
+
+def _key_value(i: int, value, prose: bool = False) -> str:
+    if _KEY_FIELDS[i][0] == "shots":
+        return value or "all"
+    if _KEY_FIELDS[i][0] == "size" and prose:
+        return "the backbone's own" if str(value) == "0" else f"{value} px"
+    return value
+
+
+def results_table(rows: list[dict], decision: dict | None = None) -> list[str]:
+    """The "All results" table: one line per (curve, layer) point, curves in :func:`_curve_order` and layers by
+    depth; the curve fields that are the same in every row said once above it, the recommended row (as
+    :func:`transferlab.pipeline.chosen.chosen_row`) marked with a star."""
+    from .chosen import chosen_row
+
+    cs = curves(rows)
+    keys = sorted(cs, key=_curve_order)
+    if not keys:
+        return ["No results yet."]
+    constant = [i for i in range(len(_KEY_FIELDS)) if len({k[i] for k in keys}) == 1]
+    varying = [i for i in range(len(_KEY_FIELDS)) if i not in constant]
+    chosen = chosen_row(rows, decision)
+    mark = None if chosen is None else (
+        (chosen["backbone"], chosen["weights"], chosen.get("pool", ""), str(chosen.get("image_size", "")),
+         chosen["head"], str(chosen.get("shots", ""))), chosen["layer"])
+    lines = []
+    if constant:
+        same = ", ".join(f"{_KEY_FIELDS[i][1]} {md_text(_key_value(i, keys[0][i], prose=True))}" for i in constant)
+        lines += [f"Same in every row: {same}." + (" ★ marks the recommended layer and head." if mark else ""), ""]
+    head = ["chosen"] + [_KEY_FIELDS[i][0] for i in varying if i < 4] + ["layer", "depth", "dim"] + \
+        [_KEY_FIELDS[i][0] for i in varying if i >= 4] + ["val", "test", "fit s"]
+    lines += [md_row(*head), "|" + "---|" * len(head)]
+    for key in keys:
+        for p in cs[key]:
+            sd = f" ± {p['test_std']:.3f} (sd, {p['n']} repeats)" if p["n"] > 1 else ""
+            star = "★" if mark == (key, p["layer"]) else ""
+            cells = [star] + [_key_value(i, key[i]) for i in varying if i < 4] + [p["layer"], p["depth"], p["dim"]] + \
+                [_key_value(i, key[i]) for i in varying if i >= 4] + \
+                [f"{p['val']:.3f}", f"{p['test']:.3f}{sd}", f"{p['fit_seconds']:.2f}"]
+            lines.append(md_row(*cells))
+    return lines
+
+
 def _listed(values) -> str:
     return ", ".join(md_text(v) for v in values)
 
@@ -146,15 +202,7 @@ def write_report(out: Path, summary: dict, log=None) -> Path:
                             b["val_choice"] or "none (no validation rows)",
                             f"{b['val_choice_val']:.3f} ± {b['val_choice_se']:.3f}", f"{b['val_choice_test']:.3f}",
                             f"{b['last_val']:.3f}", f"{b['last_test']:.3f}"))
-    lines += ["", "## All results", "",
-              md_row("backbone", "weights", "pool", "size", "layer", "depth", "dim", "head", "shots", "val", "test",
-                     "fit s"),
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for key, pts in curves(rows).items():
-        for p in pts:
-            sd = f" ± {p['test_std']:.3f} (sd, {p['n']} repeats)" if p["n"] > 1 else ""
-            lines.append(md_row(key[0], key[1], key[2], key[3], p["layer"], p["depth"], p["dim"], key[4],
-                                key[5] or "all", f"{p['val']:.3f}", f"{p['test']:.3f}{sd}", f"{p['fit_seconds']:.2f}"))
+    lines += ["", "## All results", ""] + results_table(rows, summary.get("decision"))
     lines += ["", "## Time and cache", "",
               f"Extraction (backbone forward passes, or cache reads): {timing['extract_seconds']:.1f} s; "
               f"training heads: {timing['train_seconds']:.1f} s ({timing['fits_run']} fits run, "

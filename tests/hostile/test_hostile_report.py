@@ -9,6 +9,7 @@ event handler in the page, nothing from outside files in it, and, where headless
 rendered page whose title no payload changed.
 """
 import base64
+import html
 import html.parser
 import itertools
 import json
@@ -23,7 +24,7 @@ import pytest
 
 import transferlab
 from tests.conftest import make_npz
-from transferlab.pipeline.html import render_html
+from transferlab.pipeline.html import md_text, render_html
 from transferlab.pipeline.report import refresh_report
 
 TITLE = "TransferLab sweep"
@@ -135,7 +136,14 @@ def hostile(tmp_path_factory):
 def test_class_names_and_the_data_path_are_text_in_report_md(hostile):
     run, names, _ = hostile
     md = (run / "report.md").read_text()
-    text = _outside_code(md)
+    # the gallery of mistakes is the one raw HTML block: its only tags are its own, thumbnails data: PNGs
+    galleries = re.findall(r'^<div class="gallery">\n(.*?)\n</div>$', md, flags=re.S | re.M)
+    assert len(galleries) == 1
+    tags = set(re.findall(r"<(/?[a-z]+)", galleries[0]))
+    assert tags <= {"figure", "/figure", "img", "figcaption", "/figcaption", "br", "span", "/span"}
+    assert re.findall(r"<img[^>]*", galleries[0]) == re.findall(r'<img class="thumb" src="data:image/png;base64,'
+                                                                r'[A-Za-z0-9+/=]+" alt="[^"<>]*"', galleries[0])
+    text = _outside_code(md.replace(galleries[0], ""))
     assert "<img" not in text and "<script" not in text and "<b>" not in text
     assert "&lt;script&gt;document.title='pwned-script'&lt;/script&gt;" in md
     assert "Data ``npz:" in md and "onerror=document.title=1>`.npz``," in md  # the path is one code span still
@@ -161,21 +169,23 @@ def test_no_file_outside_the_sweep_folder_is_embedded(hostile):
     run, _, canary = hostile
     page = (run / "report.html").read_text()
     assert not _leaks(page, canary.read_bytes()) and not _hostname_embedded(page)
-    srcs = [a["src"] for t, a in Page(page).tags if t == "img"]
-    assert len(srcs) == 2  # the depth curve and the confusion matrix: the two pictures this report wrote
+    imgs = [a for t, a in Page(page).tags if t == "img"]
+    # the depth curve and the confusion matrix: the two pictures this report wrote (and the gallery's thumbnails)
+    assert len([a for a in imgs if a.get("class") != "thumb"]) == 2
+    srcs = [a["src"] for a in imgs]
     assert all(base64.b64decode(s.removeprefix("data:image/png;base64,"))[:8] == b"\x89PNG\r\n\x1a\n" for s in srcs)
 
 
 def test_a_pipe_or_a_newline_in_a_class_name_keeps_the_per_class_table_in_place(hostile):
     run, names, _ = hostile
     md = (run / "report.md").read_text().splitlines()
-    start = md.index("| class | test images | per-class accuracy |")
+    start = md.index("| class | test images | precision | recall (per-class accuracy) | ± se | F1 |")
     rows = [_md_cells(line) for line in md[start + 2:start + 2 + len(names)]]
-    assert [len(r) for r in rows] == [3] * len(names)
+    assert [len(r) for r in rows] == [6] * len(names)
     assert [r[1] for r in rows] == ["5"] * len(names)  # 5 test images per class, each in its own row
-    assert all(re.fullmatch(r"[01]\.\d{3}", r[2]) for r in rows)
+    assert all(re.fullmatch(r"[01]\.\d{3}", r[3]) for r in rows)
     (table,) = [t for t in Page((run / "report.html").read_text()).tables if t[0][0] == "class"]
-    assert [len(r) for r in table] == [3] * (len(names) + 1)
+    assert [len(r) for r in table] == [6] * (len(names) + 1)
     assert [r[0] for r in table[1:]] == [" ".join(n.splitlines()) for n in names]
     assert [r[1] for r in table[1:]] == ["5"] * len(names)
 
@@ -211,8 +221,10 @@ def test_a_strangers_results_csv_is_shown_as_text_in_every_table(tmp_path, value
     refresh_report(run)
     md = (run / "report.md").read_text()
     assert "<img" not in _outside_code(md) and "<script" not in _outside_code(md)
+    # every curve field is the stranger's one value: said once above "All results", which keeps the rest
+    assert f"Same in every row: backbone {md_text(value)}, weights {md_text(value)}," in md
     for header in ("| backbone | weights | pool | size | head | shots | chosen on val |",
-                   "| backbone | weights | pool | size | layer | depth | dim | head | shots | val | test | fit s |"):
+                   "| chosen | layer | depth | dim | val | test | fit s |"):
         lines = md.splitlines()
         start = next(i for i, line in enumerate(lines) if line.startswith(header))
         width = len(_md_cells(lines[start]))
@@ -225,8 +237,8 @@ def test_a_strangers_results_csv_is_shown_as_text_in_every_table(tmp_path, value
     shown = " ".join(value.splitlines())
     for table in parsed.tables:
         assert len({len(r) for r in table}) == 1  # every row as wide as the header
-    (results,) = [t for t in parsed.tables if t[0][4] == "layer"]
-    assert [r[4] for r in results[1:]] == [f"{shown}{i}" for i in range(3)] and results[1][6] == shown
+    (results,) = [t for t in parsed.tables if t[0][1] == "layer"]
+    assert [r[1] for r in results[1:]] == [f"{shown}{i}" for i in range(3)] and results[1][3] == shown
 
 
 def test_only_the_reports_own_pictures_are_embedded_from_its_own_folder(tmp_path):
@@ -253,3 +265,28 @@ def test_a_dollar_sign_in_a_class_name_is_drawn_as_it_is(tmp_path):
 
     path = confusion(np.eye(3, dtype=int) * 5, [MATHTEXT, "b$", "c"], tmp_path / "confusion.png", f"{MATHTEXT} + knn")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_gallery_of_mistakes_shows_class_names_and_file_names_as_text(tmp_path):
+    from transferlab.pipeline.html import gallery_html
+    from transferlab.pipeline.mistakes import thumbnail_png
+
+    canary = tmp_path / "canary.png"
+    canary.write_text(CANARY)
+    png = thumbnail_png(np.zeros((8, 8), dtype=np.uint8))
+    items = [{"png": png, "true": ONERROR, "predicted": SCRIPT, "score": "probability 0.900",
+              "file": f'<img src="{canary}">'},
+             {"png": CANARY.encode(), "true": 'x" onload="document.title=1', "predicted": "c\nd",
+              "score": "margin 1.000", "file": MARKDOWN}]  # not a PNG: no image, a note
+    page = render_html("# TransferLab sweep\n\n" + gallery_html(items) + "\n", tmp_path)
+    parsed = Page(page)
+    assert not [t for t, _ in parsed.tags if t in ("script", "iframe", "object", "embed", "a")]
+    assert not [(t, a) for t, attrs in parsed.tags for a in attrs if a.lower().startswith("on")]
+    imgs = [a for t, a in parsed.tags if t == "img"]
+    assert [(a["class"], a["src"], a["alt"]) for a in imgs] == [
+        ("thumb", f"data:image/png;base64,{base64.b64encode(png).decode()}", f"true {ONERROR}, predicted {SCRIPT}")]
+    assert not _leaks(page, CANARY.encode())
+    text = html.unescape(re.sub(r"<[^>]+>", "|", page.split('<div class="gallery">', 1)[1]))
+    for shown in (ONERROR, SCRIPT, f'<img src="{canary}">', 'x" onload="document.title=1', "c d", MARKDOWN):
+        assert f"|{shown}|" in text.replace("true: ", "|").replace("predicted: ", "|")  # shown as text, whole
+    assert "(image unreadable)" in text

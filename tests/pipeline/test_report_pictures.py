@@ -74,7 +74,9 @@ def test_confusion_matrix_is_of_the_recommended_head(swept):
     report = (out / "report.md").read_text()
     assert f"`{row['layer']}` of lite0/imagenet with the {row['head']} head" in report
     # the per-class table: its support sums to the test split, and its accuracies give the row's test accuracy
-    table = re.findall(r"^\| (class\d) \| (\d+) \| ([0-9.]+) \|$", report, flags=re.M)
+    # (class, test images, precision, recall = per-class accuracy, its se, F1)
+    table = re.findall(r"^\| (class\d) \| (\d+) \| (?:[0-9.]+|n/a) \| ([0-9.]+) \| [0-9.]+ \| (?:[0-9.]+|n/a) \|$",
+                       report, flags=re.M)
     assert [t[0] for t in table] == ["class0", "class1", "class2"] and sum(int(t[1]) for t in table) == 30
     correct = sum(int(n) * float(a) for _, n, a in table)
     assert correct / 30 == pytest.approx(float(row["test_accuracy"]), abs=2e-3)
@@ -120,8 +122,8 @@ def test_html_report_embeds_every_picture_and_finetune_rows_add_a_bar_chart(swep
     out = tmp / "run"
     page = (out / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "<table>" in page and 'src="depth_vs_accuracy.png"' not in page
-    pngs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(pngs) == 2  # depth curve and confusion matrix
+    pngs = re.findall(r'<img (?!class="thumb")[^>]*src="data:image/png;base64,([^"]+)"', page)
+    assert len(pngs) == 2  # depth curve and confusion matrix (the gallery's thumbnails aside)
     assert all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert not (out / "finetune.png").exists() and not (out / "learning_curve.png").exists()
     row = dict(read_rows(out / "results.csv")[0], head="finetune:last:2", test_accuracy="0.5", val_accuracy="0.5",
@@ -130,7 +132,8 @@ def test_html_report_embeds_every_picture_and_finetune_rows_add_a_bar_chart(swep
     refresh_report(out)
     assert (out / "finetune.png").stat().st_size > 0
     assert "![fine-tuning modes beside the best probe](finetune.png)" in (out / "report.md").read_text()
-    assert len(re.findall(r"data:image/png;base64", (out / "report.html").read_text())) == 3
+    page = (out / "report.html").read_text()
+    assert len(re.findall(r'<img (?!class="thumb")[^>]*src="data:image/png;base64', page)) == 3
 
 
 def test_low_shot_sweep_draws_a_learning_curve_per_layer_group(tmp_path):
