@@ -221,7 +221,8 @@ def cmd_sweep(a):
     from .chosen import chosen_row
     from .decision import stderr
 
-    d, row = summary.get("decision") or {}, chosen_row(summary["rows"], summary.get("decision"))
+    rows = summary.summary["rows"]  # as results.csv holds them (summary["rows"] gives them typed)
+    d, row = summary.get("decision") or {}, chosen_row(rows, summary.get("decision"))
     if row is not None:
         val, n_val = row["mean_val_accuracy"], int(float(row.get("n_val") or 0))
         what = (f"recommendation: {d['strategy']}" if d.get("strategy") else "no transfer regime can be named; best")
@@ -229,7 +230,7 @@ def cmd_sweep(a):
               f"{stderr(val, n_val):.3f}, test {float(row['test_accuracy']):.3f}"
               + (f"; runner-up {d['runner_up']}{', a close call' if d['close'] else ''}" if d.get("strategy") else "")
               + "; saved in chosen_head/, see report.md")
-    for b in best_per_curve(summary["rows"])[:6]:
+    for b in best_per_curve(rows)[:6]:
         shots = f" {b['shots']}-shot" if b["shots"] else ""
         if b["val_choice"] is None:
             print(f"  {b['backbone']}/{b['weights']} {b['head']}{shots}: no validation rows, no layer chosen")

@@ -37,6 +37,15 @@ Integrity rule of ``results.csv``
 - *Concurrency*: everything that writes an ``--out`` folder holds ``<out>/.transferlab.lock``
   (:func:`locked_out`): a second sweep (or ``finetune --append-to``) into the same folder waits,
   saying so, and then finds the first one's rows done instead of appending them again.
+
+Results as data
+---------------
+:func:`typed_rows` and :func:`rows_frame` read the rows with their types (the CSV holds strings):
+numbers as ``int``/``float`` (an empty cell: None, NaN in the DataFrame), ``params`` as a dict,
+``shots`` as an integer with ``0`` for all training examples (:data:`ALL_SHOTS`: ``--shots`` takes
+positive numbers only, and a row's key writes all-data as 0 too), and in the DataFrame ``layer`` as
+an ordered categorical by depth. The column ``head`` keeps its CSV name: ``df["head"]`` is the
+column, ``df.head()`` stays the pandas method.
 """
 from __future__ import annotations
 
@@ -232,6 +241,55 @@ def moved_note(moved: list[tuple[dict, str]], path: "str | Path") -> str:
 
 # --- results in Python -----------------------------------------------------------------------------
 
+ALL_SHOTS = 0
+"""``shots`` of a row trained on all its training examples, in :func:`typed_rows` and :func:`rows_frame`."""
+INT_COLUMNS = ("depth", "dim", "repeat", "seed", "n_train", "n_val", "image_size", "shots")
+FLOAT_COLUMNS = ("rel_depth", "val_accuracy", "test_accuracy", "fit_seconds", "val_fraction")
+NUMERIC_COLUMNS = INT_COLUMNS + FLOAT_COLUMNS
+
+
+def _typed(column: str, value):
+    if column == "params":
+        try:
+            params = json.loads(value) if isinstance(value, str) and value else value
+        except ValueError:
+            return {}
+        return params if isinstance(params, dict) else {}
+    if column not in NUMERIC_COLUMNS:
+        return value
+    if value in ("", None):
+        return ALL_SHOTS if column == "shots" else None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if column in INT_COLUMNS and number.is_integer() else number
+
+
+def typed_rows(rows: list[dict]) -> list[dict]:
+    """``results.csv`` rows with their types (see *Results as data* in the module docstring)."""
+    return [{k: _typed(k, v) for k, v in r.items()} for r in rows]
+
+
+def rows_frame(rows: list[dict]):
+    """Rows as a pandas DataFrame: typed as :func:`typed_rows` says, integer columns as ``Int64`` (an empty
+    cell: ``<NA>``), float columns as floats (NaN), ``layer`` an ordered categorical by depth (ties: relative
+    depth, then first seen), so ``groupby("layer")`` and ``sort_values("layer")`` go from stem to head."""
+    import pandas as pd
+
+    columns = list(dict.fromkeys([*RESULT_COLUMNS, *(k for r in rows for k in r)]))
+    df = pd.DataFrame(typed_rows(rows), columns=columns)
+    for c in INT_COLUMNS:
+        df[c] = pd.array(df[c].tolist(), dtype="Int64") if len(df) else pd.array([], dtype="Int64")
+    for c in FLOAT_COLUMNS:
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
+    by_depth = (df.assign(_order=range(len(df))).groupby("layer", sort=False)
+                .agg(depth=("depth", "min"), rel=("rel_depth", "min"), first=("_order", "min")))
+    order = by_depth.sort_values(["depth", "rel", "first"], na_position="last").index
+    df["layer"] = pd.Categorical(df["layer"], categories=list(order), ordered=True)
+    return df
+
+
 class SweepResult:
     """What :func:`transferlab.sweep` returns and :func:`load_results` reads back.
 
@@ -239,20 +297,22 @@ class SweepResult:
     ----------
     rows : pandas.DataFrame
         One row per (backbone, weights, pooling, size, layer, head, shots, repeat) and per appended
-        fine-tuning run; accuracies and depths as numbers.
+        fine-tuning run, typed (:func:`rows_frame`): accuracies and depths as numbers, ``layer`` an
+        ordered categorical by depth, ``params`` a dict, ``shots`` an ``Int64`` with 0 for all training
+        examples. The column ``head`` is ``rows["head"]`` (``rows.head()`` is the pandas method).
     recommendation : dict or None
         The sweep's decision (:func:`transferlab.pipeline.decision.decide` on its rows: ``strategy``,
         ``runner_up``, ``close``, ``reasons``, ``facts``, ``thresholds``); None when the rows hold no
         validation accuracies to decide on.
     config, timing, cache_files, class_names : the run's configuration and bookkeeping.
     summary : dict
-        The ``results.json`` content; ``result["rows"]`` (a list of dicts) and the other keys are
-        read from it, as when ``sweep`` returned that dict.
+        The ``results.json`` content, rows as ``results.csv`` holds them (strings). ``result["rows"]``
+        gives them typed (:func:`typed_rows`); the other keys are read from ``summary`` as they are.
 
     Examples
     --------
     >>> res = transferlab.sweep(data="digits", heads="logreg")                     # doctest: +SKIP
-    >>> res.rows.groupby("layer").test_accuracy.mean().sort_values().tail(3)        # doctest: +SKIP
+    >>> res.rows.groupby("layer", observed=True).test_accuracy.mean()               # doctest: +SKIP
     """
 
     def __init__(self, summary: dict, out: "str | Path | None" = None, recommendation=None):
@@ -281,10 +341,10 @@ class SweepResult:
         return self.summary.get("class_names", [])
 
     def __getitem__(self, key):
-        return self.summary[key]
+        return typed_rows(self.summary["rows"]) if key == "rows" else self.summary[key]
 
     def get(self, key, default=None):
-        return self.summary.get(key, default)
+        return self[key] if key in self.summary else default
 
     def __contains__(self, key) -> bool:
         return key in self.summary
@@ -295,21 +355,6 @@ class SweepResult:
     def __repr__(self) -> str:
         return (f"SweepResult({len(self.summary.get('rows', []))} rows, data={self.config.get('data')!r}, "
                 f"out={str(self.out) if self.out else None!r})")
-
-
-NUMERIC_COLUMNS = ("depth", "rel_depth", "dim", "repeat", "seed", "val_accuracy", "test_accuracy", "fit_seconds",
-                   "n_train", "n_val", "image_size", "val_fraction", "shots")
-
-
-def rows_frame(rows: list[dict]):
-    """Rows as a pandas DataFrame, numeric columns as numbers (empty cells: NaN)."""
-    import pandas as pd
-
-    df = pd.DataFrame(rows, columns=list(dict.fromkeys([*RESULT_COLUMNS, *(k for r in rows for k in r)])))
-    for c in NUMERIC_COLUMNS:
-        if c in df:
-            df[c] = pd.to_numeric(df[c].replace("", None), errors="coerce")
-    return df
 
 
 def load_results(out: "str | Path") -> SweepResult:

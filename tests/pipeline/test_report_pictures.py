@@ -140,11 +140,11 @@ def test_low_shot_sweep_draws_a_learning_curve_per_layer_group(tmp_path):
     res = transferlab.sweep(data=f"npz:{npz}", heads="knn", layers="bn1,blocks.2,bn2", image_size="32", shots="2,5",
                             out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), n_jobs=1, progress=False,
                             log=lambda m: None)
-    pts = learning_points(res["rows"])
+    pts = learning_points(res.summary["rows"])  # the rows as results.csv holds them
     rel = {r["layer"]: float(r["rel_depth"]) for r in res["rows"]}
     assert rel["bn1"] < 1 / 3 <= rel["blocks.2"] < 2 / 3 <= rel["bn2"]
     assert set(pts) == {("knn", "generic"), ("knn", "middle"), ("knn", "specialised")}
-    spec = {float(r["test_accuracy"]) for r in res["rows"] if r["layer"] == "bn2" and r["shots"] == "5"}
+    spec = {float(r["test_accuracy"]) for r in res["rows"] if r["layer"] == "bn2" and r["shots"] == 5}
     assert pts[("knn", "specialised")][-1][:2] == (5, pytest.approx(spec.pop()))
     assert (tmp_path / "run" / "learning_curve.png").stat().st_size > 0
     assert (tmp_path / "run" / "depth_vs_accuracy.png").is_file()  # the contract's plot: the 5-shot depth curve

@@ -35,7 +35,7 @@ def test_deleting_training_images_refits_every_row(tmp_path):
     folder = _folder(tmp_path / "imgs", {"train": arrays["x_train"], "test": arrays["x_test"]},
                      {"train": arrays["y_train"], "test": arrays["y_test"]})
     first = sweep(_cfg(tmp_path, f"folder:{folder}"), progress=False)
-    assert {(r["n_train"], r["n_val"]) for r in first["rows"]} == {("48", "12")}
+    assert {(r["n_train"], r["n_val"]) for r in first["rows"]} == {(48, 12)}
     for p in sorted((folder / "train").rglob("*.png"))[::3]:  # delete 20 of the 60 training images
         p.unlink()
     notes = []
@@ -43,7 +43,7 @@ def test_deleting_training_images_refits_every_row(tmp_path):
     assert second["timing"]["fits_run"] == 2 and second["stale_rows_moved"] == 2
     (moved,) = [n for n in notes if n.startswith("note: moved")]
     assert f"2 the data changed (--data folder:{folder}: fingerprint" in moved, moved
-    assert {(r["n_train"], r["n_val"]) for r in second["rows"]} == {("32", "8")}
+    assert {(r["n_train"], r["n_val"]) for r in second["rows"]} == {(32, 8)}
     assert set(r["cache_file"] for r in second["rows"]) != set(r["cache_file"] for r in first["rows"])
     assert len(read_rows(tmp_path / "run" / STALE_FILE)) == 2
 
@@ -254,3 +254,53 @@ def test_two_sweeps_into_one_out_folder_write_each_row_once(tmp_path):
     assert len({r["row_key"] for r in rows}) == 2
     assert any("waiting" in err for _, err in outs)  # one of them waited for the other's lock
 
+
+def _csv_rows():
+    """Rows as results.csv holds them (strings), listed out of depth order, layer names that sort wrong."""
+    rows = []
+    for layer, depth in (("bn2", 8), ("blocks.5", 6), ("bn1", 0), ("blocks.2", 3)):
+        for head, val in (("logreg", 0.5 + depth / 100), ("knn", 0.4 + depth / 100)):
+            rows.append({"backbone": "lite0", "weights": "imagenet", "layer": layer, "depth": str(depth),
+                         "rel_depth": str(depth / 8), "dim": "40", "head": head, "params": '{"C": 0.1}',
+                         "shots": "", "repeat": "0", "seed": "0", "val_accuracy": str(val),
+                         "test_accuracy": str(val - 0.01), "fit_seconds": "0.5", "n_train": "48", "n_val": "12",
+                         "image_size": "32", "val_fraction": "0.2", "row_key": f"{layer}-{head}"})
+    rows.append({**rows[0], "shots": "5", "val_accuracy": "", "row_key": "five"})
+    return rows
+
+
+def test_rows_are_typed_layer_in_depth_order_params_a_dict_shots_zero_for_all():
+    import pandas as pd
+
+    from transferlab.pipeline.results import ALL_SHOTS, SweepResult
+
+    res = SweepResult({"rows": _csv_rows()})
+    df = res.rows
+    assert df["layer"].cat.ordered and list(df["layer"].cat.categories) == ["bn1", "blocks.2", "blocks.5", "bn2"]
+    assert list(df.sort_values("layer")["layer"].drop_duplicates()) == ["bn1", "blocks.2", "blocks.5", "bn2"]
+    assert df["params"][0] == {"C": 0.1}
+    assert str(df["shots"].dtype) == "Int64" and df["shots"].tolist() == [ALL_SHOTS] * 8 + [5] and ALL_SHOTS == 0
+    assert df["val_accuracy"].dtype.kind == "f" and pd.isna(df["val_accuracy"].iloc[-1])
+    assert list(df["head"][:2]) == ["logreg", "knn"] and len(df.head(3)) == 3  # column by key, method by name
+    first = res["rows"][0]
+    assert (first["depth"], first["val_accuracy"], first["shots"], first["params"], first["n_val"]) == (
+        8, 0.58, 0, {"C": 0.1}, 12)
+    assert res["rows"][-1]["shots"] == 5 and res["rows"][-1]["val_accuracy"] is None
+    assert res.summary["rows"][0]["depth"] == "8"  # the results.json content stays as the files hold it
+
+
+def test_the_readme_python_example_prints_the_depth_curve_in_depth_order(capsys):
+    import re
+
+    from tests.conftest import ROOT
+    from transferlab.pipeline.results import SweepResult
+
+    readme = (ROOT / "README.md").read_text()
+    (line,) = [l for l in readme.splitlines() if l.startswith("print(res.rows.groupby(")]
+    exec(line, {"res": SweepResult({"rows": _csv_rows()})})
+    printed = capsys.readouterr().out.splitlines()
+    layers = [m.group(1) for l in printed if (m := re.match(r"(bn\d|blocks\.\d)\s", l))]
+    assert layers == ["bn1", "blocks.2", "blocks.5", "bn2"], printed
+    means = {l.split()[0]: float(l.split()[1]) for l in printed if re.match(r"(bn\d|blocks\.\d)\s", l)}
+    vals = [float(r["val_accuracy"]) for r in _csv_rows() if r["layer"] == "bn2" and r["val_accuracy"]]
+    assert abs(means["bn2"] - sum(vals) / len(vals)) < 1e-6  # the mean over the rows that have one
