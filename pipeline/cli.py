@@ -168,14 +168,20 @@ def cmd_cache(a):
 def cmd_train(a):
     from transferlab.classifiers import read_head_meta, train_head
 
+    from .chosen import reuse_chosen
     from .results import default_head_dir, resolve_train_target
 
     features, layer, note = resolve_train_target(a.features, a.layer, a.head)
     if note and not a.quiet:
         print(note, file=sys.stderr)
     out = Path(a.out) if a.out else default_head_dir(features, layer, a.head)
-    res = train_head(features, layer, a.head, out=out, preprocessing=a.preprocessing, pca=a.pca,
-                     val_fraction=a.val_fraction, seed=a.seed, n_jobs=a.workers, full_grid=a.full_grid)
+    res, why = reuse_chosen(a.features, features, layer, a.head, out, a.preprocessing, a.full_grid, a.val_fraction,
+                            a.seed, a.pca)  # a sweep folder's chosen_head/, when it is this very head
+    if why and (res is not None or a.layer == "best") and not a.quiet:
+        print(why, file=sys.stderr)
+    if res is None:
+        res = train_head(features, layer, a.head, out=out, preprocessing=a.preprocessing, pca=a.pca,
+                         val_fraction=a.val_fraction, seed=a.seed, n_jobs=a.workers, full_grid=a.full_grid)
     val = "n/a (no validation split possible)" if res.get("val_accuracy") is None else f"{res['val_accuracy']:.4f}"
     print(f"{layer}  {a.head}  params={json.dumps(res.get('params', {}), default=str)}  "
           f"val_accuracy={val}  test_accuracy={res['test_accuracy']:.4f}")

@@ -115,6 +115,33 @@ def test_train_layer_best_picks_the_recommended_layer_for_that_head(swept):
     assert bad.returncode == 2 and "no sweep results" in bad.stderr
 
 
+def test_train_layer_best_reuses_the_chosen_head_when_its_key_is_the_same_else_says_why(swept, monkeypatch):
+    import json
+
+    from transferlab import classifiers
+
+    tmp, _ = swept
+    chosen = tmp / "run" / "chosen_head"
+    meta = json.loads((chosen / "head.json").read_text())
+
+    def refit(*args, **kwargs):
+        raise AssertionError("refitted the head chosen_head/ holds")
+
+    monkeypatch.setattr(classifiers, "train_head", refit)
+    out = run_cli("train", "--features", tmp / "run", "--layer", "best", "--head", meta["head"], "--out", tmp / "re")
+    assert out.returncode == 0, out.stderr
+    assert f"reused {chosen}: the sweep's fit of this very head (same key), not refitted" in out.stderr
+    assert (tmp / "re" / "head.safetensors").read_bytes() == (chosen / "head.safetensors").read_bytes()
+    assert json.loads((tmp / "re" / "head.json").read_text()) == meta
+    assert f"test_accuracy={meta['test_accuracy']:.4f}" in out.stdout
+    monkeypatch.undo()
+    out = run_cli("train", "--features", tmp / "run", "--layer", "best", "--head", meta["head"], "--seed", "1",
+                  "--out", tmp / "seed1")
+    assert out.returncode == 0, out.stderr
+    assert f"refitting: {chosen} holds this layer and head fitted with another --seed (0, now 1)" in out.stderr
+    assert json.loads((tmp / "seed1" / "head.json").read_text())["seed"] == 1
+
+
 def test_html_report_embeds_every_picture_and_finetune_rows_add_a_bar_chart(swept):
     tmp, _ = swept
     out = tmp / "run"
