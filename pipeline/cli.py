@@ -270,7 +270,7 @@ def cmd_finetune(a):
     print(f"{m['mode']}: {m.get('epochs_run')} epoch(s), val_accuracy="
           f"{'n/a' if val is None else format(val, '.4f')}  test_accuracy={m['test_accuracy']:.4f}")
     if a.append_to:
-        print(f"appended to {append_finetune(a.append_to, m)}")
+        print(append_finetune(a.append_to, m).message())
     print(f"wrote {Path(m['out']) / 'metrics.json'}; model file {Path(m['out']) / 'model.pt'} "
           f"(use: transferlab predict --model {m['out']} IMAGE...)")
 

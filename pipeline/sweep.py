@@ -358,11 +358,31 @@ def _report_is_current(out: Path, summary: dict) -> bool:
         return False
 
 
-def append_finetune(target: "str | Path", metrics: dict) -> Path:
+@dataclass(frozen=True)
+class Appended:
+    """What :func:`append_finetune` did: the results file, whether the row is new there, and the report
+    it rewrote (None when the folder holds no sweep yet, or the row was there already)."""
+
+    path: Path
+    added: bool
+    report: Path | None
+
+    def message(self) -> str:
+        """What happened, in one line, naming the files."""
+        if not self.added:
+            return f"{self.path} already holds this run's row (same configuration key); its report is unchanged"
+        if self.report is None:
+            return (f"appended the fine-tuning row to {self.path}; no report refreshed: {self.path.parent} holds no "
+                    f"sweep yet (results.json), run `transferlab sweep --out {self.path.parent}` to write one")
+        return (f"appended the fine-tuning row to {self.path}; refreshed the report: {self.report}, "
+                f"{self.report.with_suffix('.html')}")
+
+
+def append_finetune(target: "str | Path", metrics: dict) -> Appended:
     """Add a fine-tuning run's row to a sweep (``target``: its folder or ``results.csv``) and refresh its report.
 
     The row's key is the run's configuration key, so appending the same run twice adds one row.
-    Returns the results file.
+    Returns what it did (:class:`Appended`; ``.message()`` says it in words).
     """
     target = Path(target).expanduser()
     path = target if target.suffix == ".csv" else target / "results.csv"
@@ -378,16 +398,18 @@ def append_finetune(target: "str | Path", metrics: dict) -> Path:
            "n_train": metrics["n_train"], "n_val": metrics["n_val"], "selection": cfg["val_source"],
            "data": cfg["data"], "data_fingerprint": cfg["data_fingerprint"], "cache_file": "",
            "val_fraction": cfg["val_fraction"], "row_key": row_key(finetune=metrics["config_key"])}
+    added, report = False, None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with locked_out(path.parent, log=lambda m: None):
             if row["row_key"] not in {r.get("row_key") for r in read_rows(path)}:
                 append_row(path, row)
-                refresh_report(path.parent)
+                added = True
+                report = refresh_report(path.parent)
     except OSError as exc:
         raise UserInputError(f"cannot append to {path} ({exc.strerror or exc.__class__.__name__}); "
                              f"give a writable sweep directory or .csv as --append-to") from None
-    return path
+    return Appended(path, added, report)
 
 
 def sweep_defaults_for_finetune(target: "str | Path", values: dict) -> tuple[dict, list[str]]:
