@@ -22,7 +22,9 @@ Integrity rule of ``results.csv``
   layers, shots or repeats the sweep being run asks for: its own cache key is one of the sweep's
   feature configurations and its key, computed again from its own layer, head, shots and repeat
   with the sweep's preprocessing, grid, validation fraction and seed, is its ``row_key``
-  (:func:`why_not_current`). A fine-tuning row stays while its data fingerprint is the sweep's.
+  (:func:`why_not_current`). Rows of other backbones, weights, pooling or sizes are set aside: a key
+  can be checked only against features the sweep computes. A fine-tuning row stays while its data
+  fingerprint is the sweep's.
 - *Stale*: any other row (other data, features the sweep does not compute, another grid, seed...)
   is never shown as current: :func:`reconcile` moves it to ``results.stale.csv`` (appended the
   same way) and rewrites ``results.csv`` atomically without it, and the sweep's note names what
@@ -33,7 +35,8 @@ Integrity rule of ``results.csv``
 - *Crash*: a kill -9 or a power loss during an append can leave a torn last line (no newline).
   The next append first cuts the file back to its last whole line (:func:`append_row` says so),
   so a torn line is never glued to the next row; a reader treats a line with too few or too many
-  fields, or no ``row_key``, as torn, hence stale (never taken back), so its fit runs again.
+  fields, a last line without its newline, or no ``row_key``, as torn, hence stale (never taken
+  back), so its fit runs again.
 - *Concurrency*: everything that writes an ``--out`` folder holds ``<out>/.transferlab.lock``
   (:func:`locked_out`): a second sweep (or ``finetune --append-to``) into the same folder waits,
   saying so, and then finds the first one's rows done instead of appending them again.
@@ -41,11 +44,11 @@ Integrity rule of ``results.csv``
 Results as data
 ---------------
 :func:`typed_rows` and :func:`rows_frame` read the rows with their types (the CSV holds strings):
-numbers as ``int``/``float`` (an empty cell: None, NaN in the DataFrame), ``params`` as a dict,
-``shots`` as an integer with ``0`` for all training examples (:data:`ALL_SHOTS`: ``--shots`` takes
-positive numbers only, and a row's key writes all-data as 0 too), and in the DataFrame ``layer`` as
-an ordered categorical by depth. The column ``head`` keeps its CSV name: ``df["head"]`` is the
-column, ``df.head()`` stays the pandas method.
+numbers as ``int``/``float`` (an empty cell: None; in the DataFrame NaN, ``<NA>`` in its ``Int64``
+columns), ``params`` as a dict, ``shots`` as an integer with ``0`` for all training examples
+(:data:`ALL_SHOTS`: ``--shots`` takes positive numbers only, and a row's key writes all-data as 0
+too), and in the DataFrame ``layer`` as an ordered categorical by depth. The column ``head`` keeps
+its CSV name: ``df["head"]`` is the column, ``df.head()`` stays the pandas method.
 """
 from __future__ import annotations
 
