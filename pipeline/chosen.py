@@ -99,3 +99,59 @@ def fit_chosen(out: Path, row: dict, preprocessing: str | None = None, log=None)
     return {"row": row, "dir": folder, "labels": y, "predictions": pred, "class_names": names,
             "confusion": confusion_matrix(y, pred, labels=labels), "test_accuracy": float(np.mean(pred == y)),
             "params": _params(row)}
+
+
+def reuse_chosen(sweep_dir, cache_file, layer: str, head: str, out, preprocessing=None, full_grid=False,
+                 val_fraction=0.2, seed=0, pca=None) -> tuple[dict | None, str]:
+    """``train --features SWEEP``: the sweep's ``chosen_head/`` when it is the head asked for, copied to ``out``.
+
+    It is that head when its ``sweep_row_key`` is the key ``train`` would give the row (the same cache
+    file, layer and head, with train's preprocessing, grid, validation fraction and seed, as repeat 0
+    on all training examples; no ``pca``) and it is saved as arrays. Returns ``(head.json's content,
+    what was done)``, or ``(None, why it is refitted)``; ``(None, "")`` when ``sweep_dir`` is no folder
+    (a cache file). The copy writes the head file first, then ``head.json``, each atomically (the rule
+    of :func:`transferlab.util.save_artifact`), after the hashes are checked.
+    """
+    from transferlab.classifiers import load_head, read_head_meta
+    from transferlab.classifiers.persistence import HEAD_FILE, META_FILE, PICKLE_FILE
+    from transferlab.util import atomic_write
+
+    from .results import CurrentRun, ProbeSettings, read_rows, why_not_current
+
+    if not Path(sweep_dir).expanduser().is_dir():
+        return None, ""
+    settings = ProbeSettings(preprocessing, "full" if full_grid else "default", val_fraction, seed)
+    folder = Path(sweep_dir).expanduser() / CHOSEN_DIR
+    try:
+        saved = read_head_meta(folder)
+    except UserInputError:
+        return None, f"refitting: {folder} holds no saved head (the sweep saves one when it recommends a layer)"
+    row = next((r for r in read_rows(Path(sweep_dir).expanduser() / "results.csv")
+                if r.get("row_key") and r["row_key"] == saved.get("sweep_row_key")), None)
+    if row is None:
+        return None, f"refitting: {folder} was fitted for a row no longer in the sweep's results.csv"
+    if (row["layer"], row["head"], row["cache_file"]) != (layer, head, str(cache_file)):
+        return None, f"refitting: {folder} holds {row['layer']} + {row['head']}, not {layer} + {head}"
+    if saved.get("head_file") != HEAD_FILE:
+        return None, f"refitting: {folder} holds a pickle ({PICKLE_FILE}), which is never opened"
+    if pca:
+        return None, f"refitting: --pca {pca} is not part of the sweep's fit in {folder}"
+    if str(row.get("repeat") or "0") not in ("0", "0.0"):
+        return None, f"refitting: {folder} holds repeat {row['repeat']} of the sweep (seed {row.get('seed')})"
+    spec = (row["backbone"], row["weights"], row["pool"], str(row["image_size"]))
+    now = CurrentRun(row.get("data", ""), row.get("data_fingerprint", ""), {spec: row["cache_key"]}, settings)
+    why = why_not_current(row, now)
+    if why is not None:
+        return None, f"refitting: {folder} holds this layer and head fitted with {why}"
+    try:
+        load_head(folder)  # checks both hashes (and the versions) before the copy
+    except UserInputError as exc:
+        return None, f"refitting: {folder} fails its check ({exc})"
+    out = Path(out).expanduser()
+    if out.resolve() != folder.resolve():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / HEAD_FILE, (folder / HEAD_FILE).read_bytes())
+        atomic_write(out / META_FILE, (folder / META_FILE).read_bytes())
+        (out / PICKLE_FILE).unlink(missing_ok=True)
+    return saved, (f"reused {folder}: the sweep's fit of this very head (same key), not refitted"
+                   + ("" if out.resolve() == folder.resolve() else f"; copied to {out}"))

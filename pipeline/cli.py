@@ -168,14 +168,20 @@ def cmd_cache(a):
 def cmd_train(a):
     from transferlab.classifiers import read_head_meta, train_head
 
+    from .chosen import reuse_chosen
     from .results import default_head_dir, resolve_train_target
 
     features, layer, note = resolve_train_target(a.features, a.layer, a.head)
     if note and not a.quiet:
         print(note, file=sys.stderr)
     out = Path(a.out) if a.out else default_head_dir(features, layer, a.head)
-    res = train_head(features, layer, a.head, out=out, preprocessing=a.preprocessing, pca=a.pca,
-                     val_fraction=a.val_fraction, seed=a.seed, n_jobs=a.workers, full_grid=a.full_grid)
+    res, why = reuse_chosen(a.features, features, layer, a.head, out, a.preprocessing, a.full_grid, a.val_fraction,
+                            a.seed, a.pca)  # a sweep folder's chosen_head/, when it is this very head
+    if why and (res is not None or a.layer == "best") and not a.quiet:
+        print(why, file=sys.stderr)
+    if res is None:
+        res = train_head(features, layer, a.head, out=out, preprocessing=a.preprocessing, pca=a.pca,
+                         val_fraction=a.val_fraction, seed=a.seed, n_jobs=a.workers, full_grid=a.full_grid)
     val = "n/a (no validation split possible)" if res.get("val_accuracy") is None else f"{res['val_accuracy']:.4f}"
     print(f"{layer}  {a.head}  params={json.dumps(res.get('params', {}), default=str)}  "
           f"val_accuracy={val}  test_accuracy={res['test_accuracy']:.4f}")
@@ -221,7 +227,8 @@ def cmd_sweep(a):
     from .chosen import chosen_row
     from .decision import stderr
 
-    d, row = summary.get("decision") or {}, chosen_row(summary["rows"], summary.get("decision"))
+    rows = summary.summary["rows"]  # as results.csv holds them (summary["rows"] gives them typed)
+    d, row = summary.get("decision") or {}, chosen_row(rows, summary.get("decision"))
     if row is not None:
         val, n_val = row["mean_val_accuracy"], int(float(row.get("n_val") or 0))
         what = (f"recommendation: {d['strategy']}" if d.get("strategy") else "no transfer regime can be named; best")
@@ -229,7 +236,7 @@ def cmd_sweep(a):
               f"{stderr(val, n_val):.3f}, test {float(row['test_accuracy']):.3f}"
               + (f"; runner-up {d['runner_up']}{', a close call' if d['close'] else ''}" if d.get("strategy") else "")
               + "; saved in chosen_head/, see report.md")
-    for b in best_per_curve(summary["rows"])[:6]:
+    for b in best_per_curve(rows)[:6]:
         shots = f" {b['shots']}-shot" if b["shots"] else ""
         if b["val_choice"] is None:
             print(f"  {b['backbone']}/{b['weights']} {b['head']}{shots}: no validation rows, no layer chosen")
@@ -263,7 +270,7 @@ def cmd_finetune(a):
     print(f"{m['mode']}: {m.get('epochs_run')} epoch(s), val_accuracy="
           f"{'n/a' if val is None else format(val, '.4f')}  test_accuracy={m['test_accuracy']:.4f}")
     if a.append_to:
-        print(f"appended to {append_finetune(a.append_to, m)}")
+        print(append_finetune(a.append_to, m).message())
     print(f"wrote {Path(m['out']) / 'metrics.json'}; model file {Path(m['out']) / 'model.pt'} "
           f"(use: transferlab predict --model {m['out']} IMAGE...)")
 

@@ -8,8 +8,10 @@ and relative depth come from the cache, where extraction stored them. Head fits 
 through joblib (:mod:`transferlab.classifiers.parallel`; ``backend="dask"`` or ``"ray"`` runs them
 on a cluster, each worker reading the features from the cache file's path). Rows are appended to
 ``results.csv`` as they finish, so Ctrl-C keeps the finished rows, and a rerun skips the rows whose
-key (:mod:`transferlab.pipeline.results`) it would compute again; rows of another configuration or
-data set are moved to ``results.stale.csv`` first.
+key (:mod:`transferlab.pipeline.results`) it would compute again. Rows still valid stay current
+whatever heads or layers are asked for now; rows of other data or another setting are moved to
+``results.stale.csv`` first (a note names what changed), and rows there whose key is valid again
+are taken back instead of refitted.
 
 Integrity rule of ``results.json``, ``report.md`` and the plot: they are derived from
 ``results.csv`` and rewritten whole (atomically) at the end of every run; a kill before that
@@ -43,9 +45,21 @@ from transferlab.features.memo import cached_extraction
 from transferlab.features.spec import AUTO_IMAGE_SIZE, parse_image_size, parse_layers, resolve_image_size
 from transferlab.util import UserInputError, jsonable, library_versions, sha256_json, write_json
 
-from .curves import FINETUNE_PREFIX, decision_of, is_finetune
+from .curves import FINETUNE_PREFIX, decision_of
 from .report import refresh_report, write_report
-from .results import SweepResult, append_row, locked_out, read_rows, row_key, set_aside
+from .results import (
+    STALE_FILE,
+    CurrentRun,
+    ProbeSettings,
+    SweepResult,
+    append_row,
+    locked_out,
+    moved_note,
+    read_rows,
+    reconcile,
+    row_key,
+    why_not_current,
+)
 
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS)
 
@@ -216,7 +230,8 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
     cfg = replace(cfg, image_size=list(sizes))
     csv_path = out / "results.csv"
     t_extract, t_train, cache_files = 0.0, 0.0, []
-    jobs = []
+    jobs, features = [], {}
+    settings = ProbeSettings(cfg.preprocessing, "full" if cfg.full_grid else "default", cfg.val_fraction, cfg.seed)
     for bspec, wspec, pool, size in itertools.product(cfg.backbone, cfg.weights, cfg.pool, cfg.image_size):
         spec = ExtractionSpec(bspec, wspec, cfg.seed, size, pool, cfg.dtype)
         t0 = time.perf_counter()
@@ -229,6 +244,7 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
         t_extract += time.perf_counter() - t0
         cache_files.append(str(path))
         meta = read_cache_meta(path)
+        features[(bspec, wspec, meta["pooling"], str(meta["image_size"]))] = meta["key"]
         for name in parse_layers(cfg.layers, meta["catalog"]):
             info = layer_info(path, name)
             for head, shots, rep in itertools.product(cfg.heads, cfg.shots or [0], range(cfg.repeats)):
@@ -238,19 +254,18 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
                        "pool": meta["pooling"],
                        "image_size": meta["image_size"], "shots": shots, "preprocessing": cfg.preprocessing,
                        "val_fraction": cfg.val_fraction, "full_grid": cfg.full_grid,
-                       "grid": "full" if cfg.full_grid else "default", "data": dataset.spec,
-                       "data_fingerprint": dataset.fingerprint}
-                job["row_key"] = row_key(cache_key=meta["key"], layer=name, head=head, preprocessing=cfg.preprocessing,
-                                         grid=job["grid"], val_fraction=cfg.val_fraction, shots=shots, repeat=rep,
-                                         seed=job["seed"])
+                       "grid": settings.grid, "data": dataset.spec, "data_fingerprint": dataset.fingerprint,
+                       "row_key": settings.key(meta["key"], name, head, shots, rep)}
                 jobs.append(job)
-    keys = {j["row_key"] for j in jobs}
-    stale = set_aside(csv_path, lambda r: r.get("row_key") in keys or (
-        is_finetune(r.get("head")) and r.get("data_fingerprint") == dataset.fingerprint))
+    now = CurrentRun(dataset.spec, dataset.fingerprint, features, settings)
+    stale, taken = reconcile(csv_path, lambda r: why_not_current(r, now))
     if stale:
-        log(f"note: {len(stale)} row(s) in {csv_path} came from another configuration or data set "
-            f"(or were torn); moved them to {csv_path.with_name('results.stale.csv')}")
+        log(moved_note(stale, csv_path))
+    if taken:
+        log(f"note: took back {len(taken)} row(s) from {csv_path.with_name(STALE_FILE)} into {csv_path}: "
+            f"their key is valid again, so they are not refitted")
     done = {r["row_key"] for r in read_rows(csv_path)}
+    asked = len(jobs)
     jobs = [j for j in jobs if j["row_key"] not in done]
     t0 = time.perf_counter()
     fitted, bar = [], None
@@ -275,11 +290,11 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
                "class_names": dataset.class_names, "class_counts": class_counts(dataset),
                "data_fingerprint": dataset.fingerprint, "data_layout": dataset.layout, "data_notes": dataset.notes,
                "timing": {"extract_seconds": round(t_extract, 2), "train_seconds": round(t_train, 2),
-                          "fits_run": len(jobs), "fits_reused": len(rows) - len(jobs)},
-               "stale_rows_moved": len(stale)}
+                          "fits_run": len(jobs), "fits_reused": asked - len(jobs)},
+               "stale_rows_moved": len(stale), "stale_rows_taken_back": len(taken)}
     summary["measurement"] = measure_for_decision(rows, cfg, _previous_measurement(out), log)
     summary["decision"] = decision_of(summary)
-    current = not jobs and not stale and _report_is_current(out, summary)
+    current = not jobs and not stale and not taken and _report_is_current(out, summary)
     write_json(out / "results.json", summary)
     if not current:
         write_report(out, summary, log=log)
@@ -343,11 +358,31 @@ def _report_is_current(out: Path, summary: dict) -> bool:
         return False
 
 
-def append_finetune(target: "str | Path", metrics: dict) -> Path:
+@dataclass(frozen=True)
+class Appended:
+    """What :func:`append_finetune` did: the results file, whether the row is new there, and the report
+    it rewrote (None when the folder holds no sweep yet, or the row was there already)."""
+
+    path: Path
+    added: bool
+    report: Path | None
+
+    def message(self) -> str:
+        """What happened, in one line, naming the files."""
+        if not self.added:
+            return f"{self.path} already holds this run's row (same configuration key); its report is unchanged"
+        if self.report is None:
+            return (f"appended the fine-tuning row to {self.path}; no report refreshed: {self.path.parent} holds no "
+                    f"sweep yet (results.json), run `transferlab sweep --out {self.path.parent}` to write one")
+        return (f"appended the fine-tuning row to {self.path}; refreshed the report: {self.report}, "
+                f"{self.report.with_suffix('.html')}")
+
+
+def append_finetune(target: "str | Path", metrics: dict) -> Appended:
     """Add a fine-tuning run's row to a sweep (``target``: its folder or ``results.csv``) and refresh its report.
 
     The row's key is the run's configuration key, so appending the same run twice adds one row.
-    Returns the results file.
+    Returns what it did (:class:`Appended`; ``.message()`` says it in words).
     """
     target = Path(target).expanduser()
     path = target if target.suffix == ".csv" else target / "results.csv"
@@ -363,16 +398,18 @@ def append_finetune(target: "str | Path", metrics: dict) -> Path:
            "n_train": metrics["n_train"], "n_val": metrics["n_val"], "selection": cfg["val_source"],
            "data": cfg["data"], "data_fingerprint": cfg["data_fingerprint"], "cache_file": "",
            "val_fraction": cfg["val_fraction"], "row_key": row_key(finetune=metrics["config_key"])}
+    added, report = False, None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with locked_out(path.parent, log=lambda m: None):
             if row["row_key"] not in {r.get("row_key") for r in read_rows(path)}:
                 append_row(path, row)
-                refresh_report(path.parent)
+                added = True
+                report = refresh_report(path.parent)
     except OSError as exc:
         raise UserInputError(f"cannot append to {path} ({exc.strerror or exc.__class__.__name__}); "
                              f"give a writable sweep directory or .csv as --append-to") from None
-    return path
+    return Appended(path, added, report)
 
 
 def sweep_defaults_for_finetune(target: "str | Path", values: dict) -> tuple[dict, list[str]]:

@@ -66,6 +66,8 @@ def test_append_to_uses_the_sweeps_image_size_and_validation_fraction(tmp_path):
     cfg = json.loads((tmp_path / "ft" / "metrics.json").read_text())["config"]
     # the sweep's, not 64/0.1/digits
     assert (cfg["image_size"], cfg["val_fraction"], cfg["data"]) == (32, 0.3, f"npz:{npz}")
+    sw = tmp_path / "sw"
+    assert f"refreshed the report: {sw / 'report.md'}, {sw / 'report.html'}" in out.stdout
     epochs = [l for l in out.stderr.splitlines() if l.startswith("epoch ") and "train loss" in l]
     assert len(epochs) == 2 and all("img/s" in l for l in epochs) and "ETA" in epochs[0]
     assert out.stdout.strip().splitlines()[-1].startswith(f"wrote {tmp_path / 'ft' / 'metrics.json'}; model file "

@@ -117,6 +117,33 @@ def test_train_layer_best_picks_the_recommended_layer_for_that_head(swept):
     assert bad.returncode == 2 and "no sweep results" in bad.stderr
 
 
+def test_train_layer_best_reuses_the_chosen_head_when_its_key_is_the_same_else_says_why(swept, monkeypatch):
+    import json
+
+    from transferlab import classifiers
+
+    tmp, _ = swept
+    chosen = tmp / "run" / "chosen_head"
+    meta = json.loads((chosen / "head.json").read_text())
+
+    def refit(*args, **kwargs):
+        raise AssertionError("refitted the head chosen_head/ holds")
+
+    monkeypatch.setattr(classifiers, "train_head", refit)
+    out = run_cli("train", "--features", tmp / "run", "--layer", "best", "--head", meta["head"], "--out", tmp / "re")
+    assert out.returncode == 0, out.stderr
+    assert f"reused {chosen}: the sweep's fit of this very head (same key), not refitted" in out.stderr
+    assert (tmp / "re" / "head.safetensors").read_bytes() == (chosen / "head.safetensors").read_bytes()
+    assert json.loads((tmp / "re" / "head.json").read_text()) == meta
+    assert f"test_accuracy={meta['test_accuracy']:.4f}" in out.stdout
+    monkeypatch.undo()
+    out = run_cli("train", "--features", tmp / "run", "--layer", "best", "--head", meta["head"], "--seed", "1",
+                  "--out", tmp / "seed1")
+    assert out.returncode == 0, out.stderr
+    assert f"refitting: {chosen} holds this layer and head fitted with another --seed (0, now 1)" in out.stderr
+    assert json.loads((tmp / "seed1" / "head.json").read_text())["seed"] == 1
+
+
 def test_html_report_embeds_every_picture_and_finetune_rows_add_a_bar_chart(swept):
     tmp, _ = swept
     out = tmp / "run"
@@ -143,11 +170,11 @@ def test_low_shot_sweep_draws_a_learning_curve_per_layer_group(tmp_path):
     res = transferlab.sweep(data=f"npz:{npz}", heads="knn", layers="bn1,blocks.2,bn2", image_size="32", shots="2,5",
                             out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), n_jobs=1, progress=False,
                             log=lambda m: None)
-    pts = learning_points(res["rows"])
+    pts = learning_points(res.summary["rows"])  # the rows as results.csv holds them
     rel = {r["layer"]: float(r["rel_depth"]) for r in res["rows"]}
     assert rel["bn1"] < 1 / 3 <= rel["blocks.2"] < 2 / 3 <= rel["bn2"]
     assert set(pts) == {("knn", "generic"), ("knn", "middle"), ("knn", "specialised")}
-    spec = {float(r["test_accuracy"]) for r in res["rows"] if r["layer"] == "bn2" and r["shots"] == "5"}
+    spec = {float(r["test_accuracy"]) for r in res["rows"] if r["layer"] == "bn2" and r["shots"] == 5}
     assert pts[("knn", "specialised")][-1][:2] == (5, pytest.approx(spec.pop()))
     assert (tmp_path / "run" / "learning_curve.png").stat().st_size > 0
     assert (tmp_path / "run" / "depth_vs_accuracy.png").is_file()  # the contract's plot: the 5-shot depth curve

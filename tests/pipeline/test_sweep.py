@@ -99,8 +99,8 @@ def test_low_shot_rows_use_k_examples_per_class(tiny_sweep):
     cfg = SweepConfig(**{**tiny_sweep, "heads": "knn", "layers": "bn2", "shots": "2,5"})
     rows = sweep(cfg, progress=False)["rows"]
     # the k drawn per class train; the 60 - 3k training rows not drawn validate (never test)
-    assert sorted((r["shots"], r["n_train"], r["n_val"]) for r in rows) == [("2", "6", "54"), ("5", "15", "45")]
-    assert all(r["val_accuracy"] != "" for r in rows)
+    assert sorted((r["shots"], r["n_train"], r["n_val"]) for r in rows) == [(2, 6, 54), (5, 15, 45)]
+    assert all(isinstance(r["val_accuracy"], float) for r in rows)
 
 
 def test_config_file_supplies_flags_and_unknown_keys_are_refused(tiny_sweep, tmp_path):
@@ -131,8 +131,15 @@ def test_finetune_appended_to_a_sweep_shows_in_its_report(tiny_sweep, tmp_path):
     sweep(cfg, progress=False)
     m = finetune(tiny_sweep["data"], "lite0", mode="head", out=tmp_path / "ft", epochs=1, image_size=32,
                  batch_size=16, progress=False)
-    append_finetune(tmp_path / "run", m)
-    append_finetune(tmp_path / "run", m)  # the same run twice adds one row
+    first = append_finetune(tmp_path / "run", m)
+    again = append_finetune(tmp_path / "run", m)  # the same run twice adds one row
+    run = tmp_path / "run"
+    assert first.added and first.report == run / "report.md" and first.message() == (
+        f"appended the fine-tuning row to {run / 'results.csv'}; refreshed the report: {run / 'report.md'}, "
+        f"{run / 'report.html'}")
+    assert not again.added and again.message().startswith(f"{run / 'results.csv'} already holds this run's row")
+    fresh = append_finetune(tmp_path / "fresh", m)  # no sweep there yet: nothing to refresh, and it says so
+    assert fresh.added and fresh.report is None and "no report refreshed" in fresh.message()
     rows = _rows(tmp_path / "run")
     ft = [r for r in rows if r["head"] == "finetune:head"]
     assert len(ft) == 1 and float(ft[0]["test_accuracy"]) == pytest.approx(m["test_accuracy"])
