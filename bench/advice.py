@@ -143,14 +143,14 @@ def measure_regimes(case: str, epochs: int, cache_dir: Path, rec: dict, layers: 
         out = SCRATCH / f"sweep_{record_name(case)}"
         summary = sweep(SweepConfig(data=spec, heads="logreg", image_size=str(px), out=str(out), layers=layers,
                                     cache_dir=str(cache_dir)), progress=False, log=lambda m: None)
-        rows = [r for r in summary["rows"] if r["weights"] == "imagenet" and not r["shots"]]
+        rows = [r for r in summary.summary["rows"] if r["weights"] == "imagenet" and not int(r["shots"] or 0)]
         last = max(rows, key=lambda r: int(r["depth"]))
         chosen = max(rows, key=lambda r: (float(r["val_accuracy"]), int(r["depth"])))
         regimes["linear-probe"] = {"layer": last["layer"], "val": float(last["val_accuracy"]),
                                    "test": float(last["test_accuracy"])}
         regimes["generic-features"] = {"layer": chosen["layer"], "val": float(chosen["val_accuracy"]),
                                        "test": float(chosen["test_accuracy"])}
-        rec["sizes"] = summary["class_counts"]
+        rec["sizes"] = summary.summary["class_counts"]
         rec["probe_layers"] = layers
         print(f"[{case}] probes done at {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     for regime, mode in (("fine-tune", "last:2"), ("from-scratch", "scratch")):

@@ -38,8 +38,8 @@ def main():
                                     out=out, cache_dir=str(Path(tmp) / "cache")), progress=False)
     print(f"sweep: {time.perf_counter() - t:.1f} s (extract {summary['timing']['extract_seconds']} s, "
           f"heads {summary['timing']['train_seconds']} s); report in {out}/report.md")
-    for b in best_per_curve(summary["rows"]):
-        print(f"{b['weights']:8s} best layer {b['best_layer']:9s} test {b['best_test']:.3f}   "
+    for b in best_per_curve(summary.summary["rows"]):  # the rows as results.csv holds them
+        print(f"{b['weights']:8s} chosen on validation {b['val_choice']:9s} test {b['val_choice_test']:.3f}   "
               f"last layer {b['last_layer']} {b['last_test']:.3f}")
 
 
