@@ -11,7 +11,7 @@ svm-rbf   ``SVC(kernel="rbf", gamma="scale")``, for small data        ``C``     
 logreg    multinomial L2 logistic regression (torch or scikit-learn)  ``C``           standardize
 ridge     least-squares probe (:mod:`.ridge`), one eigh for the grid   ``alpha``       standardize
 mlp       ``MLPClassifier``, one hidden layer, early stopping         ``alpha``       standardize
-knn       ``KNeighborsClassifier``, cosine, distance-weighted         ``n_neighbors`` l2
+knn       k-NN, cosine, distance-weighted; torch search (.fast_knn)   ``n_neighbors`` l2
 ========  ==========================================================  ==============  ============
 
 The logreg grid follows Kornblith et al. 2019 (C log-spaced over [1e-6, 1e5]: 12 values by default,
@@ -36,6 +36,7 @@ from sklearn.svm import SVC, LinearSVC
 
 from transferlab.util import UserInputError
 
+from .fast_knn import TorchKNeighborsClassifier
 from .fast_logreg import TorchLogisticRegression
 from .fast_svm import TorchLinearSVC
 from .preprocessing import check_preprocessing, make_preprocessing
@@ -206,7 +207,7 @@ def _knn(seed, n_neighbors=5, **params):
     params.setdefault("weights", "distance")
     params.setdefault("metric", "cosine")
     params.setdefault("algorithm", "brute")
-    return KNeighborsClassifier(n_neighbors=n_neighbors, **params)
+    return TorchKNeighborsClassifier(n_neighbors=n_neighbors, **params)
 
 
 def _logspace(lo, hi, n):

@@ -39,6 +39,7 @@ from sklearn.svm import SVC, LinearSVC
 
 from transferlab.util import UserInputError, library_versions, read_artifact, read_payload, save_artifact
 
+from .fast_knn import TorchKNeighborsClassifier
 from .fast_logreg import TorchLogisticRegression
 from .fast_svm import TorchLinearSVC
 from .preprocessing import ShrunkStandardScaler
@@ -52,7 +53,7 @@ _FIX = "retrain the head with `transferlab train --out {dir}`"
 
 SAFE_CLASSES = {cls.__name__: cls for cls in (
     Pipeline, Normalizer, StandardScaler, ShrunkStandardScaler, PCA, TorchLogisticRegression, TorchLinearSVC,
-    RidgeProbe, LogisticRegression, LinearSVC, SVC, MLPClassifier, KNeighborsClassifier)}
+    RidgeProbe, LogisticRegression, LinearSVC, SVC, MLPClassifier, KNeighborsClassifier, TorchKNeighborsClassifier)}
 """The estimators a head is saved as arrays with, by class name (exactly these classes, not subclasses)."""
 
 # fitted attributes that are not data: training state a loaded head never uses (dropped), or objects
@@ -71,7 +72,8 @@ def _neighbours_tree(est):
 
 
 _REBUILT = {("MLPClassifier", "_label_binarizer"): _label_binarizer,
-            ("KNeighborsClassifier", "_tree"): _neighbours_tree}
+            ("KNeighborsClassifier", "_tree"): _neighbours_tree,
+            ("TorchKNeighborsClassifier", "_tree"): _neighbours_tree}
 
 
 class _NotData(Exception):
