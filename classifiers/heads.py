@@ -10,7 +10,7 @@ svm       linear SVM, squared hinge, one-vs-rest (torch or sklearn)   ``C``     
 svm-rbf   ``SVC(kernel="rbf", gamma="scale")``, for small data        ``C``           standardize
 logreg    multinomial L2 logistic regression (torch or scikit-learn)  ``C``           standardize
 ridge     least-squares probe (:mod:`.ridge`), one eigh for the grid   ``alpha``       standardize
-mlp       ``MLPClassifier``, one hidden layer, early stopping         ``alpha``       standardize
+mlp       MLP, 256 hidden units, early stopping; torch (.fast_mlp)    ``alpha``       standardize
 knn       k-NN, cosine, distance-weighted; torch search (.fast_knn)   ``n_neighbors`` l2
 ========  ==========================================================  ==============  ============
 
@@ -38,6 +38,7 @@ from transferlab.util import UserInputError
 
 from .fast_knn import TorchKNeighborsClassifier
 from .fast_logreg import TorchLogisticRegression
+from .fast_mlp import TorchMLPClassifier
 from .fast_svm import TorchLinearSVC
 from .preprocessing import check_preprocessing, make_preprocessing
 from .ridge import RidgeProbe
@@ -197,10 +198,11 @@ def _ridge(seed, alpha=1.0, **params):
 
 
 def _mlp(seed, alpha=1e-4, **params):
-    params.setdefault("hidden_layer_sizes", (512,))
+    params.setdefault("hidden_layer_sizes", (256,))
     params.setdefault("early_stopping", True)
+    params.setdefault("n_iter_no_change", 2)
     params.setdefault("max_iter", 200)
-    return MLPClassifier(alpha=alpha, random_state=seed, **params)
+    return TorchMLPClassifier(alpha=alpha, random_state=seed, **params)
 
 
 def _knn(seed, n_neighbors=5, **params):
