@@ -3,7 +3,6 @@ import pytest
 from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
-from transferlab.classifiers import fast_mlp
 from transferlab.classifiers.fast_mlp import TorchMLPClassifier
 from transferlab.classifiers.heads import make_head
 from transferlab.classifiers.holdout import stratified_holdout
