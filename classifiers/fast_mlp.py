@@ -4,7 +4,7 @@
 ``predict`` and ``predict_proba``) whose ``adam`` training runs in torch: scikit-learn's
 initialisation (Glorot uniform), minibatches (``min(200, n)``, reshuffled every epoch), penalty
 (``alpha / 2 * ||W||^2`` per minibatch mean, intercepts unpenalised), Adam and early-stopping rule
-(best validation accuracy kept; stop after ``n_iter_no_change`` epochs without a gain of ``tol``).
+(best validation accuracy kept; stop once more than ``n_iter_no_change`` epochs in a row gained under ``tol``).
 Matrix products run in bfloat16 where the CPU has bfloat16 arithmetic (float32 weights and
 optimiser state), else in float32. Other solvers are scikit-learn's own ``fit``.
 

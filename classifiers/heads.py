@@ -200,7 +200,7 @@ def _ridge(seed, alpha=1.0, **params):
 def _mlp(seed, alpha=1e-4, **params):
     params.setdefault("hidden_layer_sizes", (256,))
     params.setdefault("early_stopping", True)
-    params.setdefault("n_iter_no_change", 2)
+    params.setdefault("n_iter_no_change", 1)
     params.setdefault("max_iter", 200)
     return TorchMLPClassifier(alpha=alpha, random_state=seed, **params)
 

@@ -83,6 +83,6 @@ def test_the_selection_refits_the_chosen_alpha_for_its_epochs_on_train_plus_val(
     template[-1].score_grid(grid, pre.transform(X), y, pre.transform(Xv), yv)
     assert head.n_iter_ == template[-1].refit_init(best)["epochs"]
     both = pre.fit(np.concatenate([X, Xv]))
-    sk = MLPClassifier((256,), alpha=best, early_stopping=True, n_iter_no_change=2, random_state=0)
+    sk = MLPClassifier((256,), alpha=best, early_stopping=True, n_iter_no_change=1, random_state=0)
     sk.fit(both.transform(np.concatenate([X, Xv])), np.concatenate([y, yv]))
     assert result.test_accuracy >= sk.score(both.transform(Xt), yt) - 0.03

@@ -37,7 +37,7 @@ DIRECT = {
     # adam trains in torch (tests/classifiers/test_fast_mlp.py); any other solver is scikit-learn's own fit
     "mlp": (dict(alpha=1e-3, hidden_layer_sizes=(32,), max_iter=300, head__solver="lbfgs"), lambda: make_pipeline(
         _shrunk_standardize(), MLPClassifier((32,), alpha=1e-3, early_stopping=True, max_iter=300, random_state=0,
-                                             solver="lbfgs", n_iter_no_change=2))),
+                                             solver="lbfgs", n_iter_no_change=1))),
 }
 
 
