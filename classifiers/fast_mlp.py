@@ -25,6 +25,7 @@ from sklearn.utils.validation import validate_data
 
 from .holdout import stratified_holdout
 
+STEP_WORK = 2.5e8  # multiply-adds per minibatch step below which training runs on one thread
 _ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "logistic": "sigmoid", "identity": None}
 
 
@@ -146,46 +147,61 @@ def _train(est, alphas, X, codes, n_classes, X_val, val_codes, epochs):
                     A = act(A)
         return A.float()
 
-    runs = []
-    for alpha in alphas:
-        params = [(W.clone().requires_grad_(), b.clone().requires_grad_()) for W, b in init]
-        # the penalty's gradient, alpha W / rows, is Adam's L2 term on the weights (not the intercepts)
-        opt = torch.optim.Adam([{"params": [W for W, _ in params]}, {"params": [b for _, b in params]}],
-                               lr=est.learning_rate_init, betas=(est.beta_1, est.beta_2), eps=est.epsilon, fused=True)
-        order = torch.Generator().manual_seed(seed + 1)  # the same minibatches for every alpha
-        losses, val_scores, best, best_epoch, stall, steps = [], [], -np.inf, 0, 0, 0
-        best_loss, kept = np.inf, None
-        for epoch in range(n_epochs):
-            total, perm = 0.0, torch.randperm(n, generator=order) if est.shuffle else torch.arange(n)
-            for start in range(0, n, batch):
-                rows = perm[start:start + batch]
-                loss = torch.nn.functional.cross_entropy(forward(Xt[rows], params), yt[rows])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.param_groups[0]["weight_decay"] = alpha / len(rows)
-                opt.step()
-                total += loss.item() * len(rows)
-                steps += 1
-            with torch.no_grad():  # the epoch's loss as scikit-learn reports it: data term plus the penalty
-                total += 0.5 * alpha * sum(float((W * W).sum()) for W, _ in params) * -(-n // batch)
-            losses.append(total / n)
-            if epochs is not None:
-                continue
-            if Xv is not None:
-                with torch.no_grad():
-                    score = float((forward(Xv, params, nullcontext()).argmax(1).numpy() == val_codes).mean())
-                val_scores.append(score)
-                stall = stall + 1 if score < best + est.tol else 0
-                if score > best:
-                    best, best_epoch = score, epoch + 1
-                    kept = [(W.detach().clone(), b.detach().clone()) for W, b in params]
-            else:
-                stall = stall + 1 if losses[-1] > best_loss - est.tol else 0
-                best_loss = min(best_loss, losses[-1])
-            if stall > est.n_iter_no_change:
-                break
-        kept = kept or [(W.detach(), b.detach()) for W, b in params]
-        runs.append({"coefs": [W.numpy().copy() for W, _ in kept], "intercepts": [b.numpy().copy() for _, b in kept],
-                     "losses": losses, "val_scores": val_scores, "best_score": best if val_scores else None,
-                     "best_epoch": best_epoch if val_scores else len(losses), "epochs": len(losses), "steps": steps})
-    return runs
+    # a minibatch step is many short operations: on a shared machine, threads handing them off cost more than
+    # the products gain
+    step_work = batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    previous_threads = torch.get_num_threads()
+    if step_work < STEP_WORK:
+        torch.set_num_threads(1)
+    try:
+        return [_train_one(est, alpha, init, seed, X, Xt, yt, Xv, val_codes, batch, n_epochs, epochs, forward)
+                for alpha in alphas]
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train_one(est, alpha, init, seed, X, Xt, yt, Xv, val_codes, batch, n_epochs, epochs, forward):
+    """One network of :func:`_train`: its kept weights and curves."""
+    import torch
+
+    n = X.shape[0]
+    params = [(W.clone().requires_grad_(), b.clone().requires_grad_()) for W, b in init]
+    # the penalty's gradient, alpha W / rows, is Adam's L2 term on the weights (not the intercepts)
+    opt = torch.optim.Adam([{"params": [W for W, _ in params]}, {"params": [b for _, b in params]}],
+                           lr=est.learning_rate_init, betas=(est.beta_1, est.beta_2), eps=est.epsilon, fused=True)
+    order = torch.Generator().manual_seed(seed + 1)  # the same minibatches for every alpha
+    losses, val_scores, best, best_epoch, stall, steps = [], [], -np.inf, 0, 0, 0
+    best_loss, kept = np.inf, None
+    for epoch in range(n_epochs):
+        total, perm = 0.0, torch.randperm(n, generator=order) if est.shuffle else torch.arange(n)
+        for start in range(0, n, batch):
+            rows = perm[start:start + batch]
+            loss = torch.nn.functional.cross_entropy(forward(Xt[rows], params), yt[rows])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.param_groups[0]["weight_decay"] = alpha / len(rows)
+            opt.step()
+            total += loss.item() * len(rows)
+            steps += 1
+        with torch.no_grad():  # the epoch's loss as scikit-learn reports it: data term plus the penalty
+            total += 0.5 * alpha * sum(float((W * W).sum()) for W, _ in params) * -(-n // batch)
+        losses.append(total / n)
+        if epochs is not None:
+            continue
+        if Xv is not None:
+            with torch.no_grad():
+                score = float((forward(Xv, params, nullcontext()).argmax(1).numpy() == val_codes).mean())
+            val_scores.append(score)
+            stall = stall + 1 if score < best + est.tol else 0
+            if score > best:
+                best, best_epoch = score, epoch + 1
+                kept = [(W.detach().clone(), b.detach().clone()) for W, b in params]
+        else:
+            stall = stall + 1 if losses[-1] > best_loss - est.tol else 0
+            best_loss = min(best_loss, losses[-1])
+        if stall > est.n_iter_no_change:
+            break
+    kept = kept or [(W.detach(), b.detach()) for W, b in params]
+    return {"coefs": [W.numpy().copy() for W, _ in kept], "intercepts": [b.numpy().copy() for _, b in kept],
+            "losses": losses, "val_scores": val_scores, "best_score": best if val_scores else None,
+            "best_epoch": best_epoch if val_scores else len(losses), "epochs": len(losses), "steps": steps}
