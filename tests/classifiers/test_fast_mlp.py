@@ -3,6 +3,7 @@ import pytest
 from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import StandardScaler
 
+from transferlab.classifiers import fast_mlp
 from transferlab.classifiers.fast_mlp import TorchMLPClassifier
 from transferlab.classifiers.heads import make_head
 from transferlab.classifiers.holdout import stratified_holdout
@@ -86,3 +87,29 @@ def test_the_selection_refits_the_chosen_alpha_for_its_epochs_on_train_plus_val(
     sk = MLPClassifier((256,), alpha=best, early_stopping=True, n_iter_no_change=1, random_state=0)
     sk.fit(both.transform(np.concatenate([X, Xv])), np.concatenate([y, yv]))
     assert result.test_accuracy >= sk.score(both.transform(Xt), yt) - 0.03
+
+
+def test_small_minibatch_steps_train_on_one_thread_and_the_count_is_restored(rows, monkeypatch):
+    import torch
+
+    X, y, _, _, _, _ = rows
+    seen, real = [], fast_mlp._train_one
+    monkeypatch.setattr(fast_mlp, "_train_one", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        TorchMLPClassifier((32,), random_state=0, max_iter=2).fit(X, y)
+        monkeypatch.setattr(fast_mlp, "STEP_WORK", 0)
+        TorchMLPClassifier((32,), random_state=0, max_iter=2).fit(X, y)
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_without_bfloat16_products_it_trains_in_float32(rows, monkeypatch):
+    X, y, _, _, Xt, yt = rows
+    monkeypatch.setattr(fast_mlp, "bfloat16_products", lambda: False)
+    ours = TorchMLPClassifier((32,), random_state=0, max_iter=30).fit(X, y)
+    assert ours.n_iter_ <= 30 and ours.best_loss_ == min(ours.loss_curve_) and ours.score(Xt, yt) > 0.4  # chance: 0.1
+    again = TorchMLPClassifier((32,), random_state=0, max_iter=30).fit(X, y)
+    np.testing.assert_array_equal(ours.coefs_[0], again.coefs_[0])  # seeded: the same network
