@@ -48,8 +48,8 @@ HEADS = {  # head -> (grid, target ratio; None = report only)
     "logreg": ("full 45-value C grid", True, 1.0),
     "svm": ("5-value C grid", False, 1.0),
     "ridge": ("full 45-value alpha grid", True, None),
-    "knn": ("5-value k grid", False, None),
-    "mlp": ("5-value alpha grid", False, None),
+    "knn": ("5-value k grid", False, 1.0),
+    "mlp": ("5-value alpha grid", False, 1.0),
 }
 
 

@@ -118,14 +118,16 @@ def _heads(quick, state, previous) -> list:
         rows.append({"figure": "logreg at 100 classes", "skipped": str(exc)})
     # the slow references last, so a run cut short keeps the main figures
     rows += hf.heads(small, "5,000 x 1,280 (CIFAR-10 small)", names=("mlp",))
+    if big is not None:
+        rows += hf.heads(big, "50,000 x 1,280 (CIFAR-10 full)", names=("mlp",))
     rows += hf.logreg_grid_in_sklearn(small, "5,000 x 1,280")
     return rows
 
 
 def _threads(quick, state, previous) -> list:
-    """The logreg head against scikit-learn at 1 thread and at every core, same rows: the ratio moves
-    with the thread count (scikit-learn's OpenBLAS fit gains little from a second core, or loses when
-    another job holds it; the batched torch solve gains more)."""
+    """The logreg, kNN and MLP heads against scikit-learn at 1 thread and at every core, same rows: the
+    ratio moves with the thread count (scikit-learn's OpenBLAS fit gains little from a second core, or
+    loses when another job holds it; the torch solves gain more). The MLP at 5,000 rows only."""
     import os
 
     import head_figures as hf
@@ -140,7 +142,8 @@ def _threads(quick, state, previous) -> list:
             torch.set_num_threads(n)
             with threadpool_limits(n):
                 for path, label in sets:
-                    rows += hf.heads(path, f"{label}, {n} thread(s)", names=("logreg",))
+                    names = ("logreg", "knn") + (("mlp",) if path == small else ())
+                    rows += hf.heads(path, f"{label}, {n} thread(s)", names=names)
     finally:
         torch.set_num_threads(before)
     return rows

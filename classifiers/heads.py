@@ -10,8 +10,8 @@ svm       linear SVM, squared hinge, one-vs-rest (torch or sklearn)   ``C``     
 svm-rbf   ``SVC(kernel="rbf", gamma="scale")``, for small data        ``C``           standardize
 logreg    multinomial L2 logistic regression (torch or scikit-learn)  ``C``           standardize
 ridge     least-squares probe (:mod:`.ridge`), one eigh for the grid   ``alpha``       standardize
-mlp       ``MLPClassifier``, one hidden layer, early stopping         ``alpha``       standardize
-knn       ``KNeighborsClassifier``, cosine, distance-weighted         ``n_neighbors`` l2
+mlp       MLP, 256 hidden units, early stopping; torch (.fast_mlp)    ``alpha``       standardize
+knn       k-NN, cosine, distance-weighted; torch search (.fast_knn)   ``n_neighbors`` l2
 ========  ==========================================================  ==============  ============
 
 The logreg grid follows Kornblith et al. 2019 (C log-spaced over [1e-6, 1e5]: 12 values by default,
@@ -36,7 +36,9 @@ from sklearn.svm import SVC, LinearSVC
 
 from transferlab.util import UserInputError
 
+from .fast_knn import TorchKNeighborsClassifier
 from .fast_logreg import TorchLogisticRegression
+from .fast_mlp import TorchMLPClassifier
 from .fast_svm import TorchLinearSVC
 from .preprocessing import check_preprocessing, make_preprocessing
 from .ridge import RidgeProbe
@@ -196,17 +198,18 @@ def _ridge(seed, alpha=1.0, **params):
 
 
 def _mlp(seed, alpha=1e-4, **params):
-    params.setdefault("hidden_layer_sizes", (512,))
+    params.setdefault("hidden_layer_sizes", (256,))
     params.setdefault("early_stopping", True)
+    params.setdefault("n_iter_no_change", 1)
     params.setdefault("max_iter", 200)
-    return MLPClassifier(alpha=alpha, random_state=seed, **params)
+    return TorchMLPClassifier(alpha=alpha, random_state=seed, **params)
 
 
 def _knn(seed, n_neighbors=5, **params):
     params.setdefault("weights", "distance")
     params.setdefault("metric", "cosine")
     params.setdefault("algorithm", "brute")
-    return KNeighborsClassifier(n_neighbors=n_neighbors, **params)
+    return TorchKNeighborsClassifier(n_neighbors=n_neighbors, **params)
 
 
 def _logspace(lo, hi, n):

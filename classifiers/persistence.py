@@ -39,7 +39,9 @@ from sklearn.svm import SVC, LinearSVC
 
 from transferlab.util import UserInputError, library_versions, read_artifact, read_payload, save_artifact
 
+from .fast_knn import TorchKNeighborsClassifier
 from .fast_logreg import TorchLogisticRegression
+from .fast_mlp import TorchMLPClassifier
 from .fast_svm import TorchLinearSVC
 from .preprocessing import ShrunkStandardScaler
 from .ridge import RidgeProbe
@@ -52,12 +54,13 @@ _FIX = "retrain the head with `transferlab train --out {dir}`"
 
 SAFE_CLASSES = {cls.__name__: cls for cls in (
     Pipeline, Normalizer, StandardScaler, ShrunkStandardScaler, PCA, TorchLogisticRegression, TorchLinearSVC,
-    RidgeProbe, LogisticRegression, LinearSVC, SVC, MLPClassifier, KNeighborsClassifier)}
+    RidgeProbe, LogisticRegression, LinearSVC, SVC, MLPClassifier, KNeighborsClassifier, TorchKNeighborsClassifier,
+    TorchMLPClassifier)}
 """The estimators a head is saved as arrays with, by class name (exactly these classes, not subclasses)."""
 
 # fitted attributes that are not data: training state a loaded head never uses (dropped), or objects
 # rebuilt from the data after the rest is set
-_DROPPED = {"MLPClassifier": {"_optimizer", "_random_state"},
+_DROPPED = {"MLPClassifier": {"_optimizer", "_random_state"}, "TorchMLPClassifier": {"_optimizer", "_random_state"},
             "TorchLogisticRegression": {"_solutions", "_preconditioner"},
             "TorchLinearSVC": {"_solutions", "_preconditioner"}}
 
@@ -71,7 +74,9 @@ def _neighbours_tree(est):
 
 
 _REBUILT = {("MLPClassifier", "_label_binarizer"): _label_binarizer,
-            ("KNeighborsClassifier", "_tree"): _neighbours_tree}
+            ("TorchMLPClassifier", "_label_binarizer"): _label_binarizer,
+            ("KNeighborsClassifier", "_tree"): _neighbours_tree,
+            ("TorchKNeighborsClassifier", "_tree"): _neighbours_tree}
 
 
 class _NotData(Exception):

@@ -34,8 +34,10 @@ DIRECT = {
     "svm-rbf": (dict(C=10.0), lambda: make_pipeline(_shrunk_standardize(), SVC(C=10.0, gamma="scale", random_state=0))),
     "knn": (dict(n_neighbors=3), lambda: make_pipeline(
         Normalizer(), KNeighborsClassifier(3, weights="distance", metric="cosine", algorithm="brute"))),
-    "mlp": (dict(alpha=1e-3, hidden_layer_sizes=(32,), max_iter=300), lambda: make_pipeline(
-        _shrunk_standardize(), MLPClassifier((32,), alpha=1e-3, early_stopping=True, max_iter=300, random_state=0))),
+    # adam trains in torch (tests/classifiers/test_fast_mlp.py); any other solver is scikit-learn's own fit
+    "mlp": (dict(alpha=1e-3, hidden_layer_sizes=(32,), max_iter=300, head__solver="lbfgs"), lambda: make_pipeline(
+        _shrunk_standardize(), MLPClassifier((32,), alpha=1e-3, early_stopping=True, max_iter=300, random_state=0,
+                                             solver="lbfgs", n_iter_no_change=1))),
 }
 
 
@@ -43,7 +45,8 @@ DIRECT = {
 def test_head_predicts_like_a_direct_sklearn_fit(name, digits_arrays):
     X, y, Xt, yt = digits_arrays
     params, direct = DIRECT[name]
-    ours = make_head(name, seed=0, **params).fit(X, y)
+    ours = make_head(name, seed=0, **{k: v for k, v in params.items() if not k.startswith("head__")})
+    ours = ours.set_params(**{k: v for k, v in params.items() if k.startswith("head__")}).fit(X, y)
     ref = direct().fit(X, y)
     np.testing.assert_array_equal(ours.predict(Xt), ref.predict(Xt))
     assert ours.score(Xt, yt) == ref.score(Xt, yt)

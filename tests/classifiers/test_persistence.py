@@ -91,7 +91,7 @@ def test_saved_head_records_its_hashes_versions_and_no_temporary_files(saved):
     assert meta["versions"] == library_versions()
     assert {"python", "numpy", "scikit-learn", "joblib", "torch"} <= set(meta["versions"])
     assert meta["estimator"]["class"] == "Pipeline" and [s["class"] for s in meta["estimator"]["steps"]] == [
-        "Normalizer", "KNeighborsClassifier"]
+        "Normalizer", "TorchKNeighborsClassifier"]
     assert sorted(p.name for p in folder.iterdir()) == ["head.json", "head.safetensors"]  # no temp files left
 
 
