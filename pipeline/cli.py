@@ -363,8 +363,15 @@ def _plan_finetune(a) -> str:
             + (f" -> {a.out}" if getattr(a, "out", None) else "") + "; loading the data and the network first")
 
 
+def _plan_layers(a) -> str:
+    from transferlab.features.spec import ExtractionSpec
+
+    ExtractionSpec(a.backbone, a.weights, a.seed, a.image_size, a.pool, a.dtype)  # refused before the line
+    return f"layers: building {a.backbone} ({a.weights}) to list its layers at {a.image_size} px"
+
+
 PLANS = {
-    "layers": lambda a: f"layers: building {a.backbone} ({a.weights}) to list its layers at {a.image_size} px",
+    "layers": _plan_layers,
     "extract": lambda a: (f"extract: {a.data} through {a.backbone} ({a.weights}), layers {a.layers}, pooling "
                           f"{a.pool}, image size {a.image_size} -> the feature cache (what it holds is reused)"),
     "train": lambda a: (f"train: a {a.head} head on "
