@@ -384,7 +384,8 @@ PLANS = {
                          + ("kNN, LogME, " if a.scores else "") + "a learning curve and the decision"),
     "finetune": _plan_finetune,
 }
-"""Each command's first line, from its parsed flags alone: no stage is imported to write it."""
+"""Each command's first line, from its parsed flags (predict: the files and folder they name); writing it
+imports no torch, scikit-learn or h5py."""
 
 
 def plan(a) -> "str | None":
