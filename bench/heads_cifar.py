@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transferlab.classifiers import train_head  # noqa: E402
 from transferlab.features import extract  # noqa: E402
 from transferlab.features.cache import load_split  # noqa: E402
-from transferlab.pipeline.predict import predict  # noqa: E402
+from transferlab.pipeline.predict import predict_rows  # noqa: E402
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_small.npz"
 
@@ -75,7 +75,7 @@ def main():
         import json
         reported = json.loads((head_dir / "head.json").read_text())["test_accuracy"]
         t = time.perf_counter()
-        rows = predict(head_dir, files, batch_size=100, progress=False)
+        rows = predict_rows(head_dir, files, batch_size=100, progress=False)
         acc = float(np.mean([r["label"] == int(lab) for r, lab in zip(rows, y)]))
         print(f"predict on {len(files)} PNG files ({layers[0]}, logreg): accuracy {acc:.4f} vs reported "
               f"{reported:.4f} ({time.perf_counter() - t:.1f} s)")

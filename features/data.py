@@ -282,6 +282,10 @@ def load_dataset(spec: "str | Dataset", root: str | Path | None = None, seed: in
             return load_folder_data(rest, test_fraction=test_fraction, seed=seed, fingerprint=fingerprint)
         if kind == "torchvision":
             return load_torchvision_data(rest, Path(root) if root else default_data_root())
+    if Path(str(spec)).expanduser().is_file() and Path(str(spec)).suffix.lower() in IMAGE_EXTENSIONS:
+        raise UserInputError(
+            f"--data {spec} is one image; --data wants a folder of class folders (PATH/<class>/*) or an .npz "
+            f"file; to classify single images, use `transferlab predict --model DIR IMAGE...`")
     raise UserInputError(
         f"unknown data spec '{spec}' (and no such folder or .npz file); use digits, npz:PATH, folder:PATH "
         f"or torchvision:NAME")

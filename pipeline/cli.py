@@ -1,6 +1,9 @@
 """``transferlab`` command line: each subcommand parses, calls one function of the Python API, prints.
 
 Errors the user can fix (:class:`transferlab.UserInputError`) print one line and exit 2.
+First line rule: every command that loads a model or data says on stderr what it will do (:func:`plan`)
+before it imports torch, scikit-learn or h5py (``--quiet`` leaves it out); this module and
+:mod:`.cli_args` import none of them at the top (``tests/pipeline/test_first_line.py``).
 Conventions shared by every subcommand: ``--quiet`` (no progress bars), ``--workers N``
 (parallel workers of what the subcommand parallelises; the old ``--n-jobs`` and ``--num-workers``
 still work), ``--help`` shows an example and every default, ``transferlab --version``.
@@ -20,7 +23,9 @@ from .cli_args import (
     CACHE_DIR_HELP,
     CATALOG,
     DATA_HELP,
+    FINETUNE,
     PREDICT,
+    SWEEP,
     TRAIN,
     ApiDefault,
     HelpFormatter,
@@ -35,6 +40,7 @@ from .cli_args import (
     add_workers,
     image_size_arg,
     positive_int,
+    show,
 )
 
 
@@ -190,10 +196,11 @@ def cmd_train(a):
 
 
 def cmd_predict(a):
-    from .predict import format_line, predict
+    from .predict import format_line, predict_rows
 
-    rows = predict(a.model, a.images, batch_size=a.batch_size, device=a.device, progress=not (a.json or a.quiet),
-                   top_k=a.top_k, strict=a.strict, out=a.out, allow_pickle=a.allow_pickle)
+    rows = predict_rows(a.model, a.images, batch_size=a.batch_size, device=a.device,
+                        progress=not (a.json or a.quiet), top_k=a.top_k, strict=a.strict, out=a.out,
+                        allow_pickle=a.allow_pickle)
     failed = [r for r in rows if "error" in r]
     if failed and len(failed) == len(rows):
         raise UserInputError(f"no image could be read: {failed[0]['error']}")
@@ -333,6 +340,67 @@ def cmd_advise(a):
     print(f"next: {adv.next_command}")
 
 
+def _value(a, name: str, source: str):
+    """A flag's value, or for a flag left out (sweep, finetune) the API's default (a literal read from source)."""
+    value = getattr(a, name, None)
+    return show(ApiDefault(source, name).value if value is None else value)
+
+
+def _plan_predict(a) -> str:
+    from .predict import expand_images, find_model
+
+    a.images, a.model = expand_images(a.images), find_model(a.model)  # found once: the command uses these
+    return (f"predict: {len(a.images)} image(s) with the model in {a.model}: loading it (torch and the backbone), "
+            f"then classifying in batches of {a.batch_size}")
+
+
+def _plan_sweep(a) -> str:
+    v = {k: _value(a, k, SWEEP) for k in ("data", "backbone", "weights", "layers", "heads", "out")}
+    shots = f", {a.shots}-shot" if a.shots else ""
+    return (f"sweep: {v['data']} -> {v['out']}: {v['backbone']} ({v['weights']}) layers {v['layers']}, heads "
+            f"{v['heads']}{shots}; extracts the features the cache lacks, fits the rows results.csv lacks, then "
+            f"decides and writes the report")
+
+
+def _plan_finetune(a) -> str:
+    v = {k: _value(a, k, FINETUNE) for k in ("data", "backbone", "weights", "mode", "epochs")}
+    data = f"{v['data']} (the sweep's, from {a.append_to})" if a.append_to and not getattr(a, "data", None) \
+        else v["data"]
+    return (f"finetune: {data} with {v['backbone']} ({v['weights']}), mode {v['mode']}, {v['epochs']} epoch(s)"
+            + (f" -> {a.out}" if getattr(a, "out", None) else "") + "; loading the data and the network first")
+
+
+def _plan_layers(a) -> str:
+    from transferlab.features.spec import ExtractionSpec
+
+    ExtractionSpec(a.backbone, a.weights, a.seed, a.image_size, a.pool, a.dtype)  # refused before the line
+    return f"layers: building {a.backbone} ({a.weights}) to list its layers at {a.image_size} px"
+
+
+PLANS = {
+    "layers": _plan_layers,
+    "extract": lambda a: (f"extract: {a.data} through {a.backbone} ({a.weights}), layers {a.layers}, pooling "
+                          f"{a.pool}, image size {a.image_size} -> the feature cache (what it holds is reused)"),
+    "train": lambda a: (f"train: a {a.head} head on "
+                        + ("the layer the sweep recommends" if a.layer == "best" else f"layer {a.layer}")
+                        + f" of {a.features}: a validation grid, then a refit on train"),
+    "predict": _plan_predict,
+    "sweep": _plan_sweep,
+    "advise": lambda a: (f"advise: {a.data} with {a.backbone}: features of up to {a.max_train} training and "
+                         f"{a.max_val} validation images, imagenet{' and random' if a.random else ''} weights, then "
+                         + ("kNN, LogME, " if a.scores else "") + "a learning curve and the decision"),
+    "finetune": _plan_finetune,
+}
+"""Each command's first line, from its parsed flags (predict: the files and folder they name); writing it
+imports no torch, scikit-learn or h5py."""
+
+
+def plan(a) -> "str | None":
+    """The first line of a command (None for the light ones: ``cache``), from its flags."""
+    make = PLANS.get(a.command)
+    return make(a) if make else None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from transferlab import __version__
 
@@ -451,6 +519,9 @@ def main(argv=None) -> int:
             from .config import apply_config
 
             args = apply_config(args, args.config)
+        line = plan(args)
+        if line and not getattr(args, "quiet", False):
+            print(line, file=sys.stderr, flush=True)
         args.func(args)
     except SystemExit as exc:  # a command's own status (cache verify: damage found; predict: files skipped)
         return exc.code if isinstance(exc.code, int) else 1

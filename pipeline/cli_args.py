@@ -42,12 +42,41 @@ def _module_source_tree(module: str):
     return ast.parse(Path(spec.origin).read_text()) if spec and spec.origin else ast.Module(body=[])
 
 
-def _literal_keyword_default(module: str, func: str, name: str):
-    """A function's keyword default read from its module's source when it is a literal, without importing
-    the module (a stage that imports torch), so ``--help`` stays light; LookupError when it is not."""
+def _literal_field_default(node, name: str):
+    """A dataclass field's default in its class body: ``name: T = LITERAL``, ``field(default=LITERAL)`` or
+    ``field(default_factory=lambda: LITERAL)``; LookupError when it is anything else."""
+    import ast
+
+    for stmt in node.body:
+        if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name) and stmt.target.id == name:
+            value = stmt.value
+            if isinstance(value, ast.Call) and getattr(value.func, "id", None) == "field":
+                kw = {k.arg: k.value for k in value.keywords}
+                value = kw.get("default") or getattr(kw.get("default_factory"), "body", None)
+            try:
+                return ast.literal_eval(value)
+            except (ValueError, TypeError, SyntaxError):
+                break
+    raise LookupError(name)
+
+
+def literal_default(module: str, func: str, name: "str | None"):
+    """A function's keyword default, a dataclass field's, or with no ``name`` a module constant, read from
+    its module's source when it is a literal, without importing the module (a stage that imports torch),
+    so ``--help``, a parse and the first line stay light; LookupError when it is not."""
     import ast
 
     for node in _module_source_tree(module).body:
+        if name is None:
+            if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                    and getattr(node.targets[0], "id", None) == func):
+                try:
+                    return ast.literal_eval(node.value)
+                except ValueError:
+                    break
+            continue
+        if isinstance(node, ast.ClassDef) and node.name == func:
+            return _literal_field_default(node, name)
         if isinstance(node, ast.FunctionDef) and node.name == func:
             a = node.args
             positional = a.posonlyargs + a.args
@@ -65,8 +94,8 @@ def _literal_keyword_default(module: str, func: str, name: str):
 class ApiDefault:
     """The default of ``name`` in ``source`` (``"module:attr"``: a dataclass field, a function's keyword,
     or with no ``name`` the attribute itself), read on first use: building the parser imports no stage,
-    and ``--help`` or a parse reads the value from where the API keeps it (a function's literal keyword
-    from its source, anything else by importing it)."""
+    and ``--help`` or a parse reads the value from where the API keeps it (a literal from its source,
+    anything else by importing it)."""
 
     def __init__(self, source: str, name: str | None = None):
         self.source, self.name = source, name
@@ -78,11 +107,10 @@ class ApiDefault:
         import inspect
 
         module, _, attr = self.source.partition(":")
-        if self.name is not None:
-            try:
-                return _literal_keyword_default(module, attr, self.name)
-            except LookupError:
-                pass
+        try:
+            return literal_default(module, attr, self.name)
+        except LookupError:
+            pass
         obj = getattr(importlib.import_module(module), attr)
         if self.name is None:
             return obj
@@ -103,7 +131,7 @@ class Parser(argparse.ArgumentParser):
     the :class:`ApiDefault` of every flag left out replaced by its value."""
 
     def error(self, message):
-        self.exit(2, f"error: {self.prog}: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"error: {self.prog}: {message}{did_you_mean(message)} (see `{self.prog} --help`)\n")
 
     def parse_known_args(self, args=None, namespace=None):
         namespace, rest = super().parse_known_args(args, namespace)
@@ -111,6 +139,20 @@ class Parser(argparse.ArgumentParser):
             if isinstance(v, ApiDefault):
                 setattr(namespace, k, v.value)
         return namespace, rest
+
+
+def did_you_mean(message: str) -> str:
+    """``; did you mean `sweep`?`` for argparse's "invalid choice: 'swep' (choose from ...)" when a choice
+    is close to what was typed, else ''."""
+    import difflib
+    import re
+
+    m = re.search(r"invalid choice: '?(.*?)'? \(choose from (.*)\)$", message)
+    if not m:
+        return ""
+    choices = [c.strip(" '\"") for c in m.group(2).split(",")]
+    close = difflib.get_close_matches(m.group(1), choices, n=1, cutoff=0.6)
+    return f"; did you mean `{close[0]}`?" if close else ""
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -24,9 +24,17 @@ formula (OWASP's CSV injection advice; the JSON lists start with ``[``). The pri
 (:func:`format_line`) are tab-separated with a backslash, tab, newline or carriage return in a path
 or class name written as ``\\\\``, ``\\t``, ``\\n``, ``\\r``.
 
+:func:`predict` returns these columns as a DataFrame (lists for the top classes and scores, missing
+values for the score a model does not give and for no error); :func:`predict_rows` the rows as dicts
+(what ``--json`` prints).
+
 Integrity rule of ``--out predictions.csv``: written whole and atomically
 (:func:`transferlab.util.atomic_write`) after every image is classified; a crash or a full disk
 leaves no file or the previous one, never a half-written table.
+
+Imports rule: torch, the backbone and the head's libraries are imported when a model is loaded, so
+:func:`expand_images` (the command's first line) imports none of them
+(``tests/pipeline/test_first_line.py``).
 """
 from __future__ import annotations
 
@@ -36,13 +44,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm.auto import tqdm
 
-from transferlab.features import ExtractionSpec, FeatureTap, UserInputError, build_backbone, resolve_device
-from transferlab.features.data import IMAGE_EXTENSIONS
-from transferlab.features.preprocess import preprocess_image, read_image
-from transferlab.util import atomic_write
+from transferlab.features.dataset import IMAGE_EXTENSIONS
+from transferlab.util import UserInputError, atomic_write
 
 CSV_COLUMNS = ["path", "class", "probability", "margin", "top_classes", "top_scores", "error"]
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may read as the start of a formula
@@ -93,6 +97,11 @@ def head_scores(head, feats: np.ndarray) -> tuple[np.ndarray, str]:
 def _run(paths, batch_size, progress, strict, classify, spec) -> list[dict]:
     """Classify in batches, each image prepared as ``spec`` says (the size, mean, std and interpolation
     the model was trained with); unreadable files become error rows (or stop the run when ``strict``)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from transferlab.features.preprocess import preprocess_image, read_image
+
     rows = []
     for s in tqdm(range(0, len(paths), batch_size), disable=not progress or len(paths) <= batch_size,
                   desc="predict", unit="batch"):
@@ -113,9 +122,50 @@ def _run(paths, batch_size, progress, strict, classify, spec) -> list[dict]:
     return sorted(rows, key=lambda r: order[r["path"]])
 
 
+MODEL_KINDS = ("a `train --out` folder (head.json), a sweep folder (its chosen_head/) or a `finetune --out` "
+               "folder (model.json)")
+
+
+def find_model(model_dir) -> Path:
+    """The folder that holds the model ``--model`` names: itself, or a sweep folder's ``chosen_head/``;
+    refused with the three kinds it may be when it holds none."""
+    model_dir = Path(model_dir).expanduser()
+    for folder in (model_dir, model_dir / "chosen_head"):
+        if (folder / "head.json").is_file() or (folder / "model.json").is_file():
+            return folder
+    what = "does not exist" if not model_dir.exists() else "holds no saved model"
+    raise UserInputError(f"--model {model_dir} {what}: give {MODEL_KINDS}")
+
+
+def predict_rows(model_dir, images, batch_size: int = 32, device: str = "auto", progress: bool = True,
+                 top_k: int = 3, strict: bool = False, out=None, allow_pickle: bool = False) -> list[dict]:
+    """Classify image files and folders; one dict per image, in input order (:func:`predict` as dicts).
+
+    Returns
+    -------
+    list of dict
+        ``path, class, label, score_kind ("probability" or "margin"), score, top_k`` (a list of
+        ``(class, score)``), or ``path, error`` for an unreadable file.
+    """
+    if int(top_k) < 1:
+        raise UserInputError(f"--top-k {top_k} must be at least 1")
+    paths = expand_images(images)
+    model_dir = find_model(model_dir)
+    if (model_dir / "model.json").is_file() and not (model_dir / "head.json").is_file():
+        rows = _predict_finetuned(model_dir, paths, batch_size, device, progress, top_k, strict)
+    else:
+        from transferlab.classifiers import load_head
+
+        rows = _predict_head(load_head(model_dir, allow_pickle=allow_pickle), model_dir, paths, batch_size, device,
+                             progress, top_k, strict)
+    if out is not None:
+        write_predictions(out, rows)
+    return rows
+
+
 def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progress: bool = True,
-            top_k: int = 3, strict: bool = False, out=None, allow_pickle: bool = False) -> list[dict]:
-    """Classify image files and folders; one dict per image, in input order.
+            top_k: int = 3, strict: bool = False, out=None, allow_pickle: bool = False):
+    """Classify image files and folders: a DataFrame, one row per image in input order.
 
     Parameters
     ----------
@@ -124,7 +174,7 @@ def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progr
     images : list of paths
         Image files and folders (recursive).
     top_k : int
-        How many classes (best first) each row's ``top_k`` holds.
+        How many classes (best first) each row's ``top_classes`` holds.
     strict : bool
         Stop at the first unreadable file instead of recording it as an error row.
     out : path, optional
@@ -135,29 +185,23 @@ def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progr
 
     Returns
     -------
-    list of dict
-        ``path, class, label, score_kind ("probability" or "margin"), score, top_k`` (a list of
-        ``(class, score)``), or ``path, error`` for an unreadable file.
+    pandas.DataFrame
+        The columns of ``predictions.csv`` (:data:`CSV_COLUMNS`): ``path``, ``class``, ``probability``
+        or ``margin`` (the other missing), ``top_classes`` and ``top_scores`` (lists, best first), and
+        ``error`` (missing, or why the file could not be read; its other fields are then missing or empty).
     """
-    from transferlab.classifiers import load_head
+    import pandas as pd
 
-    if int(top_k) < 1:
-        raise UserInputError(f"--top-k {top_k} must be at least 1")
-    paths = expand_images(images)
-    model_dir = Path(model_dir).expanduser()
-    if not (model_dir / "head.json").is_file() and (model_dir / "chosen_head" / "head.json").is_file():
-        model_dir = model_dir / "chosen_head"  # a sweep folder: the head it chose on validation accuracy
-    if (model_dir / "model.json").is_file() and not (model_dir / "head.json").is_file():
-        rows = _predict_finetuned(model_dir, paths, batch_size, device, progress, top_k, strict)
-    else:
-        rows = _predict_head(load_head(model_dir, allow_pickle=allow_pickle), model_dir, paths, batch_size, device,
-                             progress, top_k, strict)
-    if out is not None:
-        write_predictions(out, rows)
-    return rows
+    rows = predict_rows(model_dir, images, batch_size=batch_size, device=device, progress=progress, top_k=top_k,
+                        strict=strict, out=out, allow_pickle=allow_pickle)
+    return pd.DataFrame([prediction_record(r) for r in rows], columns=CSV_COLUMNS)
 
 
 def _predict_head(loaded, model_dir, paths, batch_size, device, progress, top_k, strict) -> list[dict]:
+    import torch
+
+    from transferlab.features import ExtractionSpec, FeatureTap, build_backbone, resolve_device
+
     head, meta = loaded
     if not isinstance(meta.get("extraction"), dict):
         raise UserInputError(f"{model_dir}/head.json has no extraction spec (written by an older version); "
@@ -206,6 +250,9 @@ def _head_width(head, meta: dict, model_dir) -> int:
 
 def _predict_finetuned(run_dir: Path, paths: list, batch_size: int, device: str, progress: bool, top_k: int,
                        strict: bool) -> list[dict]:
+    import torch
+
+    from transferlab.features import resolve_device
     from transferlab.finetuning.saved import load_finetuned
 
     model, meta = load_finetuned(run_dir, device=str(resolve_device(device)))
@@ -237,20 +284,31 @@ def format_line(row: dict) -> str:
         (f"\t{others}" if others else "")
 
 
+def prediction_record(row: dict) -> dict:
+    """One row in the columns of :data:`CSV_COLUMNS`, typed: floats (NaN for the score the model does not
+    give), lists for the top classes and scores, None for no error (an error row has only path and error)."""
+    if "error" in row:
+        return {"path": row["path"], "class": None, "probability": float("nan"), "margin": float("nan"),
+                "top_classes": [], "top_scores": [], "error": row["error"]}
+    return {"path": row["path"], "class": row["class"],
+            "probability": row["score"] if row["score_kind"] == "probability" else float("nan"),
+            "margin": row["score"] if row["score_kind"] == "margin" else float("nan"),
+            "top_classes": [c for c, _ in row["top_k"]], "top_scores": [s for _, s in row["top_k"]], "error": None}
+
+
 def write_predictions(path, rows: list[dict]) -> Path:
     """``predictions.csv``: one row per image (see :data:`CSV_COLUMNS` and the module docstring), written atomically."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, quoting=csv.QUOTE_ALL)
     w.writeheader()
-    for r in rows:
-        if "error" in r:
+    for r in map(prediction_record, rows):
+        if r["error"] is not None:
             w.writerow({"path": neutralise(r["path"]), "error": neutralise(r["error"])})
             continue
         w.writerow({"path": neutralise(r["path"]), "class": neutralise(r["class"]),
-                    "probability": f"{r['score']:.6f}" if r["score_kind"] == "probability" else "",
-                    "margin": f"{r['score']:.6f}" if r["score_kind"] == "margin" else "",
-                    "top_classes": json.dumps([c for c, _ in r["top_k"]], ensure_ascii=False),
-                    "top_scores": json.dumps([round(s, 6) for _, s in r["top_k"]]), "error": ""})
+                    **{k: "" if np.isnan(r[k]) else f"{r[k]:.6f}" for k in ("probability", "margin")},
+                    "top_classes": json.dumps(r["top_classes"], ensure_ascii=False),
+                    "top_scores": json.dumps([round(s, 6) for s in r["top_scores"]]), "error": ""})
     path = Path(path).expanduser()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ Examples
 >>> row = transferlab.train_head(path, "blocks.3", "logreg")              # doctest: +SKIP
 >>> res = transferlab.sweep(data="digits", out="runs/sweep")             # doctest: +SKIP
 >>> res.rows.head()                                                        # doctest: +SKIP
+>>> preds = transferlab.predict("runs/sweep", ["photos/"])  # a DataFrame  # doctest: +SKIP
 
 The names are loaded on first use, so ``import transferlab`` alone does not import torch.
 """

@@ -86,14 +86,14 @@ def test_predict_turns_a_tagged_photo_upright_and_an_old_head_decodes_as_it_was_
     """Attack: the same sideways-tagged photo given to ``predict``. Expected: scored as its upright copy.
     A head trained on a cache written before EXIF orientation was applied (no ``exif_transpose`` in its
     spec) reads it as false and scores the pixels as stored, as its training features were made."""
-    from transferlab.pipeline.predict import predict
+    from transferlab.pipeline.predict import predict_rows
 
     stored = save_tagged(tmp_path / "tagged.jpg", asymmetric(), 6)
     Image.fromarray(np.ascontiguousarray(upright(stored, 6))).save(tmp_path / "upright.png")
     Image.fromarray(stored).save(tmp_path / "stored.png")
     files = [tmp_path / "tagged.jpg", tmp_path / "upright.png", tmp_path / "stored.png"]
-    new = _scores(predict(head_dir / "head", files, progress=False))
-    old = _scores(predict(head_dir / "old_head", files, progress=False))
+    new = _scores(predict_rows(head_dir / "head", files, progress=False))
+    old = _scores(predict_rows(head_dir / "old_head", files, progress=False))
     for got, want, other in ((new, new[1], new[2]), (old, old[2], old[1])):
         assert got[0].keys() == want.keys() and all(got[0][c] == pytest.approx(want[c], abs=1e-6) for c in want)
         assert max(abs(got[0].get(c, 0) - other.get(c, 0)) for c in want) > 1e-4

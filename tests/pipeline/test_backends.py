@@ -87,10 +87,10 @@ def test_an_unreachable_dask_scheduler_is_one_line_exit_2(local_sweep, tmp_path)
         address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
     res = _transferlab(SWEEP, tmp_path, DASK_SCHEDULER_ADDRESS=address)
     assert res.returncode == 2
-    # the image-size line the sweep prints first, then the one error line, no traceback
+    # the sweep's first line and its image-size line, then the one error line, no traceback
     lines = res.stderr.strip().splitlines()
     assert lines[-1].startswith(f"error: cannot connect to the dask scheduler at {address}")
-    assert [l for l in lines if not l.startswith("image size: ")] == lines[-1:]
+    assert [l for l in lines if not l.startswith(("sweep: ", "image size: "))] == lines[-1:]
     assert "DASK_SCHEDULER_ADDRESS" in lines[-1]
     assert not (tmp_path / "d" / "results.csv").exists() and not (tmp_path / "d" / "report.md").exists()
 

@@ -29,7 +29,7 @@ def test_predict_uses_a_finetuned_model_like_predict_finetuned(tmp_path):
     import numpy as np
 
     from transferlab.finetuning.saved import load_finetuned, predict_finetuned
-    from transferlab.pipeline.predict import predict
+    from transferlab.pipeline.predict import predict_rows
 
     npz = make_npz(tmp_path / "d.npz", n_train=30, n_test=12, size=16)
     assert run("--data", f"npz:{npz}", "--mode", "head", "--epochs", "1", "--image-size", "32", "--batch-size", "16",
@@ -38,7 +38,7 @@ def test_predict_uses_a_finetuned_model_like_predict_finetuned(tmp_path):
     files = write_pngs(x, tmp_path)
     model, meta = load_finetuned(tmp_path / "ft")
     probs = predict_finetuned(model, meta, x)
-    rows = predict(tmp_path / "ft", files, batch_size=5, progress=False)
+    rows = predict_rows(tmp_path / "ft", files, batch_size=5, progress=False)
     assert [r["label"] for r in rows] == list(probs.argmax(1))
     np.testing.assert_allclose([r["score"] for r in rows], probs.max(1), rtol=1e-4)
 

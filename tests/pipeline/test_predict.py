@@ -5,7 +5,8 @@ from PIL import Image
 
 from tests.conftest import make_npz, run_cli, write_pngs
 from transferlab.features import extract
-from transferlab.pipeline.predict import predict
+from transferlab.pipeline.predict import predict, predict_rows
+from transferlab.util import UserInputError
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def test_predict_on_png_files_matches_the_head_on_cached_rows(trained):
     with h5py.File(path, "r") as f:
         rows = f["test/features/blocks.2"][()].astype(np.float32)
     expected = head.predict(rows)
-    got = predict(tmp_path / "head", files, batch_size=7, progress=False)
+    got = predict_rows(tmp_path / "head", files, batch_size=7, progress=False)
     assert [g["label"] for g in got] == list(expected)
     assert [g["class"] for g in got] == [f"class{int(c)}" for c in expected]
     acc = np.mean([g["label"] == y for g, y in zip(got, np.load(npz)["y_test"])])
@@ -85,7 +86,7 @@ def test_a_head_without_probabilities_reports_margins(trained):
     tmp_path, npz, path = trained
     train_head(path, "blocks.2", "svm", out=tmp_path / "svm")
     files = write_pngs(np.load(npz)["x_test"][:4], tmp_path)
-    got = predict(tmp_path / "svm", files, progress=False, top_k=3)
+    got = predict_rows(tmp_path / "svm", files, progress=False, top_k=3)
     head, _ = load_head(tmp_path / "svm")
     with h5py.File(path, "r") as f:
         margins = head.decision_function(f["test/features/blocks.2"][:4].astype(np.float32))
@@ -138,3 +139,48 @@ def test_an_edited_head_json_is_refused_and_a_signed_wrong_width_is_caught_befor
     out = run_cli("predict", "--model", tmp_path / "head", img)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "layer 'bn2' gives 1280 features but the head" in out.stderr and "takes 40" in out.stderr
+
+
+def test_predict_returns_the_csv_columns_as_a_dataframe(trained):
+    """``transferlab.predict`` gives the table ``--out`` writes: same columns, same values, typed."""
+    import csv
+    import json
+
+    import transferlab
+
+    tmp_path, npz, path = trained
+    (tmp_path / "in").mkdir()
+    files = write_pngs(np.load(npz)["x_test"][:4], tmp_path / "in")
+    bad = tmp_path / "in" / "bad.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    df = transferlab.predict(tmp_path / "head", [*files, bad], progress=False, top_k=2, out=tmp_path / "p.csv")
+    with open(tmp_path / "p.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(df.columns) == list(rows[0]) == ["path", "class", "probability", "margin", "top_classes",
+                                                 "top_scores", "error"]
+    assert list(df["path"]) == [r["path"] for r in rows] == [str(f) for f in [*files, bad]]
+    good, err = df.iloc[:4], df.iloc[4]
+    assert list(good["class"]) == [r["class"] for r in rows[:4]]
+    assert list(good["probability"]) == pytest.approx([float(r["probability"]) for r in rows[:4]], abs=1e-6)
+    assert good["margin"].isna().all() and good["error"].isna().all()
+    assert list(good["top_classes"]) == [json.loads(r["top_classes"]) for r in rows[:4]]
+    assert [len(s) for s in good["top_scores"]] == [2] * 4
+    assert np.allclose(np.stack(good["top_scores"]), [json.loads(r["top_scores"]) for r in rows[:4]], atol=1e-6)
+    rows_api = predict_rows(tmp_path / "head", files, progress=False, top_k=2)
+    assert list(good["class"]) == [r["class"] for r in rows_api]
+    assert err["error"] == rows[4]["error"] and "bad.png" in err["error"] and err[["class"]].isna().all()
+    assert np.isnan(err["probability"]) and err["top_classes"] == []
+
+
+def test_a_model_folder_that_holds_no_model_names_the_three_kinds_it_may_be(trained):
+    tmp_path, npz, path = trained
+    (tmp_path / "one").mkdir()
+    files = write_pngs(np.load(npz)["x_test"][:1], tmp_path / "one")
+    (tmp_path / "empty").mkdir()
+    for model, what in ((tmp_path / "nonexistent", "does not exist"), (tmp_path / "empty", "holds no saved model")):
+        res = run_cli("predict", "--model", model, *files)
+        assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+        assert res.stderr.startswith(f"error: --model {model} {what}: give a `train --out` folder"), res.stderr
+        assert "a sweep folder (its chosen_head/)" in res.stderr and "`finetune --out` folder" in res.stderr
+        with pytest.raises(UserInputError, match=what):
+            predict(model, files)

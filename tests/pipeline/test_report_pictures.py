@@ -88,14 +88,14 @@ def test_predict_on_a_sweep_folder_uses_its_chosen_head(swept):
 
     from tests.conftest import write_pngs
     from transferlab.classifiers import load_head
-    from transferlab.pipeline.predict import predict
+    from transferlab.pipeline.predict import predict_rows
 
     tmp, _ = swept
     out = tmp / "run"
     head, meta = load_head(out / "chosen_head")
     x = np.load(tmp / "d.npz")["x_test"][:6]
     files = write_pngs(x, tmp)
-    got = predict(out, files, progress=False)
+    got = predict_rows(out, files, progress=False)
     with h5py.File(meta["features_file"], "r") as f:
         rows = f[f"test/features/{meta['layer']}"][:6].astype(np.float32)
     assert [g["label"] for g in got] == list(head.predict(rows))
