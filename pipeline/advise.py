@@ -259,7 +259,8 @@ def _offers(decision, ds: Dataset, rows: AdviceRows, rates: dict, scratch_rates:
     n_images = sum(len(s) for s in ds.splits.values())
     n_train, n_val = len(rows.train_idx), len(rows.val_idx)
     fits = fit_seconds * n_train / max(len(rows.keep_train), 1)  # a logreg fit grows with its rows
-    how = f"measured, {f['curve_method']}"
+    how = f"measured, {f['curve_method']}" + (f", on {len(rows.keep_train)} of the {n_train} training rows"
+                                             if len(rows.keep_train) < n_train else "")
     offers = {"linear-probe": price.probe_offer("linear-probe", f["last_layer"], f["last_val"],
                                                 stderr(f["last_val"], f["n_val"]), how, n_images, rates["forward"],
                                                 fits, cached)}
@@ -275,6 +276,41 @@ def _offers(decision, ds: Dataset, rows: AdviceRows, rates: dict, scratch_rates:
             "from-scratch", price.epoch_seconds(n_train, n_val, scratch_rates), budget_s, n_train,
             base.expected_val, base.expected_se, how="not measured: training from random weights is not probed")
     return offers
+
+
+def _priced(decision, ev: Evidence, ds: Dataset, rows: AdviceRows, spec: ExtractionSpec, bb, budget_s: float,
+            finetune_probe, fit_seconds: float, record: dict, how: dict):
+    """The decision within the budget (:func:`transferlab.pipeline.price.apply_budget`); ``record`` gets the rates,
+    the offers, the short fine-tunes' curve and their seconds, and what a larger budget would change."""
+    from transferlab.finetuning.run import pass_rates
+
+    seed, device, log = how["seed"], how["device"], how["log"]
+    px, n_classes = spec.image_size or bb.input_size, len(ds.class_names)
+    batch = min(32, len(rows.keep_train))
+    rates = pass_rates(spec.backbone, price.FINETUNE_MODE, n_classes, px, device=device, batch_size=batch, seed=seed)
+    record["rates_from"] = f"{2 * batch} synthetic images at {px} px, {price.FINETUNE_MODE}"
+    cost = price.epoch_seconds(1.5 * len(rows.keep_train), 2 * len(rows.keep_val), rates)
+    large = ev.per_class_median >= LARGE_PER_CLASS
+    run = finetune_probe is True or (finetune_probe == "auto" and large and cost <= price.PROBE_SHARE * budget_s)
+    curve, curve_how = None, "not measured: no short fine-tune ran (--finetune-probe runs them)"
+    if finetune_probe == "auto" and large and not run:
+        curve_how = (f"not measured: the short fine-tunes (about {price.minutes(cost)}) exceed "
+                     f"{price.PROBE_SHARE:g} of the budget")
+    if run:
+        t0 = time.perf_counter()
+        curve, rates = _finetune_curve(ds, rows, spec.backbone, px, seed, device, how["progress"], log)
+        record.update(finetune_probe_seconds=round(time.perf_counter() - t0, 1), finetune_curve=curve.points,
+                      rates_from=f"the short fine-tunes ({curve.points[-1][0]} training images at {px} px)")
+        (n1, a1, _), (n2, a2, _) = curve.points[-2:]
+        curve_how = f"extrapolated from one-epoch fine-tunes on {n1} and {n2} images, val {a1:.3f} and {a2:.3f}"
+    scratch = None
+    if "from-scratch" in (decision.strategy, decision.runner_up):
+        scratch = pass_rates(spec.backbone, "scratch", n_classes, px, device=device, batch_size=batch, seed=seed)
+    cached = cached_extraction(ds, spec, "all", how["cache_dir"]) is not None
+    offers = _offers(decision, ds, rows, rates, scratch, budget_s, curve, curve_how, fit_seconds, cached)
+    decision, larger = price.apply_budget(decision, offers, budget_s)
+    record.update(rates=rates, offers={r: o.to_dict() for r, o in offers.items()}, larger_budget=larger)
+    return decision
 
 
 def other_size(size, compare_size) -> int | None:
@@ -313,7 +349,8 @@ def _next_command(strategy, data, backbone, image_size, decision, epochs=None) -
     if strategy == "fine-tune":
         return (f"transferlab finetune --data {data} --backbone {backbone}{size} --mode {price.FINETUNE_MODE} "
                 f"--epochs {epochs or price.FINETUNE_EPOCHS}")
-    return f"transferlab finetune --data {data} --backbone {backbone}{size} --mode scratch --epochs {epochs or 30}"
+    return (f"transferlab finetune --data {data} --backbone {backbone}{size} --mode scratch "
+            f"--epochs {epochs or price.SCRATCH_EPOCHS}")
 
 
 def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", seed: int = 0,
@@ -436,37 +473,8 @@ def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", 
     decision = decide(ev)
     record = {"budget_minutes": budget_min, "finetune_curve": None, "finetune_probe_seconds": 0.0}
     if decision.strategy is not None:
-        from transferlab.finetuning.run import pass_rates
-
-        px = spec.image_size or bb.input_size
-        batch = min(32, len(rows.keep_train))
-        rates = pass_rates(backbone, price.FINETUNE_MODE, int(classes.size), px, device=device, batch_size=batch,
-                           seed=seed)
-        record["rates_from"] = f"{2 * batch} synthetic images at {px} px, {price.FINETUNE_MODE}"
-        n_sub, n_vsub = len(rows.keep_train), len(rows.keep_val)
-        cost = price.epoch_seconds(1.5 * n_sub, 2 * n_vsub, rates)
-        large = ev.per_class_median >= LARGE_PER_CLASS
-        run_probe = finetune_probe is True or (finetune_probe == "auto" and large and
-                                               cost <= price.PROBE_SHARE * budget_s)
-        curve, curve_how = None, "not measured: no short fine-tune ran (--finetune-probe runs them)"
-        if finetune_probe == "auto" and large and not run_probe:
-            curve_how = (f"not measured: the short fine-tunes (about {price.minutes(cost)}) exceed "
-                         f"{price.PROBE_SHARE:g} of the budget")
-        if run_probe:
-            t0 = time.perf_counter()
-            curve, rates = _finetune_curve(ds, rows, backbone, px, seed, device, progress, log)
-            record.update(finetune_probe_seconds=round(time.perf_counter() - t0, 1), finetune_curve=curve.points,
-                          rates_from=f"the short fine-tunes ({curve.points[-1][0]} training images at {px} px)")
-            (n1, a1, _), (n2, a2, _) = curve.points[-2:]
-            curve_how = f"extrapolated from one-epoch fine-tunes on {n1} and {n2} images, val {a1:.3f} and {a2:.3f}"
-        scratch = None
-        if "from-scratch" in (decision.strategy, decision.runner_up):
-            scratch = pass_rates(backbone, "scratch", int(classes.size), px, device=device, batch_size=batch,
-                                 seed=seed)
-        cached = cached_extraction(ds, spec, "all", cache_dir) is not None
-        offers = _offers(decision, ds, rows, rates, scratch, budget_s, curve, curve_how, fit_seconds, cached)
-        decision, larger = price.apply_budget(decision, offers, budget_s)
-        record.update(rates=rates, offers={r: o.to_dict() for r, o in offers.items()}, larger_budget=larger)
+        decision = _priced(decision, ev, ds, rows, spec, bb, budget_s, finetune_probe, fit_seconds, record,
+                           dict(seed=seed, device=device, progress=progress, cache_dir=cache_dir, log=log))
     epochs = (record.get("offers") or {}).get(decision.strategy, {}).get("epochs")
     return Advice(decision.strategy, decision.runner_up, decision.close, decision.chosen_layer, decision.reasons,
                   ev.to_dict(), decision.facts, dict(THRESHOLDS),

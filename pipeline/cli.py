@@ -425,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, default=None, metavar="MINUTES",
                    help="minutes of this machine for the recommended regime; a regime whose expected gain does not "
                         "arrive within it is not recommended").shown_default = ApiDefault(
-        "transferlab.pipeline.price:DEFAULT_BUDGET_MINUTES")
+        "transferlab.pipeline.price:ASSUMED_BUDGET")
     p.add_argument("--compare-size", default=ApiDefault(ADVISE, "compare_size"),
                    help="a second input size measured on the same rows: auto (64 px when the automatic size is "
                         "larger), PIXELS, or off; the advice is read at the better one")

@@ -18,6 +18,7 @@ import numpy as np
 from .decision import Z
 
 DEFAULT_BUDGET_MINUTES = 60.0  # the budget advise assumes without --budget: an hour of this machine
+ASSUMED_BUDGET = f"{DEFAULT_BUDGET_MINUTES:g} minutes, assumed and said"  # that default as --help words it
 FINETUNE_MODE = "last:2"
 FINETUNE_EPOCHS = 10  # the fine-tune the advice names, when the budget allows all of it
 SCRATCH_EPOCHS = 30
@@ -108,15 +109,16 @@ class Offer:
         return self.fits and (self.gain is None or self.gain > 0)
 
     def line(self) -> str:
-        """``fine-tune last:2: expected +2.1 +- 1.4 points over the probe after 4 epochs, about 26 min here``."""
-        when = f" after {self.epochs} epoch{'s' if self.epochs != 1 else ''}" if self.epochs else ""
+        """``fine-tune last:2: expected +2.1 +- 1.4 points over the probe after 4 epochs (how), about 26 min here``."""
+        epochs = f"{self.epochs} epoch{'s' if self.epochs != 1 else ''}"
+        when = f" after {epochs}" if self.epochs else ""
         if self.regime in PROBES:
             what = f"expected {self.expected_val:.3f} +- {self.expected_se:.3f} validation ({self.how})"
         elif self.gain is not None:
             what = (f"expected {100 * self.gain:+.1f} +- {100 * self.gain_se:.1f} points over the probe{when} "
                     f"({self.how})")
         else:
-            what = f"expected gain over the probe not measured{when} ({self.how})"
+            what = f"expected gain over the probe {self.how}" + (f"; {epochs}" if self.fits else "")
         cost = f"about {minutes(self.seconds)} here" if self.fits else \
             f"one epoch alone takes about {minutes(self.epoch_seconds)} here, more than the budget"
         return f"{self.regime} {self.detail}: {what}, {cost}" + "".join(f"; {n}" for n in self.notes)
@@ -200,9 +202,10 @@ def apply_budget(decision, offers: dict, budget_s: float):
 
 
 def larger_budget(strategy: str, runner_up: str | None, offers: dict, budget_s: float) -> str:
-    """The sentence on what a larger budget would change, for the recommended regime and the runner-up."""
+    """The sentence on what a larger budget would change: for the recommended regime, the runner-up and any
+    training regime offered."""
     said = []
-    for regime in dict.fromkeys([strategy, runner_up]):
+    for regime in dict.fromkeys([strategy, runner_up, *TRAINED]):
         o = offers.get(regime)
         if o is None or regime in PROBES:
             continue

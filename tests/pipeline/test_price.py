@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from transferlab.pipeline.decision import LARGE_PER_CLASS, Z, Evidence, LayerPoint, decide, stderr
+from transferlab.pipeline.decision import LARGE_PER_CLASS, Evidence, LayerPoint, Z, decide, stderr
 from transferlab.pipeline.price import (
     FINETUNE_EPOCHS,
     Curve,
@@ -84,7 +84,8 @@ def test_large_data_without_a_curve_keeps_the_decision_when_an_epoch_fits():
     assert (out.strategy, out.runner_up, out.close, out.chosen_layer) == (d.strategy, d.runner_up, d.close,
                                                                           d.chosen_layer)
     assert out.reasons[:len(d.reasons)] == d.reasons and "60 min" in out.reasons[-1]
-    assert "expected gain over the probe not measured after 10 epochs" in _offers(d)["fine-tune"].line()
+    assert _offers(d)["fine-tune"].line() == ("fine-tune last:2: expected gain over the probe not measured: no short "
+                                              "fine-tune ran; 10 epochs, about 10 min here")
 
 
 def test_a_budget_under_one_epoch_recommends_the_probe_and_says_what_one_epoch_costs():
