@@ -78,7 +78,7 @@ from .train import (
     set_rng_state,
 )
 
-__all__ = ["RUN_FILES", "config_key", "epoch_line", "finetune", "finetune_splits"]
+__all__ = ["RUN_FILES", "config_key", "epoch_line", "finetune", "finetune_splits", "pass_rates"]
 
 RUN_FILES = ("checkpoint.pt", "metrics.json", "model.pt", "model.json")
 # configuration entries that do not change the numbers (a run may resume with other values)
@@ -291,6 +291,36 @@ def finetune(config: "FinetuneConfig | str | None" = None, backbone: str | None 
         save_finetuned(out, fm, spec, cfg, metrics)
         write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def pass_rates(backbone: str, mode: str, num_classes: int, image_size: int, *, device: str = "auto",
+               batch_size: int = 64, seed: int = 0, batches: int = 2) -> dict:
+    """Images per second of the training pass (forward, backward, optimizer step) and of the forward pass
+    (evaluation) of ``backbone`` fine-tuned by ``mode`` at ``image_size`` px, measured here by the
+    :class:`~transferlab.finetuning.train.Trainer` on ``batches`` batches of synthetic images, after one
+    pass over them that pays for starting up. Returns ``{"train": ..., "forward": ...}``."""
+    mode = parse_mode(mode)
+    dev = resolve_device(device)
+    fm = build_finetune_model(backbone, mode, num_classes, "random" if mode.kind == "scratch" else "imagenet",
+                              image_size, seed, bn_stats="update" if mode.kind == "scratch" else None)
+    gen = torch.Generator().manual_seed(seed)
+    n = batch_size * batches
+    data = SplitData(np.arange(n) % num_classes,
+                     images=torch.randint(0, 256, (n, 3, image_size, image_size), dtype=torch.uint8, generator=gen))
+    cfg = {"image_size": image_size, "batch_size": batch_size, "accumulate": 1, "seed": seed, "augment": False,
+           "epochs": 2, "amp": _resolve_amp("auto", dev), "channels_last": dev.type == "cuda", "label_smoothing": 0.0}
+    fm.model.to(dev)
+    opt = make_optimizer("adamw", optimizer_param_groups(fm, DEFAULT_LR[mode.kind], 1.0, 0.0), DEFAULT_LR[mode.kind])
+    trainer = Trainer(fm, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), cfg, dev, data, None, data,
+                      progress=False)
+    trainer.train_epoch(1)
+    trainer.evaluate(data, "warm-up")
+    train_s = trainer.train_epoch(2)["train_seconds"]
+    t0 = time.perf_counter()
+    trainer.evaluate(data, "forward")
+    forward_s = time.perf_counter() - t0
+    fm.model.to("cpu")
+    return {"train": n / max(train_s, 1e-9), "forward": n / max(forward_s, 1e-9)}
 
 
 @contextmanager

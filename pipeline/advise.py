@@ -13,7 +13,12 @@ What it measures (all on training and validation rows; the test split is never r
    validation images, and the pretrained-vs-random gap at the best layers;
 5. the probe's learning curve at the chosen layer (25/50/100% of the training rows, scored on the
    same validation rows: the last rise is a paired gap);
-6. optionally (``finetune_probe``) a short ``last:2`` fine-tune on the subset.
+6. the price (:mod:`transferlab.pipeline.price`): the training and forward throughput measured here,
+   and (``finetune_probe``: by itself on large data when the budget allows) two short ``last:2``
+   fine-tunes, one epoch over half the subset and over all of it, the curve a fine-tune's expected
+   gain is extrapolated from. Every recommendation states its expected gain and its time here, and
+   the runner-up's; a regime whose gain does not arrive within the budget (``--budget`` minutes,
+   else :data:`~transferlab.pipeline.price.DEFAULT_BUDGET_MINUTES`, said) is not recommended.
 
 The rows are a sweep's (the heads' training rows; the data's ``val`` split, else the heads' holdout
 of train), each capped by a stratified, seeded sample to ``max_train`` and ``max_val``; the
@@ -29,7 +34,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -43,7 +48,8 @@ from transferlab.features.memo import cached_extraction
 from transferlab.features.spec import DEFAULT_IMAGE_SIZE, resolve_image_size
 from transferlab.util import UserInputError, sha256_json
 
-from .decision import THRESHOLDS, Evidence, choose_size, decide
+from . import price
+from .decision import LARGE_PER_CLASS, THRESHOLDS, Evidence, choose_size, decide, stderr
 from .evidence import FeatureRows, measure_curve, peak_gap_between, train_val_rows
 
 LOGME_ROWS = 3000
@@ -61,10 +67,26 @@ class Advice:
     facts: dict
     thresholds: dict
     next_command: str
-    seconds: float
+    seconds: float  # advise's own time, the short fine-tunes included
+    budget_minutes: float = price.DEFAULT_BUDGET_MINUTES
+    budget_assumed: bool = True  # no budget was given: the default was assumed
+    price: dict = field(default_factory=dict)  # rates, offers per regime, the fine-tune curve, larger_budget
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+    def price_lines(self) -> list:
+        """The budget, the recommended regime's and the runner-up's price and gain, and what a larger budget
+        would change: the lines the text output prints."""
+        said = "assumed: pass --budget MINUTES to change it" if self.budget_assumed else "--budget"
+        lines = [f"budget: {self.budget_minutes:g} min ({said})"]
+        offers = self.price.get("offers") or {}
+        measured = ["fine-tune"] if (offers.get("fine-tune") or {}).get("gain") is not None else []
+        lines += [f"  {offers[r]['line']}" for r in dict.fromkeys([self.strategy, self.runner_up, *measured])
+                  if r in offers]
+        if self.price.get("larger_budget"):
+            lines.append(f"  {self.price['larger_budget']}")
+        return lines
 
 
 @dataclass
@@ -186,15 +208,109 @@ def _source_confidence(logits) -> tuple:
     return float(p.max(1).mean()), float(ent.mean())
 
 
-def _learning_curve(source, layer, seed, val_fraction) -> tuple[dict, dict]:
-    """Validation accuracy of the probe on 25/50/100% of the training rows, and the last rise as a paired gap."""
+def _learning_curve(source, layer, seed, val_fraction) -> tuple[dict, dict, float]:
+    """Validation accuracy of the probe on 25/50/100% of the training rows, the last rise as a paired gap, and
+    the seconds of the fit on all rows."""
     X, y, Xv, yv = train_val_rows(source, layer, val_fraction, seed)
     out, correct = {}, {}
     for frac in (0.25, 0.5, 1.0):
         idx = stratified_sample(y, max(int(round(frac * y.size)), 2 * np.unique(y).size), seed)
+        t0 = time.perf_counter()
         correct[frac], _ = split_correctness(X[idx], y[idx], Xv, yv, "logreg", seed=seed)
         out[frac] = float(correct[frac].mean())
-    return out, paired_split_gap(correct[1.0], correct[0.5]).to_dict()
+    return out, paired_split_gap(correct[1.0], correct[0.5]).to_dict(), time.perf_counter() - t0
+
+
+def _finetune_curve(ds: Dataset, rows: AdviceRows, backbone: str, px: int, seed: int, device: str, progress: bool,
+                    log) -> tuple:
+    """``(Curve, rates)``: two short ``last:2`` fine-tunes on the advice subset, one epoch over half its training
+    rows and one over all of them, validated on its validation rows; the throughput of the second."""
+    import shutil
+    import tempfile
+
+    from transferlab.finetuning import finetune
+
+    sub = rows.subset(ds)
+    val = sub.splits["val"]
+    # finetune reports a test accuracy: one validation row stands in (advise never reads the test split)
+    data = Dataset(sub.spec, {**sub.splits, "test": val.take(np.arange(1), "test")}, sub.class_names, sub.fingerprint)
+    points = []
+    for n in (len(sub.splits["train"]) // 2, None):
+        out = tempfile.mkdtemp(prefix="transferlab-advise-")
+        try:
+            m = finetune(data, backbone, mode=price.FINETUNE_MODE, epochs=1, image_size=px, seed=seed, augment=False,
+                         max_train=n, device=device, out=out, progress=progress)
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        points.append([m["n_train"], m["val_accuracy"], m["n_val"]])
+    h = m["history"][0]
+    rates = {"train": m["n_train"] / max(h["train_seconds"], 1e-9),
+             "forward": m["n_val"] / max(h["seconds"] - h["train_seconds"], 1e-9)}
+    log(f"short fine-tunes ({price.FINETUNE_MODE}, one epoch): " +
+        ", ".join(f"{n} images -> val {a:.3f}" for n, a, _ in points))
+    return price.Curve(points), rates
+
+
+def _offers(decision, ds: Dataset, rows: AdviceRows, rates: dict, scratch_rates: dict | None, budget_s: float,
+            curve, curve_how: str, fit_seconds: float, cached: bool) -> dict:
+    """Each regime's :class:`~transferlab.pipeline.price.Offer` on the full data set: the probes' measured
+    accuracy, the training regimes' expected gain over the probe regime, each one's time here."""
+    f = decision.facts
+    n_images = sum(len(s) for s in ds.splits.values())
+    n_train, n_val = len(rows.train_idx), len(rows.val_idx)
+    fits = fit_seconds * n_train / max(len(rows.keep_train), 1)  # a logreg fit grows with its rows
+    how = f"measured, {f['curve_method']}" + (f", on {len(rows.keep_train)} of the {n_train} training rows"
+                                             if len(rows.keep_train) < n_train else "")
+    offers = {"linear-probe": price.probe_offer("linear-probe", f["last_layer"], f["last_val"],
+                                                stderr(f["last_val"], f["n_val"]), how, n_images, rates["forward"],
+                                                fits, cached)}
+    layers = list(dict.fromkeys([f["peak_layer"], f["last_layer"]]))
+    offers["generic-features"] = price.probe_offer("generic-features", f["peak_layer"], f["peak_val"],
+                                                   stderr(f["peak_val"], f["n_val"]), how, n_images,
+                                                   rates["forward"], 2 * len(layers) * fits, cached)
+    base = offers[f.get("probe_regime") or "linear-probe"]
+    offers["fine-tune"] = price.training_offer("fine-tune", price.epoch_seconds(n_train, n_val, rates), budget_s,
+                                               n_train, base.expected_val, base.expected_se, curve, how=curve_how)
+    if scratch_rates is not None:
+        offers["from-scratch"] = price.training_offer(
+            "from-scratch", price.epoch_seconds(n_train, n_val, scratch_rates), budget_s, n_train,
+            base.expected_val, base.expected_se, how="not measured: training from random weights is not probed")
+    return offers
+
+
+def _priced(decision, ev: Evidence, ds: Dataset, rows: AdviceRows, spec: ExtractionSpec, bb, budget_s: float,
+            finetune_probe, fit_seconds: float, record: dict, how: dict):
+    """The decision within the budget (:func:`transferlab.pipeline.price.apply_budget`); ``record`` gets the rates,
+    the offers, the short fine-tunes' curve and their seconds, and what a larger budget would change."""
+    from transferlab.finetuning.run import pass_rates
+
+    seed, device, log = how["seed"], how["device"], how["log"]
+    px, n_classes = spec.image_size or bb.input_size, len(ds.class_names)
+    batch = min(32, len(rows.keep_train))
+    rates = pass_rates(spec.backbone, price.FINETUNE_MODE, n_classes, px, device=device, batch_size=batch, seed=seed)
+    record["rates_from"] = f"{2 * batch} synthetic images at {px} px, {price.FINETUNE_MODE}"
+    cost = price.epoch_seconds(1.5 * len(rows.keep_train), 2 * len(rows.keep_val), rates)
+    large = ev.per_class_median >= LARGE_PER_CLASS
+    run = finetune_probe is True or (finetune_probe == "auto" and large and cost <= price.PROBE_SHARE * budget_s)
+    curve, curve_how = None, "not measured: no short fine-tune ran (--finetune-probe runs them)"
+    if finetune_probe == "auto" and large and not run:
+        curve_how = (f"not measured: the short fine-tunes (about {price.minutes(cost)}) exceed "
+                     f"{price.PROBE_SHARE:g} of the budget")
+    if run:
+        t0 = time.perf_counter()
+        curve, rates = _finetune_curve(ds, rows, spec.backbone, px, seed, device, how["progress"], log)
+        record.update(finetune_probe_seconds=round(time.perf_counter() - t0, 1), finetune_curve=curve.points,
+                      rates_from=f"the short fine-tunes ({curve.points[-1][0]} training images at {px} px)")
+        (n1, a1, _), (n2, a2, _) = curve.points[-2:]
+        curve_how = f"extrapolated from one-epoch fine-tunes on {n1} and {n2} images, val {a1:.3f} and {a2:.3f}"
+    scratch = None
+    if "from-scratch" in (decision.strategy, decision.runner_up):
+        scratch = pass_rates(spec.backbone, "scratch", n_classes, px, device=device, batch_size=batch, seed=seed)
+    cached = cached_extraction(ds, spec, "all", how["cache_dir"]) is not None
+    offers = _offers(decision, ds, rows, rates, scratch, budget_s, curve, curve_how, fit_seconds, cached)
+    decision, larger = price.apply_budget(decision, offers, budget_s)
+    record.update(rates=rates, offers={r: o.to_dict() for r, o in offers.items()}, larger_budget=larger)
+    return decision
 
 
 def other_size(size, compare_size) -> int | None:
@@ -222,7 +338,7 @@ def _size_summary(px: int, m, why: str) -> dict:
             "last_val": last.val_accuracy, "method": m.method}
 
 
-def _next_command(strategy, data, backbone, image_size, decision) -> str:
+def _next_command(strategy, data, backbone, image_size, decision, epochs=None) -> str:
     size = f" --image-size {image_size}"
     if strategy == "generic-features":
         layers = ",".join(dict.fromkeys([decision.facts.get("peak_layer"), decision.facts.get("last_layer")]))
@@ -231,14 +347,16 @@ def _next_command(strategy, data, backbone, image_size, decision) -> str:
         return (f"transferlab sweep --data {data} --backbone {backbone}{size} "
                 f"--layers {decision.facts.get('last_layer')} --heads logreg")
     if strategy == "fine-tune":
-        return f"transferlab finetune --data {data} --backbone {backbone}{size} --mode last:2 --epochs 10"
-    return f"transferlab finetune --data {data} --backbone {backbone}{size} --mode scratch --epochs 30"
+        return (f"transferlab finetune --data {data} --backbone {backbone}{size} --mode {price.FINETUNE_MODE} "
+                f"--epochs {epochs or price.FINETUNE_EPOCHS}")
+    return (f"transferlab finetune --data {data} --backbone {backbone}{size} --mode scratch "
+            f"--epochs {epochs or price.SCRATCH_EPOCHS}")
 
 
 def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", seed: int = 0,
            max_train: int = 5000, max_val: int = 2000, val_fraction: float = 0.2, compare_random: bool = True,
-           scores: bool = True, finetune_probe: bool = False, compare_size="auto", cache_dir=None,
-           device: str = "auto", progress: bool = False, log=None) -> Advice:
+           scores: bool = True, finetune_probe="auto", compare_size="auto", budget: float | None = None,
+           cache_dir=None, device: str = "auto", progress: bool = False, log=None) -> Advice:
     """Measure the evidence and recommend one of the four regimes.
 
     Parameters
@@ -256,17 +374,24 @@ def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", 
         Also probe the same architecture with random weights (the pretrained-vs-random gap).
     scores : bool
         kNN accuracy and LogME per layer.
-    finetune_probe : bool
-        Also fine-tune ``last:2`` briefly on the subset and compare.
+    finetune_probe : ``auto`` or bool
+        Two short ``last:2`` fine-tunes on the subset (one epoch over half its training rows, one over all),
+        the curve a fine-tune's expected gain is extrapolated from. ``auto``: when the data is large
+        (:data:`~transferlab.pipeline.decision.LARGE_PER_CLASS`) and their estimated time is at most
+        :data:`~transferlab.pipeline.price.PROBE_SHARE` of the budget. Their time is in ``seconds``.
     compare_size : ``auto``, pixels, or None
         A second input size at which the pretrained depth curve is measured on the same rows
         (:func:`other_size`); the advice is read at the better one
         (:func:`transferlab.pipeline.decision.choose_size`).
+    budget : float, optional
+        Minutes of this machine for the recommended regime (:func:`transferlab.pipeline.price.apply_budget`);
+        None: :data:`~transferlab.pipeline.price.DEFAULT_BUDGET_MINUTES`, and the advice says it assumed it.
 
     Returns
     -------
     Advice
-        ``strategy``, ``runner_up``, ``reasons``, the evidence, the thresholds and ``next_command``.
+        ``strategy``, ``runner_up``, ``reasons``, the evidence, the thresholds, ``next_command``, the budget
+        and ``price`` (each regime's offer, the rates, the fine-tune curve, what a larger budget would change).
 
     Examples
     --------
@@ -276,6 +401,10 @@ def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", 
     """
     started = time.perf_counter()
     log = log or (lambda m: print(m, file=sys.stderr))
+    if budget is not None and not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
+        raise UserInputError(f"--budget {budget}: a budget is a positive number of minutes (e.g. --budget 30)")
+    budget_min = float(price.DEFAULT_BUDGET_MINUTES if budget is None else budget)
+    budget_s = 60 * budget_min
     ds = load_dataset(data, seed=seed)
     y = ds.splits["train"].labels
     classes, counts = np.unique(y, return_counts=True)
@@ -293,7 +422,7 @@ def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", 
                  "per_class_median": float(np.median(counts))}
         return Advice("linear-probe", "generic-features", True, None, [warning], sizes, sizes, dict(THRESHOLDS),
                       f"transferlab sweep --data {ds.spec} --backbone {backbone} --heads logreg --layers all",
-                      round(time.perf_counter() - started, 1))
+                      round(time.perf_counter() - started, 1), budget_min, budget is None)
     rows = advice_rows(ds, max_train, max_val, val_fraction, seed)
     size = resolve_image_size(image_size, ds, backbone)  # auto: from the whole data set, not the subset
     log(size.line())
@@ -339,26 +468,15 @@ def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", 
                   random_n_val=random_n, source_confidence=conf, source_entropy=ent, peak_gap=measured.gap_record(),
                   image_sizes=size_record, size_gap=size_gap)
     first = decide(ev)
-    ev.learning_curve, ev.learning_gap = _learning_curve(source, first.chosen_layer or layers[-1], seed, val_fraction)
-    if finetune_probe:
-        import shutil
-        import tempfile
-
-        from transferlab.finetuning import finetune
-
-        sub = rows.subset(ds)
-        probe_data = Dataset(sub.spec, {**sub.splits, "test": sub.splits["val"]}, sub.class_names, sub.fingerprint)
-        out = tempfile.mkdtemp(prefix="transferlab-advise-")
-        try:
-            m = finetune(probe_data, backbone, mode="last:2", epochs=2, image_size=spec.image_size, seed=seed,
-                         augment=False, out=out, progress=progress)
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
-        ev.finetune_val, ev.finetune_n_val = m["val_accuracy"], len(sub.splits["val"])
-        ev.finetune_budget = f"last:2, 2 epochs on the advice subset, {spec.image_size or bb.input_size} px"
+    ev.learning_curve, ev.learning_gap, fit_seconds = _learning_curve(source, first.chosen_layer or layers[-1], seed,
+                                                                      val_fraction)
     decision = decide(ev)
-    spec_name = ds.spec
+    record = {"budget_minutes": budget_min, "finetune_curve": None, "finetune_probe_seconds": 0.0}
+    if decision.strategy is not None:
+        decision = _priced(decision, ev, ds, rows, spec, bb, budget_s, finetune_probe, fit_seconds, record,
+                           dict(seed=seed, device=device, progress=progress, cache_dir=cache_dir, log=log))
+    epochs = (record.get("offers") or {}).get(decision.strategy, {}).get("epochs")
     return Advice(decision.strategy, decision.runner_up, decision.close, decision.chosen_layer, decision.reasons,
                   ev.to_dict(), decision.facts, dict(THRESHOLDS),
-                  _next_command(decision.strategy, spec_name, backbone, spec.image_size, decision),
-                  round(time.perf_counter() - started, 1))
+                  _next_command(decision.strategy, ds.spec, backbone, spec.image_size, decision, epochs),
+                  round(time.perf_counter() - started, 1), budget_min, budget is None, record)

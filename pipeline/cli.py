@@ -309,7 +309,7 @@ def cmd_advise(a):
     adv = advise(_load_data(a), a.backbone, image_size=a.image_size, pool=a.pool, seed=a.seed, max_train=a.max_train,
                  max_val=a.max_val, compare_random=a.random, scores=a.scores, finetune_probe=a.finetune_probe,
                  compare_size=a.compare_size, cache_dir=a.cache_dir, device=a.device, progress=not a.quiet,
-                 log=_logger(a.quiet or a.json))
+                 log=_logger(a.quiet or a.json), budget=a.budget)
     if a.json:
         from transferlab.util import jsonable
 
@@ -317,6 +317,7 @@ def cmd_advise(a):
         return
     print(f"strategy: {adv.strategy}" + (f"  (close call: {adv.runner_up} is as likely)" if adv.close else ""))
     print(f"runner-up: {adv.runner_up}")
+    print("\n".join(adv.price_lines()))
     if adv.chosen_layer:
         print(f"layer: {adv.chosen_layer}")
     print("evidence:")
@@ -494,7 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-scores", dest="scores", action="store_false", default=ApiDefault(ADVISE, "scores"),
                    help="skip kNN and LogME per layer")
     p.add_argument("--finetune-probe", action="store_true", default=ApiDefault(ADVISE, "finetune_probe"),
-                   help="also fine-tune last:2 briefly on the subset")
+                   help="run the short last:2 fine-tunes that measure fine-tuning's expected gain; auto: on large data "
+                        "when the budget allows")
+    p.add_argument("--budget", type=float, default=None, metavar="MINUTES",
+                   help="minutes of this machine for the recommended regime; a regime whose expected gain does not "
+                        "arrive within it is not recommended").shown_default = ApiDefault(
+        "transferlab.pipeline.price:ASSUMED_BUDGET")
     p.add_argument("--compare-size", default=ApiDefault(ADVISE, "compare_size"),
                    help="a second input size measured on the same rows: auto (64 px when the automatic size is "
                         "larger), PIXELS, or off; the advice is read at the better one")

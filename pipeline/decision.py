@@ -211,6 +211,7 @@ def decide(ev: Evidence) -> Decision:
                        f"{Z:g} standard errors, unpaired)")
 
     probe = ("generic-features", "linear-probe") if generic_better else ("linear-probe", "generic-features")
+    facts["probe_regime"] = probe[0]  # what a training regime is weighed against (pipeline/price.py)
     if not pretrained:
         reasons.append("the weights are not ImageNet's: the curve describes the architecture, not the transfer; "
                        "no transfer regime can be named from these rows (add --weights imagenet)")

@@ -6,6 +6,7 @@ import pytest
 
 from tests.conftest import make_npz, run_cli
 from transferlab.pipeline.decision import REGIMES
+from transferlab.pipeline.price import DEFAULT_BUDGET_MINUTES
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,15 @@ def test_json_names_a_regime_with_its_evidence(advice):
     assert gap is None or (gap["method"] == "kfold 2x5" and gap["last"] == "bn2")
     assert adv["evidence"]["random_best"] is not None and 0 < adv["evidence"]["source_confidence"] <= 1
     assert adv["evidence"]["per_class_median"] == 30 and adv["next_command"].startswith("transferlab ")
+
+
+def test_small_data_states_the_assumed_budget_and_runs_no_short_fine_tunes(advice):
+    adv, _, _ = advice
+    assert adv["budget_assumed"] is True and adv["budget_minutes"] == DEFAULT_BUDGET_MINUTES
+    p = adv["price"]
+    assert p["finetune_curve"] is None and p["finetune_probe_seconds"] == 0
+    assert adv["strategy"] in p["offers"] and adv["runner_up"] in p["offers"]
+    assert p["offers"]["fine-tune"]["how"].startswith("not measured: no short fine-tune ran")
 
 
 @pytest.mark.parametrize("caps", [(60, 30), (5000, 2000)], ids=["capped subset", "whole data, test split cached"])
@@ -61,6 +71,7 @@ def test_the_text_output_states_thresholds_and_the_next_command(advice):
                   "--cache-dir", tmp / "cache", "--quiet", "--no-random")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("strategy: ") and "runner-up: " in out.stdout
+    assert f"\nbudget: {DEFAULT_BUDGET_MINUTES:g} min (assumed: pass --budget MINUTES to change it)\n" in out.stdout
     # each row of the evidence table says how its accuracy was measured
     table = [l for l in out.stdout.splitlines() if l.startswith("  bn1 ") or l.startswith("  blocks.")
              or l.startswith("  bn2 ")]
