@@ -41,6 +41,7 @@ from transferlab.util import UserInputError, library_versions, read_artifact, re
 
 from .fast_logreg import TorchLogisticRegression
 from .fast_svm import TorchLinearSVC
+from .multilayer import MultiLayerLogisticRegression
 from .preprocessing import ShrunkStandardScaler
 from .ridge import RidgeProbe
 
@@ -52,7 +53,7 @@ _FIX = "retrain the head with `transferlab train --out {dir}`"
 
 SAFE_CLASSES = {cls.__name__: cls for cls in (
     Pipeline, Normalizer, StandardScaler, ShrunkStandardScaler, PCA, TorchLogisticRegression, TorchLinearSVC,
-    RidgeProbe, LogisticRegression, LinearSVC, SVC, MLPClassifier, KNeighborsClassifier)}
+    RidgeProbe, LogisticRegression, LinearSVC, SVC, MLPClassifier, KNeighborsClassifier, MultiLayerLogisticRegression)}
 """The estimators a head is saved as arrays with, by class name (exactly these classes, not subclasses)."""
 
 # fitted attributes that are not data: training state a loaded head never uses (dropped), or objects

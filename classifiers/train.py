@@ -102,15 +102,21 @@ def train_head(features_file, layer: str, head: str, out=None, preprocessing: st
         "out": None,
     }
     if out is not None:
-        head_meta = {k: meta[k] for k in _CACHE_FIELDS if k in meta}
-        head_meta.update({k: v for k, v in row.items() if k not in ("out", "format_version")})
-        head_meta.update(extraction=ExtractionSpec.from_dict(meta).to_dict(), rel_depth=info["rel_depth"],
-                         cache_format_version=meta.get("format_version"), class_names=class_names,
-                         cache_versions=meta.get("versions"))
-        head_meta.update(extra_meta or {})
-        save_head(out, result.estimator, head_meta)
+        save_head(out, result.estimator, head_meta(meta, row, class_names, extra_meta))
         row["out"] = str(Path(out).resolve())
     return row
+
+
+def head_meta(cache_meta: dict, row: dict, class_names, extra_meta: dict | None = None) -> dict:
+    """The ``head.json`` fields of a head trained on a cache: the cache's provenance, the results row
+    (less ``out``), the extraction spec that rebuilds the features, then ``extra_meta``."""
+    meta = {k: cache_meta[k] for k in _CACHE_FIELDS if k in cache_meta}
+    meta.update({k: v for k, v in row.items() if k not in ("out", "format_version")})
+    meta.update(extraction=ExtractionSpec.from_dict(cache_meta).to_dict(), rel_depth=row["rel_depth"],
+                cache_format_version=cache_meta.get("format_version"), class_names=class_names,
+                cache_versions=cache_meta.get("versions"))
+    meta.update(extra_meta or {})
+    return meta
 
 
 def _train_one(features_file, layer, head, out, kwargs):
