@@ -8,35 +8,35 @@ dimensions does not drown one of 40 by size alone. The layers are chosen by gree
 selection on validation rows only (the best single layer first, then the layer whose addition
 raises validation accuracy most, while it does), each candidate scored over the whole C grid in
 one batched solve (:class:`~transferlab.classifiers.fast_logreg.BatchedLogisticRegressionCV`);
-the chosen layers and C are refitted on train+val. :func:`train_multilayer` does this off the HDF5
-cache and saves the head like any other (:mod:`.persistence`: arrays and JSON, no pickle).
+the chosen layers and C are refitted on train+val. :func:`transferlab.classifiers.train.train_multilayer`
+does this off the HDF5 cache and saves the head like any other (:mod:`.persistence`: arrays and JSON,
+no pickle).
 Head2Toe (Evci et al., ICML 2022) selects features across layers in the same spirit.
 """
 
 from __future__ import annotations
 
-import os
-import time
-from pathlib import Path
-
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.metrics import classification_report
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
-
-from transferlab.util import UserInputError, jsonable
 
 from ._linear import LogisticProbaMixin
 from ._path import DEFAULT_MEMORY_BUDGET, fit_logreg_path
-from ._validation import check_two_classes
 from .fast_logreg import BatchedLogisticRegressionCV
 from .holdout import stratified_holdout
 from .preprocessing import ShrunkStandardScaler
 
-__all__ = ["MULTI_HEAD", "MultiLayerLogisticRegression", "block_scaling", "train_multilayer"]
+__all__ = ["MULTI_HEAD", "MultiLayerLogisticRegression", "block_scaling", "head_layers"]
 
 MULTI_HEAD = "multi"  # the head's name in results rows, head.json and on the command line
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-6, 5, 12))  # the logreg head's grid
+
+
+def head_layers(meta: dict) -> list[str]:
+    """The layers a saved head reads, in the order of its input columns: a multi-layer head's ``layers``,
+    else its one ``layer``."""
+    layers = meta.get("layers")
+    return [str(n) for n in layers] if isinstance(layers, list) and layers else [str(meta["layer"])]
 
 
 def block_scaling(X, dims, prior_rows: float = 10.0):
@@ -259,107 +259,3 @@ class MultiLayerLogisticRegression(LogisticProbaMixin, ClassifierMixin, BaseEsti
         out.block_weight_ = self.block_weight_[keep]
         out.selected_ = np.array([keep.index(int(b)) for b in self.selected_], dtype=np.int64)
         return out
-
-
-def train_multilayer(features_file, layers=None, out=None, *, val_fraction: float = 0.2, seed: int = 0,
-                     shots: int | None = None, grid=None, max_layers: int | None = None, selection: str = "greedy",
-                     head_params: dict | None = None, extra_meta: dict | None = None) -> dict:
-    """Train a multi-layer head on cached layers and return its results row (``layer``: the chosen layers).
-
-    Parameters
-    ----------
-    features_file : str or path-like
-        HDF5 cache written by ``transferlab extract``.
-    layers : list of str, optional
-        The candidate layers; default every layer of the train split.
-    out : str or path-like, optional
-        Folder for ``head.safetensors`` and ``head.json``; nothing is saved when None. The saved head
-        takes the chosen layers only, concatenated in depth order (``layers`` in ``head.json``).
-    val_fraction, seed, shots : see :func:`transferlab.classifiers.train.train_head`.
-    grid : sequence of float, optional
-        The C grid; default the logreg head's.
-    max_layers, selection, head_params : see :class:`MultiLayerLogisticRegression` (``head_params``:
-        more of its parameters, e.g. ``{"device": "cuda"}``).
-    extra_meta : dict, optional
-        More fields for ``head.json``.
-
-    Returns
-    -------
-    dict
-        The fields of :func:`~transferlab.classifiers.train.train_head`'s row; ``layer`` is the chosen
-        layers joined by ``+``, ``layers`` their list, ``candidates`` the layers selected from, ``params``
-        ``{"C": ..., "layers": [...]}``.
-    """
-    from transferlab.features.cache import layer_info, list_layers, load_split, read_cache_meta
-
-    from .persistence import save_head
-    from .protocol import sample_shots
-    from .train import head_meta
-
-    started = time.perf_counter()
-    meta = read_cache_meta(features_file)
-    candidates = list_layers(features_file) if layers is None else list(layers)
-    if not candidates:
-        raise UserInputError(f"no layers to choose from in {os.fspath(features_file)}: extract some layers first")
-    infos = {layer: layer_info(features_file, layer, "train") for layer in candidates}
-    candidates = sorted(dict.fromkeys(candidates), key=lambda n: infos[n]["depth"])
-
-    def split(name):
-        parts = [load_split(features_file, name, layer) for layer in candidates]
-        return np.concatenate([p[0] for p in parts], axis=1), parts[0][1]
-
-    X_tr, y_tr = split("train")
-    X_va = y_va = None
-    if "val" in meta["splits"]:
-        X_va, y_va = split("val")
-    check_two_classes(y_tr, f"training labels of {os.fspath(features_file)}")
-    refit = True
-    if shots is not None:
-        rows = sample_shots(y_tr, shots, seed)
-        if X_va is None:  # low-shot: the training rows not drawn are labelled data never trained on
-            rest = np.setdiff1d(np.arange(y_tr.size), rows)
-            if rest.size and np.unique(y_tr[rest]).size == np.unique(y_tr).size:
-                X_va, y_va, refit = X_tr[rest], y_tr[rest], False
-        X_tr, y_tr = X_tr[rows], y_tr[rows]
-    est = MultiLayerLogisticRegression(
-        [infos[n]["dim"] for n in candidates], candidates, Cs=None if grid is None else tuple(grid),
-        selection=selection, max_layers=max_layers, val_fraction=val_fraction, random_state=seed, refit=refit,
-        **(head_params or {}))
-    est.fit(X_tr, y_tr, X_va, y_va)
-    n_val, held_out = est.n_val_, X_va is None
-    head = est.restricted()
-    fit_seconds = time.perf_counter() - started
-    del X_tr, X_va
-    chosen = [n for n in candidates if n in head.layer_names]  # depth order: the saved head's columns
-    X_te, y_te = None, None
-    if "test" in meta["splits"]:  # the single look at the test rows, after every choice is made
-        parts = [load_split(features_file, "test", layer) for layer in chosen]
-        X_te, y_te = np.concatenate([p[0] for p in parts], axis=1), parts[0][1]
-    class_names = meta.get("class_names") if isinstance(meta.get("class_names"), list) else None
-    test_accuracy = report = None
-    if X_te is not None:
-        pred = head.predict(X_te)
-        test_accuracy = float(np.mean(pred == y_te))
-        labels = np.union1d(head.classes_, np.unique(y_te))
-        names = [str(class_names[i]) if class_names is not None and 0 <= i < len(class_names) else str(i)
-                 for i in labels]
-        report = classification_report(y_te, pred, labels=labels, target_names=names, output_dict=True,
-                                       zero_division=0)
-    deepest = max(chosen, key=lambda n: infos[n]["depth"])
-    row = {
-        "backbone": meta.get("backbone"), "weights": meta.get("weights"),
-        "layer": "+".join(chosen), "layers": chosen, "candidates": candidates,
-        "depth": infos[deepest]["depth"], "rel_depth": infos[deepest]["rel_depth"],
-        "dim": int(sum(infos[n]["dim"] for n in chosen)),
-        "head": MULTI_HEAD, "params": {"C": est.C_, "layers": chosen},
-        "val_accuracy": est.val_accuracy_, "test_accuracy": test_accuracy, "fit_seconds": fit_seconds,
-        "val_scores": jsonable(est.selection_path_), "report": jsonable(report), "seed": seed,
-        "preprocessing": "standardize+layer-scaling", "pca": None, "selection": est.selection_,
-        "solver": "torch", "n_train": int(y_tr.size) - (n_val if held_out else 0), "n_val": n_val,
-        "n_test": 0 if y_te is None else int(y_te.size), "notes": [], "shots": shots,
-        "features_file": meta["path"], "key": meta.get("key"), "out": None,
-    }
-    if out is not None:
-        save_head(out, head, head_meta(meta, row, class_names, extra_meta))
-        row["out"] = str(Path(out).resolve())
-    return row
