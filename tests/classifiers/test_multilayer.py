@@ -8,8 +8,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from tests.cache_fixtures import digits_splits, write_cache
 from transferlab.classifiers.multilayer import MultiLayerLogisticRegression, block_scaling
-from transferlab.classifiers.train import train_multilayer
 from transferlab.classifiers.persistence import load_head
+from transferlab.classifiers.train import train_multilayer
 from transferlab.features.cache import load_split
 from transferlab.util import UserInputError
 
