@@ -16,7 +16,7 @@ _API = {name: f".{module}" for module, names in {
     "multilayer": ("MULTI_HEAD", "MultiLayerLogisticRegression", "head_layers"),
     "persistence": ("load_head", "read_head_meta", "save_head"),
     "preprocessing": ("PREPROCESSING", "describe_preprocessing", "make_preprocessing"),
-    "similarity": ("cka_matrix", "linear_cka"),
+    "similarity": ("cka_matrix", "layer_similarity", "linear_cka"),
     "protocol": ("HeadResult", "sample_shots", "select_and_fit", "stratified_holdout"),
     "train": ("train_head", "train_layers", "train_multilayer"),
 }.items() for name in names}

@@ -5,6 +5,7 @@ column, is ``||Y'X||_F^2 / (||X'X||_F ||Y'Y||_F)``: 1 for representations equal 
 and an isotropic scaling, near 0 for unrelated ones. :func:`cka_matrix` computes it on a seeded
 subsample of at most ``max_rows`` rows of one split, read from the HDF5 cache chunk by chunk
 (:func:`transferlab.features.cache.open_layers`): no layer is held beyond its capped rows.
+:func:`layer_similarity` does that per cache file of a sweep (``results.json``'s ``layer_similarity``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 
 from transferlab.util import UserInputError
 
-__all__ = ["MAX_ROWS", "cka_matrix", "linear_cka"]
+__all__ = ["MAX_ROWS", "cka_matrix", "layer_similarity", "linear_cka"]
 
 MAX_ROWS = 2000  # rows of the subsample CKA is measured on, unless told
 
@@ -121,3 +122,30 @@ def cka_matrix(features_file, layers=None, split: str = "train", max_rows: int =
             M[a, b] = M[b, a] = _cka_centred(centred[a], centred[b], norms[a], norms[b])
     matrix = [[None if not np.isfinite(v) else float(v) for v in row] for row in M]
     return {"layers": names, "matrix": matrix, "split": split, "n_rows": int(rows.size), "seed": int(seed)}
+
+
+def layer_similarity(cache_files, previous=None, max_rows: int = MAX_ROWS, seed: int = 0) -> list[dict]:
+    """:func:`cka_matrix` of the train split of each cache file, with its ``cache_file`` and ``cache_key``.
+
+    An entry of ``previous`` (what an earlier call returned) for the same file, key, layers, cap and
+    seed is reused as it is: a rerun on an unchanged cache reads only its attributes. A file whose
+    layers cannot be compared (damage, non-finite values) gets an ``error`` instead of a ``matrix``.
+    """
+    from transferlab.features.cache import list_layers, read_cache_meta
+
+    earlier = {(e.get("cache_file"), e.get("cache_key"), tuple(e.get("layers") or ()), e.get("max_rows"),
+                e.get("seed")): e for e in previous or [] if isinstance(e, dict)}
+    out = []
+    for path in cache_files:
+        path = str(path)
+        key, layers = read_cache_meta(path).get("key"), list_layers(path)
+        entry = earlier.get((path, key, tuple(layers), int(max_rows), int(seed)))
+        if entry is None:
+            entry = {"cache_file": path, "cache_key": key, "max_rows": int(max_rows), "seed": int(seed),
+                     "layers": layers}
+            try:
+                entry.update(cka_matrix(path, layers, max_rows=max_rows, seed=seed))
+            except UserInputError as exc:  # a damaged or non-finite layer: the report says why, the sweep goes on
+                entry["error"] = str(exc)
+        out.append(entry)
+    return out

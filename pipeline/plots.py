@@ -10,6 +10,8 @@
   mode's test accuracy beside the best probe (chosen on validation accuracy).
 - :func:`confusion` (``confusion.png``): the chosen head's test confusion matrix beside its per-class
   accuracy (recall).
+- :func:`similarity_heatmap` (``layer_similarity.png``): linear CKA between every pair of layers of
+  one cache file, layers in depth order (``results.json``'s ``layer_similarity``).
 
 Integrity rule: every picture is rendered in memory and written whole and atomically
 (:func:`transferlab.util.atomic_write`); a crash leaves the previous picture, which the next run or
@@ -32,7 +34,7 @@ from .html import md_code, md_row, md_text
 
 GROUPS = (("generic", 0.0, 1 / 3), ("middle", 1 / 3, 2 / 3), ("specialised", 2 / 3, 1.01))
 # the report's pictures, all written into its folder: the only files report.html embeds
-PICTURES = ("depth_vs_accuracy.png", "confusion.png", "learning_curve.png", "finetune.png")
+PICTURES = ("depth_vs_accuracy.png", "confusion.png", "learning_curve.png", "finetune.png", "layer_similarity.png")
 
 
 def _pyplot():
@@ -215,6 +217,58 @@ def confusion(cm: np.ndarray, class_names: list[str], path: Path, title: str) ->
     bx.grid(alpha=0.3, axis="x")
     fig.suptitle(_shown(title), fontsize=10)
     return _save(fig, path)
+
+
+def similarity_heatmap(entry: dict, path: Path) -> Path | None:
+    """``layer_similarity.png``: one cache file's linear CKA matrix (an entry of ``layer_similarity``); None
+    (nothing written) when the entry has no matrix."""
+    if not entry.get("matrix"):
+        return None
+    plt = _pyplot()
+    M = np.array([[np.nan if v is None else float(v) for v in row] for row in entry["matrix"]])
+    names = [_shown(n) for n in entry["layers"]]
+    side = min(10.0, 2.5 + 0.5 * len(names))
+    fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=110)
+    im = ax.imshow(M, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    if len(names) <= 16:
+        for i, j in np.ndindex(M.shape):
+            if np.isfinite(M[i, j]):
+                ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if M[i, j] > 0.6 else "white")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="linear CKA")
+    ax.set_title(_shown(f"layer similarity (linear CKA, {entry['n_rows']} {entry['split']} rows): "
+                        f"{Path(entry['cache_file']).name}"), fontsize=9)
+    return _save(fig, path)
+
+
+def similarity_section(out: Path, summary: dict) -> list[str]:
+    """Draw ``layer_similarity.png`` for the decision's cache file (else the first with a matrix) and return
+    its Markdown section; a sweep without a matrix gets no section and no stale picture."""
+    entries = [e for e in summary.get("layer_similarity") or [] if isinstance(e, dict)]
+    chosen = ((summary.get("decision") or {}).get("curve") or {}).get("cache_file")
+    entries = sorted(entries, key=lambda e: e.get("cache_file") != chosen)
+    entry = next((e for e in entries if e.get("matrix")), None)
+    if entry is None or similarity_heatmap(entry, Path(out) / "layer_similarity.png") is None:
+        _drop(Path(out) / "layer_similarity.png")
+        failed = [e for e in entries if e.get("error")]
+        return ["## Layer similarity", "", f"Not measured: {md_text(failed[0]['error'])}", ""] if failed else []
+    M = np.array([[np.nan if v is None else float(v) for v in row] for row in entry["matrix"]])
+    names = entry["layers"]
+    adjacent = [(M[i, i + 1], names[i], names[i + 1]) for i in range(len(names) - 1) if np.isfinite(M[i, i + 1])]
+    lines = ["## Layer similarity", "",
+             "Linear CKA (Kornblith et al. 2019) between every pair of layers of "
+             f"{md_code(Path(entry['cache_file']).name)}, on {entry['n_rows']} {md_text(entry['split'])} rows: 1 where "
+             "two layers hold the same representation up to a rotation and a scale, near 0 where they share "
+             "little; the matrix is in `results.json`.", "",
+             "![layer similarity](layer_similarity.png)", ""]
+    if adjacent:
+        cka, a, b = max(adjacent)
+        low, c, d = min(adjacent)
+        lines += [f"Most alike neighbours: {md_code(a)} and {md_code(b)} ({cka:.2f}); the largest change: "
+                  f"{md_code(c)} to {md_code(d)} ({low:.2f}).", ""]
+    return lines
 
 
 def per_class_accuracy(cm: np.ndarray) -> np.ndarray:

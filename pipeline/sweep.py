@@ -37,6 +37,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from transferlab.classifiers.parallel import check_backend, parallel
+from transferlab.classifiers.similarity import layer_similarity
 from transferlab.features import ExtractionSpec, load_dataset, parse_pooling
 from transferlab.features.cache import layer_info, read_cache_meta
 from transferlab.features.memo import cached_extraction
@@ -277,7 +278,8 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
                "timing": {"extract_seconds": round(t_extract, 2), "train_seconds": round(t_train, 2),
                           "fits_run": len(jobs), "fits_reused": len(rows) - len(jobs)},
                "stale_rows_moved": len(stale)}
-    summary["measurement"] = measure_for_decision(rows, cfg, _previous_measurement(out), log)
+    summary["layer_similarity"] = layer_similarity(cache_files, _previous(out, "layer_similarity"))
+    summary["measurement"] = measure_for_decision(rows, cfg, _previous(out, "measurement"), log)
     summary["decision"] = decision_of(summary)
     current = not jobs and not stale and _report_is_current(out, summary)
     write_json(out / "results.json", summary)
@@ -286,9 +288,10 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
     return SweepResult(summary, out)
 
 
-def _previous_measurement(out: Path) -> dict | None:
+def _previous(out: Path, name: str):
+    """Field ``name`` of the previous run's ``results.json`` (None when there is none)."""
     try:
-        return json.loads((out / "results.json").read_text()).get("measurement")
+        return json.loads((out / "results.json").read_text()).get(name)
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -338,7 +341,8 @@ def _report_is_current(out: Path, summary: dict) -> bool:
         previous = json.loads((out / "results.json").read_text())
         written_after = min((out / n).stat().st_mtime_ns for n in ("report.md", "depth_vs_accuracy.png"))
         return (written_after >= (out / "results.csv").stat().st_mtime_ns
-                and previous.get("config") == jsonable(summary["config"]) and previous.get("rows") == summary["rows"])
+                and previous.get("config") == jsonable(summary["config"]) and previous.get("rows") == summary["rows"]
+                and previous.get("layer_similarity") == jsonable(summary["layer_similarity"]))
     except (OSError, ValueError):
         return False
 
