@@ -3,7 +3,8 @@
 - :func:`depth_curve` (``depth_vs_accuracy.png``, the interface contract's plot): test accuracy
   (solid, with the spread over repeats) and validation accuracy (dashed) against layer depth, one
   line per head and configuration, on the full training data only, with the chance level
-  (1 / number of classes) drawn and the legend outside the axes.
+  (1 / number of classes) drawn and the legend outside the axes; the multi-layer head is a horizontal
+  band (test accuracy, and validation accuracy ± se).
 - :func:`learning_curve` (``learning_curve.png``, low-shot sweeps): test accuracy against shots
   per class, one line per layer group (generic, middle, specialised thirds of relative depth).
 - :func:`finetune_bars` (``finetune.png``, when fine-tuning rows were appended): each fine-tuning
@@ -28,7 +29,7 @@ import numpy as np
 
 from transferlab.util import UserInputError, atomic_write
 
-from .curves import curve_label, curves, finetune_budget, is_finetune, number
+from .curves import curve_label, curves, finetune_budget, is_finetune, is_multilayer, number
 from .decision import stderr
 from .html import md_code, md_row, md_text
 
@@ -80,12 +81,20 @@ def depth_curve(rows: list[dict], path: Path, n_classes: int | None = None, chos
         return None
     plt = _pyplot()
     keys = sorted(cs)
-    rel = len({k[0] for k in keys}) > 1 or len({len(v) for v in cs.values()}) > 1
+    layered = [k for k in keys if not is_multilayer(k[4])] or keys
+    rel = len({k[0] for k in keys}) > 1 or len({len(cs[k]) for k in layered}) > 1
     fig, ax = plt.subplots(figsize=(8, 4.6), dpi=110)
     for i, key in enumerate(keys):
         pts = cs[key]
         x = [p["rel_depth"] if rel else p["depth"] for p in pts]
         color = f"C{i % 10}"
+        if is_multilayer(key[4]):  # one head over the chosen layers: a horizontal band across the depths
+            p = pts[0]
+            se = stderr(p["val"], p["n_val"])
+            ax.axhline(p["test"], color=color, linewidth=1.5,
+                       label=_shown(f"{curve_label(key, keys)}: {p['layer']} (test)"))
+            ax.axhspan(p["val"] - se, p["val"] + se, color=color, alpha=0.12, linewidth=0)
+            continue
         ax.errorbar(x, [p["test"] for p in pts], yerr=[p["test_std"] for p in pts], marker="o", color=color,
                     capsize=3, label=f"{_shown(curve_label(key, keys))} (test)")
         val = np.array([p["val"] for p in pts], dtype=float)
@@ -104,7 +113,7 @@ def depth_curve(rows: list[dict], path: Path, n_classes: int | None = None, chos
                     label=_shown(label), zorder=5)
     _chance(ax, n_classes)
     if not rel:
-        pts = cs[keys[0]]
+        pts = cs[layered[0]]
         ax.set_xticks([p["depth"] for p in pts], [_shown(p["layer"]) for p in pts], rotation=35, ha="right")
         ax.set_xlabel("layer, generic (left) to specialised (right)")
     else:

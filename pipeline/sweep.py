@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from transferlab.classifiers.multilayer import MULTI_HEAD
 from transferlab.classifiers.parallel import check_backend, parallel
 from transferlab.classifiers.similarity import layer_similarity
 from transferlab.features import ExtractionSpec, load_dataset, parse_pooling
@@ -110,14 +111,20 @@ class SweepConfig:
 
 def _fit_one(job: dict) -> dict:
     """One head on one layer; the warnings it raised travel back in ``row["_warnings"]`` (not printed)."""
-    from transferlab.classifiers import train_head
+    from transferlab.classifiers import MULTI_HEAD, default_grid, train_head, train_multilayer
 
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = train_head(job["cache_file"], job["layer"], job["head"], preprocessing=job["preprocessing"],
-                         val_fraction=job["val_fraction"], seed=job["seed"], n_jobs=1, full_grid=job["full_grid"],
-                         shots=job["shots"] or None)
+        if job["head"] == MULTI_HEAD:  # one head over the candidate layers: the row's layer is the chosen ones
+            res = train_multilayer(job["cache_file"], job["candidates"], val_fraction=job["val_fraction"],
+                                   seed=job["seed"], shots=job["shots"] or None,
+                                   grid=default_grid("logreg", full=job["full_grid"])["C"])
+            job = {**job, **{k: res[k] for k in ("layer", "depth", "rel_depth", "dim")}}
+        else:
+            res = train_head(job["cache_file"], job["layer"], job["head"], preprocessing=job["preprocessing"],
+                             val_fraction=job["val_fraction"], seed=job["seed"], n_jobs=1,
+                             full_grid=job["full_grid"], shots=job["shots"] or None)
     row = {k: job[k] for k in ("backbone", "weights", "layer", "depth", "rel_depth", "dim", "head", "repeat",
                                "seed", "cache_file", "cache_key", "pool", "image_size", "data", "data_fingerprint",
                                "val_fraction", "grid", "row_key")}
@@ -190,7 +197,8 @@ def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, *
     from transferlab.classifiers import make_head  # validates head names before any work
 
     for h in cfg.heads:
-        make_head(h, preprocessing=cfg.preprocessing)
+        if h != MULTI_HEAD:
+            make_head(h, preprocessing=cfg.preprocessing)
     with locked_out(out, log):  # a second sweep into this folder waits, then finds the rows done
         try:
             return _sweep_locked(cfg, out, progress, log)
@@ -230,9 +238,11 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
         t_extract += time.perf_counter() - t0
         cache_files.append(str(path))
         meta = read_cache_meta(path)
-        for name in parse_layers(cfg.layers, meta["catalog"]):
-            info = layer_info(path, name)
-            for head, shots, rep in itertools.product(cfg.heads, cfg.shots or [0], range(cfg.repeats)):
+        names = parse_layers(cfg.layers, meta["catalog"])
+        for name in names + ([MULTI_HEAD] if MULTI_HEAD in cfg.heads else []):
+            info = layer_info(path, names[-1] if name == MULTI_HEAD else name)  # multi: its row says its layers
+            heads = [MULTI_HEAD] if name == MULTI_HEAD else [h for h in cfg.heads if h != MULTI_HEAD]
+            for head, shots, rep in itertools.product(heads, cfg.shots or [0], range(cfg.repeats)):
                 job = {"backbone": bspec, "weights": wspec, "layer": name, "depth": info["depth"],
                        "rel_depth": info["rel_depth"], "dim": info["dim"], "head": head, "repeat": rep,
                        "seed": cfg.seed + rep, "cache_file": str(path), "cache_key": meta["key"],
@@ -240,10 +250,10 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
                        "image_size": meta["image_size"], "shots": shots, "preprocessing": cfg.preprocessing,
                        "val_fraction": cfg.val_fraction, "full_grid": cfg.full_grid,
                        "grid": "full" if cfg.full_grid else "default", "data": dataset.spec,
-                       "data_fingerprint": dataset.fingerprint}
-                job["row_key"] = row_key(cache_key=meta["key"], layer=name, head=head, preprocessing=cfg.preprocessing,
-                                         grid=job["grid"], val_fraction=cfg.val_fraction, shots=shots, repeat=rep,
-                                         seed=job["seed"])
+                       "data_fingerprint": dataset.fingerprint, "candidates": names}
+                job["row_key"] = row_key(cache_key=meta["key"], layer=",".join(names) if head == MULTI_HEAD else name,
+                                         head=head, preprocessing=cfg.preprocessing, grid=job["grid"],
+                                         val_fraction=cfg.val_fraction, shots=shots, repeat=rep, seed=job["seed"])
                 jobs.append(job)
     keys = {j["row_key"] for j in jobs}
     stale = set_aside(csv_path, lambda r: r.get("row_key") in keys or (
