@@ -5,11 +5,14 @@
 Per data set: lite0 features at 64 px (GAP, every default layer; extracted once into the scratch
 folder). Per seed (the seed of the validation holdout, the same rows for both): the logreg head on
 every layer, and the layer with the best validation accuracy (the first in depth order on a tie);
-the multi-layer head (``train_multilayer``: greedy selection on the same validation rows). Both are
-scored on the same test rows: the paired difference (multi minus single, in points) and its
-standard error over test rows (``std(d) / sqrt(n)``, ``d`` in {-1, 0, 1} per row). Writes
-``bench/multilayer.json`` (a data set's entry replaced, the others kept) and prints the Markdown table of ``bench/multilayer.md``. Data sets other
-than ``digits`` come from ``../shared/data`` and are skipped (with the reason) when absent.
+the multi-layer head (``train_multilayer``: greedy selection on the same validation rows), and its
+first greedy step alone (``max_layers=1``: the one layer its own scaling and C grid pick, which
+separates the gain of combining layers from that of the head's scaling). All are scored on the same
+test rows: the paired difference (multi minus single, in points) and its standard error over test
+rows (``std(d) / sqrt(n)``, ``d`` in {-1, 0, 1} per row). Writes ``bench/multilayer.json`` (a data
+set's entry replaced, the others kept) and prints the Markdown table of ``bench/multilayer.md``.
+Data sets other than ``digits`` come from ``../shared/data`` and are skipped (with the reason) when
+absent.
 """
 from __future__ import annotations
 
@@ -54,21 +57,27 @@ def one_seed(path, seed: int, tmp: Path) -> dict:
     t = time.perf_counter()
     multi = train_multilayer(path, out=tmp / f"m{seed}", seed=seed)
     multi_seconds = time.perf_counter() - t
+    one = train_multilayer(path, out=tmp / f"o{seed}", seed=seed, max_layers=1)  # its first step alone
     a = test_correct(tmp / f"s{seed}" / best["layer"], path, [best["layer"]])
     b = test_correct(tmp / f"m{seed}", path, multi["layers"])
+    c = test_correct(tmp / f"o{seed}", path, one["layers"])
     d = b.astype(float) - a
     return {"seed": seed, "single_layer": best["layer"], "single_val": best["val_accuracy"],
             "single_test": float(a.mean()), "multi_layers": multi["layers"], "multi_C": multi["params"]["C"],
             "multi_val": multi["val_accuracy"], "multi_test": float(b.mean()),
             "diff_points": 100 * float(d.mean()), "paired_se_points": 100 * float(d.std(ddof=1) / np.sqrt(d.size)),
+            "one_layer": one["layer"], "one_val": one["val_accuracy"], "one_test": float(c.mean()),
+            "combining_points": 100 * float((b.astype(float) - c).mean()),
+            "combining_se_points": 100 * float((b.astype(float) - c).std(ddof=1) / np.sqrt(d.size)),
             "n_val": multi["n_val"], "n_test": int(d.size), "single_seconds_all_layers": single_seconds,
             "multi_seconds": multi_seconds, "path": [s["params"]["layers"] for s in multi["val_scores"]],
             "path_val": [s["val_accuracy"] for s in multi["val_scores"]]}
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| data | seed | best single layer (val / test) | multi-layer head: layers (val / test) | "
-             "multi - single, points ± paired SE |", "|---|---|---|---|---|"]
+    lines = ["| data | seed | best single layer, logreg (val / test) | multi-layer head: layers (val / test) | "
+             "multi - single, points ± paired SE | its first step alone (val / test) | multi - first step |",
+             "|---|---|---|---|---|---|---|"]
     for r in results:
         if "skipped" in r:
             lines.append(f"| {r['data']} | | skipped: {r['skipped']} | | |")
@@ -76,10 +85,13 @@ def table(results: list[dict]) -> str:
         for s in r["seeds"]:
             lines.append(f"| {r['data']} | {s['seed']} | {s['single_layer']} ({s['single_val']:.3f} / "
                          f"{s['single_test']:.3f}) | {'+'.join(s['multi_layers'])} ({s['multi_val']:.3f} / "
-                         f"{s['multi_test']:.3f}) | {s['diff_points']:+.1f} ± {s['paired_se_points']:.1f} |")
+                         f"{s['multi_test']:.3f}) | {s['diff_points']:+.1f} ± {s['paired_se_points']:.1f} | "
+                         + (f"{s['one_layer']} ({s['one_val']:.3f} / {s['one_test']:.3f}) | "
+                            f"{s['combining_points']:+.1f} ± {s['combining_se_points']:.1f} |" if "one_layer" in s
+                            else "not run | |"))
         d = np.array([s["diff_points"] for s in r["seeds"]])
         se = np.sqrt(np.mean([s["paired_se_points"] ** 2 for s in r["seeds"]]) / len(d))
-        lines.append(f"| {r['data']} | mean | | | {d.mean():+.1f} ± {se:.1f} (seeds' spread {d.std():.1f}) |")
+        lines.append(f"| {r['data']} | mean | | | {d.mean():+.1f} ± {se:.1f} (seeds' spread {d.std():.1f}) | | |")
     return "\n".join(lines)
 
 

@@ -121,7 +121,7 @@ def test_html_report_embeds_every_picture_and_finetune_rows_add_a_bar_chart(swep
     page = (out / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "<table>" in page and 'src="depth_vs_accuracy.png"' not in page
     pngs = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
-    assert len(pngs) == 2  # depth curve and confusion matrix
+    assert len(pngs) == 3  # depth curve, confusion matrix and layer similarity
     assert all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert not (out / "finetune.png").exists() and not (out / "learning_curve.png").exists()
     row = dict(read_rows(out / "results.csv")[0], head="finetune:last:2", test_accuracy="0.5", val_accuracy="0.5",
@@ -130,7 +130,7 @@ def test_html_report_embeds_every_picture_and_finetune_rows_add_a_bar_chart(swep
     refresh_report(out)
     assert (out / "finetune.png").stat().st_size > 0
     assert "![fine-tuning modes beside the best probe](finetune.png)" in (out / "report.md").read_text()
-    assert len(re.findall(r"data:image/png;base64", (out / "report.html").read_text())) == 3
+    assert len(re.findall(r"data:image/png;base64", (out / "report.html").read_text())) == 4
 
 
 def test_low_shot_sweep_draws_a_learning_curve_per_layer_group(tmp_path):
