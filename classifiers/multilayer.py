@@ -24,11 +24,11 @@ from ._linear import LogisticProbaMixin
 from ._path import DEFAULT_MEMORY_BUDGET, fit_logreg_path
 from .fast_logreg import BatchedLogisticRegressionCV
 from .holdout import stratified_holdout
+from .names import MULTI_HEAD
 from .preprocessing import ShrunkStandardScaler
 
 __all__ = ["MULTI_HEAD", "MultiLayerLogisticRegression", "block_scaling", "head_layers"]
 
-MULTI_HEAD = "multi"  # the head's name in results rows, head.json and on the command line
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-6, 5, 12))  # the logreg head's grid
 
 

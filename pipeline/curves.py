@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from transferlab.classifiers.multilayer import MULTI_HEAD
+from transferlab.classifiers.names import MULTI_HEAD
 from transferlab.util import UserInputError
 
 from .decision import Evidence, LayerPoint, decide, stderr

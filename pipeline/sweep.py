@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from transferlab.classifiers.multilayer import MULTI_HEAD
+from transferlab.classifiers.names import MULTI_HEAD
 from transferlab.classifiers.parallel import check_backend, parallel
 from transferlab.classifiers.similarity import layer_similarity
 from transferlab.features import ExtractionSpec, load_dataset, parse_pooling
