@@ -13,10 +13,12 @@ _API = {name: f".{module}" for module, names in {
     "fast_logreg": ("BatchedLogisticRegressionCV", "LogRegPath", "TorchLogisticRegression", "fit_logreg_path"),
     "heads": ("HeadSpec", "adapt_to_data", "available_heads", "default_grid", "default_preprocessing", "make_head",
               "register_head"),
+    "multilayer": ("MULTI_HEAD", "MultiLayerLogisticRegression", "head_layers"),
     "persistence": ("load_head", "read_head_meta", "save_head"),
     "preprocessing": ("PREPROCESSING", "describe_preprocessing", "make_preprocessing"),
+    "similarity": ("cka_matrix", "layer_similarity", "linear_cka"),
     "protocol": ("HeadResult", "sample_shots", "select_and_fit", "stratified_holdout"),
-    "train": ("train_head", "train_layers"),
+    "train": ("train_head", "train_layers", "train_multilayer"),
 }.items() for name in names}
 
 __all__ = list(_API)

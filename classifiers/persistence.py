@@ -43,6 +43,7 @@ from .fast_knn import TorchKNeighborsClassifier
 from .fast_logreg import TorchLogisticRegression
 from .fast_mlp import TorchMLPClassifier
 from .fast_svm import TorchLinearSVC
+from .multilayer import MultiLayerLogisticRegression
 from .preprocessing import ShrunkStandardScaler
 from .ridge import RidgeProbe
 
@@ -55,7 +56,7 @@ _FIX = "retrain the head with `transferlab train --out {dir}`"
 SAFE_CLASSES = {cls.__name__: cls for cls in (
     Pipeline, Normalizer, StandardScaler, ShrunkStandardScaler, PCA, TorchLogisticRegression, TorchLinearSVC,
     RidgeProbe, LogisticRegression, LinearSVC, SVC, MLPClassifier, KNeighborsClassifier, TorchKNeighborsClassifier,
-    TorchMLPClassifier)}
+    TorchMLPClassifier, MultiLayerLogisticRegression)}
 """The estimators a head is saved as arrays with, by class name (exactly these classes, not subclasses)."""
 
 # fitted attributes that are not data: training state a loaded head never uses (dropped), or objects

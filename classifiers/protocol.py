@@ -250,11 +250,7 @@ def select_and_fit(X_train, y_train, X_val, y_val, X_test, y_test, head: str, *,
         y_test = check_labels(y_test, X_test.shape[0], "test labels")
         pred = final.predict(X_test)
         test_accuracy = float(np.mean(pred == y_test))
-        labels = np.union1d(np.unique(y_fit), np.unique(y_test))
-        names = [str(class_names[i]) if class_names is not None and 0 <= i < len(class_names) else str(i)
-                 for i in labels]
-        report = classification_report(y_test, pred, labels=labels, target_names=names, output_dict=True,
-                                       zero_division=0)
+        report = per_class_report(y_test, pred, np.unique(y_fit), class_names)
         n_test = X_test.shape[0]
     head_step = final.named_steps["head"]
     return HeadResult(
@@ -264,6 +260,14 @@ def select_and_fit(X_train, y_train, X_val, y_val, X_test, y_test, head: str, *,
         selection=selection, solver=solver_of(head_step) if spec.solvers else None,
         n_train=int(n_train), n_val=int(n_val), n_test=int(n_test), notes=notes,
     )
+
+
+def per_class_report(y_test, pred, trained_classes, class_names=None) -> dict:
+    """scikit-learn's per-class report of test predictions, over the classes trained on or tested, each
+    named by ``class_names`` (labels 0..K-1) where it has one."""
+    labels = np.union1d(trained_classes, np.unique(y_test))
+    names = [str(class_names[i]) if class_names is not None and 0 <= i < len(class_names) else str(i) for i in labels]
+    return classification_report(y_test, pred, labels=labels, target_names=names, output_dict=True, zero_division=0)
 
 
 def _warm_start(template, param, params, allowed) -> dict:

@@ -26,7 +26,7 @@ import numpy as np
 
 from transferlab.util import UserInputError
 
-from .curves import best_on_validation, is_finetune
+from .curves import best_on_validation, is_finetune, is_multilayer
 
 CHOSEN_DIR = "chosen_head"
 
@@ -40,7 +40,7 @@ def chosen_row(rows: list[dict], decision: dict | None = None) -> dict | None:
     all probe rows trained on the full training data (ties: the deeper layer).
     """
     probes = [r for r in rows if r.get("row_key") and r.get("cache_file") and not r.get("shots")
-              and not is_finetune(r.get("head"))]
+              and not is_finetune(r.get("head")) and not is_multilayer(r.get("head"))]
     layer, curve = (decision or {}).get("chosen_layer"), (decision or {}).get("curve") or {}
     at = [r for r in probes if r["layer"] == layer and r["cache_file"] == curve.get("cache_file")]
     for candidates in (at, probes):

@@ -172,11 +172,13 @@ def cmd_cache(a):
 
 
 def cmd_train(a):
-    from transferlab.classifiers import read_head_meta, train_head
+    from transferlab.classifiers import MULTI_HEAD, read_head_meta, train_head
 
     from .chosen import reuse_chosen
     from .results import default_head_dir, resolve_train_target
 
+    if a.head == MULTI_HEAD or a.layer.strip() == "all" or "," in a.layer:
+        return cmd_train_multi(a)
     features, layer, note = resolve_train_target(a.features, a.layer, a.head)
     if note and not a.quiet:
         print(note, file=sys.stderr)
@@ -191,6 +193,33 @@ def cmd_train(a):
     val = "n/a (no validation split possible)" if res.get("val_accuracy") is None else f"{res['val_accuracy']:.4f}"
     print(f"{layer}  {a.head}  params={json.dumps(res.get('params', {}), default=str)}  "
           f"val_accuracy={val}  test_accuracy={res['test_accuracy']:.4f}")
+    saved = out / read_head_meta(out)["head_file"]
+    print(f"saved {saved}" + ("" if a.quiet else f"  (use: transferlab predict --model {out} IMAGE...)"))
+
+
+def cmd_train_multi(a):
+    """``train --head multi`` (implied by ``--layer all`` or a comma list): one head over several layers."""
+    from transferlab.classifiers import MULTI_HEAD, default_grid, read_head_meta, train_multilayer
+    from transferlab.features.spec import parse_layers
+
+    from .results import default_head_dir
+
+    if a.head not in ("logreg", MULTI_HEAD):
+        raise UserInputError(f"--layer {a.layer} trains the multi-layer head (logistic regression over several "
+                             f"layers): pass --head multi, or one layer for --head {a.head}")
+    if a.preprocessing is not None or a.pca is not None:
+        raise UserInputError("--head multi standardises and scales each layer itself: drop --preprocessing and --pca")
+    features = Path(a.features).expanduser()
+    if features.is_dir():
+        raise UserInputError(f"--head multi needs a cache file as --features, not the folder {features}: "
+                             "`transferlab cache ls` lists them")
+    layers = None if a.layer.strip() == "all" else parse_layers(a.layer, [])
+    out = Path(a.out) if a.out else default_head_dir(features, a.layer, MULTI_HEAD)
+    res = train_multilayer(features, layers, out=out, val_fraction=a.val_fraction, seed=a.seed,
+                           grid=default_grid("logreg", full=a.full_grid)["C"])
+    val = "n/a (no validation split possible)" if res.get("val_accuracy") is None else f"{res['val_accuracy']:.4f}"
+    print(f"{res['layer']}  {MULTI_HEAD}  params={json.dumps(res['params'])}  val_accuracy={val}  "
+          f"test_accuracy={res['test_accuracy']:.4f}")
     saved = out / read_head_meta(out)["head_file"]
     print(f"saved {saved}" + ("" if a.quiet else f"  (use: transferlab predict --model {out} IMAGE...)"))
 
@@ -288,7 +317,8 @@ EXAMPLES = {
     "cache": "transferlab cache ls\n  transferlab cache info --cache-dir /scratch/tl/cache\n"
              "  transferlab cache rm --all",
     "train": "transferlab train --features runs/sweep --layer best --head logreg   # the recommended layer\n"
-             "  transferlab train --features FILE.h5 --layer blocks.5 --head svm --out runs/svm_b5",
+             "  transferlab train --features FILE.h5 --layer blocks.5 --head svm --out runs/svm_b5\n"
+             "  transferlab train --features FILE.h5 --layer all --head multi   # layers chosen on validation",
     "predict": "transferlab predict --model runs/svm_b5 ~/photos/new --out predictions.csv --top-k 3",
     "sweep": "transferlab sweep                                   # digits, lite0, offline\n"
              "  transferlab sweep --data ~/photos --heads logreg --out runs/photos",
@@ -437,11 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_quiet(p)
     p.set_defaults(func=cmd_cache)
 
-    p = _sub(sub, "train", "train a head on cached features of one layer")
+    p = _sub(sub, "train", "train a head on cached features of one layer (or several: --head multi)")
     p.add_argument("--features", required=True, help="a cache file written by extract, or a sweep folder")
     p.add_argument("--layer", required=True, help="a layer stored in the file (module path), or best: the "
-                                                  "layer the sweep recommends (its chosen_head/)")
-    p.add_argument("--head", default="logreg", help="svm, svm-rbf, logreg, ridge, mlp or knn")
+                                                  "layer the sweep recommends (its chosen_head/); all or a comma "
+                                                  "list: the multi-layer head's candidates")
+    p.add_argument("--head", default="logreg", help="svm, svm-rbf, logreg, ridge, mlp or knn; multi: logistic "
+                                                    "regression over the layers chosen on validation")
     p.add_argument("--out", default=None, help="directory for head.safetensors and head.json "
                                                "(default runs/heads/<data>_<layer>_<head>)")
     p.add_argument("--preprocessing", default=None, help="none, l2, standardize or l2+standardize (default: per head)")

@@ -285,7 +285,7 @@ def add_extract_args(p):
 SWEEP_FLAGS = [
     ("--backbone", {"help": "comma-separated backbones"}),
     ("--weights", {"help": "comma-separated: imagenet, random, PATH"}),
-    ("--heads", {"help": "comma-separated heads"}),
+    ("--heads", {"help": "comma-separated heads; multi: one head over the layers chosen on validation"}),
     ("--layers", {"help": "all or comma-separated module paths"}),
     ("--pool", {"help": "comma-separated poolings"}),
     ("--image-size", {"help": "comma-separated input sides: auto (the data's median shorter side, within 64 px.."

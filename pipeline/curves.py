@@ -13,6 +13,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from transferlab.classifiers.names import MULTI_HEAD
 from transferlab.util import UserInputError
 
 from .decision import Evidence, LayerPoint, decide, stderr
@@ -23,6 +24,12 @@ FINETUNE_PREFIX = "finetune:"
 def is_finetune(head) -> bool:
     """Whether a row's ``head`` names a fine-tuning run (``finetune:MODE``) rather than a head on cached features."""
     return str(head or "").startswith(FINETUNE_PREFIX)
+
+
+def is_multilayer(head) -> bool:
+    """Whether a row's ``head`` is the multi-layer head: one row per curve, its ``layer`` the chosen layers
+    joined by ``+``; it takes no part in choosing a layer."""
+    return head == MULTI_HEAD
 
 
 def number(v, default=float("nan")) -> float:
@@ -156,7 +163,7 @@ def decision_curve(rows: list[dict]) -> dict | None:
     Returns ``{"backbone", "weights", "pool", "image_size", "head", "cache_file", "cache_key", "layers"}``
     (layers in depth order), or None when no curve has validation accuracies.
     """
-    best = [b for b in best_per_curve(rows) if not b["shots"] and b["val_choice"]]
+    best = [b for b in best_per_curve(rows) if not b["shots"] and b["val_choice"] and not is_multilayer(b["head"])]
     pre = [b for b in best if b["weights"] == "imagenet"] or best
     if not pre:
         return None
@@ -190,7 +197,7 @@ def evidence_from_rows(rows: list[dict], class_counts: dict | None, measurement:
     else:
         curve = [LayerPoint(p["layer"], p["rel_depth"], p["val"], p["n_val"]) for p in curves_[key]
                  if np.isfinite(p["val"])]
-    best = [b for b in best_per_curve(rows) if not b["shots"] and b["val_choice"]]
+    best = [b for b in best_per_curve(rows) if not b["shots"] and b["val_choice"] and not is_multilayer(b["head"])]
     rnd = [b for b in best if b["weights"] == "random" and b["backbone"] == dc["backbone"]]
     tuned = [r for r in rows if is_finetune(r.get("head")) and r.get("backbone") == dc["backbone"]
              and r.get("weights") == "imagenet" and np.isfinite(number(r.get("val_accuracy")))]

@@ -3,13 +3,16 @@
 - :func:`depth_curve` (``depth_vs_accuracy.png``, the interface contract's plot): test accuracy
   (solid, with the spread over repeats) and validation accuracy (dashed) against layer depth, one
   line per head and configuration, on the full training data only, with the chance level
-  (1 / number of classes) drawn and the legend outside the axes.
+  (1 / number of classes) drawn and the legend outside the axes; the multi-layer head is a horizontal
+  band (test accuracy, and validation accuracy ± se).
 - :func:`learning_curve` (``learning_curve.png``, low-shot sweeps): test accuracy against shots
   per class, one line per layer group (generic, middle, specialised thirds of relative depth).
 - :func:`finetune_bars` (``finetune.png``, when fine-tuning rows were appended): each fine-tuning
   mode's test accuracy beside the best probe (chosen on validation accuracy).
 - :func:`confusion` (``confusion.png``): the chosen head's test confusion matrix beside its per-class
   accuracy (recall), each bar with its value and binomial standard error.
+- :func:`similarity_heatmap` (``layer_similarity.png``): linear CKA between every pair of layers of
+  one cache file, layers in depth order (``results.json``'s ``layer_similarity``).
 
 Integrity rule: every picture is rendered in memory and written whole and atomically
 (:func:`transferlab.util.atomic_write`); a crash leaves the previous picture, which the next run or
@@ -26,13 +29,13 @@ import numpy as np
 
 from transferlab.util import UserInputError, atomic_write
 
-from .curves import curve_label, curves, finetune_budget, is_finetune, number
+from .curves import curve_label, curves, finetune_budget, is_finetune, is_multilayer, number
 from .decision import stderr
 from .html import md_code, md_text
 
 GROUPS = (("generic", 0.0, 1 / 3), ("middle", 1 / 3, 2 / 3), ("specialised", 2 / 3, 1.01))
 # the report's pictures, all written into its folder: the only files report.html embeds
-PICTURES = ("depth_vs_accuracy.png", "confusion.png", "learning_curve.png", "finetune.png")
+PICTURES = ("depth_vs_accuracy.png", "confusion.png", "learning_curve.png", "finetune.png", "layer_similarity.png")
 
 
 def _pyplot():
@@ -78,12 +81,20 @@ def depth_curve(rows: list[dict], path: Path, n_classes: int | None = None, chos
         return None
     plt = _pyplot()
     keys = sorted(cs)
-    rel = len({k[0] for k in keys}) > 1 or len({len(v) for v in cs.values()}) > 1
+    layered = [k for k in keys if not is_multilayer(k[4])] or keys
+    rel = len({k[0] for k in keys}) > 1 or len({len(cs[k]) for k in layered}) > 1
     fig, ax = plt.subplots(figsize=(8, 4.6), dpi=110)
     for i, key in enumerate(keys):
         pts = cs[key]
         x = [p["rel_depth"] if rel else p["depth"] for p in pts]
         color = f"C{i % 10}"
+        if is_multilayer(key[4]):  # one head over the chosen layers: a horizontal band across the depths
+            p = pts[0]
+            se = stderr(p["val"], p["n_val"])
+            ax.axhline(p["test"], color=color, linewidth=1.5,
+                       label=_shown(f"{curve_label(key, keys)}: {p['layer']} (test)"))
+            ax.axhspan(p["val"] - se, p["val"] + se, color=color, alpha=0.12, linewidth=0)
+            continue
         ax.errorbar(x, [p["test"] for p in pts], yerr=[p["test_std"] for p in pts], marker="o", color=color,
                     capsize=3, label=f"{_shown(curve_label(key, keys))} (test)")
         val = np.array([p["val"] for p in pts], dtype=float)
@@ -102,7 +113,7 @@ def depth_curve(rows: list[dict], path: Path, n_classes: int | None = None, chos
                     label=_shown(label), zorder=5)
     _chance(ax, n_classes)
     if not rel:
-        pts = cs[keys[0]]
+        pts = cs[layered[0]]
         ax.set_xticks([p["depth"] for p in pts], [_shown(p["layer"]) for p in pts], rotation=35, ha="right")
         ax.set_xlabel("layer, generic (left) to specialised (right)")
     else:
@@ -221,6 +232,58 @@ def confusion(cm: np.ndarray, class_names: list[str], path: Path, title: str) ->
     bx.grid(alpha=0.3, axis="x")
     fig.suptitle(_shown(title), fontsize=10)
     return _save(fig, path)
+
+
+def similarity_heatmap(entry: dict, path: Path) -> Path | None:
+    """``layer_similarity.png``: one cache file's linear CKA matrix (an entry of ``layer_similarity``); None
+    (nothing written) when the entry has no matrix."""
+    if not entry.get("matrix"):
+        return None
+    plt = _pyplot()
+    M = np.array([[np.nan if v is None else float(v) for v in row] for row in entry["matrix"]])
+    names = [_shown(n) for n in entry["layers"]]
+    side = min(10.0, 2.5 + 0.5 * len(names))
+    fig, ax = plt.subplots(figsize=(side + 1.2, side), dpi=110)
+    im = ax.imshow(M, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    if len(names) <= 16:
+        for i, j in np.ndindex(M.shape):
+            if np.isfinite(M[i, j]):
+                ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="black" if M[i, j] > 0.6 else "white")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="linear CKA")
+    ax.set_title(_shown(f"layer similarity (linear CKA, {entry['n_rows']} {entry['split']} rows): "
+                        f"{Path(entry['cache_file']).name}"), fontsize=9)
+    return _save(fig, path)
+
+
+def similarity_section(out: Path, summary: dict) -> list[str]:
+    """Draw ``layer_similarity.png`` for the decision's cache file (else the first with a matrix) and return
+    its Markdown section; a sweep without a matrix gets no section and no stale picture."""
+    entries = [e for e in summary.get("layer_similarity") or [] if isinstance(e, dict)]
+    chosen = ((summary.get("decision") or {}).get("curve") or {}).get("cache_file")
+    entries = sorted(entries, key=lambda e: e.get("cache_file") != chosen)
+    entry = next((e for e in entries if e.get("matrix")), None)
+    if entry is None or similarity_heatmap(entry, Path(out) / "layer_similarity.png") is None:
+        _drop(Path(out) / "layer_similarity.png")
+        failed = [e for e in entries if e.get("error")]
+        return ["## Layer similarity", "", f"Not measured: {md_text(failed[0]['error'])}", ""] if failed else []
+    M = np.array([[np.nan if v is None else float(v) for v in row] for row in entry["matrix"]])
+    names = entry["layers"]
+    adjacent = [(M[i, i + 1], names[i], names[i + 1]) for i in range(len(names) - 1) if np.isfinite(M[i, i + 1])]
+    lines = ["## Layer similarity", "",
+             "Linear CKA (Kornblith et al. 2019) between every pair of layers of "
+             f"{md_code(Path(entry['cache_file']).name)}, on {entry['n_rows']} {md_text(entry['split'])} rows: 1 where "
+             "two layers hold the same representation up to a rotation and a scale, near 0 where they share "
+             "little; the matrix is in `results.json`.", "",
+             "![layer similarity](layer_similarity.png)", ""]
+    if adjacent:
+        cka, a, b = max(adjacent)
+        low, c, d = min(adjacent)
+        lines += [f"Most alike neighbours: {md_code(a)} and {md_code(b)} ({cka:.2f}); the largest change: "
+                  f"{md_code(c)} to {md_code(d)} ({low:.2f}).", ""]
+    return lines
 
 
 def per_class_accuracy(cm: np.ndarray) -> np.ndarray:

@@ -2,9 +2,10 @@
 
 ``--model DIR`` is either a ``train --out`` directory (``head.json`` holds the resolved extraction
 spec of the cached features and the layer: the backbone is rebuilt from the spec's backbone,
-weights and seed, its weights fingerprint checked against the spec, and the one layer extracted
-with the spec's size, interpolation, mean, std, pooling and storage dtype) or a
-``finetune --out`` directory (``model.json`` + ``model.pt``: the whole fine-tuned network).
+weights and seed, its weights fingerprint checked against the spec, and the layer (every layer of a
+multi-layer head, in one forward pass) extracted with the spec's size, interpolation, mean, std,
+pooling and storage dtype) or a ``finetune --out`` directory (``model.json`` + ``model.pt``: the
+whole fine-tuned network).
 
 A head saved as a pickle (``head.joblib``: a head of your own, or one saved by an earlier version) is
 refused unless ``allow_pickle=True`` (``--allow-pickle``): unpickling runs its author's code.
@@ -200,29 +201,34 @@ def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progr
 def _predict_head(loaded, model_dir, paths, batch_size, device, progress, top_k, strict) -> list[dict]:
     import torch
 
+    from transferlab.classifiers.multilayer import head_layers
     from transferlab.features import ExtractionSpec, FeatureTap, build_backbone, resolve_device
 
     head, meta = loaded
     if not isinstance(meta.get("extraction"), dict):
         raise UserInputError(f"{model_dir}/head.json has no extraction spec (written by an older version); "
                              f"retrain the head with `transferlab train`")
-    spec, layer = ExtractionSpec.from_dict(meta["extraction"]), meta["layer"]
+    spec, layers = ExtractionSpec.from_dict(meta["extraction"]), head_layers(meta)  # in forward order
     bb = build_backbone(spec.backbone, weights=spec.weights, seed=spec.seed)
     if bb.weights_sha256 != spec.weights_sha256:
         raise UserInputError(f"the weights of {spec.backbone} ({spec.weights}) are not the ones the head in "
                              f"{model_dir} was trained on (sha256 differs); retrain the head")
     width = _head_width(head, meta, model_dir)
-    if layer not in dict(bb.model.named_modules()):
-        raise UserInputError(f"{model_dir}/head.json names layer {layer!r}, which {spec.backbone} does not have; "
-                             f"retrain the head")
+    modules = dict(bb.model.named_modules())
+    for layer in layers:
+        if layer not in modules:
+            raise UserInputError(f"{model_dir}/head.json names layer {layer!r}, which {spec.backbone} does not "
+                                 f"have; retrain the head")
+    layer = "+".join(layers)
     dev = resolve_device(device)
     model = bb.model.to(dev).eval()
-    tap = FeatureTap(model, [layer], spec.pool, stop_after=layer)
+    tap = FeatureTap(model, layers, spec.pool, stop_after=layers[-1])  # every layer in one forward pass
     class_names = list(meta.get("class_names") or [])
 
     def classify(chunk, x):
         # round to the cache's storage dtype, as the head's training rows were
-        feats = tap(x.to(dev))[layer].cpu().numpy().astype(spec.dtype).astype(np.float32)
+        pooled = tap(x.to(dev))
+        feats = np.concatenate([pooled[n].cpu().numpy().astype(spec.dtype).astype(np.float32) for n in layers], 1)
         if feats.shape[1] != width:
             raise UserInputError(f"layer {layer!r} gives {feats.shape[1]} features but the head in {model_dir} "
                                  f"takes {width}; head.json does not describe this head: retrain it")

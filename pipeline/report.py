@@ -16,7 +16,7 @@ from transferlab.util import atomic_write, write_json
 
 from .curves import best_per_curve, curves, decision_of, is_finetune, number
 from .html import md_code, md_inline, md_row, md_text, write_html
-from .plots import PICTURES, depth_curve, write_pictures
+from .plots import PICTURES, depth_curve, similarity_section, write_pictures
 from .results import read_rows
 
 
@@ -192,6 +192,7 @@ def write_report(out: Path, summary: dict, log=None) -> Path:
     headline, _ = decision_section(summary)
     lines += headline + [""]
     lines += write_pictures(out, summary, log)
+    lines += similarity_section(out, summary)
     lines += ["## Peak on validation, per curve", "",
               "For reference: each curve's own best layer on validation. The recommendation above decides.", "",
               md_row("backbone", "weights", "pool", "size", "head", "shots", "chosen on val", "val ± se", "its test",

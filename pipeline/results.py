@@ -60,6 +60,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from transferlab.classifiers.names import MULTI_HEAD
 from transferlab.features.locks import exclusive_folder
 from transferlab.util import UserInputError, atomic_write, sha256_json, slug
 
@@ -173,6 +174,21 @@ def _int(v, default=0) -> int:
     return default if v in ("", None) else int(float(v))
 
 
+def multi_key_layer(candidates) -> str:
+    """The ``layer`` a multi-layer row's key is made of: the candidate layers it chose from (its ``layer``
+    column holds the chosen ones, its ``params`` the candidates)."""
+    return ",".join(candidates)
+
+
+def key_layer(row: dict) -> str:
+    """The layer field of ``row``'s key: its layer, or a multi-layer row's candidates (:func:`multi_key_layer`)."""
+    if row.get("head") == MULTI_HEAD:
+        params = row.get("params")
+        params = json.loads(params) if isinstance(params, str) and params else params or {}
+        return multi_key_layer(params.get("candidates", []))
+    return row["layer"]
+
+
 def why_not_current(row: dict, now: CurrentRun) -> str | None:
     """None when ``row`` is valid for ``now`` (see *Current* in the module docstring), else what changed, in words."""
     if not row.get("row_key"):
@@ -194,7 +210,7 @@ def why_not_current(row: dict, now: CurrentRun) -> str | None:
     s = now.settings
     try:
         shots, repeat = _int(row.get("shots")), _int(row.get("repeat"))
-        if s.key(row["cache_key"], row["layer"], row["head"], shots, repeat) == row["row_key"]:
+        if s.key(row["cache_key"], key_layer(row), row["head"], shots, repeat) == row["row_key"]:
             return None
         if row.get("grid") != s.grid:
             return f"another grid (--full-grid: {row.get('grid')}, now {s.grid})"

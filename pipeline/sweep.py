@@ -38,7 +38,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from transferlab.classifiers.names import MULTI_HEAD
 from transferlab.classifiers.parallel import check_backend, parallel
+from transferlab.classifiers.similarity import layer_similarity
 from transferlab.features import ExtractionSpec, load_dataset, parse_pooling
 from transferlab.features.cache import layer_info, read_cache_meta
 from transferlab.features.memo import cached_extraction
@@ -55,6 +57,7 @@ from .results import (
     append_row,
     locked_out,
     moved_note,
+    multi_key_layer,
     read_rows,
     reconcile,
     row_key,
@@ -123,14 +126,21 @@ class SweepConfig:
 
 def _fit_one(job: dict) -> dict:
     """One head on one layer; the warnings it raised travel back in ``row["_warnings"]`` (not printed)."""
-    from transferlab.classifiers import train_head
+    from transferlab.classifiers import MULTI_HEAD, default_grid, train_head, train_multilayer
 
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = train_head(job["cache_file"], job["layer"], job["head"], preprocessing=job["preprocessing"],
-                         val_fraction=job["val_fraction"], seed=job["seed"], n_jobs=1, full_grid=job["full_grid"],
-                         shots=job["shots"] or None)
+        if job["head"] == MULTI_HEAD:  # one head over the candidate layers: the row's layer is the chosen ones
+            res = train_multilayer(job["cache_file"], job["candidates"], val_fraction=job["val_fraction"],
+                                   seed=job["seed"], shots=job["shots"] or None,
+                                   grid=default_grid("logreg", full=job["full_grid"])["C"])
+            job = {**job, **{k: res[k] for k in ("layer", "depth", "rel_depth", "dim")}}
+            res = {**res, "params": {**res["params"], "candidates": job["candidates"]}}  # what its key is made of
+        else:
+            res = train_head(job["cache_file"], job["layer"], job["head"], preprocessing=job["preprocessing"],
+                             val_fraction=job["val_fraction"], seed=job["seed"], n_jobs=1,
+                             full_grid=job["full_grid"], shots=job["shots"] or None)
     row = {k: job[k] for k in ("backbone", "weights", "layer", "depth", "rel_depth", "dim", "head", "repeat",
                                "seed", "cache_file", "cache_key", "pool", "image_size", "data", "data_fingerprint",
                                "val_fraction", "grid", "row_key")}
@@ -203,7 +213,8 @@ def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, *
     from transferlab.classifiers import make_head  # validates head names before any work
 
     for h in cfg.heads:
-        make_head(h, preprocessing=cfg.preprocessing)
+        if h != MULTI_HEAD:
+            make_head(h, preprocessing=cfg.preprocessing)
     with locked_out(out, log):  # a second sweep into this folder waits, then finds the rows done
         try:
             return _sweep_locked(cfg, out, progress, log)
@@ -245,9 +256,11 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
         cache_files.append(str(path))
         meta = read_cache_meta(path)
         features[(bspec, wspec, meta["pooling"], str(meta["image_size"]))] = meta["key"]
-        for name in parse_layers(cfg.layers, meta["catalog"]):
-            info = layer_info(path, name)
-            for head, shots, rep in itertools.product(cfg.heads, cfg.shots or [0], range(cfg.repeats)):
+        names = parse_layers(cfg.layers, meta["catalog"])
+        for name in names + ([MULTI_HEAD] if MULTI_HEAD in cfg.heads else []):
+            info = layer_info(path, names[-1] if name == MULTI_HEAD else name)  # multi: its row says its layers
+            heads = [MULTI_HEAD] if name == MULTI_HEAD else [h for h in cfg.heads if h != MULTI_HEAD]
+            for head, shots, rep in itertools.product(heads, cfg.shots or [0], range(cfg.repeats)):
                 job = {"backbone": bspec, "weights": wspec, "layer": name, "depth": info["depth"],
                        "rel_depth": info["rel_depth"], "dim": info["dim"], "head": head, "repeat": rep,
                        "seed": cfg.seed + rep, "cache_file": str(path), "cache_key": meta["key"],
@@ -255,7 +268,9 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
                        "image_size": meta["image_size"], "shots": shots, "preprocessing": cfg.preprocessing,
                        "val_fraction": cfg.val_fraction, "full_grid": cfg.full_grid,
                        "grid": settings.grid, "data": dataset.spec, "data_fingerprint": dataset.fingerprint,
-                       "row_key": settings.key(meta["key"], name, head, shots, rep)}
+                       "candidates": names,
+                       "row_key": settings.key(meta["key"], multi_key_layer(names) if head == MULTI_HEAD else name,
+                                               head, shots, rep)}
                 jobs.append(job)
     now = CurrentRun(dataset.spec, dataset.fingerprint, features, settings)
     stale, taken = reconcile(csv_path, lambda r: why_not_current(r, now))
@@ -292,7 +307,8 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
                "timing": {"extract_seconds": round(t_extract, 2), "train_seconds": round(t_train, 2),
                           "fits_run": len(jobs), "fits_reused": asked - len(jobs)},
                "stale_rows_moved": len(stale), "stale_rows_taken_back": len(taken)}
-    summary["measurement"] = measure_for_decision(rows, cfg, _previous_measurement(out), log)
+    summary["layer_similarity"] = layer_similarity(cache_files, _previous(out, "layer_similarity"))
+    summary["measurement"] = measure_for_decision(rows, cfg, _previous(out, "measurement"), log)
     summary["decision"] = decision_of(summary)
     current = not jobs and not stale and not taken and _report_is_current(out, summary)
     write_json(out / "results.json", summary)
@@ -301,9 +317,10 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
     return SweepResult(summary, out)
 
 
-def _previous_measurement(out: Path) -> dict | None:
+def _previous(out: Path, name: str):
+    """Field ``name`` of the previous run's ``results.json`` (None when there is none)."""
     try:
-        return json.loads((out / "results.json").read_text()).get("measurement")
+        return json.loads((out / "results.json").read_text()).get(name)
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -353,7 +370,8 @@ def _report_is_current(out: Path, summary: dict) -> bool:
         previous = json.loads((out / "results.json").read_text())
         written_after = min((out / n).stat().st_mtime_ns for n in ("report.md", "depth_vs_accuracy.png"))
         return (written_after >= (out / "results.csv").stat().st_mtime_ns
-                and previous.get("config") == jsonable(summary["config"]) and previous.get("rows") == summary["rows"])
+                and previous.get("config") == jsonable(summary["config"]) and previous.get("rows") == summary["rows"]
+                and previous.get("layer_similarity") == jsonable(summary["layer_similarity"]))
     except (OSError, ValueError):
         return False
 

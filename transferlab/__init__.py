@@ -37,6 +37,8 @@ _API = {
     "make_head": "transferlab.classifiers.heads",
     "train_head": "transferlab.classifiers.train",
     "train_layers": "transferlab.classifiers.train",
+    "train_multilayer": "transferlab.classifiers.train",
+    "cka_matrix": "transferlab.classifiers.similarity",
     "select_and_fit": "transferlab.classifiers.protocol",
     "load_head": "transferlab.classifiers.persistence",
     "FinetuneConfig": "transferlab.finetuning.config",

@@ -150,7 +150,7 @@ def test_html_report_embeds_every_picture_and_finetune_rows_add_a_bar_chart(swep
     page = (out / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "<table>" in page and 'src="depth_vs_accuracy.png"' not in page
     pngs = re.findall(r'<img (?!class="thumb")[^>]*src="data:image/png;base64,([^"]+)"', page)
-    assert len(pngs) == 2  # depth curve and confusion matrix (the gallery's thumbnails aside)
+    assert len(pngs) == 3  # depth curve, confusion matrix and layer similarity (the gallery's thumbnails aside)
     assert all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     assert not (out / "finetune.png").exists() and not (out / "learning_curve.png").exists()
     row = dict(read_rows(out / "results.csv")[0], head="finetune:last:2", test_accuracy="0.5", val_accuracy="0.5",
@@ -160,7 +160,7 @@ def test_html_report_embeds_every_picture_and_finetune_rows_add_a_bar_chart(swep
     assert (out / "finetune.png").stat().st_size > 0
     assert "![fine-tuning modes beside the best probe](finetune.png)" in (out / "report.md").read_text()
     page = (out / "report.html").read_text()
-    assert len(re.findall(r'<img (?!class="thumb")[^>]*src="data:image/png;base64', page)) == 3
+    assert len(re.findall(r'<img (?!class="thumb")[^>]*src="data:image/png;base64', page)) == 4
 
 
 def test_low_shot_sweep_draws_a_learning_curve_per_layer_group(tmp_path):

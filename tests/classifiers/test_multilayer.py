@@ -1,0 +1,186 @@
+"""The multi-layer head: per-layer scaling, selection on validation only, safe save/load, scikit-learn's contract."""
+import pickle
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from tests.cache_fixtures import digits_splits, write_cache
+from transferlab.classifiers.multilayer import MultiLayerLogisticRegression, block_scaling
+from transferlab.classifiers.persistence import load_head
+from transferlab.classifiers.train import train_multilayer
+from transferlab.features.cache import load_split
+from transferlab.util import UserInputError
+
+CS = [0.01, 1.0, 100.0]
+
+
+@parametrize_with_checks([MultiLayerLogisticRegression(Cs=CS), MultiLayerLogisticRegression(Cs=CS, selection="all")])
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+def _blocks(n=300, seed=0):
+    """Three blocks of very different widths and scales; block 0 carries the label, the others noise."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    signal = rng.normal(size=(n, 4)) + np.eye(3, 4)[y] * 3.0
+    narrow = 50.0 * rng.normal(size=(n, 2)) + 7.0
+    wide = 0.01 * rng.normal(size=(n, 200)) * rng.uniform(0.1, 10, 200)
+    return np.concatenate([signal, narrow, wide], 1), y, [4, 2, 200]
+
+
+def test_each_block_is_standardised_then_scaled_to_equal_total_variance_as_numpy_computes_it():
+    X, y, dims = _blocks()
+    est = MultiLayerLogisticRegression(dims, ["a", "b", "c"], Cs=CS, selection="all").fit(X, y)
+    # numpy: the shrunk standardisation, then each block's total variance set to the mean width
+    n, k = X.shape[0], 10.0
+    var = X.var(0)
+    scale = np.sqrt((n * var + k * var.mean()) / (n + k))
+    Z = (X - X.mean(0)) / scale
+    bounds = np.cumsum([0, *dims])
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        Z[:, a:b] *= np.sqrt(np.mean(dims) / Z[:, a:b].var(0).sum())
+    np.testing.assert_allclose(est.scale_blocks(X), Z, rtol=1e-6, atol=1e-9)
+    totals = [Z[:, a:b].var(0).sum() for a, b in zip(bounds[:-1], bounds[1:])]
+    np.testing.assert_allclose(totals, [np.mean(dims)] * 3, rtol=1e-9)  # equal, whatever the widths
+    mean, scale_, weight = block_scaling(X, dims)
+    np.testing.assert_allclose(weight, est.block_weight_)
+
+
+def test_greedy_selection_takes_the_informative_layer_and_leaves_noise_out():
+    X, y, dims = _blocks(600)
+    est = MultiLayerLogisticRegression(dims, ["signal", "narrow", "wide"], Cs=CS).fit(X[:400], y[:400], X[400:],
+                                                                                       y[400:])
+    assert est.layers_ == ["signal"] and est.selected_.tolist() == [0]
+    assert np.all(est.coef_[:, 4:] == 0) and np.any(est.coef_[:, :4] != 0)
+    assert est.selection_path_[0]["layers"] == ["signal"] and est.val_accuracy_ == est.selection_path_[-1][
+        "val_accuracy"]
+    assert est.score(X[400:], y[400:]) > 0.85
+
+
+def _two_informative(n, seed, which):
+    """Blocks a and b; the label is readable from block ``which`` (the other holds noise)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    a, b = rng.normal(size=(n, 5)), rng.normal(size=(n, 5))
+    {"a": a, "b": b}[which][:, 0] += 3.0 * (2 * y - 1)
+    return np.concatenate([a, b], 1), y
+
+
+def test_the_layers_are_chosen_on_the_validation_rows_given():
+    X_both, y = _two_informative(400, 0, "a")
+    X_both[:, 5] += 3.0 * (2 * y - 1)  # training rows: both blocks informative, a a little less noisy
+    X_both[:, 0] += 0.5 * (2 * y - 1)
+    chosen = {}
+    for which in ("a", "b"):
+        X_val, y_val = _two_informative(200, 1, which)
+        est = MultiLayerLogisticRegression([5, 5], ["a", "b"], Cs=CS, max_layers=1).fit(X_both, y, X_val, y_val)
+        chosen[which] = est.layers_
+    assert chosen == {"a": ["a"], "b": ["b"]}
+
+
+def test_greedy_path_rises_strictly_and_respects_max_layers():
+    rng = np.random.default_rng(3)
+    n = 600
+    y = np.arange(n) % 4
+    # each block tells two of the four classes apart: together they tell all four
+    blocks = [rng.normal(size=(n, 3)) + 2.5 * np.column_stack([y % 2, y // 2, np.zeros(n)])[:, [i, 2, 2]]
+              for i in (0, 1)]
+    X = np.concatenate(blocks + [rng.normal(size=(n, 30))], 1)
+    est = MultiLayerLogisticRegression([3, 3, 30], ["x", "y", "noise"], Cs=CS).fit(X[:400], y[:400], X[400:],
+                                                                                    y[400:])
+    accs = [s["val_accuracy"] for s in est.selection_path_]
+    assert all(b > a for a, b in zip(accs, accs[1:]))
+    assert sorted(est.layers_) == ["x", "y"]
+    one = MultiLayerLogisticRegression([3, 3, 30], ["x", "y", "noise"], Cs=CS, max_layers=1).fit(
+        X[:400], y[:400], X[400:], y[400:])
+    assert len(one.layers_) == 1 and one.val_accuracy_ == accs[0]
+
+
+def test_restricted_head_predicts_exactly_as_the_full_one_from_its_layers_alone():
+    X, y, dims = _blocks(600)
+    X = np.concatenate([X, X[:, :4] * 0.5 + 1], 1)
+    dims = dims + [4]
+    est = MultiLayerLogisticRegression(dims, ["a", "b", "c", "d"], Cs=CS).fit(X[:400], y[:400], X[400:], y[400:])
+    small = est.restricted()
+    cols = np.concatenate([np.arange(s, s + d) for s, d, i in zip(np.cumsum([0, *dims]), dims, range(4))
+                           if i in est.selected_])
+    assert small.layer_names == sorted(est.layers_, key=["a", "b", "c", "d"].index)
+    assert small.n_features_in_ == cols.size
+    np.testing.assert_allclose(small.decision_function(X[:, cols]), est.decision_function(X), rtol=1e-12)
+    np.testing.assert_array_equal(small.predict(X[:, cols]), est.predict(X))
+
+
+def test_bad_layer_dims_are_errors():
+    X, y, _ = _blocks(60)
+    with pytest.raises(ValueError, match="do not add up"):
+        MultiLayerLogisticRegression([4, 2], Cs=CS).fit(X, y)
+    with pytest.raises(ValueError, match="layer_names"):
+        MultiLayerLogisticRegression([4, 2, 200], ["a"], Cs=CS).fit(X, y)
+
+
+# --- off the cache ----------------------------------------------------------------------------------
+
+
+def _no_unpickling(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("the load path unpickled")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, boom)
+    monkeypatch.setattr(joblib, "load", boom)
+
+
+def _features(path, split, layers):
+    parts = [load_split(path, split, layer) for layer in layers]
+    return np.concatenate([p[0] for p in parts], 1), parts[0][1]
+
+
+def test_train_multilayer_saves_a_head_that_loads_without_pickle_and_predicts_the_same(cache_with_val, tmp_path,
+                                                                                     monkeypatch):
+    row = train_multilayer(cache_with_val, out=tmp_path / "multi", grid=CS)
+    assert row["head"] == "multi" and row["layers"] and row["layer"] == "+".join(row["layers"])
+    assert row["candidates"] == ["stem", "blocks.3", "conv_head"]  # depth order
+    assert row["params"]["layers"] == row["layers"] and row["params"]["C"] in CS
+    assert row["n_val"] == 200 and row["n_train"] == 500 and row["n_test"] == 400
+    _no_unpickling(monkeypatch)
+    head, meta = load_head(tmp_path / "multi")
+    monkeypatch.undo()
+    assert meta["layers"] == row["layers"] and meta["params"]["layers"] == row["layers"]
+    assert head.layer_names == row["layers"]
+    X_te, y_te = _features(cache_with_val, "test", row["layers"])
+    assert np.mean(head.predict(X_te) == y_te) == pytest.approx(row["test_accuracy"])
+    # the same model refitted here predicts what the saved one does, to the last bit
+    X_tr, y_tr = _features(cache_with_val, "train", row["candidates"])
+    X_va, y_va = _features(cache_with_val, "val", row["candidates"])
+    dims = [load_split(cache_with_val, "train", n)[0].shape[1] for n in row["candidates"]]
+    fresh = MultiLayerLogisticRegression(dims, row["candidates"], Cs=tuple(CS)).fit(X_tr, y_tr, X_va, y_va)
+    np.testing.assert_array_equal(head.predict_proba(X_te), fresh.restricted().predict_proba(X_te))
+
+
+def test_the_choice_never_reads_the_test_rows(tmp_path):
+    labels, features = digits_splits(with_val=True)
+    a = write_cache(tmp_path / "a.h5", labels, features)
+    rng = np.random.default_rng(0)
+    labels["test"] = rng.permutation(labels["test"])  # another test split: labels shuffled, features noise
+    features["test"] = {k: rng.normal(size=v.shape) for k, v in features["test"].items()}
+    b = write_cache(tmp_path / "b.h5", labels, features)
+    ra, rb = (train_multilayer(p, out=tmp_path / p.stem, grid=CS) for p in (a, b))
+    for key in ("layers", "params", "val_accuracy", "val_scores", "selection"):
+        assert ra[key] == rb[key], key
+    ha, _ = load_head(tmp_path / "a")
+    hb, _ = load_head(tmp_path / "b")
+    np.testing.assert_array_equal(ha.coef_, hb.coef_)
+    assert ra["test_accuracy"] > 0.8 and rb["test_accuracy"] < 0.3
+
+
+def test_low_shot_without_val_selects_on_the_rows_not_drawn(cache_no_val):
+    row = train_multilayer(cache_no_val, grid=CS, shots=5)
+    assert row["n_train"] == 50 and row["n_val"] == 450 and row["val_accuracy"] is not None
+
+
+def test_unknown_layer_is_a_user_error(cache_with_val):
+    with pytest.raises(UserInputError, match="valid layers"):
+        train_multilayer(cache_with_val, layers=["stem", "nope"], grid=CS)
