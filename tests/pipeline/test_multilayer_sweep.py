@@ -23,7 +23,8 @@ def test_sweep_with_heads_multi_adds_one_row_per_curve_equal_to_train_multilayer
     (multi,) = [r for r in rows if r["head"] == "multi"]
     layers = multi["layer"].split("+")
     assert layers and set(layers) <= {"bn1", "blocks.2", "bn2"}
-    assert json.loads(multi["params"])["layers"] == layers
+    assert multi["params"]["layers"] == layers  # res["rows"] is typed: params a dict
+    assert multi["params"]["candidates"] == ["bn1", "blocks.2", "bn2"]  # what its key is made of
     direct = train_multilayer(multi["cache_file"], ["bn1", "blocks.2", "bn2"], seed=0)
     assert direct["layer"] == multi["layer"]
     assert float(multi["test_accuracy"]) == pytest.approx(direct["test_accuracy"], abs=1e-6)
@@ -32,6 +33,7 @@ def test_sweep_with_heads_multi_adds_one_row_per_curve_equal_to_train_multilayer
     assert f"| multi | all | {multi['layer']} |" in report
     again = sweep(SweepConfig(**tiny), progress=False)
     assert again["timing"]["fits_run"] == 0 and again["rows"] == rows
+    assert again["stale_rows_moved"] == 0  # the multi row's key is valid again: it stays current
 
 
 def test_sweep_heads_multi_from_the_command_line(tiny, tmp_path):
