@@ -166,18 +166,21 @@ def test_track_without_mlflow_is_one_line_error_before_any_work(tmp_path, monkey
         assert not (tmp_path / "out").exists()
 
 
-def test_a_finetune_that_fails_after_tracked_epochs_leaves_its_run_failed(tmp_path, store, monkeypatch):
+@pytest.mark.parametrize("stop, code, status", [(OSError(28, "No space left on device"), 2, "FAILED"),
+                                                (KeyboardInterrupt(), 130, "KILLED")])
+def test_a_finetune_stopped_after_tracked_epochs_ends_its_run_failed_or_killed(tmp_path, store, monkeypatch, stop,
+                                                                               code, status):
     import transferlab.finetuning.run as run
 
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    def stopped(*args, **kwargs):
+        raise stop
 
-    monkeypatch.setattr(run, "save_finetuned", full_disk)  # the final write, after the epochs
+    monkeypatch.setattr(run, "save_finetuned", stopped)  # the final write, after the epochs
     npz = make_npz(tmp_path / "d.npz", n_train=30, n_test=12, size=16)
     res = run_cli("finetune", "--data", f"npz:{npz}", "--mode", "head", "--epochs", "1", "--image-size", "32",
                   "--batch-size", "16", "--out", tmp_path / "ft", "--track", "mlflow", "--quiet")
-    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: cannot write to")
+    assert res.returncode == code, res.stderr
     client = _client(store, monkeypatch)
     (tracked,) = _runs(client, "finetune")
-    assert tracked.info.status == "FAILED"  # not left RUNNING, not FINISHED
-    assert [m.step for m in client.get_metric_history(tracked.info.run_id, "train_loss")] == [1]
+    assert tracked.info.status == status  # not left RUNNING, not FINISHED
+    assert [m.step for m in client.get_metric_history(tracked.info.run_id, "train_loss")] == [1]  # logged live
