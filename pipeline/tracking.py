@@ -171,12 +171,12 @@ class MlflowTracker(Tracker):
                                      tags={k: str(v) for k, v in tags.items()}, run_name=name)
         return run.info.run_id
 
-    def _batch(self, run_id: str, params: dict = (), metrics: dict = (), steps: "int | None" = None) -> None:
+    def _batch(self, run_id: str, params: dict = (), metrics: dict = (), step: int = 0) -> None:
         from mlflow.entities import Metric, Param
 
         now = int(time.time() * 1000)
         params = [Param(k, p) for k, v in dict(params).items() if (p := _param(v)) is not None]
-        metrics = [Metric(k, x, now, steps or 0) for k, v in dict(metrics).items() if (x := _number(v)) is not None]
+        metrics = [Metric(k, x, now, step) for k, v in dict(metrics).items() if (x := _number(v)) is not None]
         for i in range(0, max(len(params), len(metrics)), 100):  # MLflow's batch limits
             self.client.log_batch(run_id, metrics=metrics[i:i + 100], params=params[i:i + 100])
 
@@ -229,7 +229,7 @@ class MlflowTracker(Tracker):
     def _log_epoch(self, row: dict) -> None:
         step = int(row["epoch"])
         if step not in self.steps:
-            self._batch(self.run_id, metrics={k: v for k, v in row.items() if k != "epoch"}, steps=step)
+            self._batch(self.run_id, metrics={k: v for k, v in row.items() if k != "epoch"}, step=step)
             self.steps.add(step)
 
     def log_finetune(self, metrics: dict) -> None:
