@@ -155,7 +155,7 @@ def epoch_line(row: dict, epochs: int, n_train: int, history: list, stopped: boo
 
 
 def finetune(config: "FinetuneConfig | str | None" = None, backbone: str | None = None, *, progress: bool = True,
-             **overrides) -> dict:
+             on_epoch=None, **overrides) -> dict:
     """Fine-tune a backbone on a data set and return the metrics (also in ``out/metrics.json``).
 
     Parameters
@@ -165,6 +165,8 @@ def finetune(config: "FinetuneConfig | str | None" = None, backbone: str | None 
         ``FinetuneConfig(data=config, backbone=backbone, **overrides)``.
     progress : bool
         Progress bars and per-epoch lines on stderr.
+    on_epoch : callable, optional
+        Called with each finished epoch's history row, after ``metrics.json`` holds it (e.g. a tracker's).
     **overrides
         Fields of :class:`FinetuneConfig` (``mode``, ``epochs``, ``out``, ...).
 
@@ -278,6 +280,8 @@ def finetune(config: "FinetuneConfig | str | None" = None, backbone: str | None 
                 write_json(out / "metrics.json", {**base, **_summary(st), "complete": False})
             if progress:
                 print(epoch_line(row, epochs, len(train), st["history"], st["stopped"]), file=sys.stderr)
+            if on_epoch is not None:
+                on_epoch(dict(row))
     except KeyboardInterrupt:
         print(f"\ninterrupted; the checkpoint after epoch {st['epoch']} is in {out}: rerun the same command "
               f"to continue", file=sys.stderr)

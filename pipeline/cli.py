@@ -257,7 +257,7 @@ def cmd_sweep(a):
     names = {f.name for f in fields(SweepConfig)}
     values = {k: v for k, v in vars(a).items() if k in names and v is not None}
     cfg = SweepConfig(**values)
-    summary = sweep(cfg, progress=not a.quiet, log=_logger(a.quiet))
+    summary = sweep(cfg, progress=not a.quiet, log=_logger(a.quiet), track=a.track)
     out = Path(cfg.out)
 
     from .chosen import chosen_row
@@ -288,6 +288,9 @@ def cmd_finetune(a):
     from transferlab.finetuning import FinetuneConfig, finetune
 
     from .sweep import append_finetune, sweep_defaults_for_finetune
+    from .tracking import open_tracker
+
+    tracker = open_tracker(a.track, _logger(a.quiet))  # a missing tracker package is an error before any work
 
     data_keys = ("test_fraction", "fingerprint")
     values = {k: v for k, v in vars(a).items() if k in (*FinetuneConfig.field_names(), *data_keys)}
@@ -301,7 +304,9 @@ def cmd_finetune(a):
                       test_fraction=values.pop("test_fraction", None), fingerprint=values.pop("fingerprint", "stat"))
     _note_layout(ds, a.quiet)
     cfg = FinetuneConfig(**{**values, "data": ds})
-    m = finetune(cfg, progress=not a.quiet)
+    with tracker:  # a failed or interrupted run's tracked run ends FAILED or KILLED
+        m = finetune(cfg, progress=not a.quiet, on_epoch=tracker.epoch)
+        tracker.log_finetune(m)
     val = m.get("val_accuracy")
     print(f"{m['mode']}: {m.get('epochs_run')} epoch(s), val_accuracy="
           f"{'n/a' if val is None else format(val, '.4f')}  test_accuracy={m['test_accuracy']:.4f}")

@@ -214,6 +214,13 @@ def add_quiet(p):
     p.add_argument("--quiet", "-q", action="store_true", help=QUIET_HELP)
 
 
+def add_track(p):
+    from .tracking import INSTALL, TRACKERS
+
+    p.add_argument("--track", choices=TRACKERS, default=None,
+                   help=f"also log the run to MLflow (MLFLOW_TRACKING_URI, else ./mlruns; {INSTALL})")
+
+
 def add_workers(p, what: str, default=None, dest: str = "workers", old: str | None = None):
     p.add_argument("--workers", dest=dest, type=int, default=default, help=what)
     if old:  # the name this flag had before; hidden, same destination
@@ -313,6 +320,7 @@ def add_sweep_args(p):
     add_data_options(p)
     _add_flags(p, SWEEP_FLAGS, SWEEP)
     p.add_argument("--n-jobs", dest="n_jobs", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    add_track(p)
     add_quiet(p)
 
 
@@ -359,6 +367,7 @@ def add_finetune_args(p):
                    help="a sweep directory or results.csv to add the result to (its data, resolved image size, "
                         "validation fraction, seed, test fraction and fingerprint mode become the defaults, "
                         "so it validates on the sweep's rows)")
+    add_track(p)
     add_quiet(p)
 
 

@@ -63,6 +63,7 @@ from .results import (
     row_key,
     why_not_current,
 )
+from .tracking import open_tracker
 
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS)
 
@@ -178,7 +179,8 @@ def class_counts(dataset) -> dict:
     return counts
 
 
-def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, **overrides) -> SweepResult:
+def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, track: str | None = None,
+          **overrides) -> SweepResult:
     """Run a sweep and write ``results.csv``, ``results.json``, ``depth_vs_accuracy.png``, ``report.md``.
 
     Parameters
@@ -189,6 +191,8 @@ def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, *
         Progress bars.
     log : callable
         Receives notes (rows set aside as stale).
+    track : str, optional
+        ``"mlflow"``: also log the run to MLflow once its results are written (:mod:`.tracking`).
 
     Returns
     -------
@@ -202,6 +206,7 @@ def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, *
     >>> res.rows.sort_values("val_accuracy").tail(1)[["layer", "test_accuracy"]]  # doctest: +SKIP
     """
     cfg = config or SweepConfig(**overrides)
+    tracker = open_tracker(track, log)  # a missing tracker package is an error before any work
     out = Path(cfg.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -217,12 +222,14 @@ def sweep(config: SweepConfig | None = None, progress: bool = True, log=print, *
             make_head(h, preprocessing=cfg.preprocessing)
     with locked_out(out, log):  # a second sweep into this folder waits, then finds the rows done
         try:
-            return _sweep_locked(cfg, out, progress, log)
+            result = _sweep_locked(cfg, out, progress, log)
         except OSError as exc:  # a full disk while appending a row or writing the report
             if getattr(exc, "errno", None) not in WRITE_ERRNOS:
                 raise
             raise UserInputError(f"cannot write the results in {out} ({exc.strerror or exc}); the finished rows "
                                  f"of results.csv are kept: free space and rerun the same command to finish") from None
+    tracker.log_sweep(result)  # after the results are written: a failure is one warning, the results stand
+    return result
 
 
 def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResult:
