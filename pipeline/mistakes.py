@@ -76,7 +76,7 @@ def thumbnail_png(image: np.ndarray, size: int = THUMB_PX) -> bytes:
     neighbour, so a digit's pixels stay sharp)."""
     from PIL import Image
 
-    from transferlab.features.preprocess import to_rgb_uint8
+    from transferlab.features.images import to_rgb_uint8
 
     im = Image.fromarray(np.ascontiguousarray(to_rgb_uint8(np.asarray(image)[None])[0]))
     scale = size / max(im.size)
@@ -112,7 +112,6 @@ def load_test_images(cache_file, config: dict, ids) -> list[tuple[np.ndarray | N
     """
     from transferlab.features import load_dataset
     from transferlab.features.cache import read_cache_meta
-    from transferlab.features.preprocess import read_image
 
     meta = read_cache_meta(cache_file)
     spec = meta.get("data") or config.get("data")
@@ -132,6 +131,8 @@ def load_test_images(cache_file, config: dict, ids) -> list[tuple[np.ndarray | N
             out.append((split.images[k], ""))
             continue
         path = Path(split.paths[k])
+        from transferlab.features.images import read_image
+
         try:
             out.append((read_image(path, bool(meta.get("exif_transpose", True))), path.name))
         except UserInputError:

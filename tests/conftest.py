@@ -96,3 +96,12 @@ def run_cli(*args, cwd=None) -> CliResult:
     finally:
         os.chdir(old)
     return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def refusal_lines(out) -> list[str]:
+    """stderr's lines after the command's first line (its plan, :data:`transferlab.pipeline.cli.PLANS`, printed
+    before the work starts): what a refusal must reduce to, one ``error:`` line."""
+    from transferlab.pipeline.cli import PLANS
+
+    lines = out.stderr.strip().splitlines()
+    return lines[1:] if lines and lines[0].startswith(tuple(f"{c}: " for c in PLANS)) else lines

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.cache_fixtures import digits_splits, write_cache
-from tests.conftest import run_cli
+from tests.conftest import refusal_lines, run_cli
 
 CACHE_NAME = "digits_lite0_imagenet_224px_gap_float16_0123456789ab.h5"  # named as extract names its files
 
@@ -41,7 +41,7 @@ def _cache_file(path: Path) -> Path:
 def _one_line_refusal(out, *needles):
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert "Traceback" not in out.stderr
-    lines = out.stderr.strip().splitlines()
+    lines = refusal_lines(out)  # the command's plan line, then the one error line
     assert len(lines) == 1 and lines[0].startswith("error: ") and all(n in lines[0] for n in needles), out.stderr
 
 

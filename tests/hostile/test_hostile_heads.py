@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import make_npz, run_cli
+from tests.conftest import make_npz, refusal_lines, run_cli
 from transferlab.util import UserInputError, sha256_json
 
 
@@ -75,7 +75,7 @@ def _copy(world, name, tmp_path):
 
 def _one_line_refusal(out) -> str:
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
-    (line,) = out.stderr.strip().splitlines()
+    (line,) = refusal_lines(out)  # the command's plan line, then the one error line
     assert line.startswith("error: ")
     return line
 
