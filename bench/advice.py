@@ -171,7 +171,7 @@ def measure_regimes(case: str, epochs: int, cache_dir: Path, rec: dict, layers: 
     return rec
 
 
-def run_advice(case: str, seeds: list, cache_dir: Path, rec: dict) -> dict:
+def run_advice(case: str, seeds: list, cache_dir: Path, rec: dict, budget: float | None = None) -> dict:
     """``advise`` at each seed, the case's input size, defaults otherwise."""
     from transferlab.pipeline.advise import advise
 
@@ -182,9 +182,12 @@ def run_advice(case: str, seeds: list, cache_dir: Path, rec: dict) -> dict:
     rec = {**rec, "name": record_name(case), "data": spec, "image_size": px}
     by_seed = dict(rec.get("advice_seeds") or {})
     for seed in seeds:
-        adv = advise(spec, image_size=px, seed=seed, cache_dir=cache_dir, log=lambda m: print(m, file=sys.stderr))
+        adv = advise(spec, image_size=px, seed=seed, cache_dir=cache_dir, log=lambda m: print(m, file=sys.stderr),
+                     **({} if budget is None else {"budget": budget}))
         by_seed[str(seed)] = {"strategy": adv.strategy, "runner_up": adv.runner_up, "close": adv.close,
-                              "chosen_layer": adv.chosen_layer, "reasons": adv.reasons, "seconds": adv.seconds}
+                              "chosen_layer": adv.chosen_layer, "reasons": adv.reasons, "seconds": adv.seconds,
+                              "budget_minutes": getattr(adv, "budget_minutes", None),
+                              "price_lines": adv.price_lines() if hasattr(adv, "price_lines") else []}
         print(f"[{case}] advise seed {seed}: {adv.strategy} (runner-up {adv.runner_up}"
               f"{', close' if adv.close else ''}) in {adv.seconds:.0f} s", file=sys.stderr)
         rec["advice_seeds"] = by_seed
@@ -277,7 +280,9 @@ def render() -> Path:
         adv = _advised(r)
         if "skipped" in r or not adv:
             continue
-        lines += [f"### {r['name']} ({r['image_size']} px)", ""] + [f"- {x}" for x in adv[0][1]["reasons"]] + [""]
+        first = adv[0][1]
+        lines += [f"### {r['name']} ({r['image_size']} px)", ""] + [f"- {x}" for x in first["reasons"]]
+        lines += [f"- price: {x}" for x in first.get("price_lines") or []] + [""]
     path = ROOT / "bench" / "advice.md"
     atomic_write(path, "\n".join(lines) + "\n")
     return path
@@ -290,6 +295,7 @@ def main(argv=None) -> int:
     ap.add_argument("--regimes", action="store_true", help="measure every regime (kept when measured already)")
     ap.add_argument("--advice", action="store_true", help="run advise at each of --seeds")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--budget", type=float, default=None, help="advise's --budget MINUTES (its default otherwise)")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--layers", default="all", help="layers the probes sweep (all, or a comma-separated list)")
     ap.add_argument("--render", action="store_true", help="only rewrite bench/advice.md from the records")
@@ -303,7 +309,7 @@ def main(argv=None) -> int:
             rec = measure_regimes(case, a.epochs, cache, rec, a.layers)
             yield_record(rec)
         if a.advice and "skipped" not in rec:
-            rec = run_advice(case, [int(s) for s in a.seeds.split(",")], cache, rec)
+            rec = run_advice(case, [int(s) for s in a.seeds.split(",")], cache, rec, a.budget)
             yield_record(rec)
         render()
     print(render())
