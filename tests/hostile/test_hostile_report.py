@@ -170,8 +170,9 @@ def test_no_file_outside_the_sweep_folder_is_embedded(hostile):
     page = (run / "report.html").read_text()
     assert not _leaks(page, canary.read_bytes()) and not _hostname_embedded(page)
     imgs = [a for t, a in Page(page).tags if t == "img"]
-    # the depth curve and the confusion matrix: the two pictures this report wrote (and the gallery's thumbnails)
-    assert len([a for a in imgs if a.get("class") != "thumb"]) == 2
+    # the depth curve, the confusion matrix and the layer similarity: the three pictures this report wrote (and the
+    # gallery's thumbnails)
+    assert len([a for a in imgs if a.get("class") != "thumb"]) == 3
     srcs = [a["src"] for a in imgs]
     assert all(base64.b64decode(s.removeprefix("data:image/png;base64,"))[:8] == b"\x89PNG\r\n\x1a\n" for s in srcs)
 

@@ -20,12 +20,15 @@ def test_the_time_estimate_holds_against_a_measured_fine_tune(tmp_path):
     from transferlab.finetuning.run import pass_rates
 
     npz = make_npz(tmp_path / "d.npz", n_train=320, n_test=30, size=32)
-    rates = pass_rates("lite0", "last:2", 3, 32, device="cpu", batch_size=32)  # as advise measures them
+    before = pass_rates("lite0", "last:2", 3, 32, device="cpu", batch_size=32)  # as advise measures them
     m = finetune(f"npz:{npz}", "lite0", mode="last:2", epochs=2, image_size=32, augment=False, device="cpu",
                  out=tmp_path / "run", progress=False)
-    estimate = 2 * epoch_seconds(m["n_train"], m["n_val"], rates)
+    after = pass_rates("lite0", "last:2", 3, 32, device="cpu", batch_size=32)
+    # the machine's load may change during the run: the estimates from rates measured just before and just
+    # after bracket it
+    estimates = [2 * epoch_seconds(m["n_train"], m["n_val"], rates) for rates in (before, after)]
     measured = sum(h["seconds"] for h in m["history"])
-    assert estimate / FACTOR <= measured <= estimate * FACTOR, (estimate, measured, rates)
+    assert min(estimates) / FACTOR <= measured <= max(estimates) * FACTOR, (estimates, measured, before, after)
 
 
 @pytest.fixture(scope="module")
