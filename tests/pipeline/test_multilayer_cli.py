@@ -5,7 +5,7 @@ import pytest
 
 from tests.conftest import make_npz, run_cli, write_pngs
 from transferlab.features import extract
-from transferlab.pipeline.predict import predict
+from transferlab.pipeline.predict import predict_rows
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_train_layer_all_then_predict_reads_every_chosen_layer_in_one_pass(cache
     with h5py.File(path, "r") as f:
         rows = np.concatenate([f[f"test/features/{n}"][()].astype(np.float32) for n in meta["layers"]], 1)
     files = write_pngs(np.load(npz)["x_test"], tmp_path)
-    got = predict(tmp_path / "m", files, batch_size=7, progress=False)
+    got = predict_rows(tmp_path / "m", files, batch_size=7, progress=False)  # the dicts (predict: a DataFrame)
     assert [g["label"] for g in got] == list(head.predict(rows))
     acc = np.mean([g["label"] == y for g, y in zip(got, np.load(npz)["y_test"])])
     assert acc == pytest.approx(meta["test_accuracy"], abs=1e-9)
@@ -80,6 +80,7 @@ def test_predict_from_a_head_over_two_layers_matches_it_on_their_cached_rows(cac
     head, _ = load_head(tmp_path / "two")
     with h5py.File(path, "r") as f:
         rows = np.concatenate([f[f"test/features/{n}"][()].astype(np.float32) for n in row["layers"]], 1)
-    got = predict(tmp_path / "two", write_pngs(np.load(npz)["x_test"], tmp_path), batch_size=5, progress=False)
+    got = predict_rows(tmp_path / "two", write_pngs(np.load(npz)["x_test"], tmp_path), batch_size=5,
+                       progress=False)
     np.testing.assert_allclose([g["score"] for g in got], head.predict_proba(rows).max(1), rtol=1e-6)
     assert [g["label"] for g in got] == list(head.predict(rows))
