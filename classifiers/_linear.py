@@ -15,6 +15,17 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 from ._validation import is_h5
 
 
+def validation_rows(est, classes, X_val, y_val):
+    """``(X_val, val_idx)``: the validation rows given to a grid's ``fit``, checked against ``est``'s features,
+    their labels as indices into ``classes`` (-1 for a label the training rows lack: it never matches)."""
+    X_val = validate_data(est, X_val, reset=False, dtype=[np.float64, np.float32])
+    y_val = column_or_1d(y_val)
+    if len(y_val) != X_val.shape[0]:
+        raise ValueError(f"X_val has {X_val.shape[0]} rows but y_val has {len(y_val)} labels")
+    val_idx = np.searchsorted(classes, y_val).clip(0, classes.size - 1)
+    return X_val, np.where(classes[val_idx] == y_val, val_idx, -1)
+
+
 class LinearClassifierMixin:
     """Input checks and linear decision of a head with ``coef_``, ``intercept_`` and ``classes_``."""
 

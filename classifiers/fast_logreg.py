@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import check_is_fitted
 
-from ._linear import GridWarmStartMixin, LogisticProbaMixin
+from ._linear import GridWarmStartMixin, LogisticProbaMixin, validation_rows
 from ._path import DEFAULT_MEMORY_BUDGET, LogRegPath, class_index, fit_logreg_path, past_the_peak, path_scores
 from ._validation import is_h5
 from .holdout import stratified_holdout
@@ -201,12 +201,7 @@ class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstim
             raise ValueError("give both X_val and y_val, or neither")
         fit_rows = None
         if X_val is not None:
-            X_val = validate_data(self, X_val, reset=False, dtype=[np.float64, np.float32])
-            y_val = column_or_1d(y_val)
-            if len(y_val) != X_val.shape[0]:
-                raise ValueError(f"X_val has {X_val.shape[0]} rows but y_val has {len(y_val)} labels")
-            val_idx = np.searchsorted(classes, y_val).clip(0, classes.size - 1)
-            val_idx = np.where(classes[val_idx] == y_val, val_idx, -1)  # unseen labels never match
+            X_val, val_idx = validation_rows(self, classes, X_val, y_val)
             X_fit, y_fit, self.selection_ = X, y_idx, "given validation rows"
         else:
             if is_h5(X):

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ._linear import LogisticProbaMixin
+from ._linear import LogisticProbaMixin, validation_rows
 from ._path import DEFAULT_MEMORY_BUDGET, fit_logreg_path
 from .fast_logreg import BatchedLogisticRegressionCV
 from .holdout import stratified_holdout
@@ -160,12 +160,7 @@ class MultiLayerLogisticRegression(LogisticProbaMixin, ClassifierMixin, BaseEsti
         if (X_val is None) != (y_val is None):
             raise ValueError("give both X_val and y_val, or neither")
         if X_val is not None:
-            X_val = validate_data(self, X_val, reset=False, dtype=[np.float64, np.float32])
-            y_val = column_or_1d(y_val)
-            if len(y_val) != X_val.shape[0]:
-                raise ValueError(f"X_val has {X_val.shape[0]} rows but y_val has {len(y_val)} labels")
-            val_idx = np.searchsorted(classes, y_val).clip(0, classes.size - 1)
-            val_idx = np.where(classes[val_idx] == y_val, val_idx, -1)  # unseen labels never match
+            X_val, val_idx = validation_rows(self, classes, X_val, y_val)
             X_sel, y_sel, self.selection_ = X, y_idx, "given validation rows"
             X_all, y_all = np.concatenate([X, X_val]), np.concatenate([y_idx, val_idx])
             X_all, y_all = X_all[y_all >= 0], y_all[y_all >= 0]
