@@ -105,3 +105,13 @@ def refusal_lines(out) -> list[str]:
 
     lines = out.stderr.strip().splitlines()
     return lines[1:] if lines and lines[0].startswith(tuple(f"{c}: " for c in PLANS)) else lines
+
+
+def headless_browser() -> "str | None":
+    """The path of a headless-capable Chromium on this machine, or None (the report tests that render skip)."""
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None

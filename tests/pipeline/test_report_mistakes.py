@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import transferlab
-from tests.conftest import make_npz
+from tests.conftest import headless_browser, make_npz
 from transferlab.pipeline.mistakes import class_metrics, confused_pairs, thumbnail_png, worst_errors
 from transferlab.pipeline.report import refresh_report, results_table
 
@@ -257,14 +257,7 @@ def test_the_swept_reports_star_is_the_recommendation(swept):
     assert [r[1] for r in starred] == [decision["chosen_layer"]] == [head["layer"]]
 
 
-def _browser():
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-@pytest.mark.skipif(_browser() is None, reason="no headless browser (chromium) on this machine; "
+@pytest.mark.skipif(headless_browser() is None, reason="no headless browser (chromium) on this machine; "
                                                "bench/render_report.sh installs one")
 def test_headless_chromium_draws_the_gallerys_thumbnails(swept, tmp_path):
     """The page as Chromium draws it holds the first thumbnail's pixels (the CSP lets data: images through)."""
@@ -273,7 +266,7 @@ def test_headless_chromium_draws_the_gallerys_thumbnails(swept, tmp_path):
     page = (swept / "run" / "report.html").read_text()
     first = _png_array(Gallery(page).figures[0]["src"]).astype(int)
     shot = tmp_path / "shot.png"
-    subprocess.run([_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--force-device-scale-factor=1",
+    subprocess.run([headless_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--force-device-scale-factor=1",
                     "--hide-scrollbars", f"--screenshot={shot}", "--window-size=1100,5000",
                     (swept / "run" / "report.html").as_uri()], check=True, capture_output=True, timeout=120)
     img = np.asarray(Image.open(shot).convert("RGB")).astype(int)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import transferlab
-from tests.conftest import make_npz, run_cli
+from tests.conftest import headless_browser, make_npz, run_cli
 from transferlab.pipeline.report import refresh_report
 from transferlab.pipeline.results import append_row, load_results, read_rows
 
@@ -180,21 +180,14 @@ def test_low_shot_sweep_draws_a_learning_curve_per_layer_group(tmp_path):
     assert (tmp_path / "run" / "depth_vs_accuracy.png").is_file()  # the contract's plot: the 5-shot depth curve
 
 
-def _browser():
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        if shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-@pytest.mark.skipif(_browser() is None, reason="no headless browser (chromium) on this machine; "
+@pytest.mark.skipif(headless_browser() is None, reason="no headless browser (chromium) on this machine; "
                                                "bench/render_report.sh installs one and renders the page")
 def test_html_report_renders_in_a_headless_browser(swept):
     from PIL import Image
 
     tmp, _ = swept
     shot = tmp / "shot.png"
-    subprocess.run([_browser(), "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+    subprocess.run([headless_browser(), "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
                     "--window-size=1100,1400", (tmp / "run" / "report.html").as_uri()],
                    check=True, capture_output=True, timeout=120)
     img = np.asarray(Image.open(shot).convert("L"), dtype=float)
