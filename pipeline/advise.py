@@ -288,7 +288,10 @@ def _priced(decision, ev: Evidence, ds: Dataset, rows: AdviceRows, spec: Extract
     px, n_classes = spec.image_size or bb.input_size, len(ds.class_names)
     batch = min(32, len(rows.keep_train))
     rates = pass_rates(spec.backbone, price.FINETUNE_MODE, n_classes, px, device=device, batch_size=batch, seed=seed)
-    record["rates_from"] = f"{2 * batch} synthetic images at {px} px, {price.FINETUNE_MODE}"
+    record["rates_from"] = (f"{2 * batch} synthetic images at {px} px, {price.FINETUNE_MODE}, "
+                            + ("wall clock" if rates["clock"] == "wall" else
+                               f"CPU time at one thread times {rates['threads']} (load {rates['load']:g} above the "
+                               "core count: the wall clock would price other people's work)"))
     cost = price.epoch_seconds(1.5 * len(rows.keep_train), 2 * len(rows.keep_val), rates)
     large = ev.per_class_median >= LARGE_PER_CLASS
     run = finetune_probe is True or (finetune_probe == "auto" and large and cost <= price.PROBE_SHARE * budget_s)
@@ -298,14 +301,17 @@ def _priced(decision, ev: Evidence, ds: Dataset, rows: AdviceRows, spec: Extract
                      f"{price.PROBE_SHARE:g} of the budget")
     if run:
         t0 = time.perf_counter()
-        curve, rates = _finetune_curve(ds, rows, spec.backbone, px, seed, device, how["progress"], log)
+        curve, seen = _finetune_curve(ds, rows, spec.backbone, px, seed, device, how["progress"], log)
+        # the prices keep the rates measured above, on one clock; the short fine-tunes' own wall-clock rates are
+        # recorded beside them
         record.update(finetune_probe_seconds=round(time.perf_counter() - t0, 1), finetune_curve=curve.points,
-                      rates_from=f"the short fine-tunes ({curve.points[-1][0]} training images at {px} px)")
+                      finetune_probe_rates=seen)
         (n1, a1, _), (n2, a2, _) = curve.points[-2:]
         curve_how = f"extrapolated from one-epoch fine-tunes on {n1} and {n2} images, val {a1:.3f} and {a2:.3f}"
     scratch = None
     if "from-scratch" in (decision.strategy, decision.runner_up):
-        scratch = pass_rates(spec.backbone, "scratch", n_classes, px, device=device, batch_size=batch, seed=seed)
+        scratch = pass_rates(spec.backbone, "scratch", n_classes, px, device=device, batch_size=batch, seed=seed,
+                             clock=rates["clock"])
     cached = cached_extraction(ds, spec, "all", how["cache_dir"]) is not None
     offers = _offers(decision, ds, rows, rates, scratch, budget_s, curve, curve_how, fit_seconds, cached)
     decision, larger = price.apply_budget(decision, offers, budget_s)

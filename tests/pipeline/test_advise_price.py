@@ -20,15 +20,50 @@ def test_the_time_estimate_holds_against_a_measured_fine_tune(tmp_path):
     from transferlab.finetuning.run import pass_rates
 
     npz = make_npz(tmp_path / "d.npz", n_train=320, n_test=30, size=32)
-    before = pass_rates("lite0", "last:2", 3, 32, device="cpu", batch_size=32)  # as advise measures them
+    before = pass_rates("lite0", "last:2", 3, 32, device="cpu", batch_size=32, clock="wall")
     m = finetune(f"npz:{npz}", "lite0", mode="last:2", epochs=2, image_size=32, augment=False, device="cpu",
                  out=tmp_path / "run", progress=False)
-    after = pass_rates("lite0", "last:2", 3, 32, device="cpu", batch_size=32)
+    after = pass_rates("lite0", "last:2", 3, 32, device="cpu", batch_size=32, clock="wall")
     # the machine's load may change during the run: the estimates from rates measured just before and just
     # after bracket it
     estimates = [2 * epoch_seconds(m["n_train"], m["n_val"], rates) for rates in (before, after)]
     measured = sum(h["seconds"] for h in m["history"])
     assert min(estimates) / FACTOR <= measured <= max(estimates) * FACTOR, (estimates, measured, before, after)
+
+
+def test_the_cpu_clock_prices_the_work_not_the_load(monkeypatch):
+    """On a machine busier than its cores the rates come from CPU time at one thread (what the passes cost
+    with the cores to themselves): at one thread, the two clocks measure the same passes."""
+    import os
+
+    import torch
+
+    from transferlab.finetuning.run import pass_rates
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        wall = pass_rates("lite0", "last:2", 3, 32, device="cpu", batch_size=16, clock="wall")
+        cpu = pass_rates("lite0", "last:2", 3, 32, device="cpu", batch_size=16, clock="cpu")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert (wall["clock"], cpu["clock"], cpu["threads"]) == ("wall", "cpu", 1)
+    for k in ("train", "forward"):  # a loaded machine slows the wall clock only
+        assert wall[k] / FACTOR <= cpu[k], (wall, cpu)
+    # the CPU clock times one thread and counts every thread torch would use: twice the rate at two threads
+    torch.set_num_threads(2)
+    try:
+        two = pass_rates("lite0", "last:2", 3, 32, device="cpu", batch_size=16, clock="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    assert two["threads"] == 2 and 2 / 1.5 <= two["train"] / cpu["train"] <= 2 * 1.5, (cpu, two)
+    # auto: the wall clock with a core per runnable process, CPU time above that; the thread count is restored
+    monkeypatch.setattr(os, "getloadavg", lambda: (10.0 * (os.cpu_count() or 1), 0.0, 0.0))
+    assert pass_rates("lite0", "last:2", 3, 32, device="cpu", batch_size=16)["clock"] == "cpu"
+    assert torch.get_num_threads() == threads
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert pass_rates("lite0", "last:2", 3, 32, device="cpu", batch_size=16)["clock"] == "wall"
 
 
 @pytest.fixture(scope="module")
