@@ -151,6 +151,7 @@ def measure_regimes(case: str, epochs: int, cache_dir: Path, rec: dict, layers: 
         regimes["generic-features"] = {"layer": chosen["layer"], "val": float(chosen["val_accuracy"]),
                                        "test": float(chosen["test_accuracy"])}
         rec["sizes"] = summary.summary["class_counts"]
+        rec["probe_seconds"] = round(time.perf_counter() - t0, 1)  # every layer's extraction and fits
         rec["probe_layers"] = layers
         print(f"[{case}] probes done at {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     for regime, mode in (("fine-tune", "last:2"), ("from-scratch", "scratch")):
@@ -180,7 +181,10 @@ def run_advice(case: str, seeds: list, cache_dir: Path, rec: dict, budget: float
     if spec is None:
         return {"name": record_name(case), "skipped": f"{name} is not in {SHARED}"}
     rec = {**rec, "name": record_name(case), "data": spec, "image_size": px}
-    by_seed = dict(rec.get("advice_seeds") or {})
+    # advice at a stated budget is kept apart from the advice at advise's default, one entry per budget
+    where = ("advice_budgets", f"{budget:g}") if budget is not None else ("advice_seeds", None)
+    kept = rec.get(where[0]) or {}
+    by_seed = dict((kept.get(where[1]) or {}) if where[1] else kept)
     for seed in seeds:
         adv = advise(spec, image_size=px, seed=seed, cache_dir=cache_dir, log=lambda m: print(m, file=sys.stderr),
                      **({} if budget is None else {"budget": budget}))
@@ -190,9 +194,8 @@ def run_advice(case: str, seeds: list, cache_dir: Path, rec: dict, budget: float
                               "price_lines": adv.price_lines() if hasattr(adv, "price_lines") else []}
         print(f"[{case}] advise seed {seed}: {adv.strategy} (runner-up {adv.runner_up}"
               f"{', close' if adv.close else ''}) in {adv.seconds:.0f} s", file=sys.stderr)
-        rec["advice_seeds"] = by_seed
+        rec[where[0]] = {**kept, where[1]: by_seed} if where[1] else by_seed
         yield_record(rec)
-    rec["advice_seeds"] = by_seed
     rec.pop("advice", None)  # the single-seed record of the earlier calibration
     return rec
 
@@ -243,6 +246,41 @@ def confusion(recs: list) -> list:
     return lines
 
 
+def best_within(r: dict, minutes: float) -> tuple:
+    """``(regime, why)``: the measured best (on validation) among the regimes whose measured time fits
+    ``minutes``: the probes always (their sweep over every layer is counted where recorded), fine-tune and
+    from-scratch when their measured training took at most the budget."""
+    g = {k: v for k, v in (r.get("regimes") or {}).items() if v}
+    cost = {k: v.get("seconds") if k in ("fine-tune", "from-scratch") else r.get("probe_seconds") or 0
+            for k, v in g.items()}
+    fits = {k: v for k, v in g.items() if cost[k] <= 60 * minutes}
+    if len(g) < len(REGIMES) or not fits:
+        return None, "not every regime measured"
+    out = [f"{SHORT[k]} {v['seconds'] / 60:.0f} min" for k, v in g.items() if k not in fits]
+    return max(fits, key=lambda k: fits[k]["val"]), ("over: " + ", ".join(out)) if out else "all fit"
+
+
+def budget_table(recs: list) -> list:
+    """The same case advised at several budgets: advise's answer per seed beside the measured best among the
+    regimes that fit each budget."""
+    rows = []
+    for r in recs:
+        for b, by_seed in sorted((r.get("advice_budgets") or {}).items(), key=lambda kv: float(kv[0])):
+            best, why = best_within(r, float(b))
+            adv = [a["strategy"] for _, a in sorted((int(s), a) for s, a in by_seed.items())]
+            agree = "-" if best is None else "yes" if all(a == best for a in adv) else "NO"
+            rows.append(f"| {r['name']} | {b} | {', '.join(SHORT.get(a, a) for a in adv)} | "
+                        f"{best or 'not finished'} ({why}) | {agree} |")
+    if not rows:
+        return []
+    return ["", "## The answer against the budget (`--budget MINUTES`)", "",
+            "advise at a stated budget, against the measured best among the regimes whose measured time here "
+            "fits it (the records' times were taken on the shared machine, so they are upper bounds; advise "
+            "prices on one thread's CPU time when the machine is busier than its cores).", "",
+            "| case | budget (min) | advised (seeds) | measured best within the budget | agree |",
+            "|---|---|---|---|---|"] + rows
+
+
 def render() -> Path:
     from transferlab.util import atomic_write
 
@@ -272,6 +310,7 @@ def render() -> Path:
                      f"{cell('generic-features')}{layer} | {cell('fine-tune')} | {cell('from-scratch')} | "
                      f"{agreement(r)} |")
     lines += ["", "## Advised against measured, every (case, seed)", ""] + confusion(recs)
+    lines += budget_table(recs)
     notes = [f"- {r['name']}: {r['note']}" for r in recs if r.get("note")]
     if notes:
         lines += ["", "Notes:", ""] + notes
