@@ -30,6 +30,7 @@ from .preprocessing import ShrunkStandardScaler
 __all__ = ["MULTI_HEAD", "MultiLayerLogisticRegression", "block_scaling", "head_layers"]
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-6, 5, 12))  # the logreg head's grid
+WINDOW_DECADES = 2.0  # after the first greedy step, C is searched this far (log10) around the previous step's
 
 
 def head_layers(meta: dict) -> list[str]:
@@ -37,6 +38,13 @@ def head_layers(meta: dict) -> list[str]:
     else its one ``layer``."""
     layers = meta.get("layers")
     return [str(n) for n in layers] if isinstance(layers, list) and layers else [str(meta["layer"])]
+
+
+def c_window(Cs, C: float, decades: float = WINDOW_DECADES) -> np.ndarray:
+    """The values of the grid ``Cs`` within ``decades`` of ``C`` (a later greedy step searches C near the
+    previous step's: adding a layer moves the best C little)."""
+    Cs = np.asarray(Cs, dtype=np.float64)
+    return Cs[np.abs(np.log10(Cs) - np.log10(C)) <= decades + 1e-9]
 
 
 def block_scaling(X, dims, prior_rows: float = 10.0):
@@ -208,6 +216,21 @@ class MultiLayerLogisticRegression(LogisticProbaMixin, ClassifierMixin, BaseEsti
         cv.fit(Z_tr[:, cols], y_tr, Z_val[:, cols], val_idx)
         return float(np.nanmax(cv.scores_)), float(cv.C_)
 
+    def _score_near(self, Z_tr, y_tr, Z_val, val_idx, cols, Cs, near):
+        """:meth:`_score` over ``near`` (a window of the grid ``Cs``), widened by another window on the side
+        where the best C lies at the window's edge, until it lies inside or at the grid's end."""
+        acc, C = self._score(Z_tr, y_tr, Z_val, val_idx, cols, near)
+        lo, hi = float(near[0]), float(near[-1])
+        while (C == lo and lo > Cs[0]) or (C == hi and hi < Cs[-1]):
+            more = [c for c in c_window(Cs, C) if c < lo or c > hi]
+            acc2, C2 = self._score(Z_tr, y_tr, Z_val, val_idx, cols, np.asarray(more))
+            lo, hi = min(lo, *more), max(hi, *more)
+            if acc2 > acc:
+                acc, C = acc2, C2
+            else:
+                break
+        return acc, C
+
     def _select(self, X_tr, y_tr, X_val, val_idx, dims, names, Cs):
         """Greedy forward selection of blocks on the validation rows; returns (blocks, C, accuracy, path)."""
         mean, scale, weight = block_scaling(X_tr, dims, self.prior_rows)  # training rows only
@@ -220,7 +243,8 @@ class MultiLayerLogisticRegression(LogisticProbaMixin, ClassifierMixin, BaseEsti
         limit = len(dims) if self.max_layers is None else max(1, min(int(self.max_layers), len(dims)))
         chosen, best, path = [], (-np.inf, None), []
         while len(chosen) < limit:
-            trials = [(*self._score(Z_tr, y_tr, Z_val, val_idx, self._columns(dims, chosen + [b]), Cs), b)
+            near = Cs if not chosen else c_window(Cs, best[1])
+            trials = [(*self._score_near(Z_tr, y_tr, Z_val, val_idx, self._columns(dims, chosen + [b]), Cs, near), b)
                       for b in everything if b not in chosen]
             acc, C, b = max(trials, key=lambda t: t[0])  # the first best in block order
             if chosen and not acc > best[0] + float(self.min_gain):

@@ -7,7 +7,7 @@ import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from tests.cache_fixtures import digits_splits, write_cache
-from transferlab.classifiers.multilayer import MultiLayerLogisticRegression, block_scaling
+from transferlab.classifiers.multilayer import DEFAULT_CS, MultiLayerLogisticRegression, block_scaling, c_window
 from transferlab.classifiers.persistence import load_head
 from transferlab.classifiers.train import train_multilayer
 from transferlab.features.cache import load_split
@@ -111,6 +111,27 @@ def test_restricted_head_predicts_exactly_as_the_full_one_from_its_layers_alone(
     assert small.n_features_in_ == cols.size
     np.testing.assert_allclose(small.decision_function(X[:, cols]), est.decision_function(X), rtol=1e-12)
     np.testing.assert_array_equal(small.predict(X[:, cols]), est.predict(X))
+
+
+def test_later_steps_search_c_near_the_last_and_follow_a_peak_outside_the_window(monkeypatch):
+    """After the first step C is searched within two decades of the previous step's; a best C at the
+    window's edge widens the search on that side until the peak lies inside (or at the grid's end)."""
+    assert list(c_window(DEFAULT_CS, 1e-2)) == pytest.approx([1e-4, 1e-3, 1e-2, 1e-1, 1.0])
+    assert list(c_window(DEFAULT_CS, 1e-6)) == pytest.approx([1e-6, 1e-5, 1e-4])
+    m = MultiLayerLogisticRegression()
+    for peak in (1e3, 1e5, 1e-6, 1e-3):
+        seen = []
+
+        def score(Z_tr, y_tr, Z_val, val_idx, cols, Cs):  # validation accuracy unimodal in log C, peak at `peak`
+            seen.append(list(Cs))
+            acc = [1 - abs(np.log10(c) - np.log10(peak)) / 100 for c in Cs]
+            return max(acc), float(Cs[int(np.argmax(acc))])
+
+        monkeypatch.setattr(m, "_score", score)
+        acc, C = m._score_near(None, None, None, None, None, np.asarray(DEFAULT_CS), c_window(DEFAULT_CS, 1e-2))
+        assert C == pytest.approx(peak) and acc == pytest.approx(1.0), (peak, seen)
+        flat = [c for batch in seen for c in batch]
+        assert len(flat) == len(set(flat)), seen  # never a C twice
 
 
 def test_bad_layer_dims_are_errors():
