@@ -49,6 +49,25 @@ def stratified_holdout(y, fraction: float = 0.2, seed: int = 0):
     return np.union1d(train, np.flatnonzero(~splittable)), np.sort(val), None
 
 
+def validation_source(train_labels, val_rows: int, fraction: float, seed: int = 0):
+    """Where a run's validation rows come from, the one rule of the heads, the sweep, fine-tuning and advise:
+    the data's own ``val`` split when it has rows, else the rows :func:`stratified_holdout` holds out of
+    the training split.
+
+    Returns ``(train_idx, val_idx, source, reason)``: with a ``val`` split (``val_rows`` > 0),
+    every training row and every row of that split, source ``"val split"``; else the holdout of
+    ``train_labels`` (``val_idx`` indexes the training split), source ``"<fraction> of train (stratified,
+    seed <seed>)"``; else (no such holdout) ``(all training rows, None, "none", reason)``.
+    """
+    n = len(train_labels)
+    if val_rows > 0:
+        return np.arange(n), np.arange(val_rows), "val split", None
+    tr, va, reason = stratified_holdout(train_labels, fraction, seed)
+    if reason is not None:
+        return np.arange(n), None, "none", reason
+    return tr, va, f"{fraction:g} of train (stratified, seed {seed})", None
+
+
 def stratified_sample(y, n: int, seed: int = 0) -> np.ndarray:
     """Sorted indices of ``n`` rows of ``y``, stratified by class and seeded; all rows when ``n`` >= len(y).
 

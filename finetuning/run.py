@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from transferlab.classifiers.holdout import stratified_holdout, stratified_sample
+from transferlab.classifiers.holdout import stratified_sample, validation_source
 from transferlab.features.backbones import resolve_device
 from transferlab.features.data import load_dataset
 from transferlab.features.spec import ExtractionSpec, resolve_image_size
@@ -103,19 +103,17 @@ def _prepare_out(out: Path) -> Path:
 
 
 def finetune_splits(ds, val_fraction: float, max_train: int | None, seed: int) -> tuple:
-    """``(train, val, test, val_source)`` of a run. Validation is the data's ``val`` split, else the rows
-    :func:`~transferlab.classifiers.protocol.stratified_holdout` holds out of train (those the heads
-    choose on), else none (``val_fraction`` 0); ``max_train`` caps the training rows (stratified)."""
+    """``(train, val, test, val_source)`` of a run. Validation rows by
+    :func:`~transferlab.classifiers.holdout.validation_source` (the heads' rows), none with ``val_fraction``
+    0 and no ``val`` split; ``max_train`` caps the training rows (stratified)."""
     tr = ds.splits["train"]
-    idx = np.arange(len(tr))
-    val, source = None, "none"
-    if "val" in ds.splits and len(ds.splits["val"]):
-        val, source = SplitData.from_split(ds.splits["val"]), "val split"
-    elif val_fraction > 0:
-        idx, val_idx, reason = stratified_holdout(tr.labels, val_fraction, seed)
+    idx, val, source = np.arange(len(tr)), None, "none"
+    n_val_split = len(ds.splits["val"]) if "val" in ds.splits else 0
+    if n_val_split or val_fraction > 0:
+        idx, val_idx, source, reason = validation_source(tr.labels, n_val_split, val_fraction, seed)
         _check(reason is None, f"{ds.spec}: cannot hold out {val_fraction:g} of the training split for validation "
                                f"({reason}); use --val-fraction 0 or more data")
-        val, source = SplitData.from_split(tr, val_idx), f"{val_fraction:g} of train (stratified, seed {seed})"
+        val = SplitData.from_split(ds.splits["val"] if n_val_split else tr, val_idx)
     if max_train is not None:
         idx = idx[stratified_sample(tr.labels[idx], max_train, seed)]
     return SplitData.from_split(tr, idx), val, SplitData.from_split(ds.splits["test"]), source

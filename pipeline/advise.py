@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from transferlab.classifiers.compare import paired_split_gap, split_correctness
-from transferlab.classifiers.holdout import stratified_holdout, stratified_sample
+from transferlab.classifiers.holdout import stratified_sample, validation_source
 from transferlab.classifiers.transferability import knn_accuracy, logme
 from transferlab.features import ExtractionSpec, build_backbone, default_layers, extract, load_dataset
 from transferlab.features.cache import load_split, read_cache_meta
@@ -134,19 +134,14 @@ class AdviceRows:
 def advice_rows(ds: Dataset, max_train: int, max_val: int, val_fraction: float, seed: int) -> AdviceRows:
     """The training and validation rows of ``ds`` a sweep uses, and advise's capped stratified sample of each.
 
-    Validation rows are the data's ``val`` split, else the rows
-    :func:`~transferlab.classifiers.holdout.stratified_holdout` holds out of train (those of the
-    heads and fine-tuning); then each side is capped by a stratified sample."""
+    Validation rows by :func:`~transferlab.classifiers.holdout.validation_source` (those of the heads
+    and fine-tuning); then each side is capped by a stratified sample."""
     tr = ds.splits["train"]
-    if "val" in ds.splits and len(ds.splits["val"]):
-        val_split, source = "val", "val split"
-        train_idx, val_idx = np.arange(len(tr)), np.arange(len(ds.splits["val"]))
-    else:
-        train_idx, val_idx, reason = stratified_holdout(tr.labels, val_fraction, seed)
-        if reason is not None:
-            raise UserInputError(f"{ds.spec}: cannot hold out validation rows ({reason}); "
-                                 f"add images or a val split")
-        val_split, source = "train", f"{val_fraction:g} of train"
+    n_val_split = len(ds.splits["val"]) if "val" in ds.splits else 0
+    train_idx, val_idx, source, reason = validation_source(tr.labels, n_val_split, val_fraction, seed)
+    if reason is not None:
+        raise UserInputError(f"{ds.spec}: cannot hold out validation rows ({reason}); add images or a val split")
+    val_split = "val" if n_val_split else "train"
     val_labels = ds.splits[val_split].labels[val_idx]
     return AdviceRows(train_idx, val_split, val_idx, stratified_sample(tr.labels[train_idx], max_train, seed),
                       stratified_sample(val_labels, max_val, seed), source)

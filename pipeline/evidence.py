@@ -31,7 +31,7 @@ from transferlab.classifiers.compare import (
     repeated_folds,
     split_correctness,
 )
-from transferlab.classifiers.protocol import stratified_holdout
+from transferlab.classifiers.holdout import validation_source
 from transferlab.features.cache import layer_info, load_split, read_cache_meta
 
 from .decision import LayerPoint
@@ -76,16 +76,16 @@ class FeatureRows:
 
 
 def train_val_rows(source, layer: str, val_fraction: float, seed: int):
-    """``(X, y, X_val, y_val)`` of a layer of ``source`` (a cache file's path or :class:`FeatureRows`): the
-    cache's ``val`` split, else the heads' holdout of train."""
+    """``(X, y, X_val, y_val)`` of a layer of ``source`` (a cache file's path or :class:`FeatureRows`), the
+    validation rows by :func:`~transferlab.classifiers.holdout.validation_source`."""
     rows = source if isinstance(source, FeatureRows) else FeatureRows(source)
     X, y, _ = load_split(rows.path, "train", layer)
-    if "val" in read_cache_meta(rows.path)["splits"]:
-        Xv, yv, _ = load_split(rows.path, "val", layer)
-    else:
-        tr, va, reason = stratified_holdout(y, val_fraction, seed)
-        if reason is not None:
-            return X, y, None, None
+    has_val = "val" in read_cache_meta(rows.path)["splits"]
+    Xv, yv = load_split(rows.path, "val", layer)[:2] if has_val else (None, None)
+    tr, va, _, _ = validation_source(y, 0 if yv is None else len(yv), val_fraction, seed)
+    if va is None:
+        return X, y, None, None
+    if not has_val:
         X, y, Xv, yv = X[tr], y[tr], X[va], y[va]
     if rows.train is not None:
         X, y = X[rows.train], y[rows.train]

@@ -145,3 +145,18 @@ def test_split_take_keeps_rows_ids_and_files_in_order(tmp_path):
     kept = Split("train", [0, 1, 0, 1, 1], images=images).take(np.array([4, 1]))
     assert kept.name == "train" and kept.ids.tolist() == [4, 1]
     np.testing.assert_array_equal(kept.images, images[[4, 1]])
+
+
+def test_validation_source_is_the_val_split_else_the_holdout_else_none():
+    """The one rule of where validation rows come from (heads, sweep, fine-tuning, advise)."""
+    from transferlab.classifiers.holdout import validation_source
+
+    y = np.repeat([0, 1, 2], 10)
+    tr, va, source, reason = validation_source(y, 7, 0.2, seed=3)
+    assert (tr.tolist(), va.tolist(), source, reason) == (list(range(30)), list(range(7)), "val split", None)
+    tr, va, source, reason = validation_source(y, 0, 0.2, seed=3)
+    h_tr, h_va, _ = stratified_holdout(y, 0.2, 3)
+    assert (tr.tolist(), va.tolist()) == (h_tr.tolist(), h_va.tolist()) and len(va) == 6
+    assert (source, reason) == ("0.2 of train (stratified, seed 3)", None)
+    tr, va, source, reason = validation_source(np.arange(5), 0, 0.2)  # one row per class: nothing to hold out
+    assert va is None and source == "none" and reason and tr.tolist() == list(range(5))
