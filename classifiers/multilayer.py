@@ -27,16 +27,9 @@ from .holdout import stratified_holdout
 from .names import MULTI_HEAD
 from .preprocessing import ShrunkStandardScaler
 
-__all__ = ["MULTI_HEAD", "MultiLayerLogisticRegression", "block_scaling", "head_layers"]
+__all__ = ["MULTI_HEAD", "MultiLayerLogisticRegression", "block_scaling"]
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-6, 5, 12))  # the logreg head's grid
-
-
-def head_layers(meta: dict) -> list[str]:
-    """The layers a saved head reads, in the order of its input columns: a multi-layer head's ``layers``,
-    else its one ``layer``."""
-    layers = meta.get("layers")
-    return [str(n) for n in layers] if isinstance(layers, list) and layers else [str(meta["layer"])]
 
 
 def block_scaling(X, dims, prior_rows: float = 10.0):
