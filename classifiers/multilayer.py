@@ -27,17 +27,10 @@ from .holdout import stratified_holdout
 from .names import MULTI_HEAD
 from .preprocessing import ShrunkStandardScaler
 
-__all__ = ["MULTI_HEAD", "MultiLayerLogisticRegression", "block_scaling", "head_layers"]
+__all__ = ["MULTI_HEAD", "MultiLayerLogisticRegression", "block_scaling"]
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-6, 5, 12))  # the logreg head's grid
 WINDOW_DECADES = 2.0  # after the first greedy step, C is searched this far (log10) around the previous step's
-
-
-def head_layers(meta: dict) -> list[str]:
-    """The layers a saved head reads, in the order of its input columns: a multi-layer head's ``layers``,
-    else its one ``layer``."""
-    layers = meta.get("layers")
-    return [str(n) for n in layers] if isinstance(layers, list) and layers else [str(meta["layer"])]
 
 
 def c_window(Cs, C: float, decades: float = WINDOW_DECADES) -> np.ndarray:

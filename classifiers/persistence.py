@@ -4,7 +4,7 @@ A head is data, never code: :func:`save_head` writes every array of the fitted e
 means and scales, PCA axes, coefficients, MLP weights, k-NN training rows...) to ``head.safetensors``
 and, in ``head.json``, the recipe that rebuilds it (``estimator``: each step's class, its
 parameters and its other fitted attributes as JSON). :func:`load_head` instantiates only the
-classes of :data:`SAFE_CLASSES` and sets their attributes from that data, so opening a head from a
+classes of :func:`safe_classes` and sets their attributes from that data, so opening a head from a
 stranger runs none of their code. An estimator outside that list (a head of your own) or holding
 something that is not data is saved as ``head.joblib``, a pickle; :func:`load_head` refuses a pickle
 (the heads of earlier versions included) unless told ``allow_pickle=True`` (``predict
@@ -22,30 +22,14 @@ folder removes the file of the first, after ``head.json`` names the new one.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from pathlib import Path
 
-import joblib
 import numpy as np
-from sklearn.base import clone
-from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.neural_network import MLPClassifier
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import LabelBinarizer, Normalizer, StandardScaler
-from sklearn.svm import SVC, LinearSVC
 
 from transferlab.util import UserInputError, library_versions, read_artifact, read_payload, save_artifact
-
-from .fast_knn import TorchKNeighborsClassifier
-from .fast_logreg import TorchLogisticRegression
-from .fast_mlp import TorchMLPClassifier
-from .fast_svm import TorchLinearSVC
-from .multilayer import MultiLayerLogisticRegression
-from .preprocessing import ShrunkStandardScaler
-from .ridge import RidgeProbe
 
 HEAD_FILE = "head.safetensors"
 PICKLE_FILE = "head.joblib"
@@ -53,11 +37,33 @@ META_FILE = "head.json"
 FORMAT_VERSION = 2  # 1: every head a pickle (head.joblib)
 _FIX = "retrain the head with `transferlab train --out {dir}`"
 
-SAFE_CLASSES = {cls.__name__: cls for cls in (
-    Pipeline, Normalizer, StandardScaler, ShrunkStandardScaler, PCA, TorchLogisticRegression, TorchLinearSVC,
-    RidgeProbe, LogisticRegression, LinearSVC, SVC, MLPClassifier, KNeighborsClassifier, TorchKNeighborsClassifier,
-    TorchMLPClassifier, MultiLayerLogisticRegression)}
-"""The estimators a head is saved as arrays with, by class name (exactly these classes, not subclasses)."""
+
+
+@functools.cache
+def safe_classes() -> dict:
+    """The estimators a head is saved as arrays with, by class name (exactly these classes, not subclasses).
+
+    Imported on first use: a linear head loaded ``as_numpy`` needs none of them."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import Normalizer, StandardScaler
+    from sklearn.svm import SVC, LinearSVC
+
+    from .fast_knn import TorchKNeighborsClassifier
+    from .fast_logreg import TorchLogisticRegression
+    from .fast_mlp import TorchMLPClassifier
+    from .fast_svm import TorchLinearSVC
+    from .multilayer import MultiLayerLogisticRegression
+    from .preprocessing import ShrunkStandardScaler
+    from .ridge import RidgeProbe
+
+    return {cls.__name__: cls for cls in (
+        Pipeline, Normalizer, StandardScaler, ShrunkStandardScaler, PCA, TorchLogisticRegression, TorchLinearSVC,
+        RidgeProbe, LogisticRegression, LinearSVC, SVC, MLPClassifier, KNeighborsClassifier,
+        TorchKNeighborsClassifier, TorchMLPClassifier, MultiLayerLogisticRegression)}
 
 # fitted attributes that are not data: training state a loaded head never uses (dropped), or objects
 # rebuilt from the data after the rest is set
@@ -67,10 +73,14 @@ _DROPPED = {"MLPClassifier": {"_optimizer", "_random_state"}, "TorchMLPClassifie
 
 
 def _label_binarizer(est):
+    from sklearn.preprocessing import LabelBinarizer
+
     return LabelBinarizer().fit(est.classes_)
 
 
 def _neighbours_tree(est):
+    from sklearn.base import clone
+
     return clone(est).fit(est._fit_X, est.classes_[est._y])._tree
 
 
@@ -145,7 +155,7 @@ def _decode(value, arrays: dict):
 def _encode_estimator(est, key: str, arrays: dict) -> dict:
     """The recipe of one fitted estimator (a Pipeline: of each step), its arrays added to ``arrays``."""
     name = type(est).__name__
-    if SAFE_CLASSES.get(name) is not type(est):
+    if safe_classes().get(name) is not type(est):
         raise _NotData(f"{type(est).__module__}.{type(est).__qualname__} is not one of the estimators saved as arrays")
     params = est.get_params(deep=False)
     if name == "Pipeline":
@@ -167,9 +177,9 @@ def _encode_estimator(est, key: str, arrays: dict) -> dict:
 
 
 def _decode_estimator(recipe: dict, arrays: dict):
-    """The fitted estimator a recipe describes; only :data:`SAFE_CLASSES` are ever instantiated."""
+    """The fitted estimator a recipe describes; only :func:`safe_classes` are ever instantiated."""
     name = recipe["class"]
-    cls = SAFE_CLASSES.get(name) if isinstance(name, str) else None
+    cls = safe_classes().get(name) if isinstance(name, str) else None
     if cls is None:
         raise ValueError(f"{name!r} is not one of the estimators saved as arrays")
     params = {str(k): _decode(v, arrays) for k, v in recipe["params"].items()}
@@ -188,6 +198,19 @@ def _decode_estimator(recipe: dict, arrays: dict):
     return est
 
 
+def _linear_head(recipe: dict, arrays: dict):
+    """The recipe as a numpy :class:`~transferlab.classifiers.linear_apply.LinearHead`, or None when one of its
+    steps is not linear (or not one that module repeats exactly)."""
+    from .linear_apply import linear_head
+
+    steps = recipe["steps"] if recipe["class"] == "Pipeline" else [recipe]
+    if not steps or any(not isinstance(s, dict) or "state" not in s for s in steps):
+        return None  # a nested pipeline: left to scikit-learn
+    return linear_head([(s["class"], {str(k): _decode(v, arrays) for k, v in s["params"].items()},
+                         {str(k): _decode(v, arrays) for k, v in s["state"].items() if v != {"rebuilt": None}})
+                        for s in steps])
+
+
 def save_head(out_dir, estimator, meta: dict) -> Path:
     """Write ``out_dir/head.safetensors`` (or, for an estimator that is not data, ``head.joblib``) and
     ``out_dir/head.json``.
@@ -197,7 +220,7 @@ def save_head(out_dir, estimator, meta: dict) -> Path:
     out_dir : str or path-like
         Created if missing.
     estimator : fitted scikit-learn estimator
-        Usually the ``Pipeline`` of :attr:`HeadResult.estimator`. Pipelines of :data:`SAFE_CLASSES`
+        Usually the ``Pipeline`` of :attr:`HeadResult.estimator`. Pipelines of :func:`safe_classes`
         (every built-in head and preprocessing) are saved as arrays; anything else as a pickle,
         which :func:`load_head` loads only with ``allow_pickle=True``.
     meta : dict
@@ -223,6 +246,8 @@ def save_head(out_dir, estimator, meta: dict) -> Path:
         record["estimator"] = _encode_estimator(estimator, "", arrays)
         payload = (HEAD_FILE, save(arrays))
     except _NotData:
+        import joblib
+
         record.pop("estimator", None)
         buf = io.BytesIO()
         joblib.dump(estimator, buf)
@@ -238,6 +263,13 @@ def read_head_meta(model_dir) -> dict:
     return read_artifact(model_dir, META_FILE, "pass a folder written by `transferlab train --out`", verify=False)
 
 
+def head_layers(meta: dict) -> list[str]:
+    """The layers a saved head reads, in the order of its input columns: a multi-layer head's ``layers``,
+    else its one ``layer``."""
+    layers = meta.get("layers")
+    return [str(n) for n in layers] if isinstance(layers, list) and layers else [str(meta["layer"])]
+
+
 def _check_versions(meta: dict, dists, head_path: Path) -> None:
     saved = meta.get("versions") or {}
     installed = library_versions()
@@ -247,7 +279,7 @@ def _check_versions(meta: dict, dists, head_path: Path) -> None:
                                  f"{installed[dist]}: install {dist}=={saved.get(dist)} or retrain the head")
 
 
-def load_head(model_dir, allow_pickle: bool = False):
+def load_head(model_dir, allow_pickle: bool = False, as_numpy: bool = False):
     """Load a saved head after checking its hashes and library versions.
 
     Parameters
@@ -258,10 +290,14 @@ def load_head(model_dir, allow_pickle: bool = False):
         Also load a head saved as a pickle (``head.joblib``: a head of your own, or any head saved
         before format version 2). Unpickling runs whatever code the file's author put in it: pass
         True only for a head whose author you trust (numpy's ``np.load`` has the same switch).
+    as_numpy : bool
+        A head whose saved form is linear comes back as a
+        :class:`~transferlab.classifiers.linear_apply.LinearHead`: the same scores, labels and
+        probabilities, computed with numpy alone (scikit-learn is not imported). Other heads as usual.
 
     Returns
     -------
-    estimator : fitted scikit-learn estimator
+    estimator : fitted scikit-learn estimator (or LinearHead)
     meta : dict
         The contents of ``head.json``.
 
@@ -285,13 +321,17 @@ def load_head(model_dir, allow_pickle: bool = False):
                                  f"(allow_pickle=True) if you trust its author")
         data = read_payload(folder, meta, "head", (PICKLE_FILE,), fix)
         _check_versions(meta, ("scikit-learn", "joblib"), folder / PICKLE_FILE)
+        import joblib
+
         return joblib.load(io.BytesIO(data)), meta
     from safetensors.numpy import load
 
     data = read_payload(folder, meta, "head", (HEAD_FILE,), fix)
     _check_versions(meta, ("scikit-learn",), folder / HEAD_FILE)
     try:
-        estimator = _decode_estimator(meta["estimator"], load(data))
+        arrays = load(data)
+        estimator = (_linear_head(meta["estimator"], arrays) if as_numpy else None) or \
+            _decode_estimator(meta["estimator"], arrays)
         estimator.predict(np.zeros((1, int(estimator.n_features_in_)), np.float32))  # one row: the arrays agree
     except Exception as exc:
         raise UserInputError(f"{folder / HEAD_FILE} with {META_FILE} does not rebuild a working head "

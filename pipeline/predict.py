@@ -34,7 +34,9 @@ Integrity rule of ``--out predictions.csv``: written whole and atomically
 leaves no file or the previous one, never a half-written table.
 
 Imports rule: torch, the backbone and the head's libraries are imported when a model is loaded, so
-:func:`expand_images` (the command's first line) imports none of them
+:func:`expand_images` (the command's first line) imports none of them; a linear head (logreg, the
+linear SVM, ridge, the multi-layer head) is applied with numpy alone
+(:mod:`transferlab.classifiers.linear_apply`), so scikit-learn is not imported for it
 (``tests/pipeline/test_first_line.py``).
 """
 from __future__ import annotations
@@ -157,8 +159,8 @@ def predict_rows(model_dir, images, batch_size: int = 32, device: str = "auto", 
     else:
         from transferlab.classifiers import load_head
 
-        rows = _predict_head(load_head(model_dir, allow_pickle=allow_pickle), model_dir, paths, batch_size, device,
-                             progress, top_k, strict)
+        rows = _predict_head(load_head(model_dir, allow_pickle=allow_pickle, as_numpy=True), model_dir, paths,
+                             batch_size, device, progress, top_k, strict)
     if out is not None:
         write_predictions(out, rows)
     return rows
@@ -201,7 +203,7 @@ def predict(model_dir, images, batch_size: int = 32, device: str = "auto", progr
 def _predict_head(loaded, model_dir, paths, batch_size, device, progress, top_k, strict) -> list[dict]:
     import torch
 
-    from transferlab.classifiers.multilayer import head_layers
+    from transferlab.classifiers import head_layers
     from transferlab.features import ExtractionSpec, FeatureTap, build_backbone, resolve_device
 
     head, meta = loaded

@@ -123,6 +123,33 @@ def test_frozen_batchnorm_statistics_stay_fixed(one_step, mode, bn_stats):
         assert trained and "bn2.running_mean" in trained
 
 
+def test_last_n_runs_its_frozen_part_in_eval_mode_without_an_autograd_graph():
+    """A Trainer epoch in last:2 records autograd only from the first trained group on: what the frozen groups
+    compute needs no gradient (as under inference_mode, the limit of bench/finetune_throughput.py) and they run
+    in eval mode; the trained groups do record a graph."""
+    from transferlab.finetuning.train import SplitData, Trainer
+
+    fm = build_finetune_model("lite0", "last:2", 3, image_size=SIZE, seed=0)
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen.setdefault(name, (output.requires_grad, module.training))
+        return hook
+
+    frozen, trained = ("conv_stem", "bn1", "blocks.0", "blocks.5"), ("blocks.6", "conv_head", "bn2", "classifier")
+    for name in frozen + trained:
+        fm.model.get_submodule(name).register_forward_hook(record(name))
+    data = SplitData(np.arange(8) % 3, images=torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8))
+    opt = torch.optim.AdamW([p for p in fm.model.parameters() if p.requires_grad])
+    cfg = {"image_size": SIZE, "batch_size": 8, "accumulate": 1, "seed": 0, "augment": True, "epochs": 1,
+           "amp": "off", "channels_last": False, "label_smoothing": 0.0}
+    Trainer(fm, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), cfg, torch.device("cpu"), data, None,
+            data, progress=False).train_epoch(1)
+    assert {n: seen[n] for n in frozen} == {n: (False, False) for n in frozen}
+    assert all(seen[n][0] for n in trained), seen
+
+
 def test_scratch_learns_batchnorm_statistics(one_step):
     before, metrics, after = one_step("scratch")  # random initial statistics are nothing to keep
     assert metrics["config"]["bn_stats"] == "update"

@@ -87,7 +87,7 @@ import json, sys
 from transferlab.pipeline.cli import main
 code = main(sys.argv[1:])
 print(json.dumps({"code": code, "modules": sorted(m for m in sys.modules if m.split(".")[0] in
-                  ("sklearn", "h5py", "matplotlib", "pandas", "scipy", "transferlab"))}))
+                  ("sklearn", "h5py", "matplotlib", "pandas", "scipy", "joblib", "transferlab"))}))
 """
 
 
@@ -111,8 +111,9 @@ def models(tmp_path_factory, lite0):
 
 @pytest.mark.parametrize("model", ["head", "ft"])
 def test_predict_imports_only_what_its_model_needs(model, models):
-    """A fine-tuned network needs no scikit-learn, no HDF5 and no pandas; a head needs no fine-tuning code;
-    neither draws a plot or touches a sweep's results."""
+    """A fine-tuned network needs no scikit-learn, no HDF5 and no pandas; a head needs no fine-tuning code, and
+    a logreg head (linear: applied with numpy) no scikit-learn either; neither draws a plot or touches a sweep's
+    results."""
     tmp, files = models
     out = subprocess.run([sys.executable, "-c", PREDICT_IMPORTS, "predict", "--model", str(tmp / model),
                           *map(str, files), "--quiet"], cwd=ROOT.parent, capture_output=True, text=True)
@@ -129,6 +130,7 @@ def test_predict_imports_only_what_its_model_needs(model, models):
         assert not any(m.startswith("transferlab.classifiers") for m in ours), ours
     else:
         assert not any(m.startswith("transferlab.finetuning") for m in ours), ours
+        assert not tops & {"sklearn", "scipy", "joblib", "pandas"}, tops
 
 
 def test_a_mistyped_subcommand_gets_the_one_it_is_close_to():
