@@ -279,6 +279,8 @@ def cmd_sweep(a):
             continue
         print(f"  peak on val of {b['backbone']}/{b['weights']} {b['head']}{shots}: {b['val_choice']} "
               f"val {b['val_choice_val']:.3f}, test {b['val_choice_test']:.3f} (last layer test {b['last_test']:.3f})")
+    if summary.get("backbone_choice"):
+        print(f"backbone pick: {summary['backbone_choice']['reason']} (see report.md, Which backbone)")
     t = summary["timing"]
     print(f"extract {t['extract_seconds']:.1f} s, heads {t['train_seconds']:.1f} s")
     print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'report.md'}, {out / 'report.html'}")
