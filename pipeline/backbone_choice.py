@@ -184,7 +184,9 @@ def extraction_rates(jobs: list, device: str = "auto", batch_size: int = RATE_BA
 
     Weights do not change the work, so jobs of one architecture, size, pooling and layers are timed once.
     Each network has one pass that pays for starting up; then ``repeats`` rounds time every network in
-    turn (a burst of load on a shared machine falls on all of them) and each keeps its fastest pass."""
+    turn (a burst of load on a shared machine falls on all of them) and each keeps its fastest pass. On
+    the CPU the passes run on one thread: threads that wait for each other on a loaded machine slow a
+    pass by far more than its work, and not alike for every network."""
     import torch
 
     from transferlab.features import build_backbone
@@ -206,6 +208,9 @@ def extraction_rates(jobs: list, device: str = "auto", batch_size: int = RATE_BA
         sync()
         return time.perf_counter() - t0
 
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(1)
     try:
         with torch.inference_mode():
             for spec, (_, layers) in zip(specs, jobs):
@@ -220,6 +225,7 @@ def extraction_rates(jobs: list, device: str = "auto", batch_size: int = RATE_BA
                 for what in work:
                     times[what] = min(times.get(what, math.inf), timed(what))
     finally:
+        torch.set_num_threads(threads)
         for tap, _ in work.values():
             tap.close()
             tap.model.to("cpu")
@@ -238,7 +244,7 @@ def bytes_per_image(cache_file: str, layer: str) -> tuple[int, int]:
 def rate_how(n_layers: int, image_size, device: str) -> str:
     """What an :func:`extraction_rates` figure measured, in words (the report and advise state it)."""
     return (f"forward pass through the {n_layers} tapped layers, {RATE_BATCH} synthetic images at {image_size} px, "
-            f"device {device}, the fastest of {RATE_REPEATS} rounds")
+            f"device {device} (on the CPU one thread), the fastest of {RATE_REPEATS} rounds")
 
 
 def rate_key(cache_meta: dict, layers: list, device: str) -> str:
