@@ -368,7 +368,8 @@ def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", 
     data : str or Dataset
         A data spec (``digits``, ``npz:PATH``, ``folder:PATH``).
     backbone : str
-        ImageNet backbone (``lite0``, ``timm:NAME``, ``torchvision:NAME``).
+        ImageNet backbone (``lite0``, ``timm:NAME``, ``torchvision:NAME``); several, comma-separated: each one's
+        advice and the pick among them (:func:`advise_backbones`).
     image_size : ``auto`` (the data's median shorter side, :func:`transferlab.features.spec.resolve_image_size`),
         pixels, or 0 (the backbone's own).
     pool : see :class:`transferlab.features.ExtractionSpec`.
@@ -403,7 +404,7 @@ def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", 
     >>> a.strategy                        # doctest: +SKIP
     'generic-features'
     """
-    names = [b.strip() for b in str(backbone).split(",") if b.strip()]
+    names = list(dict.fromkeys(b.strip() for b in str(backbone).split(",") if b.strip()))
     if len(names) > 1:
         args = {k: v for k, v in locals().items() if k not in ("data", "backbone", "names")}
         return advise_backbones(data, names, **args)
@@ -495,7 +496,8 @@ def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", 
 def advise_backbones(data, backbones: list, **kwargs) -> Advice:
     """``advise --backbone a,b``: :func:`advise` for each backbone on the same rows, then the pick among them
     (:func:`transferlab.pipeline.backbone_choice.choose_backbone`: each at its peak layer, paired on those rows,
-    a cheaper backbone that ties wins). Returns the pick's advice with ``backbones`` (each one's regime and
+    a cheaper backbone that ties wins). Each backbone's advice is the one it gets alone (``auto`` resolves the
+    input size within that backbone's own cap). Returns the pick's advice with ``backbones`` (each one's regime and
     its place in the comparison) and ``backbone_pick``; where no curve could be measured (too little data),
     the first backbone's advice, ``backbone_pick`` None."""
     log = kwargs.get("log") or (lambda m: print(m, file=sys.stderr))
@@ -509,13 +511,14 @@ def advise_backbones(data, backbones: list, **kwargs) -> Advice:
     cands = [a.candidate for a in advices]
     jobs = [(c.cache_file, [p.layer for p in c.points]) for c in cands]
     log(f"advise: timing the forward pass of {len(cands)} backbones for the extraction rate")
-    for c, rate, (path, layers) in zip(cands, extraction_rates(jobs, kwargs.get("device", "auto")), jobs):
+    sizes = [read_cache_meta(path)["image_size"] for path, _ in jobs]  # each backbone's own (auto: its own cap)
+    for c, rate, px, (_, layers) in zip(cands, extraction_rates(jobs, kwargs.get("device", "auto")), sizes, jobs):
         c.images_per_s = rate
-        c.rate_how = rate_how(len(layers), read_cache_meta(path)["image_size"], kwargs.get("device", "auto"))
+        c.rate_how = rate_how(len(layers), px, kwargs.get("device", "auto"))
     choice = choose_backbone(cands)
     records = [{"backbone": a.candidate.backbone, "strategy": a.strategy, "runner_up": a.runner_up, "close": a.close,
-                "chosen_layer": a.chosen_layer, "next_command": a.next_command, **rec}
-               for a, rec in zip(advices, choice.pop("candidates"))]
+                "chosen_layer": a.chosen_layer, "next_command": a.next_command, "image_size": px, **rec}
+               for a, px, rec in zip(advices, sizes, choice.pop("candidates"))]
     pick = next(a for a in advices if a.candidate.name == choice["pick"])
     pick.backbones, pick.backbone_pick = records, {"backbone": pick.candidate.backbone, **choice}
     pick.seconds = round(sum(a.seconds for a in advices), 1)
