@@ -49,6 +49,7 @@ from transferlab.features.spec import DEFAULT_IMAGE_SIZE, resolve_image_size
 from transferlab.util import UserInputError, sha256_json
 
 from . import price
+from .backbone_choice import Candidate, bytes_per_image, choose_backbone, extraction_rates, rate_how
 from .decision import LARGE_PER_CLASS, THRESHOLDS, Evidence, choose_size, decide, stderr
 from .evidence import FeatureRows, measure_curve, peak_gap_between, train_val_rows
 
@@ -71,9 +72,12 @@ class Advice:
     budget_minutes: float = price.DEFAULT_BUDGET_MINUTES
     budget_assumed: bool = True  # no budget was given: the default was assumed
     price: dict = field(default_factory=dict)  # rates, offers per regime, the fine-tune curve, larger_budget
+    backbones: list = field(default_factory=list)  # advise --backbone a,b: each backbone's regime and comparison
+    backbone_pick: dict | None = None  # ... and the pick (pipeline/backbone_choice.py)
+    candidate: object = field(default=None, repr=False)  # what the pick rule reads of this advice (not printed)
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "candidate"}
 
     def price_lines(self) -> list:
         """The budget, the recommended regime's and the runner-up's price and gain, and what a larger budget
@@ -365,7 +369,8 @@ def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", 
     data : str or Dataset
         A data spec (``digits``, ``npz:PATH``, ``folder:PATH``).
     backbone : str
-        ImageNet backbone (``lite0``, ``timm:NAME``, ``torchvision:NAME``).
+        ImageNet backbone (``lite0``, ``timm:NAME``, ``torchvision:NAME``); several, comma-separated: each one's
+        advice and the pick among them (:func:`advise_backbones`).
     image_size : ``auto`` (the data's median shorter side, :func:`transferlab.features.spec.resolve_image_size`),
         pixels, or 0 (the backbone's own).
     pool : see :class:`transferlab.features.ExtractionSpec`.
@@ -400,6 +405,10 @@ def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", 
     >>> a.strategy                        # doctest: +SKIP
     'generic-features'
     """
+    names = list(dict.fromkeys(b.strip() for b in str(backbone).split(",") if b.strip()))
+    if len(names) > 1:
+        args = {k: v for k, v in locals().items() if k not in ("data", "backbone", "names")}
+        return advise_backbones(data, names, **args)
     started = time.perf_counter()
     log = log or (lambda m: print(m, file=sys.stderr))
     if budget is not None and not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
@@ -477,7 +486,41 @@ def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", 
         decision = _priced(decision, ev, ds, rows, spec, bb, budget_s, finetune_probe, fit_seconds, record,
                            dict(seed=seed, device=device, progress=progress, cache_dir=cache_dir, log=log))
     epochs = (record.get("offers") or {}).get(decision.strategy, {}).get("epochs")
+    dim, nbytes = bytes_per_image(source.path, measured.peak)
+    candidate = Candidate(backbone, "imagenet", curve, measured, None, nbytes, source.path, dim)
     return Advice(decision.strategy, decision.runner_up, decision.close, decision.chosen_layer, decision.reasons,
                   ev.to_dict(), decision.facts, dict(THRESHOLDS),
                   _next_command(decision.strategy, ds.spec, backbone, spec.image_size, decision, epochs),
-                  round(time.perf_counter() - started, 1), budget_min, budget is None, record)
+                  round(time.perf_counter() - started, 1), budget_min, budget is None, record, candidate=candidate)
+
+
+def advise_backbones(data, backbones: list, **kwargs) -> Advice:
+    """``advise --backbone a,b``: :func:`advise` for each backbone on the same rows, then the pick among them
+    (:func:`transferlab.pipeline.backbone_choice.choose_backbone`: each at its peak layer, paired on those rows,
+    a cheaper backbone that ties wins). Each backbone's advice is the one it gets alone (``auto`` resolves the
+    input size within that backbone's own cap). Returns the pick's advice with ``backbones`` (each one's regime and
+    its place in the comparison) and ``backbone_pick``; where no curve could be measured (too little data),
+    the first backbone's advice, ``backbone_pick`` None."""
+    log = kwargs.get("log") or (lambda m: print(m, file=sys.stderr))
+    ds = load_dataset(data, seed=kwargs.get("seed", 0))
+    advices = []
+    for name in backbones:
+        log(f"advise: backbone {name}")
+        advices.append(advise(ds, name, **kwargs))
+    if any(a.candidate is None for a in advices):
+        return advices[0]
+    cands = [a.candidate for a in advices]
+    jobs = [(c.cache_file, [p.layer for p in c.points]) for c in cands]
+    log(f"advise: timing the forward pass of {len(cands)} backbones for the extraction rate")
+    sizes = [read_cache_meta(path)["image_size"] for path, _ in jobs]  # each backbone's own (auto: its own cap)
+    for c, rate, px, (_, layers) in zip(cands, extraction_rates(jobs, kwargs.get("device", "auto")), sizes, jobs):
+        c.images_per_s = rate
+        c.rate_how = rate_how(len(layers), px, kwargs.get("device", "auto"))
+    choice = choose_backbone(cands)
+    records = [{"backbone": a.candidate.backbone, "strategy": a.strategy, "runner_up": a.runner_up, "close": a.close,
+                "chosen_layer": a.chosen_layer, "next_command": a.next_command, "image_size": px, **rec}
+               for a, px, rec in zip(advices, sizes, choice.pop("candidates"))]
+    pick = next(a for a in advices if a.candidate.name == choice["pick"])
+    pick.backbones, pick.backbone_pick = records, {"backbone": pick.candidate.backbone, **choice}
+    pick.seconds = round(sum(a.seconds for a in advices), 1)
+    return pick

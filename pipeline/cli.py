@@ -279,6 +279,8 @@ def cmd_sweep(a):
             continue
         print(f"  peak on val of {b['backbone']}/{b['weights']} {b['head']}{shots}: {b['val_choice']} "
               f"val {b['val_choice_val']:.3f}, test {b['val_choice_test']:.3f} (last layer test {b['last_test']:.3f})")
+    if summary.get("backbone_choice"):
+        print(f"backbone pick: {summary['backbone_choice']['reason']} (see report.md, Which backbone)")
     t = summary["timing"]
     print(f"extract {t['extract_seconds']:.1f} s, heads {t['train_seconds']:.1f} s")
     print(f"wrote {out / 'results.csv'}, {out / 'results.json'}, {out / 'report.md'}, {out / 'report.html'}")
@@ -329,7 +331,8 @@ EXAMPLES = {
              "  transferlab sweep --data ~/photos --heads logreg --out runs/photos",
     "finetune": "transferlab finetune --data ~/photos --mode last:2 --epochs 5 --append-to runs/photos",
     "advise": "transferlab advise --data ~/photos\n"
-              "  transferlab advise --data npz:x.npz --backbone timm:resnet50 --json",
+              "  transferlab advise --data npz:x.npz --backbone timm:resnet50 --json\n"
+              "  transferlab advise --data ~/photos --backbone lite0,lite2   # the regime of each, and the pick",
 }
 
 
@@ -350,6 +353,15 @@ def cmd_advise(a):
 
         print(json.dumps(jsonable(adv.to_dict()), indent=2))
         return
+    from .backbone_choice import gap_text
+
+    for b in adv.backbones:  # --backbone a,b: each one's regime, its place in the comparison, then the pick
+        print(f"backbone {b['backbone']}: {b['strategy']} at {b['chosen_layer']}; peak {b['layer']} val "
+              f"{b['val']:.3f} ± {b['se']:.3f}, {gap_text(b['gap'])}; {b['images_per_s']:.0f} images/s, "
+              f"{b['bytes_per_image']} bytes/image: {b['verdict']}")
+    if adv.backbone_pick:
+        pick = adv.backbone_pick
+        print(f"backbone pick: {pick['backbone']} ({pick['reason']}; {pick['statistic']}); its advice follows")
     print(f"strategy: {adv.strategy}" + (f"  (close call: {adv.runner_up} is as likely)" if adv.close else ""))
     print(f"runner-up: {adv.runner_up}")
     print("\n".join(adv.price_lines()))
@@ -518,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(sub, "advise", "measure the evidence and name the transfer regime for a data set")
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--backbone", default=ApiDefault(ADVISE, "backbone"),
-                   help="an ImageNet backbone: lite0, timm:NAME or torchvision:NAME")
+                   help="an ImageNet backbone: lite0, timm:NAME or torchvision:NAME; several, comma-separated: "
+                        "the regime of each and the pick (a cheaper backbone that ties wins)")
     p.add_argument("--image-size", type=image_size_arg, default=ApiDefault(ADVISE, "image_size"), help=AUTO_SIZE_HELP)
     p.add_argument("--pool", default=ApiDefault(ADVISE, "pool"), help="gap, gmp, gap+gmp or grid:K")
     p.add_argument("--seed", type=int, default=ApiDefault(ADVISE, "seed"),

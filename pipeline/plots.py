@@ -13,6 +13,9 @@
   accuracy (recall), each bar with its value and binomial standard error.
 - :func:`similarity_heatmap` (``layer_similarity.png``): linear CKA between every pair of layers of
   one cache file, layers in depth order (``results.json``'s ``layer_similarity``).
+- :func:`backbone_curves` (``backbones.png``, two or more backbone candidates): each candidate's depth curve
+  on relative depth, validation accuracy ± se as measured for the comparison, its chosen layer marked
+  (``results.json``'s ``backbone_choice``).
 
 Integrity rule: every picture is rendered in memory and written whole and atomically
 (:func:`transferlab.util.atomic_write`); a crash leaves the previous picture, which the next run or
@@ -35,7 +38,8 @@ from .html import md_code, md_text
 
 GROUPS = (("generic", 0.0, 1 / 3), ("middle", 1 / 3, 2 / 3), ("specialised", 2 / 3, 1.01))
 # the report's pictures, all written into its folder: the only files report.html embeds
-PICTURES = ("depth_vs_accuracy.png", "confusion.png", "learning_curve.png", "finetune.png", "layer_similarity.png")
+PICTURES = ("depth_vs_accuracy.png", "confusion.png", "learning_curve.png", "finetune.png", "layer_similarity.png",
+            "backbones.png")
 
 
 def _pyplot():
@@ -256,6 +260,36 @@ def similarity_heatmap(entry: dict, path: Path) -> Path | None:
     ax.set_title(_shown(f"layer similarity (linear CKA, {entry['n_rows']} {entry['split']} rows): "
                         f"{Path(entry['cache_file']).name}"), fontsize=9)
     return _save(fig, path)
+
+
+def backbone_curves(choice: dict | None, path: Path) -> Path | None:
+    """``backbones.png``: every candidate of ``choice`` (``results.json``'s ``backbone_choice``) as its validation
+    depth curve on relative depth with standard-error bars, its chosen layer a star (the pick's filled); with
+    fewer than two candidates nothing is drawn and a stale picture is removed."""
+    cands = (choice or {}).get("candidates") or []
+    if len(cands) < 2:
+        _drop(Path(path))
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.6), dpi=110)
+    for i, c in enumerate(cands):
+        color, pts = f"C{i % 10}", c["points"]
+        x = [p["rel_depth"] for p in pts]
+        ax.errorbar(x, [p["val_accuracy"] for p in pts], yerr=[stderr(p["val_accuracy"], p["n_val"]) for p in pts],
+                    marker="o", markersize=4, capsize=3, color=color,
+                    label=_shown(f"{c['name']}: {c['layer']} {c['val']:.3f}" + (" (pick)" if c["name"] ==
+                                                                                   choice["pick"] else "")))
+        ax.plot([c["rel_depth"]], [c["val"]], marker="*", markersize=15, linestyle="none", zorder=5, color=color,
+                markeredgecolor="black", markerfacecolor=color if c["name"] == choice["pick"] else "white")
+    ax.set_xlabel("relative depth (0 = stem, 1 = last layer)")
+    ax.set_ylabel(_shown(f"validation accuracy ± se ({cands[0]['method']})"))
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+              title="candidate: chosen layer (star)")
+    ax.set_title("Which backbone: depth curves of the candidates")
+    return _save(fig, Path(path))
 
 
 def similarity_section(out: Path, summary: dict) -> list[str]:

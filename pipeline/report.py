@@ -14,9 +14,10 @@ from pathlib import Path
 
 from transferlab.util import atomic_write, write_json
 
+from .backbone_choice import gap_text
 from .curves import best_per_curve, curves, decision_of, is_finetune, number
 from .html import md_code, md_inline, md_row, md_text, write_html
-from .plots import PICTURES, depth_curve, similarity_section, write_pictures
+from .plots import PICTURES, backbone_curves, depth_curve, similarity_section, write_pictures
 from .results import read_rows
 
 
@@ -78,6 +79,31 @@ def decision_section(summary: dict) -> tuple[list[str], dict | None]:
                   f"{len(edges)} layer/head pair(s) ({', '.join(md_text(f'{l}/{h}') for l, h in edges[:6])}"
                   f"{', ...' if len(edges) > 6 else ''}): rerun with `--full-grid` to widen it."]
     return lines, decision
+
+
+def backbone_section(out: Path, summary: dict) -> list[str]:
+    """"Which backbone" (two or more candidates; :mod:`transferlab.pipeline.backbone_choice`): the pick in one
+    sentence, ``backbones.png`` and the table of candidates with their noise and cost."""
+    choice = summary.get("backbone_choice")
+    if backbone_curves(choice, Path(out) / "backbones.png") is None:
+        return []
+    cands = choice["candidates"]
+    lines = ["## Which backbone", "",
+             f"**Pick: {md_text(choice['pick'])}**: {md_text(choice['reason'])}.", "",
+             f"Each candidate at its own peak layer on validation, measured the same way ({md_text(choice['probe'])} "
+             f"probe, {md_text(choice['pool'])} pooling, {md_text(choice['image_size'])} px); the gap to the most "
+             f"accurate is {md_text(choice['statistic'])} on the same rows, a tie within {choice['z']:g} standard "
+             f"errors, and among ties the cheaper wins: more than {100 * choice['rate_margin']:.0f}% more images "
+             f"per second, else fewer bytes per image. Images/s: {md_text(cands[0]['rate_how'])}; bytes/image: "
+             f"the chosen layer's stored dimension times its dtype's size.", "",
+             "![depth curves of the backbones](backbones.png)", "",
+             md_row("candidate", "chosen layer", "val ± se", "paired gap to the best ± se", "images/s", "bytes/image",
+                    "verdict"), "|---|---|---|---|---|---|---|"]
+    for c in cands:
+        rate = "not measured" if not c["images_per_s"] else f"{c['images_per_s']:.0f}"
+        lines.append(md_row(c["name"], c["layer"], f"{c['val']:.3f} ± {c['se']:.3f}", gap_text(c["gap"]), rate,
+                            c["bytes_per_image"], c["verdict"]))
+    return lines + [""]
 
 
 def _test_rows(cache_file) -> int | None:
@@ -192,6 +218,7 @@ def write_report(out: Path, summary: dict, log=None) -> Path:
     headline, _ = decision_section(summary)
     lines += headline + [""]
     lines += write_pictures(out, summary, log)
+    lines += backbone_section(out, summary)
     lines += similarity_section(out, summary)
     lines += ["## Peak on validation, per curve", "",
               "For reference: each curve's own best layer on validation. The recommendation above decides.", "",

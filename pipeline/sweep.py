@@ -47,6 +47,7 @@ from transferlab.features.memo import cached_extraction
 from transferlab.features.spec import AUTO_IMAGE_SIZE, parse_image_size, parse_layers, resolve_image_size
 from transferlab.util import UserInputError, jsonable, library_versions, sha256_json, write_json
 
+from .backbone_choice import sweep_backbone_choice
 from .curves import FINETUNE_PREFIX, decision_of
 from .report import refresh_report, write_report
 from .results import (
@@ -316,6 +317,8 @@ def _sweep_locked(cfg: SweepConfig, out: Path, progress: bool, log) -> SweepResu
                "stale_rows_moved": len(stale), "stale_rows_taken_back": len(taken)}
     summary["layer_similarity"] = layer_similarity(cache_files, _previous(out, "layer_similarity"))
     summary["measurement"] = measure_for_decision(rows, cfg, _previous(out, "measurement"), log)
+    summary["backbone_choice"] = sweep_backbone_choice(rows, cfg, summary["measurement"],
+                                                       _previous(out, "backbone_choice"), log)
     summary["decision"] = decision_of(summary)
     current = not jobs and not stale and not taken and _report_is_current(out, summary)
     write_json(out / "results.json", summary)
@@ -349,12 +352,7 @@ def measure_for_decision(rows: list[dict], cfg: SweepConfig, previous: dict | No
     dc = decision_curve(rows)
     if dc is None or not dc["cache_file"]:
         return None
-    known = {}
-    if cfg.preprocessing is None and not cfg.full_grid:
-        known = {r["layer"]: float(r["val_accuracy"]) for r in rows
-                 if r.get("cache_file") == dc["cache_file"] and r.get("head") == PROBE and not r.get("shots")
-                 and str(r.get("repeat", "0")) in ("0", "") and r.get("val_accuracy") not in ("", None)
-                 and str(r.get("seed")) == str(cfg.seed)}
+    known = known_probe_accuracies(rows, dc["cache_file"], cfg)
     key = sha256_json({"cache_key": dc["cache_key"], "cache_file": dc["cache_file"], "layers": dc["layers"],
                        "seed": cfg.seed, "val_fraction": cfg.val_fraction, "known": known,
                        "measure": [PROBE, SMALL_VAL, FOLDS, REPEATS]})
@@ -371,6 +369,20 @@ def measure_for_decision(rows: list[dict], cfg: SweepConfig, previous: dict | No
             "params": m.params}
 
 
+def known_probe_accuracies(rows: list[dict], cache_file: str, cfg: SweepConfig) -> dict:
+    """Layer -> one-split validation accuracy of ``cache_file``'s logreg rows (all data, first repeat, the sweep's
+    seed) when they were fitted with the default grid and preprocessing: the same probe on the same rows as
+    :func:`transferlab.pipeline.evidence.measure_curve`'s, so it is passed on as ``known``, not refitted."""
+    from .evidence import PROBE
+
+    if cfg.preprocessing is not None or cfg.full_grid:
+        return {}
+    return {r["layer"]: float(r["val_accuracy"]) for r in rows
+            if r.get("cache_file") == cache_file and r.get("head") == PROBE and not r.get("shots")
+            and str(r.get("repeat", "0")) in ("0", "") and r.get("val_accuracy") not in ("", None)
+            and str(r.get("seed")) == str(cfg.seed)}
+
+
 def _report_is_current(out: Path, summary: dict) -> bool:
     """Whether report.md and the plot were written from this very results.csv and configuration."""
     try:
@@ -378,7 +390,8 @@ def _report_is_current(out: Path, summary: dict) -> bool:
         written_after = min((out / n).stat().st_mtime_ns for n in ("report.md", "depth_vs_accuracy.png"))
         return (written_after >= (out / "results.csv").stat().st_mtime_ns
                 and previous.get("config") == jsonable(summary["config"]) and previous.get("rows") == summary["rows"]
-                and previous.get("layer_similarity") == jsonable(summary["layer_similarity"]))
+                and previous.get("layer_similarity") == jsonable(summary["layer_similarity"])
+                and previous.get("backbone_choice") == jsonable(summary["backbone_choice"]))
     except (OSError, ValueError):
         return False
 
