@@ -135,7 +135,8 @@ def measure_curve(source, layers: list, *, seed: int = 0, val_fraction: float = 
         points.append(LayerPoint(name, info["rel_depth"], acc, int(len(yv)), method="split"))
         log(f"  {name:<12} val {acc:.3f}")
     peak, last = _peak_and_last(points)
-    gap = paired_split_gap(pairs_of(peak.layer), pairs_of(last.layer)) if peak.layer != last.layer else None
+    peak_pairs = pairs_of(peak.layer)  # kept where the peak is the last layer too: peak_gap_between reads it
+    gap = paired_split_gap(peak_pairs, pairs_of(last.layer)) if peak.layer != last.layer else None
     return CurveMeasurement(points, "split", gap, peak.layer, last.layer, params, correct)
 
 

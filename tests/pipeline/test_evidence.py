@@ -66,6 +66,16 @@ def test_known_accuracies_are_not_refitted_except_the_pair_compared(cache_file, 
     assert len(calls) == len(LAYERS)  # the compared pair reuses the fits that measured the curve
 
 
+def test_a_peak_at_the_last_layer_keeps_its_rows_for_pairing(cache_file):
+    """Known accuracies that put the peak at the last layer: its per-row pairs are still measured, so two
+    such measurements pair (they raised KeyError)."""
+    known = {"blocks.2": 0.5, "blocks.4": 0.6, "bn2": 0.9}
+    m = evidence.measure_curve(cache_file, LAYERS, seed=0, small_val=10, known=known)
+    assert m.peak == m.last == "bn2" and m.gap is None
+    gap = evidence.peak_gap_between(m, m)
+    assert gap.difference == 0 and len(m.paired["bn2"]) == 30
+
+
 def test_the_test_split_is_never_read(cache_file, monkeypatch):
     from transferlab.features import cache
 
