@@ -22,6 +22,9 @@ ASSUMED_BUDGET = f"{DEFAULT_BUDGET_MINUTES:g} minutes, assumed and said"  # that
 FINETUNE_MODE = "last:2"
 FINETUNE_EPOCHS = 10  # the fine-tune the advice names, when the budget allows all of it
 SCRATCH_EPOCHS = 30
+# from-scratch has no short curve: it is recommended only where at least this many epochs fit the budget
+# (bench/advice.md: one to five epochs of it never beat the probe, e.g. permuted CIFAR-10 at one epoch)
+SCRATCH_MIN_EPOCHS = 10
 # the fine-tune probe runs by itself on large data when its estimated cost is at most this share of the budget
 PROBE_SHARE = 0.25
 # accuracy against images seen, a - b * images ** -alpha: the middle exponent gives the estimate, the spread
@@ -95,7 +98,8 @@ class Offer:
     gain: float | None = None  # over the probe, points as a fraction
     gain_se: float | None = None
     epochs: int | None = None  # training regimes: the epochs that fit the budget (at most the named ones)
-    fits: bool = True  # training regimes: at least one epoch fits the budget
+    fits: bool = True  # training regimes: at least min_epochs fit the budget
+    min_epochs: int = 1  # the fewest epochs worth running (an unmeasured from-scratch: SCRATCH_MIN_EPOCHS)
     epoch_seconds: float | None = None
     full_epochs: int | None = None  # the epochs the advice names when the budget allows
     full_gain: float | None = None  # the expected gain after full_epochs
@@ -105,7 +109,8 @@ class Offer:
 
     @property
     def pays(self) -> bool:
-        """A training regime pays when an epoch fits the budget and its expected gain (where measured) is positive."""
+        """A training regime pays when its fewest epochs worth running fit the budget and its expected gain
+        (where measured) is positive."""
         return self.fits and (self.gain is None or self.gain > 0)
 
     def line(self) -> str:
@@ -120,8 +125,12 @@ class Offer:
         else:
             what = f"expected gain over the probe {self.how}" + (f"; {epochs}" if self.fits else "")
         cost = f"about {minutes(self.seconds)} here" if self.fits else \
-            f"one epoch alone takes about {minutes(self.epoch_seconds)} here, more than the budget"
+            f"{self.least()} about {minutes(self.min_epochs * self.epoch_seconds)} here, more than the budget"
         return f"{self.regime} {self.detail}: {what}, {cost}" + "".join(f"; {n}" for n in self.notes)
+
+    def least(self) -> str:
+        """``'one epoch alone takes'`` or ``'the 10 epochs worth running take'``."""
+        return "one epoch alone takes" if self.min_epochs == 1 else f"the {self.min_epochs} epochs worth running take"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "line": self.line()}
@@ -145,9 +154,10 @@ def training_offer(regime: str, per_epoch: float, budget_s: float, images_per_ep
     seen, and the fewest epochs expected to pass the probe."""
     full = full_epochs or (FINETUNE_EPOCHS if regime == "fine-tune" else SCRATCH_EPOCHS)
     epochs = min(full, int(budget_s // per_epoch))
-    o = Offer(regime, TRAINED[regime], max(epochs, 1) * per_epoch, None, None,
+    least = min(SCRATCH_MIN_EPOCHS, full) if regime == "from-scratch" and curve is None else 1
+    o = Offer(regime, TRAINED[regime], max(epochs, least) * per_epoch, None, None,
               how or ("extrapolated from short fine-tunes" if curve else "not measured: no short fine-tune ran"),
-              epochs=max(epochs, 1), fits=epochs >= 1,
+              epochs=max(epochs, least), fits=epochs >= least, min_epochs=least,
               epoch_seconds=per_epoch, full_epochs=full)
     if curve is None:
         return o
@@ -163,8 +173,8 @@ def apply_budget(decision, offers: dict, budget_s: float):
     """``(decision, larger)``: the decision within the budget, and what a larger budget would change (a sentence).
 
     A training regime (``fine-tune``, ``from-scratch``) that does not pay within the budget
-    (:attr:`Offer.pays`: not one epoch fits, or its expected gain over the probe after the epochs
-    that fit is not positive) is not recommended: the next of strategy, runner-up and the probe
+    (:attr:`Offer.pays`: its fewest epochs worth running do not fit, or its expected gain over the
+    probe after the epochs that fit is not positive) is not recommended: the next of strategy, runner-up and the probe
     regime that pays is, and the dropped one becomes the runner-up. A fine-tune whose expected
     gain within the budget exceeds :data:`~transferlab.pipeline.decision.Z` standard errors is
     recommended over a probe (a measurement wins). A decision with no offers, or no regime named, is
@@ -187,7 +197,7 @@ def apply_budget(decision, offers: dict, budget_s: float):
             break
         dropped.append(o)
         reasons.append(f"{regime} {o.detail} is not recommended within the budget: " + (
-            f"one epoch takes about {minutes(o.epoch_seconds)} here" if not o.fits else
+            f"{o.least().replace(' alone', '')} about {minutes(o.min_epochs * o.epoch_seconds)} here" if not o.fits else
             f"its expected gain after {o.epochs} epochs is {100 * o.gain:+.1f} +- {100 * o.gain_se:.1f} points"))
     if dropped:
         strategy, runner_up = regime, dropped[0].regime
@@ -211,7 +221,8 @@ def larger_budget(strategy: str, runner_up: str | None, offers: dict, budget_s: 
             continue
         name = f"{regime} {o.detail}"
         if not o.fits:
-            said.append(f"{minutes(o.epoch_seconds)} buys one epoch of {name}"
+            said.append(f"{minutes(o.min_epochs * o.epoch_seconds)} buys "
+                        f"{'one epoch' if o.min_epochs == 1 else f'the {o.min_epochs} epochs worth running'} of {name}"
                         + (f"; it is expected to pass the probe after {o.pass_epochs} epochs "
                            f"(about {minutes(o.pass_epochs * o.epoch_seconds)})" if o.pass_epochs else ""))
         elif o.gain is not None and o.gain <= 0:

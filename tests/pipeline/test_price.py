@@ -7,6 +7,7 @@ import pytest
 from transferlab.pipeline.decision import LARGE_PER_CLASS, Evidence, LayerPoint, Z, decide, stderr
 from transferlab.pipeline.price import (
     FINETUNE_EPOCHS,
+    SCRATCH_MIN_EPOCHS,
     Curve,
     apply_budget,
     epoch_seconds,
@@ -145,9 +146,28 @@ def test_from_scratch_that_does_not_fit_falls_to_the_probe():
     assert d.strategy == "from-scratch" and d.runner_up == "fine-tune"
     out, larger = apply_budget(d, _offers(d, per_epoch=120, budget_s=100, scratch_epoch=300), 100)
     assert out.strategy == d.facts["probe_regime"] and out.runner_up == "from-scratch"
-    assert "buys one epoch of from-scratch scratch" in larger
+    assert f"buys the {SCRATCH_MIN_EPOCHS} epochs worth running of from-scratch scratch" in larger
     out, _ = apply_budget(d, _offers(d, per_epoch=120, budget_s=200, scratch_epoch=300), 200)
     assert out.strategy == "fine-tune"  # one fine-tune epoch fits where a from-scratch one does not
+
+
+def test_unmeasured_from_scratch_needs_its_fewest_epochs_worth_running():
+    """From-scratch has no short curve: a budget that buys a few of its epochs recommends the probe (in the
+    calibration one to five epochs never beat it); one that buys SCRATCH_MIN_EPOCHS recommends it."""
+    d = decide(_ev(LARGE_PER_CLASS * 2, [0.9, 0.93, 0.92, 0.9], random_best=0.925))
+    assert d.strategy == "from-scratch"
+    few = (SCRATCH_MIN_EPOCHS - 1) * 300 + 10
+    offers = _offers(d, per_epoch=1e6, budget_s=few, scratch_epoch=300)
+    assert offers["from-scratch"].epochs == SCRATCH_MIN_EPOCHS and not offers["from-scratch"].fits
+    out, larger = apply_budget(d, offers, few)
+    assert out.strategy == d.facts["probe_regime"] and out.runner_up == "from-scratch"
+    assert f"the {SCRATCH_MIN_EPOCHS} epochs worth running take about 50 min here" in " ".join(out.reasons)
+    enough = SCRATCH_MIN_EPOCHS * 300
+    out, _ = apply_budget(d, _offers(d, per_epoch=1e6, budget_s=enough, scratch_epoch=300), enough)
+    assert out.strategy == "from-scratch"
+    # a from-scratch offer with a measured curve needs one epoch, like a fine-tune
+    o = training_offer("from-scratch", 300, 400, 1000, 0.5, 0.01, _curve(_power(0.9, 5.0)))
+    assert o.min_epochs == 1 and o.fits and o.epochs == 1
 
 
 def test_no_regime_named_is_left_alone():
