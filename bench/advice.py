@@ -249,24 +249,33 @@ def confusion(recs: list) -> list:
 def best_within(r: dict, minutes: float) -> tuple:
     """``(regime, why)``: the measured best (on validation) among the regimes whose measured time fits
     ``minutes``: the probes always (their sweep over every layer is counted where recorded), fine-tune and
-    from-scratch when their measured training took at most the budget."""
+    from-scratch when their measured training took at most the budget; ``why`` names those over it and
+    any regime not measured."""
     g = {k: v for k, v in (r.get("regimes") or {}).items() if v}
     cost = {k: v.get("seconds") if k in ("fine-tune", "from-scratch") else r.get("probe_seconds") or 0
             for k, v in g.items()}
     fits = {k: v for k, v in g.items() if cost[k] <= 60 * minutes}
-    if len(g) < len(REGIMES) or not fits:
-        return None, "not every regime measured"
+    if not fits:
+        return None, "no regime measured"
     out = [f"{SHORT[k]} {v['seconds'] / 60:.0f} min" for k, v in g.items() if k not in fits]
-    return max(fits, key=lambda k: fits[k]["val"]), ("over: " + ", ".join(out)) if out else "all fit"
+    said = ["over: " + ", ".join(out)] if out else ["all fit"]
+    said += [f"{SHORT[k]} not measured" for k in REGIMES if k not in g]
+    return max(fits, key=lambda k: fits[k]["val"]), "; ".join(said)
 
 
 def budget_table(recs: list) -> list:
     """The same case advised at several budgets: advise's answer per seed beside the measured best among the
     regimes that fit each budget."""
+    from transferlab.pipeline.price import DEFAULT_BUDGET_MINUTES
+
     rows = []
     for r in recs:
-        for b, by_seed in sorted((r.get("advice_budgets") or {}).items(), key=lambda kv: float(kv[0])):
-            best, why = best_within(r, float(b))
+        budgets = dict(r.get("advice_budgets") or {})
+        if budgets and r.get("advice_seeds"):  # beside them, the advice at advise's own (assumed) budget
+            assumed = {a.get("budget_minutes") for a in r["advice_seeds"].values()} - {None}
+            budgets[f"{assumed.pop() if len(assumed) == 1 else DEFAULT_BUDGET_MINUTES:g} (assumed)"] = r["advice_seeds"]
+        for b, by_seed in sorted(budgets.items(), key=lambda kv: float(kv[0].split()[0])):
+            best, why = best_within(r, float(b.split()[0]))
             adv = [a["strategy"] for _, a in sorted((int(s), a) for s, a in by_seed.items())]
             agree = "-" if best is None else "yes" if all(a == best for a in adv) else "NO"
             rows.append(f"| {r['name']} | {b} | {', '.join(SHORT.get(a, a) for a in adv)} | "
