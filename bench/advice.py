@@ -284,8 +284,10 @@ def budget_table(recs: list) -> list:
         return []
     return ["", "## The answer against the budget (`--budget MINUTES`)", "",
             "advise at a stated budget, against the measured best among the regimes whose measured time here "
-            "fits it (the records' times were taken on the shared machine, so they are upper bounds; advise "
-            "prices on one thread's CPU time when the machine is busier than its cores).", "",
+            "fits it (the probes always count: the cheapest answer, what a too small budget falls back to; "
+            "fine-tune and from-scratch at their measured epochs; the records' times were taken on the shared "
+            "machine, so they are upper bounds; advise prices on one thread's CPU time when the machine is busier "
+            "than its cores).", "",
             "| case | budget (min) | advised (seeds) | measured best within the budget | agree |",
             "|---|---|---|---|---|"] + rows
 
