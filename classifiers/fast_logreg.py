@@ -14,16 +14,17 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from ._batched_lbfgs import bfloat16_pays
 from ._linear import GridWarmStartMixin, LogisticProbaMixin, validation_rows
 from ._path import DEFAULT_MEMORY_BUDGET, LogRegPath, class_index, fit_logreg_path, past_the_peak, path_scores
 from ._validation import is_h5
 from .holdout import stratified_holdout
 
 __all__ = ["BatchedLogisticRegressionCV", "DEFAULT_MEMORY_BUDGET", "LogRegPath", "TorchLogisticRegression",
-           "fit_logreg_path", "past_the_peak"]
+           "fit_logreg_path", "flat_top", "past_the_peak"]
 
 SCREEN_ROWS = 8192  # score_grid screens larger training sets on a subsample of this many rows
-SCREEN_BLOCK = 3  # C values solved together by score_grid: a stop past the peak wastes at most 2
+SCREEN_BLOCK = 1  # C values solved together by score_grid: one at a time, each from the path's extrapolation
 SCREEN_TOL = 1e-3  # score_grid's screen only ranks C values: 10x the default tolerance
 
 
@@ -46,13 +47,14 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
     """
 
     def __init__(self, C=1.0, *, tol=1e-4, max_iter=100, device="cpu", memory_budget=DEFAULT_MEMORY_BUDGET,
-                 screen_rows=SCREEN_ROWS):
+                 screen_rows=SCREEN_ROWS, precision="auto"):
         self.C = C
         self.tol = tol
         self.max_iter = max_iter
         self.device = device
         self.memory_budget = memory_budget
         self.screen_rows = screen_rows
+        self.precision = precision
 
     def fit(self, X, y, coef_init=None, intercept_init=None, preconditioner_init=None):
         """Fit at ``C``; ``coef_init`` (rows, D) and ``intercept_init`` (rows,) start the solver from
@@ -63,7 +65,8 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
         X, classes, y_idx = self._validate_fit(X, y)
         path = fit_logreg_path(
             X, y_idx, [self.C], device=self.device, tol=self.tol, max_iter=self.max_iter,
-            memory_budget=self.memory_budget, **self._start(classes, coef_init, intercept_init, preconditioner_init),
+            memory_budget=self.memory_budget, precision=self.precision,
+            **self._start(classes, coef_init, intercept_init, preconditioner_init),
         )
         self.classes_ = classes
         self.coef_, self.intercept_ = path.coefs[0], path.intercepts[0]
@@ -77,21 +80,26 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
         fit per grid point whenever an estimator has it. Coarse to fine:
 
         1. **Screen**: every other C of a dense grid (log spacing up to 0.35 decade; the full
-           45-value grid has 0.25), in increasing C, on a stratified subsample of ``screen_rows``
-           rows when there are more (C scaled by rows / subsample: the same penalty per row), to a
-           looser tolerance (``SCREEN_TOL``: the screen only ranks C values), stopping past the
-           validation peak (:func:`past_the_peak`).
-        2. **Refine**: the screen's best C and its two neighbours on the full grid, fitted on all
-           rows to ``tol``, each started from the screen's solution at the nearest C. (Chasing a
-           best that then moves along a flat top cost more than it found: measured, one round.)
+           45-value grid has 0.25), in increasing C, each started from the path's extrapolation,
+           on a stratified subsample of ``screen_rows`` rows when there are more (C scaled by
+           rows / subsample: the same penalty per row), to a looser tolerance (``SCREEN_TOL``) and
+           in bfloat16 where the device multiplies it natively (the screen only ranks C values),
+           stopping past the validation peak (:func:`past_the_peak`).
+        2. **Refine**, on all rows to ``tol``, each started from the screen's solution at the
+           nearest C: the screen's best C and its two neighbours on the full grid; only the best
+           when the screen's top is flat (its neighbours within one standard error of the best,
+           :func:`flat_top`: the values between them cannot be told apart), and nothing then when
+           the screen already ran on all rows. (Chasing a best that then moves along a flat top
+           cost more than it found: measured, one round.)
 
         Values fitted by the screen only keep their screening scores; those not reached score NaN
         and are never chosen. Afterwards :meth:`refit_init` gives the refit its head start: the
-        refine's solution at the chosen C (:meth:`grid_solution`) and the shared preconditioner.
+        solution at the chosen C (:meth:`grid_solution`) and the shared preconditioner.
         """
-        def solve(Cs, X, y, tol, init=None, preconditioner="auto"):
+        def solve(Cs, X, y, tol, precision, init=None, preconditioner="auto"):
             cv = BatchedLogisticRegressionCV(Cs=Cs, tol=tol, max_iter=self.max_iter, device=self.device,
-                                             memory_budget=self.memory_budget, refit=False, block_size=SCREEN_BLOCK)
+                                             memory_budget=self.memory_budget, refit=False, precision=precision,
+                                             block_size=SCREEN_BLOCK if init is None else len(Cs))
             cv.fit(X, y, X_val, y_val, init=init, preconditioner=preconditioner)
             return cv.scores_, cv.path_
 
@@ -103,27 +111,57 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
         screened = bool(self.screen_rows) and n > self.screen_rows and coarse.size > 3 and not is_h5(X)
         out = np.full(Cs.size, np.nan)
         loose = max(float(self.tol), SCREEN_TOL)
+        rows = np.arange(n)
         if screened:
             from sklearn.model_selection import train_test_split
 
-            sub, _ = train_test_split(np.arange(n), train_size=int(self.screen_rows), stratify=y, random_state=0)
-            sub = np.sort(sub)
-            out[coarse], screen = solve(Cs[coarse] * (n / sub.size), X[sub], y[sub], loose)
+            rows = np.sort(train_test_split(rows, train_size=int(self.screen_rows), stratify=y, random_state=0)[0])
+        fast = self.precision == "mixed" or (self.precision == "auto" and bfloat16_pays(self.device, rows.size))
+        screen_precision = "bfloat16" if fast else self.precision
+        if screened:
+            out[coarse], screen = solve(Cs[coarse] * (n / rows.size), X[rows], y[rows], loose, screen_precision)
         else:
-            out[coarse], screen = solve(Cs[coarse], X, y, loose)
+            out[coarse], screen = solve(Cs[coarse], X, y, loose, screen_precision)
         rank_of = np.empty(Cs.size, dtype=int)
         rank_of[order] = np.arange(Cs.size)
         coarse_rank = rank_of[coarse]
-        rank = rank_of[int(np.nanargmax(out))]
-        todo = order[max(0, rank - 1):rank + 2]
+        best = int(np.nanargmax(out))
+        if flat_top(out[coarse], int(np.flatnonzero(coarse == best)[0]), np.asarray(y_val).size):
+            todo = np.array([best] if screened else [], dtype=int)
+        else:
+            todo = order[max(0, rank_of[best] - 1):rank_of[best] + 2]
+        self._preconditioner = screen.preconditioner
+        if todo.size == 0:  # the screen's own solution, on all rows to its looser tolerance
+            j = int(np.flatnonzero(coarse == best)[0])
+            self._solutions = {float(Cs[best]): (screen.coefs[j], screen.intercepts[j])}
+            return [float(s) for s in out]
         # each from the screen's solution at the same C, else at the nearest C it fitted
         start = [int(np.argmin(np.abs(coarse_rank - rank_of[i]))) for i in todo]
-        out[todo], path = solve(Cs[todo], X, y, self.tol, init=(screen.coefs[start], screen.intercepts[start]),
+        out[todo], path = solve(Cs[todo], X, y, self.tol, self.precision,
+                                init=(screen.coefs[start], screen.intercepts[start]),
                                 preconditioner=screen.preconditioner or "auto")
         self._solutions = {float(Cs[i]): (path.coefs[j], path.intercepts[j]) for j, i in enumerate(todo.tolist())
                            if np.all(np.isfinite(path.coefs[j]))}
         self._preconditioner = path.preconditioner
         return [float(s) for s in out]
+
+
+def flat_top(scores, best: int, n_val: int) -> bool:
+    """Whether the neighbours of ``scores[best]`` (scores along increasing C; NaN: not fitted) score within
+    one standard error of it, sqrt(p (1 - p) / n_val) at its accuracy p.
+
+    Examples
+    --------
+    >>> flat_top([0.60, 0.70, 0.69, np.nan], 1, 1000)
+    False
+    >>> flat_top([0.695, 0.70, 0.69, np.nan], 1, 1000)
+    True
+    """
+    scores = np.asarray(scores, dtype=float)
+    p = scores[best]
+    floor = p - np.sqrt(max(p * (1.0 - p), 0.0) / max(1, int(n_val)))
+    near = [scores[j] for j in (best - 1, best + 1) if 0 <= j < scores.size and np.isfinite(scores[j])]
+    return bool(near) and all(v >= floor for v in near)
 
 
 class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstimator):
@@ -175,7 +213,8 @@ class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstim
     """
 
     def __init__(self, Cs=None, *, val_fraction=0.2, refit=True, random_state=0, tol=1e-4, max_iter=100,
-                 device="cpu", memory_budget=DEFAULT_MEMORY_BUDGET, block_size=4, stop_past_peak=True):
+                 device="cpu", memory_budget=DEFAULT_MEMORY_BUDGET, block_size=4, stop_past_peak=True,
+                 precision="auto"):
         self.Cs = Cs
         self.val_fraction = val_fraction
         self.refit = refit
@@ -186,6 +225,7 @@ class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstim
         self.device = device
         self.memory_budget = memory_budget
         self.block_size = block_size
+        self.precision = precision
 
     def fit(self, X, y, X_val=None, y_val=None, init=None, preconditioner="auto"):
         """Choose C on validation rows (given, or held out of ``X`` by :func:`stratified_holdout`), then
@@ -225,7 +265,7 @@ class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstim
         stop = None if X_val is None else score_block
         self.path_ = fit_logreg_path(X_fit, y_fit, Cs, device=self.device, tol=self.tol, max_iter=self.max_iter,
                                      memory_budget=self.memory_budget, block_size=self.block_size, stop=stop,
-                                     init=init, preconditioner=preconditioner)
+                                     init=init, preconditioner=preconditioner, precision=self.precision)
         if X_val is not None:
             self.scores_ = scores
             best = int(np.nanargmax(self.scores_))
@@ -242,7 +282,7 @@ class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstim
             keep = y_all >= 0
             final = fit_logreg_path(X_all[keep], y_all[keep], [self.C_], device=self.device, tol=self.tol,
                                     max_iter=self.max_iter, memory_budget=self.memory_budget,
-                                    init=(self.coef_, self.intercept_),
+                                    init=(self.coef_, self.intercept_), precision=self.precision,
                                     preconditioner=self.path_.preconditioner or "auto")
             self.coef_, self.intercept_, self.n_iter_ = final.coefs[0], final.intercepts[0], final.n_iter.copy()
         return self
