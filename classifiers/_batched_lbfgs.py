@@ -65,8 +65,88 @@ def bfloat16_pays(device, rows: int) -> bool:
     return rows >= LOW_MIN_ROWS and native_bfloat16(device)
 
 
+STREAM_CHUNK_BYTES = 64 << 20  # rows streamed from disk are read in chunks of at most this many float32 bytes
+
+
+class RowBlocks:
+    """Rows of a 2-D array or ``h5py.Dataset`` that are never read all at once: the rows ``index``
+    (sorted, unique; None: all) of ``data``, as float32, passed through ``transform`` (a fitted
+    standardiser's ``transform``, say) as they are read.
+
+    ``blocks[a:b]`` gives rows a..b-1 of the selection and :meth:`take` the rows at given positions,
+    each reading ``data`` in blocks of about ``block_rows`` rows (whole HDF5 chunks) and converting
+    only the rows it keeps. The solver streams it as it streams a file (:class:`RowSource`);
+    :func:`~transferlab.classifiers.fast_logreg.select_logreg` hands it the training and validation
+    rows of a file.
+    """
+
+    def __init__(self, data, index=None, transform=None, block_rows: int = 16384):
+        if data.ndim != 2:
+            raise UserInputError(f"features must be a 2-D array (rows, dims), got shape {data.shape}")
+        self.data = data
+        self.index = None if index is None else np.asarray(index, dtype=np.int64)
+        if self.index is not None and self.index.size and (
+                np.any(np.diff(self.index) <= 0) or self.index[0] < 0 or self.index[-1] >= data.shape[0]):
+            raise ValueError("index must hold sorted, unique row numbers of data")
+        self.shape = (int(data.shape[0]) if self.index is None else int(self.index.size), int(data.shape[1]))
+        self.ndim = 2
+        self.transform = transform
+        step = (getattr(data, "chunks", None) or (1,))[0]
+        self.block_rows = max(step, int(block_rows) // step * step)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _gather(self, rows) -> np.ndarray:
+        """Rows ``rows`` (sorted row numbers of ``data``) as float32, transformed, read block by block."""
+        out = np.empty((rows.size, self.shape[1]), dtype=np.float32)
+        done = 0
+        while done < rows.size:
+            lo = rows[done]
+            stop = done + int(np.searchsorted(rows[done:done + self.block_rows], lo + self.block_rows))
+            hi = int(rows[stop - 1]) + 1  # read only the span the kept rows cover
+            block = self._read(int(lo), hi)
+            block = block if hi - lo == stop - done else np.take(block, rows[done:stop] - lo, axis=0)
+            if block.dtype in (np.float16, np.float32, np.float64):  # torch converts float16 several times faster
+                import torch
+
+                torch.from_numpy(out[done:stop]).copy_(torch.from_numpy(np.ascontiguousarray(block)))
+            else:
+                out[done:stop] = block
+            done = stop
+        return out if self.transform is None else np.asarray(self.transform(out), dtype=np.float32)
+
+    def _read(self, lo: int, hi: int) -> np.ndarray:
+        """Rows lo..hi-1 of ``data`` in its own dtype: a view of an array, or a file's rows read into a
+        buffer that the next read reuses."""
+        if not is_h5(self.data):
+            return self.data[lo:hi]
+        if getattr(self, "_buffer", None) is None:
+            self._buffer = np.empty((self.block_rows, self.shape[1]), dtype=self.data.dtype)
+        self.data.read_direct(self._buffer, np.s_[lo:hi], np.s_[0:hi - lo])
+        return self._buffer[:hi - lo]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("RowBlocks takes slices of rows, blocks[a:b]; take() picks rows")
+        a, b, _ = key.indices(self.shape[0])
+        positions = np.arange(a, max(a, b))
+        return self._gather(positions if self.index is None else self.index[positions])
+
+    def take(self, positions) -> np.ndarray:
+        """The rows at sorted ``positions`` of the selection, as float32 (transformed)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return self._gather(positions if self.index is None else self.index[positions])
+
+
+def out_of_core(X) -> bool:
+    """Whether ``X`` is read from disk chunk by chunk (an ``h5py.Dataset`` or :class:`RowBlocks`)."""
+    return is_h5(X) or isinstance(X, RowBlocks)
+
+
 class RowSource:
-    """Rows of an array or ``h5py.Dataset``, held on the device or streamed in chunks."""
+    """Rows of an array, ``h5py.Dataset`` or :class:`RowBlocks`, held on the device or streamed in
+    chunks (of at most ``STREAM_CHUNK_BYTES``)."""
 
     def __init__(self, X, device, memory_budget, dtype):
         import torch
@@ -82,13 +162,13 @@ class RowSource:
         self.low_center = None  # set (the rows' mean): chunks() yields bfloat16(rows - low_center)
         self._full_low = None
         if self.n * self.d * 4 <= memory_budget:
-            self._full = torch.as_tensor(check_features(np.asarray(X[()] if is_h5(X) else X)))
+            self._full = torch.as_tensor(check_features(np.asarray(X[0:self.n] if out_of_core(X) else X)))
             self._full = self._full.to(device=self.device, dtype=dtype)
             per_chunk = _EVAL_ROWS if self.device.type != "cpu" else max(256, CPU_CHUNK_BYTES // (self.d * 4))
             self.rows = min(self.n, per_chunk)
         else:
-            rows = max(1, int(memory_budget // (self.d * 4)))
-            step = (X.chunks or (1,))[0] if is_h5(X) else 1
+            rows = max(1, int(min(memory_budget, STREAM_CHUNK_BYTES) // (self.d * 4)))
+            step = (getattr(X, "chunks", None) or (1,))[0] if is_h5(X) else 1
             self.rows = max(step, rows // step * step)
 
     @property
@@ -128,8 +208,8 @@ class RowSource:
                 yield start, stop, (self._full_low if low else self._full)[start:stop]
             else:
                 block = torch.as_tensor(check_features(self._X[start:stop], "features chunk"))
-                block = block.to(device=self.device, dtype=self.dtype)
-                yield start, stop, (block - self.low_center).to(torch.bfloat16) if low else block
+                block = block.to(device=self.device, dtype=self.dtype)  # a fresh array: centred in place
+                yield start, stop, block.sub_(self.low_center).to(torch.bfloat16) if low else block
 
 
 LOWRANK_ROWS = 16384  # the low-rank preconditioner is estimated on at most this many (evenly spaced) rows

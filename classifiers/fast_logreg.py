@@ -10,22 +10,26 @@ fits a grid and keeps the C with the best validation accuracy. Both solve with
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ._batched_lbfgs import bfloat16_pays
+from transferlab.util import UserInputError
+
+from ._batched_lbfgs import RowBlocks, bfloat16_pays, out_of_core
 from ._linear import GridWarmStartMixin, LogisticProbaMixin, validation_rows
 from ._path import DEFAULT_MEMORY_BUDGET, LogRegPath, class_index, fit_logreg_path, past_the_peak, path_scores
-from ._validation import is_h5
 from .holdout import stratified_holdout
 
-__all__ = ["BatchedLogisticRegressionCV", "DEFAULT_MEMORY_BUDGET", "LogRegPath", "TorchLogisticRegression",
-           "fit_logreg_path", "flat_top", "past_the_peak"]
+__all__ = ["BatchedLogisticRegressionCV", "DEFAULT_MEMORY_BUDGET", "LogRegPath", "LogRegSelection", "RowBlocks",
+           "TorchLogisticRegression", "fit_logreg_path", "flat_top", "past_the_peak", "select_logreg"]
 
 SCREEN_ROWS = 8192  # score_grid screens larger training sets on a subsample of this many rows
 SCREEN_BLOCK = 1  # C values solved together by score_grid: one at a time, each from the path's extrapolation
 SCREEN_TOL = 1e-3  # score_grid's screen only ranks C values: 10x the default tolerance
+VAL_CHUNK_ROWS = 16384  # validation rows are scored this many at a time (rows on disk: as they are read)
 
 
 class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, ClassifierMixin, BaseEstimator):
@@ -105,10 +109,12 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
 
         Cs = np.asarray(Cs, dtype=np.float64).ravel()
         n, y = int(X.shape[0]), np.asarray(y)
+        if out_of_core(X) and not isinstance(X, RowBlocks):  # a file's rows: read by blocks, subsample included
+            X = RowBlocks(X)
         order = np.argsort(Cs, kind="stable")
         steps = np.diff(np.log10(Cs[order]))
         coarse = order[::2] if Cs.size >= 9 and steps.size and np.max(steps) <= 0.35 else order
-        screened = bool(self.screen_rows) and n > self.screen_rows and coarse.size > 3 and not is_h5(X)
+        screened = bool(self.screen_rows) and n > self.screen_rows and coarse.size > 3
         out = np.full(Cs.size, np.nan)
         loose = max(float(self.tol), SCREEN_TOL)
         rows = np.arange(n)
@@ -119,7 +125,8 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
         fast = self.precision == "mixed" or (self.precision == "auto" and bfloat16_pays(self.device, rows.size))
         screen_precision = "bfloat16" if fast else self.precision
         if screened:
-            out[coarse], screen = solve(Cs[coarse] * (n / rows.size), X[rows], y[rows], loose, screen_precision)
+            X_sub = X.take(rows) if isinstance(X, RowBlocks) else X[rows]
+            out[coarse], screen = solve(Cs[coarse] * (n / rows.size), X_sub, y[rows], loose, screen_precision)
         else:
             out[coarse], screen = solve(Cs[coarse], X, y, loose, screen_precision)
         rank_of = np.empty(Cs.size, dtype=int)
@@ -144,6 +151,16 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
                            if np.all(np.isfinite(path.coefs[j]))}
         self._preconditioner = path.preconditioner
         return [float(s) for s in out]
+
+
+def accuracies(X, y_idx, coefs, intercepts) -> np.ndarray:
+    """Accuracy (n_C,) of each of a stack of linear models (:func:`path_scores`) on rows ``X`` (an array,
+    or rows on disk), ``VAL_CHUNK_ROWS`` at a time; ``y_idx`` are class indices."""
+    hits = np.zeros(coefs.shape[0])
+    for start in range(0, int(X.shape[0]), VAL_CHUNK_ROWS):
+        rows = np.asarray(X[start:start + VAL_CHUNK_ROWS], dtype=np.float32)
+        hits += (class_index(path_scores(rows, coefs, intercepts)) == y_idx[None, start:start + rows.shape[0]]).sum(1)
+    return hits / max(1, int(X.shape[0]))
 
 
 def flat_top(scores, best: int, n_val: int) -> bool:
@@ -244,8 +261,8 @@ class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstim
             X_val, val_idx = validation_rows(self, classes, X_val, y_val)
             X_fit, y_fit, self.selection_ = X, y_idx, "given validation rows"
         else:
-            if is_h5(X):
-                reason = "rows read from disk (h5py) are not held out: give X_val"
+            if out_of_core(X):
+                reason = "rows read from disk are not held out: give X_val (or use select_logreg)"
             else:
                 tr, va, reason = stratified_holdout(y_idx, self.val_fraction, self.random_state)
             if reason is None:
@@ -258,10 +275,9 @@ class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstim
         scores = np.full(Cs.size, np.nan)
 
         def score_block(where, W, b):  # validation accuracy of each block as it is solved
-            scores[where] = (class_index(path_scores(X_val32, W, b)) == val_idx[None, :]).mean(1)
+            scores[where] = accuracies(X_val, val_idx, W, b)
             return bool(self.stop_past_peak) and past_the_peak(Cs, scores, val_idx.size)
 
-        X_val32 = None if X_val is None else np.asarray(X_val, dtype=np.float32)
         stop = None if X_val is None else score_block
         self.path_ = fit_logreg_path(X_fit, y_fit, Cs, device=self.device, tol=self.tol, max_iter=self.max_iter,
                                      memory_budget=self.memory_budget, block_size=self.block_size, stop=stop,
@@ -302,3 +318,82 @@ class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstim
         model.n_iter_ = self.path_.n_iter[i : i + 1]
         model.n_features_in_ = model.coef_.shape[1]
         return model
+
+
+@dataclass
+class LogRegSelection:
+    """What :func:`select_logreg` chose and fitted: ``estimator`` is the head's ``Pipeline``
+    (standardiser, :class:`TorchLogisticRegression`) fitted on all rows at ``C``, chosen on
+    ``n_val`` held-out rows; ``scores`` holds the validation accuracy per value of ``Cs`` (NaN:
+    not fitted)."""
+
+    estimator: object
+    C: float
+    Cs: np.ndarray
+    scores: np.ndarray
+    n_train: int
+    n_val: int
+
+
+def select_logreg(X, y, Cs, *, val_fraction: float = 0.2, seed: int = 0, block_rows: int = 8192,
+                  **head_params) -> LogRegSelection:
+    """The logreg head's selection, as :func:`~transferlab.classifiers.protocol.select_and_fit` runs it
+    without a validation split, on rows in memory or in an ``h5py.Dataset`` larger than memory.
+
+    The steps: a stratified ``val_fraction`` of the rows held out (:func:`stratified_holdout`); the
+    head's standardiser fitted on the training rows and, for the refit, on all rows; C chosen by
+    :meth:`TorchLogisticRegression.score_grid` on the standardised rows; the head refitted on all
+    rows from the chosen solution (:meth:`~GridWarmStartMixin.refit_init`). Rows are never read all
+    at once: one pass over ``X`` in blocks of ``block_rows`` fits both standardisers and copies the
+    validation rows (in ``X``'s dtype: a float16 cache keeps them at half the size), and every solve
+    reads the rows it needs as :class:`RowBlocks`, standardised as they are read; a solve holds them
+    in memory when they fit ``memory_budget`` (see :func:`fit_logreg_path`), else streams them at
+    every pass. ``head_params`` go to the head (``memory_budget``, ``precision``, ``device``, ...).
+
+    Examples
+    --------
+    >>> from sklearn.datasets import load_digits
+    >>> X, y = load_digits(return_X_y=True)
+    >>> float(select_logreg(X, y, [1e-3, 1e-1]).C)
+    0.1
+    """
+    from sklearn.base import clone
+
+    from .heads import make_head
+
+    y = np.asarray(y)
+    if X.ndim != 2 or X.shape[0] != y.shape[0]:
+        raise UserInputError(f"features {tuple(X.shape)} and labels {y.shape} do not match: one label per row")
+    train, val, reason = stratified_holdout(y, val_fraction, seed)
+    if reason is not None:
+        raise UserInputError(f"no validation rows to choose C on: {reason}")
+    template = make_head("logreg", preprocessing="standardize", solver="torch", **head_params)
+    scalers = [clone(template.named_steps["standardize"]) for _ in range(2)]  # training rows, all rows
+    is_train = np.zeros(y.size, dtype=bool)
+    is_train[train] = True
+    X_val = np.empty((val.size, X.shape[1]), dtype=X.dtype)
+    step = (getattr(X, "chunks", None) or (1,))[0]
+    block = max(step, block_rows // step * step)
+    for lo in range(0, y.size, block):
+        rows = np.asarray(X[lo:lo + block])
+        mine = is_train[lo:lo + rows.shape[0]]
+        if mine.any():
+            scalers[0].partial_fit(rows[mine])
+        scalers[1].partial_fit(rows)
+        first, last = np.searchsorted(val, [lo, lo + rows.shape[0]])
+        X_val[first:last] = rows[val[first:last] - lo]
+
+    def view(data, index, scaler):  # standardised in place as read: the pipeline's transform, in float32
+        mean, scale = scaler.mean_.astype(np.float32), scaler.scale_.astype(np.float32)
+        return RowBlocks(data, index, lambda rows: np.divide(np.subtract(rows, mean, out=rows), scale, out=rows),
+                         block_rows=block_rows)
+
+    head = template.named_steps["head"]
+    scores = np.asarray(head.score_grid(Cs, view(X, train, scalers[0]), y[train], view(X_val, None, scalers[0]),
+                                        y[val]), dtype=float)
+    C = float(np.asarray(Cs, dtype=float)[int(np.nanargmax(scores))])
+    final = clone(template)
+    final.steps[0] = ("standardize", scalers[1])
+    final.named_steps["head"].set_params(C=C).fit(view(X, None, scalers[1]), y, **head.refit_init(C))
+    return LogRegSelection(estimator=final, C=C, Cs=np.asarray(Cs, dtype=float), scores=scores,
+                           n_train=int(train.size), n_val=int(val.size))
