@@ -2,10 +2,11 @@
 
 :class:`TorchLogisticRegression` is a drop-in for scikit-learn's ``LogisticRegression(C=C)``; its
 ``score_grid`` (what the selection protocol calls) screens every other C of a dense grid on a
-subsample, then refines the best and its neighbours on all rows. :class:`BatchedLogisticRegressionCV`
-fits a grid and keeps the C with the best validation accuracy. Both solve with
+subsample, then refines the best (and its neighbours, unless the top is flat) on all rows.
+:class:`BatchedLogisticRegressionCV` fits a grid and keeps the C with the best validation accuracy.
+:func:`select_logreg` runs the protocol's selection on rows that may stay on disk. All solve with
 :func:`fit_logreg_path` (:mod:`._path`: the objective, the stopping rule); the figures are in
-``bench/README.md``.
+``bench/README.md`` and ``bench/out_of_core.md``.
 """
 
 from __future__ import annotations
@@ -43,11 +44,12 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
     ----------
     C : float
         Inverse regularisation strength.
-    tol, max_iter, device, memory_budget : see :func:`fit_logreg_path`.
+    tol, max_iter, device, memory_budget, precision : see :func:`fit_logreg_path` (``precision="auto"``:
+        bfloat16 passes first where they pay, the stopping rule still met in float32).
     screen_rows : int or None
         ``score_grid`` on more training rows than this screens the grid on a stratified subsample
-        of ``screen_rows`` rows, then fits the best C and its two grid neighbours on all rows (see
-        :meth:`score_grid`). None or 0: the screen runs on all rows.
+        of ``screen_rows`` rows, then refines on all rows (see :meth:`score_grid`). None or 0: the
+        screen runs on all rows.
     """
 
     def __init__(self, C=1.0, *, tol=1e-4, max_iter=100, device="cpu", memory_budget=DEFAULT_MEMORY_BUDGET,
@@ -206,7 +208,7 @@ class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstim
         Walk the grid in increasing C and stop once validation accuracy has stayed clearly below the
         best for a decade of C (:func:`past_the_peak`); the C values not reached score NaN and are
         never chosen. False solves every C.
-    tol, max_iter, device, memory_budget, block_size : see :func:`fit_logreg_path`.
+    tol, max_iter, device, memory_budget, block_size, precision : see :func:`fit_logreg_path`.
 
     Attributes
     ----------
