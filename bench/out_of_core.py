@@ -9,7 +9,7 @@ per dimension of a random 64-dimensional subspace: the other dimensions carry no
 regularisation matters) plus noise with a shared 64-dimensional factor, then shifted and scaled
 per dimension like pooled activations, a tenth of the labels redrawn at random (label noise, which
 weak regularisation fits), and 20,000 test rows drawn alike. The selection is
-:func:`~transferlab.classifiers.fast_logreg.select_logreg` over the full 45-value C grid: a 20%
+:func:`~transferlab.classifiers.out_of_core.select_logreg` over the full 45-value C grid: a 20%
 stratified holdout, the head's standardiser, ``score_grid``, the refit on all rows.
 
 Each selection runs in a child process of its own (``threads`` threads everywhere), which reports
@@ -90,7 +90,7 @@ def run_child(mode: str, path: str, rows: int, budget_mb: int) -> dict:
 
     from transferlab.classifiers import default_grid
     from transferlab.classifiers._batched_lbfgs import Problem
-    from transferlab.classifiers.fast_logreg import select_logreg
+    from transferlab.classifiers.out_of_core import select_logreg
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     passes = [0]

@@ -76,7 +76,7 @@ class RowBlocks:
     ``blocks[a:b]`` gives rows a..b-1 of the selection and :meth:`take` the rows at given positions,
     each reading ``data`` in blocks of about ``block_rows`` rows (whole HDF5 chunks) and converting
     only the rows it keeps. The solver streams it as it streams a file (:class:`RowSource`);
-    :func:`~transferlab.classifiers.fast_logreg.select_logreg` hands it the training and validation
+    :func:`~transferlab.classifiers.out_of_core.select_logreg` hands it the training and validation
     rows of a file.
     """
 

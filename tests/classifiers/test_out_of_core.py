@@ -5,7 +5,7 @@ import pytest
 
 from transferlab.classifiers import _batched_lbfgs as lbfgs
 from transferlab.classifiers._batched_lbfgs import RowBlocks
-from transferlab.classifiers.fast_logreg import select_logreg
+from transferlab.classifiers.out_of_core import select_logreg
 from transferlab.classifiers.protocol import select_and_fit
 
 
