@@ -1,7 +1,8 @@
 """The solver behind :func:`classifiers._path.fit_logreg_path`: batched, preconditioned L-BFGS in torch.
 
 - **Batched**: one weight tensor per C, stacked, so each pass over the rows is one matrix product
-  for the whole grid; blocks of C run in increasing C, each warm-started from the block before.
+  for the whole grid; blocks of C run in increasing C, each started from the extrapolation of
+  the path's last two solutions (:func:`path_start`).
 - **Preconditioned**: with centred features ``X_c`` and ``X_c^T X_c = V diag(lam) V^T``, the
   Hessian approximation ``I + h C X_c^T X_c`` is diagonal in the coordinates ``W = V A``; ``h`` is
   the rows' current mean curvature of the loss (exact at W = 0). Its inverse is the L-BFGS starting
@@ -10,6 +11,11 @@
 - **Rows**: held on the device (on a CPU, passed in cache-sized chunks) or, beyond the memory
   budget, streamed from an ``h5py.Dataset`` at every pass (:class:`RowSource`); loss and gradient
   are sums over chunks, so the result is the same.
+- **Precision**: passes may multiply in bfloat16 (centred rows and the two products; everything
+  else in the solve's dtype; rows held in memory get a bfloat16 copy, half their size again),
+  which pays where the device does so natively (:func:`bfloat16_pays`): ``"bfloat16"`` for a
+  screen that only ranks C values, ``"mixed"`` for a fit, which then continues in full precision
+  until the gradient measured there meets the tolerance (:func:`_lbfgs`).
 
 Its speed against scikit-learn's solvers is in ``bench/README.md``.
 """
@@ -37,8 +43,110 @@ def torch_max(a, b):
     return torch.maximum(a, b)
 
 
+PRECISIONS = ("exact", "bfloat16", "mixed")
+LOW_MIN_ROWS = 2048  # fewer rows: bfloat16's gradient error is near the default tolerance, and passes are cheap
+
+
+def native_bfloat16(device) -> bool:
+    """Whether ``device`` multiplies bfloat16 natively, at about twice its float32 rate: a CPU with
+    AVX512-BF16 or AMX (elsewhere torch emulates bfloat16, slower than float32). Other devices: False."""
+    import torch
+
+    if torch.device(device).type != "cpu":
+        return False
+    cpu = getattr(torch, "cpu", None)
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in ("_is_avx512_bf16_supported",
+                                                                       "_is_amx_tile_supported"))
+
+
+def bfloat16_pays(device, rows: int) -> bool:
+    """Whether passes in bfloat16 pay off for a solve on ``rows`` rows: a native device
+    (:func:`native_bfloat16`) and at least ``LOW_MIN_ROWS`` rows. What ``precision="auto"`` follows."""
+    return rows >= LOW_MIN_ROWS and native_bfloat16(device)
+
+
+STREAM_CHUNK_BYTES = 64 << 20  # rows streamed from disk are read in chunks of at most this many float32 bytes
+
+
+class RowBlocks:
+    """Rows of a 2-D array or ``h5py.Dataset`` that are never read all at once: the rows ``index``
+    (sorted, unique; None: all) of ``data``, as float32, passed through ``transform`` (a fitted
+    standardiser's ``transform``, say) as they are read.
+
+    ``blocks[a:b]`` gives rows a..b-1 of the selection and :meth:`take` the rows at given positions,
+    each reading ``data`` in blocks of about ``block_rows`` rows (whole HDF5 chunks) and converting
+    only the rows it keeps. The solver streams it as it streams a file (:class:`RowSource`);
+    :func:`~transferlab.classifiers.out_of_core.select_logreg` hands it the training and validation
+    rows of a file.
+    """
+
+    def __init__(self, data, index=None, transform=None, block_rows: int = 16384):
+        if data.ndim != 2:
+            raise UserInputError(f"features must be a 2-D array (rows, dims), got shape {data.shape}")
+        self.data = data
+        self.index = None if index is None else np.asarray(index, dtype=np.int64)
+        if self.index is not None and self.index.size and (
+                np.any(np.diff(self.index) <= 0) or self.index[0] < 0 or self.index[-1] >= data.shape[0]):
+            raise ValueError("index must hold sorted, unique row numbers of data")
+        self.shape = (int(data.shape[0]) if self.index is None else int(self.index.size), int(data.shape[1]))
+        self.ndim = 2
+        self.transform = transform
+        step = (getattr(data, "chunks", None) or (1,))[0]
+        self.block_rows = max(step, int(block_rows) // step * step)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _gather(self, rows) -> np.ndarray:
+        """Rows ``rows`` (sorted row numbers of ``data``) as float32, transformed, read block by block."""
+        out = np.empty((rows.size, self.shape[1]), dtype=np.float32)
+        done = 0
+        while done < rows.size:
+            lo = rows[done]
+            stop = done + int(np.searchsorted(rows[done:done + self.block_rows], lo + self.block_rows))
+            hi = int(rows[stop - 1]) + 1  # read only the span the kept rows cover
+            block = self._read(int(lo), hi)
+            block = block if hi - lo == stop - done else np.take(block, rows[done:stop] - lo, axis=0)
+            if block.dtype in (np.float16, np.float32, np.float64):  # torch converts float16 several times faster
+                import torch
+
+                torch.from_numpy(out[done:stop]).copy_(torch.from_numpy(np.ascontiguousarray(block)))
+            else:
+                out[done:stop] = block
+            done = stop
+        return out if self.transform is None else np.asarray(self.transform(out), dtype=np.float32)
+
+    def _read(self, lo: int, hi: int) -> np.ndarray:
+        """Rows lo..hi-1 of ``data`` in its own dtype: a view of an array, or a file's rows read into a
+        buffer that the next read reuses."""
+        if not is_h5(self.data):
+            return self.data[lo:hi]
+        if getattr(self, "_buffer", None) is None:
+            self._buffer = np.empty((self.block_rows, self.shape[1]), dtype=self.data.dtype)
+        self.data.read_direct(self._buffer, np.s_[lo:hi], np.s_[0:hi - lo])
+        return self._buffer[:hi - lo]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("RowBlocks takes slices of rows, blocks[a:b]; take() picks rows")
+        a, b, _ = key.indices(self.shape[0])
+        positions = np.arange(a, max(a, b))
+        return self._gather(positions if self.index is None else self.index[positions])
+
+    def take(self, positions) -> np.ndarray:
+        """The rows at sorted ``positions`` of the selection, as float32 (transformed)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return self._gather(positions if self.index is None else self.index[positions])
+
+
+def out_of_core(X) -> bool:
+    """Whether ``X`` is read from disk chunk by chunk (an ``h5py.Dataset`` or :class:`RowBlocks`)."""
+    return is_h5(X) or isinstance(X, RowBlocks)
+
+
 class RowSource:
-    """Rows of an array or ``h5py.Dataset``, held on the device or streamed in chunks."""
+    """Rows of an array, ``h5py.Dataset`` or :class:`RowBlocks`, held on the device or streamed in
+    chunks (of at most ``STREAM_CHUNK_BYTES``)."""
 
     def __init__(self, X, device, memory_budget, dtype):
         import torch
@@ -51,14 +159,16 @@ class RowSource:
         self.device = torch.device(device)
         self._X = X
         self._full = None
+        self.low_center = None  # set (the rows' mean): chunks() yields bfloat16(rows - low_center)
+        self._full_low = None
         if self.n * self.d * 4 <= memory_budget:
-            self._full = torch.as_tensor(check_features(np.asarray(X[()] if is_h5(X) else X)))
+            self._full = torch.as_tensor(check_features(np.asarray(X[0:self.n] if out_of_core(X) else X)))
             self._full = self._full.to(device=self.device, dtype=dtype)
             per_chunk = _EVAL_ROWS if self.device.type != "cpu" else max(256, CPU_CHUNK_BYTES // (self.d * 4))
             self.rows = min(self.n, per_chunk)
         else:
-            rows = max(1, int(memory_budget // (self.d * 4)))
-            step = (X.chunks or (1,))[0] if is_h5(X) else 1
+            rows = max(1, int(min(memory_budget, STREAM_CHUNK_BYTES) // (self.d * 4)))
+            step = (getattr(X, "chunks", None) or (1,))[0] if is_h5(X) else 1
             self.rows = max(step, rows // step * step)
 
     @property
@@ -71,6 +181,7 @@ class RowSource:
             return False
         self._full = (self._full - mu) @ V
         self.d = int(V.shape[1])
+        self._full_low = None
         return True
 
     def sample_chunks(self, max_rows):
@@ -83,16 +194,22 @@ class RowSource:
         return ((0, 0, rows[i:i + self.rows]) for i in range(0, rows.shape[0], self.rows)), int(rows.shape[0])
 
     def chunks(self):
-        """Yield (start, stop, rows as a tensor of the solve's dtype on the device) over all rows."""
+        """Yield (start, stop, rows as a tensor on the device) over all rows: in the solve's dtype, or
+        centred on ``low_center`` in bfloat16 while that is set (the centring keeps the rounding
+        relative to the rows' spread, not to their mean)."""
         import torch
 
+        low = self.low_center is not None
+        if low and self._full is not None and self._full_low is None:
+            self._full_low = (self._full - self.low_center).to(torch.bfloat16)
         for start in range(0, self.n, self.rows):
             stop = min(self.n, start + self.rows)
             if self._full is not None:
-                yield start, stop, self._full[start:stop]
+                yield start, stop, (self._full_low if low else self._full)[start:stop]
             else:
-                block = check_features(self._X[start:stop], "features chunk")
-                yield start, stop, torch.as_tensor(block).to(device=self.device, dtype=self.dtype)
+                block = torch.as_tensor(check_features(self._X[start:stop], "features chunk"))
+                block = block.to(device=self.device, dtype=self.dtype)  # a fresh array: centred in place
+                yield start, stop, block.sub_(self.low_center).to(torch.bfloat16) if low else block
 
 
 LOWRANK_ROWS = 16384  # the low-rank preconditioner is estimated on at most this many (evenly spaced) rows
@@ -259,29 +376,43 @@ class Problem:
         RtX = torch.zeros_like(WT)
         Rsum = torch.zeros(g * K, dtype=WT.dtype, device=x.device)
         curv = torch.zeros(g, dtype=torch.float64, device=x.device)
+        low = self.source.low_center is not None  # rows centred, in bfloat16: both products in bfloat16
+        WT_low = WT.to(torch.bfloat16) if low else None
         for start, stop, Xc in self.source.chunks():
             n = stop - start
-            Z = torch.addmm(offset, WT, Xc.T).view(g, K, n)
-            lse = torch.logsumexp(Z, 1, keepdim=True)
+            if low:
+                Z = (WT_low @ Xc.T).to(WT.dtype).add_(b.reshape(g * K, 1)).view(g, K, n)
+            else:
+                Z = torch.addmm(offset, WT, Xc.T).view(g, K, n)
+            top = Z.amax(1, keepdim=True)
+            R = (Z - top).exp_()  # softmax and log-sum-exp from one exp
+            total = R.sum(1, keepdim=True)
+            lse = total.log().add_(top)
+            R.div_(total)
             yc = self.y[start:stop].view(1, 1, n).expand(g, 1, n)
             loss += (lse.squeeze(1) - Z.gather(1, yc).squeeze(1)).sum(1, dtype=torch.float64)
-            R = torch.exp(Z - lse)
             curv += (1.0 - (R * R).sum(1)).sum(1, dtype=torch.float64)
             R.scatter_add_(1, yc, torch.full((g, 1, n), -1.0, dtype=R.dtype, device=R.device))
             R = R.view(g * K, n)
-            RtX.addmm_(R, Xc)
-            Rsum += R.sum(1)
-        f, grad = self.assemble(A, C, loss, RtX, Rsum)
+            if low:  # R^T (X - mu) from the rounded R, so that its centring is exact
+                R = R.to(torch.bfloat16)
+                RtX += (R @ Xc).to(RtX.dtype)
+            else:
+                RtX.addmm_(R, Xc)
+            Rsum += R.sum(1, dtype=Rsum.dtype)
+        f, grad = self.assemble(A, C, loss, RtX, Rsum, centred=low)
         h = (curv / (self.source.n * (K - 1))).clamp_min(1e-6 / K).to(x.dtype)
         return f, grad, h
 
-    def assemble(self, A, C, loss, RtX, Rsum):
+    def assemble(self, A, C, loss, RtX, Rsum, centred=False):
         """Objective ``C loss + |A|^2 / 2`` and its gradient (g, P) from the data terms summed over
-        the rows: ``RtX = R^T X`` (g*K, D) and ``Rsum`` (g*K,), R the loss's derivative in the scores."""
+        the rows: ``RtX = R^T X`` (g*K, D), or ``R^T (X - mu)`` when ``centred``, and ``Rsum`` (g*K,),
+        R the loss's derivative in the scores."""
         import torch
 
         g, K = A.shape[0], self.K
-        RtX = RtX - torch.outer(Rsum, self.mu)
+        if not centred:
+            RtX = RtX - torch.outer(Rsum, self.mu)
         gA = RtX if self.V is None else RtX @ self.V
         gA = gA.view(g, K, self.r) * C.view(g, 1, 1) + A
         gb = Rsum.view(g, K) * C.view(g, 1)
@@ -317,8 +448,23 @@ class Problem:
         return torch.cat([outA.reshape(q.shape[0], -1), outb], 1)
 
 
-def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=30):
-    """Batched preconditioned L-BFGS with per-problem Armijo backtracking. Returns x, n_iter, converged."""
+LOW_STALL = 20  # a bfloat16 phase ends after this many iterations without a new low of the gradient
+LOW_ERROR_MARGIN = 2.0  # "mixed": bfloat16 passes stop at this many times their gradient's measured error
+LOW_START_MARGIN = 4.0  # "mixed": none when the gradient starts within this many times that error
+
+
+def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=30, precision="exact"):
+    """Batched preconditioned L-BFGS with per-problem Armijo backtracking. Returns x, n_iter, converged.
+
+    ``precision``: ``"exact"`` runs every pass in x's dtype. ``"bfloat16"`` runs every pass on the rows
+    centred in bfloat16 (:meth:`RowSource.chunks`); the objective is then noisy at the level of the
+    last steps, so a step is accepted on the gradient's estimate of the decrease (trapezoid rule,
+    exact for a quadratic) instead of Armijo's, and converged means the bfloat16 gradient met ``tol``.
+    A bfloat16 phase ends for a problem when its gradient has set no new low for ``LOW_STALL``
+    iterations (its rounding error dominates). ``"mixed"`` runs bfloat16 passes to ``tol`` (or that
+    stall), then full-precision passes from there with the same memory, to ``tol``: the rule of
+    ``"exact"``, with fewer slow passes.
+    """
     import torch
 
     g, P = x.shape
@@ -328,85 +474,131 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=30):
     rho = torch.zeros(history_size, g, dtype=x.dtype, device=x.device)
     gamma = torch.ones(g, dtype=x.dtype, device=x.device)
     n_iter = torch.zeros(g, dtype=torch.long)
-    done = torch.zeros(g, dtype=torch.bool)
     converged = torch.zeros(g, dtype=torch.bool)
     # sklearn's criterion is max|grad| / (C n) <= tol. Above C = 1 the objective is so flat that a warm
     # start from the previous C already passes it (measured: C >= 100 stopped after 0 iterations with
     # an objective 3-9x sklearn's), so there the scale grows only as sqrt(C): each C gets its own solution.
     scale = torch.where(C > 1, C.sqrt(), C) * problem.source.n
-    f, grad, h = problem.evaluate(x, C)
-    for it in range(max_iter + 1):
-        gnorm = (problem.grad_max(grad) / scale).cpu()
-        converged |= gnorm <= tol
-        done |= converged
-        if it == max_iter or bool(done.all()):
-            break
-        a = (~done).nonzero().squeeze(1).to(x.device)
-        act = slice(None) if a.numel() == g else a  # all active (the usual case): views, not copies
-        order = [(it - 1 - j) % history_size for j in range(min(it, history_size))]
-        q = grad[act].clone()
-        alphas = []
-        for j in order:
-            alpha = rho[j, act] * torch.linalg.vecdot(S[j, act], q)
-            q -= alpha[:, None] * Y[j, act]
-            alphas.append(alpha)
-        d = gamma[act, None] * problem.precondition(q, C[act], h[act])
-        for j, alpha in zip(reversed(order), reversed(alphas)):
-            beta = rho[j, act] * torch.linalg.vecdot(Y[j, act], d)
-            d += S[j, act] * (alpha - beta)[:, None]
-        d = -d
-        gd = torch.linalg.vecdot(grad[act], d)
-        bad = gd >= 0  # lost descent: restart that problem's memory from the preconditioner
-        if bool(bad.any()):
-            rho[:, a[bad]] = 0
-            d[bad] = -problem.precondition(grad[a[bad]], C[a[bad]], h[a[bad]])
-            gd[bad] = (grad[a[bad]] * d[bad]).sum(1)
-        t = torch.ones(a.numel(), dtype=x.dtype, device=x.device)
-        pending = torch.arange(a.numel(), device=x.device)
-        f_new = f[a].clone()
-        g_new = grad[a].clone()
-        h_new = h[a].clone()
-        accepted = torch.zeros(a.numel(), dtype=torch.bool, device=x.device)
-        for _ in range(max_ls):
-            idx = a[pending]
-            ft, gt, ht = problem.evaluate(x[idx] + t[pending, None] * d[pending], C[idx])
-            ok = ft <= f[idx] + 1e-4 * t[pending].double() * gd[pending].double()
-            f_new[pending[ok]] = ft[ok]
-            g_new[pending[ok]] = gt[ok]
-            h_new[pending[ok]] = ht[ok]
-            accepted[pending[ok]] = True
-            pending = pending[~ok]
-            if pending.numel() == 0:
-                break
-            t[pending] *= 0.5
-        # no decrease found, or one below float precision: as good as it gets
-        tiny = (f[a] - f_new) <= ftol * f[a].abs().clamp_min(1.0)
-        done[a[~accepted | tiny].cpu()] = True
-        n_iter[a.cpu()] += 1
-        keep = a[accepted]
-        if keep.numel() == 0:
-            continue
-        s = t[accepted, None] * d[accepted]
-        yv = g_new[accepted] - grad[keep]
-        sy = (s * yv).sum(1)
-        slot = it % history_size
-        good = sy > 1e-10 * (s * s).sum(1).sqrt() * (yv * yv).sum(1).sqrt()
-        rho[slot, keep] = torch.where(good, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))
-        S[slot, keep] = s
-        Y[slot, keep] = yv
-        h[keep] = h_new[accepted]
-        yMy = (yv * problem.precondition(yv, C[keep], h[keep])).sum(1)
-        gamma[keep] = torch.where(good, sy / yMy.clamp_min(1e-30), gamma[keep])
-        x[keep] += s
-        f[keep] = f_new[accepted]
-        grad[keep] = g_new[accepted]
+    source = problem.source
+    stored = 0  # pairs written to the memory so far (its ring position), across phases
+    loops = 0
+    try:
+        for low in {"exact": (False,), "bfloat16": (True,), "mixed": (True, False)}[precision]:
+            target = torch.full((g,), float(tol))
+            done = torch.zeros(g, dtype=torch.bool)
+            if low and precision == "mixed":  # the bfloat16 gradient's error here, against a full-precision pass
+                _, exact_grad, _ = problem.evaluate(x, C)
+            source.low_center = problem.mu if low else None
+            f, grad, h = problem.evaluate(x, C)
+            if low and precision == "mixed":
+                error = (problem.grad_max(grad - exact_grad) / scale).cpu()
+                target = torch.maximum(target, LOW_ERROR_MARGIN * error)
+                done = (problem.grad_max(grad) / scale).cpu() <= LOW_START_MARGIN * error  # too close to gain
+                del exact_grad
+            lowest = torch.full((g,), float("inf"))
+            since = torch.zeros(g, dtype=torch.long)  # iterations since the gradient's last new low
+            while True:
+                gnorm = (problem.grad_max(grad) / scale).cpu()
+                converged = gnorm <= target
+                done |= converged
+                if low:
+                    since = torch.where(gnorm < lowest, 0, since + 1)
+                    lowest = torch.minimum(lowest, gnorm)
+                    done |= since >= LOW_STALL
+                if loops == max_iter or bool(done.all()):
+                    break
+                loops += 1
+                a = (~done).nonzero().squeeze(1).to(x.device)
+                act = slice(None) if a.numel() == g else a  # all active (the usual case): views, not copies
+                order = [(stored - 1 - j) % history_size for j in range(min(stored, history_size))]
+                q = grad[act].clone()
+                alphas = []
+                for j in order:
+                    alpha = rho[j, act] * torch.linalg.vecdot(S[j, act], q)
+                    q -= alpha[:, None] * Y[j, act]
+                    alphas.append(alpha)
+                d = gamma[act, None] * problem.precondition(q, C[act], h[act])
+                for j, alpha in zip(reversed(order), reversed(alphas)):
+                    beta = rho[j, act] * torch.linalg.vecdot(Y[j, act], d)
+                    d += S[j, act] * (alpha - beta)[:, None]
+                d = -d
+                gd = torch.linalg.vecdot(grad[act], d)
+                bad = gd >= 0  # lost descent: restart that problem's memory from the preconditioner
+                if bool(bad.any()):
+                    rho[:, a[bad]] = 0
+                    d[bad] = -problem.precondition(grad[a[bad]], C[a[bad]], h[a[bad]])
+                    gd[bad] = (grad[a[bad]] * d[bad]).sum(1)
+                t = torch.ones(a.numel(), dtype=x.dtype, device=x.device)
+                pending = torch.arange(a.numel(), device=x.device)
+                f_new = f[a].clone()
+                g_new = grad[a].clone()
+                h_new = h[a].clone()
+                accepted = torch.zeros(a.numel(), dtype=torch.bool, device=x.device)
+                for _ in range(max_ls):
+                    idx = a[pending]
+                    ft, gt, ht = problem.evaluate(x[idx] + t[pending, None] * d[pending], C[idx])
+                    if low:  # decrease t (gd + g_new.d) / 2 <= 1e-4 t gd, from the gradients alone
+                        ok = torch.isfinite(ft) & (torch.linalg.vecdot(gt, d[pending]) <= -(1 - 2e-4) * gd[pending])
+                    else:
+                        ok = ft <= f[idx] + 1e-4 * t[pending].double() * gd[pending].double()
+                    f_new[pending[ok]] = ft[ok]
+                    g_new[pending[ok]] = gt[ok]
+                    h_new[pending[ok]] = ht[ok]
+                    accepted[pending[ok]] = True
+                    pending = pending[~ok]
+                    if pending.numel() == 0:
+                        break
+                    t[pending] *= 0.5
+                # no decrease found, or one below float precision: as good as it gets
+                stuck = ~accepted if low else ~accepted | ((f[a] - f_new) <= ftol * f[a].abs().clamp_min(1.0))
+                done[a[stuck].cpu()] = True
+                n_iter[a.cpu()] += 1
+                keep = a[accepted]
+                if keep.numel() == 0:
+                    continue
+                s = t[accepted, None] * d[accepted]
+                yv = g_new[accepted] - grad[keep]
+                sy = (s * yv).sum(1)
+                slot = stored % history_size
+                stored += 1
+                good = sy > 1e-10 * (s * s).sum(1).sqrt() * (yv * yv).sum(1).sqrt()
+                rho[slot, keep] = torch.where(good, 1.0 / sy.clamp_min(1e-30), torch.zeros_like(sy))
+                S[slot, keep] = s
+                Y[slot, keep] = yv
+                h[keep] = h_new[accepted]
+                yMy = (yv * problem.precondition(yv, C[keep], h[keep])).sum(1)
+                gamma[keep] = torch.where(good, sy / yMy.clamp_min(1e-30), gamma[keep])
+                x[keep] += s
+                f[keep] = f_new[accepted]
+                grad[keep] = g_new[accepted]
+    finally:
+        source.low_center = None
     return x, n_iter.numpy(), converged.numpy()
 
 
+def path_start(solved, Cs, P):
+    """Starting points (len(Cs), P) of the next block of a path walked in increasing C, from the last
+    two solutions ``solved`` [(C, x), ...]: each C extrapolated linearly in log C from them, by at
+    most one of their own steps (a warm start close to the next solution); the one solution, or
+    zero, while there are fewer."""
+    import torch
+
+    if not solved:
+        return torch.zeros(len(Cs), P, dtype=Cs.dtype, device=Cs.device)
+    (c2, x2) = solved[-1]
+    if len(solved) == 1:
+        return x2.expand(len(Cs), -1).clone()
+    (c1, x1) = solved[-2]
+    step = np.log(c2) - np.log(c1)
+    w = [min(1.0, (np.log(float(c)) - np.log(c2)) / step) if step > 0 else 0.0 for c in Cs]
+    return x2 + torch.tensor(w, dtype=x2.dtype, device=x2.device).unsqueeze(1) * (x2 - x1)
+
+
 def solve_path(source, y_idx, n_classes, Cs, tol, max_iter, history_size, block_size, preconditioner,
-               max_eigh_dim, problem_cls=None, stop=None, init=None, reuse=None):
+               max_eigh_dim, problem_cls=None, stop=None, init=None, reuse=None, precision="exact"):
     """Solve every C (any order); returns coefs (G, K', D), intercepts (G, K'), n_iter, converged and
     the :class:`Preconditioner` used (None for a row-space basis), which ``reuse`` passes to a later solve.
+    ``precision``: see :func:`_lbfgs` (the logistic loss only; another ``problem_cls`` runs exact).
 
     K' is 1 for two classes (binomial layout: the multinomial problem at C/2 is the binomial one
     at C, with ``w = w_1 - w_0``), else the number of classes. ``problem_cls`` replaces the
@@ -465,18 +657,19 @@ def solve_path(source, y_idx, n_classes, Cs, tol, max_iter, history_size, block_
     coefs = intercepts = None
     n_iter = np.zeros(Cs.size, dtype=int)
     converged = np.zeros(Cs.size, dtype=bool)
-    start_point = torch.zeros(problem.P, dtype=tdtype, device=source.device)
+    solved = []  # (C, x) along the path so far
     for lo in range(0, Cs.size, max(1, block_size)):
         hi = min(Cs.size, lo + max(1, block_size))
-        x0 = start_point.expand(hi - lo, -1).clone() if start is None else start[lo:hi].clone()
-        x, it, conv = _lbfgs(problem, x0, C_model[lo:hi], tol, max_iter, history_size)
+        x0 = start[lo:hi].clone() if start is not None else path_start(solved, C_model[lo:hi], problem.P)
+        x, it, conv = _lbfgs(problem, x0, C_model[lo:hi], tol, max_iter, history_size,
+                             precision=precision if logistic else "exact")
         W, b = weights(x)
         if coefs is None:
             coefs = np.full((Cs.size,) + W.shape[1:], np.nan)
             intercepts = np.full((Cs.size,) + b.shape[1:], np.nan)
         where = order[lo:hi]
         coefs[where], intercepts[where], n_iter[where], converged[where] = W, b, it, conv
-        start_point = x[-1]
+        solved = (solved + [(float(c), xj) for c, xj in zip(C_model[lo:hi], x)])[-2:]
         if stop is not None and stop(where, W, b):
             break
     return coefs, intercepts, n_iter, converged, kept

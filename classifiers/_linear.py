@@ -12,13 +12,19 @@ import numpy as np
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
 
-from ._validation import is_h5
+from ._batched_lbfgs import out_of_core
 
 
 def validation_rows(est, classes, X_val, y_val):
-    """``(X_val, val_idx)``: the validation rows given to a grid's ``fit``, checked against ``est``'s features,
-    their labels as indices into ``classes`` (-1 for a label the training rows lack: it never matches)."""
-    X_val = validate_data(est, X_val, reset=False, dtype=[np.float64, np.float32])
+    """``(X_val, val_idx)``: the validation rows given to a grid's ``fit``, checked against ``est``'s features
+    (rows on disk: their width; they are read chunk by chunk when scored), their labels as indices into
+    ``classes`` (-1 for a label the training rows lack: it never matches)."""
+    if out_of_core(X_val):
+        if X_val.shape[1] != est.n_features_in_:
+            raise ValueError(f"X_val has {X_val.shape[1]} features, but {type(est).__name__} is expecting "
+                             f"{est.n_features_in_} features as input")
+    else:
+        X_val = validate_data(est, X_val, reset=False, dtype=[np.float64, np.float32])
     y_val = column_or_1d(y_val)
     if len(y_val) != X_val.shape[0]:
         raise ValueError(f"X_val has {X_val.shape[0]} rows but y_val has {len(y_val)} labels")
@@ -31,7 +37,7 @@ class LinearClassifierMixin:
 
     def _validate_fit(self, X, y):
         """scikit-learn's input contract: (X, y) checked, labels of any type encoded as 0..K-1."""
-        if is_h5(X):  # out of core: rows are checked chunk by chunk as they are read
+        if out_of_core(X):  # rows are checked chunk by chunk as they are read
             self.n_features_in_ = int(X.shape[1])
             y = column_or_1d(y, warn=True)
         else:

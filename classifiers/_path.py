@@ -22,7 +22,7 @@ import numpy as np
 
 from transferlab.util import UserInputError
 
-from ._batched_lbfgs import Preconditioner, RowSource, solve_path
+from ._batched_lbfgs import PRECISIONS, Preconditioner, RowSource, bfloat16_pays, solve_path
 from ._validation import check_features, check_labels, check_two_classes
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
@@ -85,6 +85,7 @@ def fit_logreg_path(
     stop=None,
     init=None,
     problem_cls=None,
+    precision: str = "exact",
 ) -> LogRegPath:
     """Fit L2 logistic regression for every C of a grid in one batched torch solve.
 
@@ -105,7 +106,8 @@ def fit_logreg_path(
     history_size : int
         L-BFGS memory.
     block_size : int
-        Number of C solved together; blocks run in increasing C, warm-started from the previous one.
+        Number of C solved together; blocks run in increasing C, each started from the
+        extrapolation of the last two solutions.
     memory_budget : int
         Bytes of float32 features allowed on the device at once.
     preconditioner : {"auto", "eigh", "lowrank", "diag"} or Preconditioner
@@ -133,10 +135,17 @@ def fit_logreg_path(
     init : tuple of arrays, optional
         ``(coefs, intercepts)`` to start from: one pair per C, shaped like :class:`LogRegPath`'s
         ``coefs`` and ``intercepts``, or one (rows, D), (rows,) pair for every C. Default: zero for
-        the first block of C, then the previous block's solution.
+        the first block of C, then the path's extrapolation (see ``block_size``).
     problem_cls : class, optional
         Internal: another loss with :class:`._batched_lbfgs.Problem`'s interface
         (:func:`classifiers.fast_svm.fit_svm_path` passes the squared hinge).
+    precision : {"exact", "mixed", "bfloat16", "auto"}
+        ``exact``: every pass in ``dtype``. ``mixed``: passes in bfloat16 first (rows centred, both
+        products), then in ``dtype`` until the stopping rule holds there: the same rule, faster where
+        the device multiplies bfloat16 natively. ``bfloat16``: every pass, and the stopping rule, in
+        bfloat16 (about three significant digits: for ranking C values, not for a final fit).
+        ``auto``: ``mixed`` for float32 where bfloat16 pays off (:func:`._batched_lbfgs.bfloat16_pays`:
+        a device that multiplies it natively, enough rows), else ``exact``.
 
     Returns
     -------
@@ -173,6 +182,10 @@ def fit_logreg_path(
     if dtype not in ("float32", "float64"):
         raise UserInputError(f"dtype must be float32 or float64, got {dtype!r}")
     tdtype = getattr(torch, dtype)
+    if precision not in PRECISIONS + ("auto",):
+        raise UserInputError(f"precision must be one of {', '.join(PRECISIONS)} or auto, got {precision!r}")
+    if precision == "auto":
+        precision = "mixed" if dtype == "float32" and bfloat16_pays(device, int(X.shape[0])) else "exact"
     source = RowSource(X, device, memory_budget, tdtype)
     if num_threads is None:
         small = source.n * source.d * Cs.size * K < _SMALL_WORK
@@ -184,7 +197,7 @@ def fit_logreg_path(
     try:
         coefs, intercepts, n_iter, converged, used = solve_path(
             source, y_idx, K, Cs, tol, max_iter, history_size, block_size, preconditioner, max_eigh_dim,
-            problem_cls=problem_cls, stop=stop, init=init, reuse=reuse)
+            problem_cls=problem_cls, stop=stop, init=init, reuse=reuse, precision=precision)
     finally:
         torch.set_num_threads(previous_threads)
     return LogRegPath(Cs=Cs, classes=classes, coefs=coefs, intercepts=intercepts, n_iter=n_iter, converged=converged,

@@ -2,10 +2,12 @@
 
 :class:`TorchLogisticRegression` is a drop-in for scikit-learn's ``LogisticRegression(C=C)``; its
 ``score_grid`` (what the selection protocol calls) screens every other C of a dense grid on a
-subsample, then refines the best and its neighbours on all rows. :class:`BatchedLogisticRegressionCV`
-fits a grid and keeps the C with the best validation accuracy. Both solve with
+subsample, then refines the best (and its neighbours, unless the top is flat) on all rows.
+:class:`BatchedLogisticRegressionCV` fits a grid and keeps the C with the best validation accuracy.
+:func:`~transferlab.classifiers.out_of_core.select_logreg` runs the protocol's selection on rows that may
+stay on disk. All solve with
 :func:`fit_logreg_path` (:mod:`._path`: the objective, the stopping rule); the figures are in
-``bench/README.md``.
+``bench/README.md`` and ``bench/out_of_core.md``.
 """
 
 from __future__ import annotations
@@ -14,17 +16,18 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from ._batched_lbfgs import RowBlocks, bfloat16_pays, out_of_core
 from ._linear import GridWarmStartMixin, LogisticProbaMixin, validation_rows
 from ._path import DEFAULT_MEMORY_BUDGET, LogRegPath, class_index, fit_logreg_path, past_the_peak, path_scores
-from ._validation import is_h5
 from .holdout import stratified_holdout
 
 __all__ = ["BatchedLogisticRegressionCV", "DEFAULT_MEMORY_BUDGET", "LogRegPath", "TorchLogisticRegression",
-           "fit_logreg_path", "past_the_peak"]
+           "accuracies", "fit_logreg_path", "flat_top", "past_the_peak"]
 
 SCREEN_ROWS = 8192  # score_grid screens larger training sets on a subsample of this many rows
-SCREEN_BLOCK = 3  # C values solved together by score_grid: a stop past the peak wastes at most 2
+SCREEN_BLOCK = 1  # C values solved together by score_grid: one at a time, each from the path's extrapolation
 SCREEN_TOL = 1e-3  # score_grid's screen only ranks C values: 10x the default tolerance
+VAL_CHUNK_ROWS = 16384  # validation rows are scored this many at a time (rows on disk: as they are read)
 
 
 class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, ClassifierMixin, BaseEstimator):
@@ -38,21 +41,23 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
     ----------
     C : float
         Inverse regularisation strength.
-    tol, max_iter, device, memory_budget : see :func:`fit_logreg_path`.
+    tol, max_iter, device, memory_budget, precision : see :func:`fit_logreg_path` (``precision="auto"``:
+        bfloat16 passes first where they pay, the stopping rule still met in float32).
     screen_rows : int or None
         ``score_grid`` on more training rows than this screens the grid on a stratified subsample
-        of ``screen_rows`` rows, then fits the best C and its two grid neighbours on all rows (see
-        :meth:`score_grid`). None or 0: the screen runs on all rows.
+        of ``screen_rows`` rows, then refines on all rows (see :meth:`score_grid`). None or 0: the
+        screen runs on all rows.
     """
 
     def __init__(self, C=1.0, *, tol=1e-4, max_iter=100, device="cpu", memory_budget=DEFAULT_MEMORY_BUDGET,
-                 screen_rows=SCREEN_ROWS):
+                 screen_rows=SCREEN_ROWS, precision="auto"):
         self.C = C
         self.tol = tol
         self.max_iter = max_iter
         self.device = device
         self.memory_budget = memory_budget
         self.screen_rows = screen_rows
+        self.precision = precision
 
     def fit(self, X, y, coef_init=None, intercept_init=None, preconditioner_init=None):
         """Fit at ``C``; ``coef_init`` (rows, D) and ``intercept_init`` (rows,) start the solver from
@@ -63,7 +68,8 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
         X, classes, y_idx = self._validate_fit(X, y)
         path = fit_logreg_path(
             X, y_idx, [self.C], device=self.device, tol=self.tol, max_iter=self.max_iter,
-            memory_budget=self.memory_budget, **self._start(classes, coef_init, intercept_init, preconditioner_init),
+            memory_budget=self.memory_budget, precision=self.precision,
+            **self._start(classes, coef_init, intercept_init, preconditioner_init),
         )
         self.classes_ = classes
         self.coef_, self.intercept_ = path.coefs[0], path.intercepts[0]
@@ -77,53 +83,101 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
         fit per grid point whenever an estimator has it. Coarse to fine:
 
         1. **Screen**: every other C of a dense grid (log spacing up to 0.35 decade; the full
-           45-value grid has 0.25), in increasing C, on a stratified subsample of ``screen_rows``
-           rows when there are more (C scaled by rows / subsample: the same penalty per row), to a
-           looser tolerance (``SCREEN_TOL``: the screen only ranks C values), stopping past the
-           validation peak (:func:`past_the_peak`).
-        2. **Refine**: the screen's best C and its two neighbours on the full grid, fitted on all
-           rows to ``tol``, each started from the screen's solution at the nearest C. (Chasing a
-           best that then moves along a flat top cost more than it found: measured, one round.)
+           45-value grid has 0.25), in increasing C, each started from the path's extrapolation,
+           on a stratified subsample of ``screen_rows`` rows when there are more (C scaled by
+           rows / subsample: the same penalty per row), to a looser tolerance (``SCREEN_TOL``) and
+           in bfloat16 where the device multiplies it natively (the screen only ranks C values),
+           stopping past the validation peak (:func:`past_the_peak`).
+        2. **Refine**, on all rows to ``tol``, each started from the screen's solution at the
+           nearest C: the screen's best C and its two neighbours on the full grid; only the best
+           when the screen's top is flat (its neighbours within one standard error of the best,
+           :func:`flat_top`: the values between them cannot be told apart), and nothing then when
+           the screen already ran on all rows. (Chasing a best that then moves along a flat top
+           cost more than it found: measured, one round.)
 
         Values fitted by the screen only keep their screening scores; those not reached score NaN
         and are never chosen. Afterwards :meth:`refit_init` gives the refit its head start: the
-        refine's solution at the chosen C (:meth:`grid_solution`) and the shared preconditioner.
+        solution at the chosen C (:meth:`grid_solution`) and the shared preconditioner.
         """
-        def solve(Cs, X, y, tol, init=None, preconditioner="auto"):
+        def solve(Cs, X, y, tol, precision, init=None, preconditioner="auto"):
             cv = BatchedLogisticRegressionCV(Cs=Cs, tol=tol, max_iter=self.max_iter, device=self.device,
-                                             memory_budget=self.memory_budget, refit=False, block_size=SCREEN_BLOCK)
+                                             memory_budget=self.memory_budget, refit=False, precision=precision,
+                                             block_size=SCREEN_BLOCK if init is None else len(Cs))
             cv.fit(X, y, X_val, y_val, init=init, preconditioner=preconditioner)
             return cv.scores_, cv.path_
 
         Cs = np.asarray(Cs, dtype=np.float64).ravel()
         n, y = int(X.shape[0]), np.asarray(y)
+        if out_of_core(X) and not isinstance(X, RowBlocks):  # a file's rows: read by blocks, subsample included
+            X = RowBlocks(X)
         order = np.argsort(Cs, kind="stable")
         steps = np.diff(np.log10(Cs[order]))
         coarse = order[::2] if Cs.size >= 9 and steps.size and np.max(steps) <= 0.35 else order
-        screened = bool(self.screen_rows) and n > self.screen_rows and coarse.size > 3 and not is_h5(X)
+        screened = bool(self.screen_rows) and n > self.screen_rows and coarse.size > 3
         out = np.full(Cs.size, np.nan)
         loose = max(float(self.tol), SCREEN_TOL)
+        rows = np.arange(n)
         if screened:
             from sklearn.model_selection import train_test_split
 
-            sub, _ = train_test_split(np.arange(n), train_size=int(self.screen_rows), stratify=y, random_state=0)
-            sub = np.sort(sub)
-            out[coarse], screen = solve(Cs[coarse] * (n / sub.size), X[sub], y[sub], loose)
+            rows = np.sort(train_test_split(rows, train_size=int(self.screen_rows), stratify=y, random_state=0)[0])
+        fast = self.precision == "mixed" or (self.precision == "auto" and bfloat16_pays(self.device, rows.size))
+        screen_precision = "bfloat16" if fast else self.precision
+        if screened:
+            X_sub = X.take(rows) if isinstance(X, RowBlocks) else X[rows]
+            out[coarse], screen = solve(Cs[coarse] * (n / rows.size), X_sub, y[rows], loose, screen_precision)
         else:
-            out[coarse], screen = solve(Cs[coarse], X, y, loose)
+            out[coarse], screen = solve(Cs[coarse], X, y, loose, screen_precision)
         rank_of = np.empty(Cs.size, dtype=int)
         rank_of[order] = np.arange(Cs.size)
         coarse_rank = rank_of[coarse]
-        rank = rank_of[int(np.nanargmax(out))]
-        todo = order[max(0, rank - 1):rank + 2]
+        best = int(np.nanargmax(out))
+        if flat_top(out[coarse], int(np.flatnonzero(coarse == best)[0]), np.asarray(y_val).size):
+            todo = np.array([best] if screened else [], dtype=int)
+        else:
+            todo = order[max(0, rank_of[best] - 1):rank_of[best] + 2]
+        self._preconditioner = screen.preconditioner
+        if todo.size == 0:  # the screen's own solution, on all rows to its looser tolerance
+            j = int(np.flatnonzero(coarse == best)[0])
+            self._solutions = {float(Cs[best]): (screen.coefs[j], screen.intercepts[j])}
+            return [float(s) for s in out]
         # each from the screen's solution at the same C, else at the nearest C it fitted
         start = [int(np.argmin(np.abs(coarse_rank - rank_of[i]))) for i in todo]
-        out[todo], path = solve(Cs[todo], X, y, self.tol, init=(screen.coefs[start], screen.intercepts[start]),
+        out[todo], path = solve(Cs[todo], X, y, self.tol, self.precision,
+                                init=(screen.coefs[start], screen.intercepts[start]),
                                 preconditioner=screen.preconditioner or "auto")
         self._solutions = {float(Cs[i]): (path.coefs[j], path.intercepts[j]) for j, i in enumerate(todo.tolist())
                            if np.all(np.isfinite(path.coefs[j]))}
         self._preconditioner = path.preconditioner
         return [float(s) for s in out]
+
+
+def accuracies(X, y_idx, coefs, intercepts) -> np.ndarray:
+    """Accuracy (n_C,) of each of a stack of linear models (:func:`path_scores`) on rows ``X`` (an array,
+    or rows on disk), ``VAL_CHUNK_ROWS`` at a time; ``y_idx`` are class indices."""
+    hits = np.zeros(coefs.shape[0])
+    for start in range(0, int(X.shape[0]), VAL_CHUNK_ROWS):
+        rows = np.asarray(X[start:start + VAL_CHUNK_ROWS], dtype=np.float32)
+        hits += (class_index(path_scores(rows, coefs, intercepts)) == y_idx[None, start:start + rows.shape[0]]).sum(1)
+    return hits / max(1, int(X.shape[0]))
+
+
+def flat_top(scores, best: int, n_val: int) -> bool:
+    """Whether the neighbours of ``scores[best]`` (scores along increasing C; NaN: not fitted) score within
+    one standard error of it, sqrt(p (1 - p) / n_val) at its accuracy p.
+
+    Examples
+    --------
+    >>> flat_top([0.60, 0.70, 0.69, np.nan], 1, 1000)
+    False
+    >>> flat_top([0.695, 0.70, 0.69, np.nan], 1, 1000)
+    True
+    """
+    scores = np.asarray(scores, dtype=float)
+    p = scores[best]
+    floor = p - np.sqrt(max(p * (1.0 - p), 0.0) / max(1, int(n_val)))
+    near = [scores[j] for j in (best - 1, best + 1) if 0 <= j < scores.size and np.isfinite(scores[j])]
+    return bool(near) and all(v >= floor for v in near)
 
 
 class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstimator):
@@ -151,7 +205,7 @@ class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstim
         Walk the grid in increasing C and stop once validation accuracy has stayed clearly below the
         best for a decade of C (:func:`past_the_peak`); the C values not reached score NaN and are
         never chosen. False solves every C.
-    tol, max_iter, device, memory_budget, block_size : see :func:`fit_logreg_path`.
+    tol, max_iter, device, memory_budget, block_size, precision : see :func:`fit_logreg_path`.
 
     Attributes
     ----------
@@ -175,7 +229,8 @@ class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstim
     """
 
     def __init__(self, Cs=None, *, val_fraction=0.2, refit=True, random_state=0, tol=1e-4, max_iter=100,
-                 device="cpu", memory_budget=DEFAULT_MEMORY_BUDGET, block_size=4, stop_past_peak=True):
+                 device="cpu", memory_budget=DEFAULT_MEMORY_BUDGET, block_size=4, stop_past_peak=True,
+                 precision="auto"):
         self.Cs = Cs
         self.val_fraction = val_fraction
         self.refit = refit
@@ -186,6 +241,7 @@ class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstim
         self.device = device
         self.memory_budget = memory_budget
         self.block_size = block_size
+        self.precision = precision
 
     def fit(self, X, y, X_val=None, y_val=None, init=None, preconditioner="auto"):
         """Choose C on validation rows (given, or held out of ``X`` by :func:`stratified_holdout`), then
@@ -204,8 +260,8 @@ class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstim
             X_val, val_idx = validation_rows(self, classes, X_val, y_val)
             X_fit, y_fit, self.selection_ = X, y_idx, "given validation rows"
         else:
-            if is_h5(X):
-                reason = "rows read from disk (h5py) are not held out: give X_val"
+            if out_of_core(X):
+                reason = "rows read from disk are not held out: give X_val (or use out_of_core.select_logreg)"
             else:
                 tr, va, reason = stratified_holdout(y_idx, self.val_fraction, self.random_state)
             if reason is None:
@@ -218,14 +274,13 @@ class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstim
         scores = np.full(Cs.size, np.nan)
 
         def score_block(where, W, b):  # validation accuracy of each block as it is solved
-            scores[where] = (class_index(path_scores(X_val32, W, b)) == val_idx[None, :]).mean(1)
+            scores[where] = accuracies(X_val, val_idx, W, b)
             return bool(self.stop_past_peak) and past_the_peak(Cs, scores, val_idx.size)
 
-        X_val32 = None if X_val is None else np.asarray(X_val, dtype=np.float32)
         stop = None if X_val is None else score_block
         self.path_ = fit_logreg_path(X_fit, y_fit, Cs, device=self.device, tol=self.tol, max_iter=self.max_iter,
                                      memory_budget=self.memory_budget, block_size=self.block_size, stop=stop,
-                                     init=init, preconditioner=preconditioner)
+                                     init=init, preconditioner=preconditioner, precision=self.precision)
         if X_val is not None:
             self.scores_ = scores
             best = int(np.nanargmax(self.scores_))
@@ -242,7 +297,7 @@ class BatchedLogisticRegressionCV(LogisticProbaMixin, ClassifierMixin, BaseEstim
             keep = y_all >= 0
             final = fit_logreg_path(X_all[keep], y_all[keep], [self.C_], device=self.device, tol=self.tol,
                                     max_iter=self.max_iter, memory_budget=self.memory_budget,
-                                    init=(self.coef_, self.intercept_),
+                                    init=(self.coef_, self.intercept_), precision=self.precision,
                                     preconditioner=self.path_.preconditioner or "auto")
             self.coef_, self.intercept_, self.n_iter_ = final.coefs[0], final.intercepts[0], final.n_iter.copy()
         return self

@@ -42,8 +42,8 @@ class ShrunkStandardScaler(StandardScaler):
         super().__init__(copy=copy, with_mean=with_mean, with_std=with_std)
         self.prior_rows = prior_rows
 
-    def fit(self, X, y=None, sample_weight=None):
-        super().fit(X, y, sample_weight)
+    def partial_fit(self, X, y=None, sample_weight=None):  # fit() calls it: chunk by chunk gives the same scales
+        super().partial_fit(X, y, sample_weight)
         if self.with_std and self.var_ is not None:
             n = float(np.max(self.n_samples_seen_))
             var = (n * self.var_ + self.prior_rows * float(np.mean(self.var_))) / (n + self.prior_rows)

@@ -40,7 +40,8 @@ def test_selection_never_looks_at_test_rows(noisy_digits, head, param, grid):
     garbage = select_and_fit(X, y, Xv, yv, rng.normal(size=Xt.shape), rng.integers(0, 10, len(yt)), head, grid=grid)
     assert planted_result.params == garbage.params == {param: chosen}
     assert planted_result.val_accuracy == pytest.approx(max(scores), abs=0.005)
-    assert [s["val_accuracy"] for s in planted_result.val_scores] == pytest.approx(scores, abs=0.005)
+    # a row apart at most (1 of 200): at C = 10 fits within the tolerance differ on a boundary row or so
+    assert [s["val_accuracy"] for s in planted_result.val_scores] == pytest.approx(scores, abs=1.01 / len(yv))
     assert planted_result.test_accuracy < 1.0
 
 
