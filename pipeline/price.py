@@ -175,7 +175,9 @@ def apply_budget(decision, offers: dict, budget_s: float):
     A training regime (``fine-tune``, ``from-scratch``) that does not pay within the budget
     (:attr:`Offer.pays`: its fewest epochs worth running do not fit, or its expected gain over the
     probe after the epochs that fit is not positive) is not recommended: the next of strategy, runner-up and the probe
-    regime that pays is, and the dropped one becomes the runner-up. A fine-tune whose expected
+    regime that pays is (in place of a dropped regime, a training regime whose expected gain is within
+    :data:`~transferlab.pipeline.decision.Z` standard errors of none does not: the probe is), and the
+    first dropped one becomes the runner-up. A fine-tune whose expected
     gain within the budget exceeds :data:`~transferlab.pipeline.decision.Z` standard errors is
     recommended over a probe (a measurement wins). A decision with no offers, or no regime named, is
     returned as it is."""
@@ -193,12 +195,17 @@ def apply_budget(decision, offers: dict, budget_s: float):
     dropped = []
     for regime in dict.fromkeys([strategy, runner_up, probe]):
         o = offers.get(regime)
-        if regime in PROBES or o is None or o.pays:
+        if regime in PROBES or o is None:
+            break
+        # in place of a dropped regime, a training regime needs a gain beyond the noise, as the upgrade above
+        noisy = dropped and o.pays and o.gain is not None and not o.gain > Z * o.gain_se
+        if o.pays and not noisy:
             break
         dropped.append(o)
         reasons.append(f"{regime} {o.detail} is not recommended within the budget: " + (
             f"{o.least().replace(' alone', '')} about {minutes(o.min_epochs * o.epoch_seconds)} here" if not o.fits else
-            f"its expected gain after {o.epochs} epochs is {100 * o.gain:+.1f} +- {100 * o.gain_se:.1f} points"))
+            f"its expected gain after {o.epochs} epochs is {100 * o.gain:+.1f} +- {100 * o.gain_se:.1f} points"
+            + (f", within {Z:g} standard errors of none: the probe" if noisy else "")))
     if dropped:
         strategy, runner_up = regime, dropped[0].regime
         g = dropped[0]

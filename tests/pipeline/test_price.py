@@ -170,6 +170,26 @@ def test_unmeasured_from_scratch_needs_its_fewest_epochs_worth_running():
     assert o.min_epochs == 1 and o.fits and o.epochs == 1
 
 
+def test_in_place_of_a_dropped_from_scratch_a_fine_tune_needs_a_gain_beyond_its_noise():
+    """From-scratch dropped (its ten epochs do not fit): the runner-up fine-tune takes its place only when
+    its short curve's expected gain exceeds Z standard errors; a gain inside its noise gives the probe."""
+    d = decide(_ev(LARGE_PER_CLASS * 2, [0.9, 0.93, 0.92, 0.9], random_best=0.925))
+    assert (d.strategy, d.runner_up) == ("from-scratch", "fine-tune")
+    probe_val = d.facts["peak_val"]
+    for curve, expected in ((Curve([[2500, 0.80, 500], [5000, 0.86, 500]]), None),
+                            (_curve(_power(0.999, 3.0)), "fine-tune")):
+        offers = _offers(d, curve, budget_s=3600, scratch_epoch=3600)
+        ft = offers["fine-tune"]
+        assert ft.pays and ft.gain is not None
+        out, _ = apply_budget(d, offers, 3600)
+        if expected is None:  # a noisy positive gain: inside its noise
+            assert 0 < ft.gain <= Z * ft.gain_se, (ft.gain, ft.gain_se, probe_val)
+            assert out.strategy == d.facts["probe_regime"] and out.runner_up == "from-scratch"
+            assert any("standard errors of none: the probe" in r for r in out.reasons)
+        else:
+            assert ft.gain > Z * ft.gain_se and out.strategy == "fine-tune" and out.runner_up == "from-scratch"
+
+
 def test_no_regime_named_is_left_alone():
     d = decide(Evidence(n_train=100, n_classes=2, per_class_min=50, per_class_median=50, weights="random",
                         curve=[LayerPoint("a", 0.0, 0.6, 100), LayerPoint("b", 1.0, 0.7, 100)]))
