@@ -261,15 +261,14 @@ def sweep_backbone_choice(rows: list[dict], cfg, measurement: dict | None, previ
     with fewer than two candidates.
 
     Every candidate's curve is measured like the decision's (the same ``known`` one-split accuracies of
-    its logreg rows, :func:`transferlab.pipeline.sweep.known_probe_accuracies`); the decision's own
+    its logreg rows, :func:`transferlab.pipeline.evidence.known_probe_accuracies`); the decision's own
     candidate reuses ``measurement``'s points, and a candidate whose peak's paired scores the measurement
     did not keep has that one layer measured again. Its ``key`` is everything that decides it: a rerun
     with the same key reuses ``previous`` (no fit, no torch); a measured rate is reused by :func:`rate_key`.
     """
     from transferlab.features.cache import read_cache_meta
 
-    from .evidence import FOLDS, PROBE, REPEATS, SMALL_VAL, measure_curve
-    from .sweep import known_probe_accuracies
+    from .evidence import FOLDS, PROBE, REPEATS, SMALL_VAL, known_probe_accuracies, measure_curve
 
     cands = sweep_candidates(rows)
     if len(cands) < 2:

@@ -187,3 +187,16 @@ def peak_gap_between(a: CurveMeasurement, b: CurveMeasurement) -> Gap:
     if [t.tolist() for _, t in a.splits] != [t.tolist() for _, t in b.splits]:
         raise ValueError("the two k-fold measurements were not made on the same folds")
     return corrected_kfold_gap(a.paired[a.peak], b.paired[b.peak], a.splits)
+
+
+def known_probe_accuracies(rows: list[dict], cache_file: str, cfg) -> dict:
+    """Layer -> one-split validation accuracy of ``cache_file``'s logreg rows in a sweep's ``rows`` (all data,
+    first repeat, the sweep's seed) when ``cfg`` (the sweep's configuration) fitted them with the default grid
+    and preprocessing: the same probe on the same rows as :func:`measure_curve`'s, so it is passed on as
+    ``known``, not refitted."""
+    if cfg.preprocessing is not None or cfg.full_grid:
+        return {}
+    return {r["layer"]: float(r["val_accuracy"]) for r in rows
+            if r.get("cache_file") == cache_file and r.get("head") == PROBE and not r.get("shots")
+            and str(r.get("repeat", "0")) in ("0", "") and r.get("val_accuracy") not in ("", None)
+            and str(r.get("seed")) == str(cfg.seed)}

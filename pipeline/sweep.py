@@ -347,7 +347,7 @@ def measure_for_decision(rows: list[dict], cfg: SweepConfig, previous: dict | No
     are the same probe on the same rows: their validation accuracies are passed on, not refitted.
     """
     from .curves import decision_curve
-    from .evidence import FOLDS, PROBE, REPEATS, SMALL_VAL
+    from .evidence import FOLDS, PROBE, REPEATS, SMALL_VAL, known_probe_accuracies
 
     dc = decision_curve(rows)
     if dc is None or not dc["cache_file"]:
@@ -367,20 +367,6 @@ def measure_for_decision(rows: list[dict], cfg: SweepConfig, previous: dict | No
     return {"key": key, **{k: dc[k] for k in ("backbone", "weights", "pool", "image_size", "cache_file")},
             "method": m.method, "points": [asdict(p) for p in m.points], "gap": m.gap_record(),
             "params": m.params}
-
-
-def known_probe_accuracies(rows: list[dict], cache_file: str, cfg: SweepConfig) -> dict:
-    """Layer -> one-split validation accuracy of ``cache_file``'s logreg rows (all data, first repeat, the sweep's
-    seed) when they were fitted with the default grid and preprocessing: the same probe on the same rows as
-    :func:`transferlab.pipeline.evidence.measure_curve`'s, so it is passed on as ``known``, not refitted."""
-    from .evidence import PROBE
-
-    if cfg.preprocessing is not None or cfg.full_grid:
-        return {}
-    return {r["layer"]: float(r["val_accuracy"]) for r in rows
-            if r.get("cache_file") == cache_file and r.get("head") == PROBE and not r.get("shots")
-            and str(r.get("repeat", "0")) in ("0", "") and r.get("val_accuracy") not in ("", None)
-            and str(r.get("seed")) == str(cfg.seed)}
 
 
 def _report_is_current(out: Path, summary: dict) -> bool:
