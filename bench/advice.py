@@ -214,14 +214,18 @@ def _advised(r: dict) -> list:
 
 
 def agreement(r: dict) -> str:
-    """``yes`` when every seed's advice is the measured best, ``close`` when the ones that differ are named
-    close calls between the measured best and their own answer, ``NO`` otherwise."""
-    best, adv = r.get("measured_best"), _advised(r)
+    """The agreement of a record's advice (every seed) with its measured best: :func:`agrees`."""
+    return agrees(r.get("measured_best"), [a for _, a in _advised(r)])
+
+
+def agrees(best: str | None, adv: list) -> str:
+    """``yes`` when every seed's advice is ``best``, ``close call`` when the ones that differ are named
+    close calls between ``best`` and their own answer, ``NO`` otherwise (``-``: nothing to compare)."""
     if not best or not adv:
         return "-"
-    if all(a["strategy"] == best for _, a in adv):
+    if all(a["strategy"] == best for a in adv):
         return "yes"
-    if all(a["strategy"] == best or (a["close"] and a["runner_up"] == best) for _, a in adv):
+    if all(a["strategy"] == best or (a["close"] and a["runner_up"] == best) for a in adv):
         return "close call"
     return "NO"
 
@@ -276,10 +280,10 @@ def budget_table(recs: list) -> list:
             budgets[f"{assumed.pop() if len(assumed) == 1 else DEFAULT_BUDGET_MINUTES:g} (assumed)"] = r["advice_seeds"]
         for b, by_seed in sorted(budgets.items(), key=lambda kv: float(kv[0].split()[0])):
             best, why = best_within(r, float(b.split()[0]))
-            adv = [a["strategy"] for _, a in sorted((int(s), a) for s, a in by_seed.items())]
-            agree = "-" if best is None else "yes" if all(a == best for a in adv) else "NO"
-            rows.append(f"| {r['name']} | {b} | {', '.join(SHORT.get(a, a) for a in adv)} | "
-                        f"{best or 'not finished'} ({why}) | {agree} |")
+            adv = [a for _, a in sorted((int(s), a) for s, a in by_seed.items())]
+            said = ", ".join(SHORT.get(a["strategy"], a["strategy"])
+                             + (f"~/{SHORT.get(a['runner_up'], a['runner_up'])}" if a["close"] else "") for a in adv)
+            rows.append(f"| {r['name']} | {b} | {said} | {best or 'not finished'} ({why}) | {agrees(best, adv)} |")
     if not rows:
         return []
     return ["", "## The answer against the budget (`--budget MINUTES`)", "",
