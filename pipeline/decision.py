@@ -237,8 +237,11 @@ def decide(ev: Evidence) -> Decision:
     else:
         (strategy, runner_up), close = probe, gap_close
         if rising and ev.per_class_median >= LARGE_PER_CLASS / 4:
-            runner_up = "fine-tune"
-            reasons.append("the probe has not saturated, so fine-tuning is the runner-up")
+            if gap_close:  # the close call names both probe regimes; fine-tuning comes after them
+                reasons.append("the probe has not saturated: fine-tuning comes after the close call's two layers")
+            else:
+                runner_up = "fine-tune"
+                reasons.append("the probe has not saturated, so fine-tuning is the runner-up")
         if finetune_won:
             strategy, runner_up, close = "fine-tune", strategy, False
             reasons.append("the measured fine-tune beats the probe by more than the noise: that measurement wins")

@@ -130,6 +130,19 @@ def test_a_rise_within_its_paired_noise_has_levelled_off():
     assert any("still rises" in r for r in clear.reasons) and clear.runner_up == "fine-tune"
 
 
+def test_a_close_call_keeps_the_other_layer_as_runner_up_when_the_probe_still_rises():
+    """CIFAR-10 at 128 px, seeds 1 and 2: a close call between the peak and the last layer while the probe's
+    learning curve still rose; 'fine-tuning is the runner-up' overwrote the close call's runner-up, so the
+    output called it a close call without naming the other layer."""
+    rising = {"learning_curve": {0.5: 0.76, 1.0: 0.78},
+              "learning_gap": {"difference": 0.02, "se": 0.005, "method": "split", "n": 1000}}
+    close = decide(_ev(500, [0.5, 0.7, 0.784, 0.775], peak_gap=_gap("l2", "l3", 0.009, 0.009), **rising))
+    assert (close.strategy, close.runner_up, close.close) == ("linear-probe", "generic-features", True)
+    assert any("fine-tuning comes after" in r for r in close.reasons)
+    clear = decide(_ev(500, [0.5, 0.7, 0.784, 0.70], peak_gap=_gap("l2", "l3", 0.084, 0.009), **rising))
+    assert (clear.strategy, clear.runner_up, clear.close) == ("generic-features", "fine-tune", False)
+
+
 def test_random_weights_alone_name_no_transfer_regime():
     d = decide(_ev(100, [0.8, 0.95, 0.9, 0.85], weights="random"))
     assert d.strategy is None and any("no transfer regime" in r for r in d.reasons)
