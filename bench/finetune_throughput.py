@@ -10,7 +10,8 @@ from the same seeded generator) and loss. The limit of ``last:2`` runs the froze
 ``blocks.5``) in ``torch.inference_mode`` and trains the rest. Synthetic uint8 images in memory (nothing is
 written but the table); one warm-up epoch each, then Trainer and loop alternated, best of ``--repeats``, at
 each thread count of ``--threads``.
-Writes ``bench/finetune_throughput.md`` (whole, at the end: a killed run leaves the previous table).
+Writes ``bench/finetune_throughput.md`` whole at the end (``transferlab.util.atomic_write``: a killed run or a
+full disk leaves the previous table).
 """
 from __future__ import annotations
 
@@ -193,7 +194,9 @@ def write(rows: list, args, info: dict, load_before: float, load_after: float) -
         lines += ["", "torch.profiler over one more epoch of each side: the operators each runs, and how often, do not "
                   "depend on the load (their times do):", "",
                   *profiled]
-    OUT.write_text("\n".join(lines) + "\n")
+    from transferlab.util import atomic_write
+
+    atomic_write(OUT, "\n".join(lines) + "\n")
 
 
 def main(argv=None) -> None:

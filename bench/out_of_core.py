@@ -181,9 +181,9 @@ def main(argv=None) -> int:
     memory = spawn("memory", path, min(args.slice, args.rows), args.budget_mb, args.threads)
     print(json.dumps(memory), file=sys.stderr, flush=True)
     text = record(args.rows, args.slice, args.budget_mb, args.threads, disk, memory, started, load_start)
-    tmp = Path(args.out).with_suffix(".partial")
-    tmp.write_text(text)
-    tmp.replace(args.out)
+    from transferlab.util import atomic_write
+
+    atomic_write(args.out, text)
     print(text)
     return 0
 
