@@ -48,7 +48,7 @@ LOW_MIN_ROWS = 2048  # fewer rows: bfloat16's gradient error is near the default
 
 
 def native_bfloat16(device) -> bool:
-    """Whether ``device`` multiplies bfloat16 natively, at about twice its float32 rate: a CPU with
+    """Whether ``device`` multiplies bfloat16 natively, faster than float32: a CPU with
     AVX512-BF16 or AMX (elsewhere torch emulates bfloat16, slower than float32). Other devices: False."""
     import torch
 
@@ -107,7 +107,7 @@ class RowBlocks:
             hi = int(rows[stop - 1]) + 1  # read only the span the kept rows cover
             block = self._read(int(lo), hi)
             block = block if hi - lo == stop - done else np.take(block, rows[done:stop] - lo, axis=0)
-            if block.dtype in (np.float16, np.float32, np.float64):  # torch converts float16 several times faster
+            if block.dtype in (np.float16, np.float32, np.float64):  # torch converts float16 faster than numpy
                 import torch
 
                 torch.from_numpy(out[done:stop]).copy_(torch.from_numpy(np.ascontiguousarray(block)))
