@@ -137,6 +137,10 @@ def measure_regimes(case: str, epochs: int, cache_dir: Path, rec: dict, layers: 
         return {"name": record_name(case), "skipped": f"{name} is not in {SHARED}"}
     rec = {**rec, "name": record_name(case), "data": spec, "image_size": px}
     regimes = dict(rec.get("regimes") or {}) if rec.get("epochs") == epochs else {}
+    if rec.get("regimes") and rec.get("epochs") != epochs:  # kept beside, never mixed into this budget's rows
+        rec["earlier"] = {**(rec.get("earlier") or {}), str(rec["epochs"]): {
+            "regimes": rec["regimes"], "measured_best": rec.get("measured_best"), "note": rec.get("note")}}
+        rec["note"] = None
     rec["epochs"] = epochs
     t0 = time.perf_counter()
     if "generic-features" not in regimes:
@@ -327,6 +331,12 @@ def render() -> Path:
     lines += ["", "## Advised against measured, every (case, seed)", ""] + confusion(recs)
     lines += budget_table(recs)
     notes = [f"- {r['name']}: {r['note']}" for r in recs if r.get("note")]
+    for r in recs:  # the same case measured at other epochs, kept beside
+        for ep, e in sorted((r.get("earlier") or {}).items(), key=lambda kv: int(kv[0])):
+            g = e.get("regimes") or {}
+            said = ", ".join(f"{SHORT[k]} {g[k]['val']:.3f}/{g[k]['test']:.3f}" for k in REGIMES if g.get(k))
+            notes.append(f"- {r['name']} at {ep} epoch{'s' if ep != '1' else ''} (val/test): {said}; measured best "
+                         f"{e.get('measured_best')}" + (f". {e['note']}" if e.get("note") else ""))
     if notes:
         lines += ["", "Notes:", ""] + notes
     lines += ["", "## The advice's evidence, per case (seed 0)", ""]
