@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from transferlab.util import UserInputError
+from transferlab.util import UserInputError, machine_threads
 
 from .cli_args import (
     ADVISE,
@@ -576,9 +576,11 @@ def main(argv=None) -> int:
 
             args = apply_config(args, args.config)
         line = plan(args)
-        if line and not getattr(args, "quiet", False):
+        quiet = getattr(args, "quiet", False)
+        if line and not quiet:
             print(line, file=sys.stderr, flush=True)
-        args.func(args)
+        with machine_threads(None if quiet or not line else lambda why: print(f"note: {why}", file=sys.stderr)):
+            args.func(args)
     except SystemExit as exc:  # a command's own status (cache verify: damage found; predict: files skipped)
         return exc.code if isinstance(exc.code, int) else 1
     except UserInputError as exc:

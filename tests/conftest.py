@@ -6,6 +6,9 @@ import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# a fixed thread count, in this process and the commands the tests start, so no command adds its
+# "note: N threads ..." line on a busy machine (tests/test_machine_threads.py clears it to test that)
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

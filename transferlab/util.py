@@ -1,5 +1,5 @@
 """Small things every stage needs, in one place: the user-error type, file hashes, file-name parts, atomic writes,
-versions.
+versions, the thread count for a busy machine.
 
 Integrity rule of :func:`atomic_write` (used for every JSON, joblib and torch file the tool writes
 whole): the bytes go to a temporary file in the same folder, are flushed and fsynced, and only then
@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import tempfile
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -206,3 +207,94 @@ def lazy_names(package: str, api: dict, aliases: dict | None = None):
         return sorted(set(vars(sys.modules[package])) | set(api))
 
     return __getattr__, __dir__
+
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def other_runnable(samples: int = 5, gap: float = 0.01, stat: str = "/proc/stat") -> "float | None":
+    """Threads of other processes ready to run now: the median of a few readings of the kernel's runnable
+    count (``procs_running`` in ``/proc/stat``, which counts this process too) less one; None where the
+    kernel does not say (not Linux). An instant reading, unlike the load average, which trails the last
+    minute: a command that follows another of ours must not see that one's load as someone else's."""
+    import statistics
+    import time
+
+    readings = []
+    for i in range(samples):
+        try:
+            with open(stat, "rb") as fh:
+                line = next(x for x in fh if x.startswith(b"procs_running"))
+        except (OSError, StopIteration):
+            return None
+        readings.append(int(line.split()[1]))
+        if i + 1 < samples:
+            time.sleep(gap)
+    return max(0.0, statistics.median(readings) - 1)
+
+
+def threads_for_machine(others: "float | None" = None, cores: "int | None" = None,
+                        environ=None) -> "tuple[int | None, str]":
+    """``(threads, why)``: how many threads torch and BLAS should use on this machine now, or ``(None, '')``
+    to leave their defaults (one per core): when the user set ``OMP_NUM_THREADS`` (or MKL's, OpenBLAS's), or
+    every core is free. Otherwise one thread per core that other processes leave free, at least one: an
+    OpenMP thread that waits for a core another process holds spins, and the command then runs slower
+    on all the cores than on the free one."""
+    environ = os.environ if environ is None else environ
+    if any(environ.get(v) for v in THREAD_VARS):
+        return None, ""
+    cores = _cores() if cores is None else cores
+    others = other_runnable() if others is None else others
+    if others is None or cores <= 1:
+        return None, ""
+    threads = max(1, min(cores, int(cores - others + 0.5)))
+    if threads >= cores:
+        return None, ""
+    return threads, (f"{threads} thread{'s' if threads > 1 else ''} for torch and BLAS: {others:g} thread(s) of "
+                     f"other processes are ready to run on this machine's {cores} cores (set OMP_NUM_THREADS to "
+                     "choose)")
+
+
+@contextmanager
+def machine_threads(log=None):
+    """Run the block with :func:`threads_for_machine`'s count, restored after: the environment variables
+    for libraries loaded inside the block (the CLI imports torch and numpy late), ``torch.set_num_threads``
+    and threadpoolctl for those already loaded. ``log`` receives the reason when the count changes."""
+    import sys
+
+    threads, why = threads_for_machine()
+    if threads is None:
+        yield None
+        return
+    saved = {v: os.environ.get(v) for v in THREAD_VARS}
+    os.environ.update({v: str(threads) for v in THREAD_VARS})
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch else None
+    if torch:
+        torch.set_num_threads(threads)
+    limits = None
+    if "numpy" in sys.modules:
+        try:
+            from threadpoolctl import threadpool_limits
+            limits = threadpool_limits(threads, user_api="blas")
+        except ImportError:
+            pass
+    if log:
+        log(why)
+    try:
+        yield threads
+    finally:
+        for v, value in saved.items():
+            if value is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = value
+        if limits is not None:
+            limits.restore_original_limits()
+        torch = sys.modules.get("torch")
+        if torch:  # imported inside the block: back to its own default, one thread per core
+            torch.set_num_threads(before or _cores())
