@@ -45,6 +45,17 @@ def _data_root_in_tmp(tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_voice_on_every_sweep(tmp_path_factory):
+    """After the last test: every finished sweep the suite wrote names one layer and head in its decision,
+    chosen_head/, report.md and report.html (tests/one_voice.py); a disagreement fails the run."""
+    yield
+    from tests.one_voice import every_problem
+
+    found = every_problem(tmp_path_factory.getbasetemp())
+    assert not found, "sweeps that do not speak with one voice:\n" + "\n".join(found)
+
+
 @pytest.fixture
 def tiny_npz(tmp_path):
     return make_npz(tmp_path / "tiny.npz")

@@ -3,6 +3,7 @@ import base64
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,3 +226,24 @@ def test_finetune_bars_carry_the_binomial_standard_error(tmp_path, monkeypatch):
     assert seen["h"] == [0.8, 0.9]
     assert seen["yerr"] == pytest.approx([0.02, 0.015])  # sqrt(.8*.2/400), sqrt(.9*.1/400)
     assert finetune_bars([], tmp_path / "g.png", None) is None and not (tmp_path / "g.png").exists()
+
+
+def test_the_session_check_finds_a_sweep_that_speaks_with_two_voices(swept):
+    import json
+    import tempfile
+
+    from tests.one_voice import every_problem, problems
+
+    tmp, _ = swept
+    assert problems(tmp / "run") == []
+    with tempfile.TemporaryDirectory() as d:  # outside the session's root: the end-of-session check never sees it
+        bad = Path(d) / "run"
+        shutil.copytree(tmp / "run", bad)
+        head = json.loads((bad / "chosen_head" / "head.json").read_text())
+        other = next(x for x in ("bn1", "blocks.2", "blocks.5", "bn2") if x != head["layer"])
+        (bad / "chosen_head" / "head.json").write_text(json.dumps({**head, "layer": other}))
+        report = (bad / "report.md").read_text()
+        (bad / "report.md").write_text(report + "\n**Recommendation: linear-probe, at `bn2`**\n")
+        found = every_problem(Path(d))
+        assert any(f"chosen_head/ holds {other!r}" in p for p in found)
+        assert any("2 recommendation lines" in p for p in found)
