@@ -39,7 +39,10 @@ def decision_section(summary: dict) -> tuple[list[str], dict | None]:
     row = chosen_row(rows, decision)
     lines = []
     if row is None:
-        lines.append("No validation rows could be held out, so no layer is chosen on data.")
+        own = any(r.get("row_key") and r.get("cache_file") for r in rows)
+        lines.append("No validation rows could be held out, so no layer is chosen on data." if own else
+                     "No row here names the feature cache it was measured on (these are not a sweep's own rows), "
+                     "so no head is chosen or saved.")
         return lines, decision
     where = (f"{md_text(row['backbone'])}, {md_text(row['weights'])} weights, {md_text(row['image_size'])} px, "
              f"{md_text(row['pool'])} pooling")

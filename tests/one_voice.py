@@ -23,10 +23,12 @@ def problems(out: Path) -> list[str]:
         return []
     layer, said = decision.get("chosen_layer"), []
     text = report.read_text()
-    lines = [x for x in text.splitlines() if x.startswith("**Recommendation:")]
-    if len(lines) != 1:
-        said.append(f"report.md has {len(lines)} recommendation lines")
+    lines = [x for x in text.splitlines() if x.startswith(("**Recommendation:", "**No transfer regime"))]
     head_json = out / "chosen_head" / "head.json"
+    if len(lines) > 1:
+        said.append(f"report.md has {len(lines)} recommendation lines")
+    if not lines:  # the report chooses no layer (no validation rows, rows not the sweep's own): nothing saved
+        return [f"{out}: chosen_head/ is saved but the report chooses no layer"] if head_json.is_file() else []
     if layer and head_json.is_file():
         head = json.loads(head_json.read_text())
         if head.get("layer") != layer:

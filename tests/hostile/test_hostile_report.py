@@ -291,3 +291,11 @@ def test_the_gallery_of_mistakes_shows_class_names_and_file_names_as_text(tmp_pa
     for shown in (ONERROR, SCRIPT, f'<img src="{canary}">', 'x" onload="document.title=1', "c d", MARKDOWN):
         assert f"|{shown}|" in text.replace("true: ", "|").replace("predicted: ", "|")  # shown as text, whole
     assert "(image unreadable)" in text
+
+
+def test_rows_without_their_cache_file_are_said_to_be_not_the_sweeps_own(tmp_path):
+    run = _strangers_sweep(tmp_path / "run", "plain")
+    refresh_report(run)
+    decision = (run / "report.md").read_text().split("## Decision", 1)[1].strip().splitlines()[0]
+    assert decision.startswith("No row here names the feature cache it was measured on")
+    assert not (run / "chosen_head").exists()
