@@ -5,7 +5,9 @@
     python bench/advice.py --render                                             # rewrite bench/advice.md only
 
 A case is ``NAME[@PX]`` (``PX`` the input size, 64 unless given): ``digits`` (scikit-learn's),
-``mnist_small``, ``cifar10_small``, ``cifar10_full`` (``../shared/data``), ``mnist_100`` and
+``mnist_small``, ``cifar10_small``, ``cifar10_full`` (``../shared/data``), ``cifar10_up96`` (CIFAR-10 small with
+every image enlarged to 96 px, bicubic: a stand-in for a folder of 96 px photos, which ``../shared/data`` lacks;
+``@auto`` runs it at the size ``--image-size auto`` picks, as a user's command would), ``mnist_100`` and
 ``cifar10_100`` (100 training images per class drawn with seed 0 from the small sets; their test
 splits whole), ``cifar10_perm`` (all of CIFAR-10 with one fixed random permutation of pixel
 positions, seed 0, the same for every image: locality, the prior every ImageNet filter encodes, is
@@ -50,14 +52,14 @@ SHORT = {"linear-probe": "LP", "generic-features": "GF", "fine-tune": "FT", "fro
 VAL_FRACTION = 0.2  # the sweep's default: fine-tuning validates on the probes' rows
 
 
-def parse_case(case: str) -> tuple[str, int]:
+def parse_case(case: str) -> "tuple[str, int | str]":
     name, _, px = case.partition("@")
-    return name, int(px) if px else 64
+    return name, ("auto" if px == "auto" else int(px)) if px else 64
 
 
 def record_name(case: str) -> str:
     name, px = parse_case(case)
-    return name if px == 64 else f"{name}_{px}px"
+    return name if px == 64 else f"{name}_{px}" if px == "auto" else f"{name}_{px}px"
 
 
 def _cifar_full_arrays() -> Path | None:
@@ -87,6 +89,16 @@ def _per_class_subset(source: Path, target: Path, per_class: int) -> None:
     _write_npz(target, d)
 
 
+def _upsampled(source: Path, target: Path, side: int) -> None:
+    from PIL import Image
+
+    with np.load(source) as z:
+        d = {k: z[k] for k in z.files}
+    for split in ("x_train", "x_test"):
+        d[split] = np.stack([np.asarray(Image.fromarray(x).resize((side, side), Image.BICUBIC)) for x in d[split]])
+    _write_npz(target, d)
+
+
 def _permuted(source: Path, target: Path) -> None:
     with np.load(source) as z:
         d = {k: z[k] for k in z.files}
@@ -113,6 +125,14 @@ def data_spec(name: str) -> str | None:
         if not target.exists():
             SCRATCH.mkdir(parents=True, exist_ok=True)
             _per_class_subset(source, target, 100)
+        return f"npz:{target}"
+    if name == "cifar10_up96":
+        source, target = SHARED / "cifar10_small.npz", SCRATCH / "cifar10_up96.npz"
+        if not source.exists():
+            return None
+        if not target.exists():
+            SCRATCH.mkdir(parents=True, exist_ok=True)
+            _upsampled(source, target, 96)
         return f"npz:{target}"
     if name == "cifar10_perm":
         target = SCRATCH / "cifar10_perm.npz"
@@ -167,6 +187,8 @@ def measure_regimes(case: str, epochs: int, cache_dir: Path, rec: dict, layers: 
                      out=str(SCRATCH / f"ft_{record_name(case)}_{mode.replace(':', '')}_{epochs}"), progress=False)
         regimes[regime] = {"mode": mode, "val": m["val_accuracy"], "test": m["test_accuracy"],
                            "seconds": m["fit_seconds"], "val_rows": "probes' (0.2 of train, seed 0)"}
+        if px == "auto":
+            rec["auto_size"] = m["config"]["image_size"]
         if torch_threads() == 1:  # one thread: its CPU time is what the run costs with a core to itself
             regimes[regime]["cpu_seconds"] = round(time.process_time() - cpu0, 1)
         print(f"[{case}] {regime}: test {m['test_accuracy']:.3f} at {time.perf_counter() - t0:.0f} s", file=sys.stderr)
@@ -315,6 +337,11 @@ def budget_table(recs: list) -> list:
             "|---|---|---|---|---|"] + rows
 
 
+def shown_size(r: dict) -> str:
+    """A record's input size: ``auto (96)`` where the case ran at the size ``--image-size auto`` picked."""
+    return f"auto ({r['auto_size']})" if r.get("auto_size") else str(r["image_size"])
+
+
 def render() -> Path:
     from transferlab.util import atomic_write
 
@@ -339,7 +366,7 @@ def render() -> Path:
         cell = lambda k: (f"{g[k]['test']:.3f} (val {g[k]['val']:.3f})" if g.get(k)  # noqa: E731
                           else "not measured")
         layer = f" `{g['generic-features']['layer']}`" if g.get("generic-features") else ""
-        lines.append(f"| {r['name']} | {r['image_size']} | {r.get('epochs', '-')} | {adv} | "
+        lines.append(f"| {r['name']} | {shown_size(r)} | {r.get('epochs', '-')} | {adv} | "
                      f"{r.get('measured_best') or 'not finished'} | {cell('linear-probe')} | "
                      f"{cell('generic-features')}{layer} | {cell('fine-tune')} | {cell('from-scratch')} | "
                      f"{agreement(r)} |")
@@ -360,7 +387,7 @@ def render() -> Path:
         if "skipped" in r or not adv:
             continue
         first = adv[0][1]
-        lines += [f"### {r['name']} ({r['image_size']} px)", ""] + [f"- {x}" for x in first["reasons"]]
+        lines += [f"### {r['name']} ({shown_size(r)} px)", ""] + [f"- {x}" for x in first["reasons"]]
         lines += [f"- price: {x}" for x in first.get("price_lines") or []] + [""]
     path = ROOT / "bench" / "advice.md"
     atomic_write(path, "\n".join(lines) + "\n")
