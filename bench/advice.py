@@ -338,8 +338,8 @@ def budget_table(recs: list) -> list:
 
 
 def shown_size(r: dict) -> str:
-    """A record's input size: ``auto (96)`` where the case ran at the size ``--image-size auto`` picked."""
-    return f"auto ({r['auto_size']})" if r.get("auto_size") else str(r["image_size"])
+    """A record's input size: ``auto: 96`` where the case ran at the size ``--image-size auto`` picked."""
+    return f"auto: {r['auto_size']}" if r.get("auto_size") else str(r["image_size"])
 
 
 def render() -> Path:
