@@ -112,9 +112,9 @@ def measure_curve(source, layers: list, *, seed: int = 0, val_fraction: float = 
 
     ``known`` maps a layer to a one-split validation accuracy already measured by the same probe
     on the same rows (a sweep's logreg rows): those layers are not refitted on the one-split path
-    (the peak and the last layer are, for their per-row pairs). The k-fold fits, one per layer and
-    fold, run through joblib (``n_jobs``, ``backend``: :mod:`transferlab.classifiers.parallel`), each
-    reading its layer from the cache file. Returns a :class:`CurveMeasurement`.
+    (the peak and the last layer are, for their per-row pairs). The k-fold fits run through joblib
+    (``n_jobs``, ``backend``: :mod:`transferlab.classifiers.parallel`), one task per layer and repeat,
+    each reading its layer from the cache file once for its folds. Returns a :class:`CurveMeasurement`.
     """
     log = log or (lambda m: None)
     known = known or {}
