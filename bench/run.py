@@ -407,7 +407,8 @@ def _advise_floor(quick: bool) -> list:
         forward_w, forward_c = fw - steps["train_wall"], fc - steps["train_cpu"]
         ratio = aw / fw
         rows.append(figure(
-            f"advise, {label}, fresh cache / its floor (wall; CPU ratio beside)", f"{aw:.1f} s wall, {ac:.1f} s CPU",
+            f"advise, {label}, fresh cache / its floor (wall; CPU ratio beside)",
+            f"{aw:.1f} s wall, {ac:.1f} s CPU (CPU ratio {ac / fc:.2f})",
             f"{fw:.1f} s wall, {fc:.1f} s CPU: import torch, build lite0 with each weights, forward over {images} "
             f"images ({forward_w:.1f} s wall, {forward_c:.1f} s CPU; advise / forward alone "
             f"{aw / forward_w:.2f} wall, {ac / forward_c:.2f} CPU), then pass_rates' training steps in a plain "
