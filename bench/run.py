@@ -9,8 +9,9 @@ Sections: ``extract`` (P1 throughput / pure forward at 64, 96, 224 px; P2 all la
 heads use), ``folder`` (PNG/JPEG decode in DataLoader workers against arrays), ``thingsvision``
 (the peer extractor, in its own interpreter), ``heads`` (each head's selection against one default
 scikit-learn fit, 5,000 and 50,000 rows), ``warm`` (P3), ``firstline`` (each command's first line against the
-interpreter's start; ``predict`` on 20 images against its floor). Every figure is a ratio against its limit
-or peer measured in this run, with the absolute numbers beside it. Writes ``bench/results.json``
+interpreter's start; ``predict`` on 20 images against its floor), ``advise`` (against its floor: the
+forward passes over the images it extracts, and the training steps of its price). Every figure is a ratio
+against its limit or peer measured in this run, with the absolute numbers beside it. Writes ``bench/results.json``
 (whole, atomically, after every section) and the table between the markers of ``bench/README.md``.
 ``bench/gpu.sh`` holds the GPU figures (P7).
 """
@@ -29,7 +30,7 @@ sys.path.insert(0, str(BENCH.parent))
 
 from common import WORK, Skip, load_average, machine  # noqa: E402
 
-SECTIONS = ("extract", "memory", "folder", "thingsvision", "heads", "threads", "warm", "firstline")
+SECTIONS = ("extract", "memory", "folder", "thingsvision", "heads", "threads", "warm", "firstline", "advise")
 RESULTS = BENCH / "results.json"
 README = BENCH / "README.md"
 BEGIN, END = "<!-- bench:table:begin -->", "<!-- bench:table:end -->"
@@ -63,6 +64,8 @@ def _run_sections(names, quick, threads, save=lambda out, state: None) -> dict:
                 rows = ex.p3_warm(quick)
             elif name == "firstline":
                 rows = _first_lines(quick) + _predict_floor(quick)
+            elif name == "advise":
+                rows = _advise_floor(quick)
             out[name] = {"figures": rows, "seconds": round(time.perf_counter() - t0, 1), "load_average_before": load0,
                          "load_average_after": load_average(), "threads": threads,
                          "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -285,6 +288,149 @@ def _predict_floor(quick: bool) -> list:
                    f"import torch + build lite0 + forward of the 20 images {fw:.2f} s wall, {fc:.2f} s CPU (with "
                    f"scikit-learn's logistic regression imported too: {hw:.2f} s wall, {hc:.2f} s CPU)", ratio,
                    "<= 1.3", ratio <= 1.3, cpu_ratio=round(pc / fc, 3))]
+
+
+# advise's floor (issue 21): a process that imports torch, builds the backbone with each weights advise extracted and
+# runs the forward pass over the images of each cache file advise wrote; then pass_rates' training and evaluation
+# steps (one warm-up epoch and REPEATS timed ones over two batches of synthetic images, finetuning.run.pass_rates) in
+# a plain PyTorch loop, timed apart. argv: the plan (JSON). Prints the training steps' wall and CPU seconds.
+ADVISE_FLOOR = """
+import json, sys, time
+import numpy as np
+import torch
+from transferlab.features import build_backbone, load_dataset
+from transferlab.features.preprocess import normalize_batch, to_rgb_uint8
+plan = json.loads(sys.argv[1])
+ds = load_dataset(plan["data"], seed=plan["seed"])
+with torch.inference_mode():
+    for job in plan["forward"]:
+        bb = build_backbone(job["backbone"], weights=job["weights"], seed=job["seed"])
+        bb.model.eval()
+        for split, n in job["rows"].items():
+            x = ds.splits[split].images[:n]
+            for s in range(0, n, 64):
+                xb = torch.from_numpy(np.ascontiguousarray(to_rgb_uint8(x[s:s + 64]))).permute(0, 3, 1, 2)
+                bb.model(normalize_batch(xb, job["size"], bb.mean, bb.std, bb.interpolation))
+t, c = time.perf_counter(), time.process_time()
+for job in plan["train"]:
+    from transferlab.finetuning.model import build_finetune_model
+    from transferlab.finetuning.run import REPEATS
+    fm = build_finetune_model(job["backbone"], job["mode"], job["classes"], "imagenet", job["size"], job["seed"])
+    opt = torch.optim.AdamW([p for p in fm.model.parameters() if p.requires_grad], lr=1e-3)
+    b, size = job["batch"], job["size"]
+    x = torch.randint(0, 256, (2 * b, 3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(2 * b) % job["classes"]
+    for epoch in range(1 + REPEATS):
+        fm.model.train()
+        for s in range(0, 2 * b, b):
+            loss = torch.nn.functional.cross_entropy(
+                fm.model(normalize_batch(x[s:s + b], size, fm.backbone.mean, fm.backbone.std)), y[s:s + b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        fm.model.eval()
+        with torch.inference_mode():
+            for s in range(0, 2 * b, b):
+                fm.model(normalize_batch(x[s:s + b], size, fm.backbone.mean, fm.backbone.std))
+print(json.dumps({"train_wall": time.perf_counter() - t, "train_cpu": time.process_time() - c}))
+"""
+ADVISE_TARGET = 1.5  # advise's wall time against its floor (issue 21)
+
+
+def _advise_cases(quick: bool) -> list:
+    """``(label, data, extra arguments)``: digits, and CIFAR-10 small at 64 px where present (not with --quick)."""
+    from common import CIFAR_SMALL
+
+    cases = [("digits (1,797 images)", "digits", [])]
+    if not quick and CIFAR_SMALL.is_file():
+        cases.append(("CIFAR-10 small (6,000 images) at 64 px", f"npz:{CIFAR_SMALL}", ["--image-size", "64"]))
+    return cases
+
+
+def _advise_plan(data: str, cache_dir: Path, advice: dict) -> dict:
+    """What advise ran, read back from the cache files it wrote and its JSON: each file's backbone, weights, size and
+    rows per split (the forward passes), and each pass_rates call (the training steps of its price)."""
+    import re
+
+    import h5py
+
+    from transferlab.features.cache import read_cache_meta
+
+    jobs = []
+    for path in sorted(cache_dir.glob("*.h5")):
+        meta = read_cache_meta(path)
+        with h5py.File(path, "r") as f:
+            rows = {split: int(f[split]["labels"].shape[0]) for split in meta["splits"]}
+        jobs.append({"backbone": meta["backbone"], "weights": meta["weights"], "seed": int(meta["seed"]),
+                     "size": int(meta["image_size"]), "rows": rows})
+    price = advice["price"]
+    if price.get("finetune_curve"):
+        raise RuntimeError("advise ran its short fine-tunes: the floor does not count them yet")
+    m = re.match(r"(\d+) synthetic images at (\d+) px, (\S+),", price["rates_from"])
+    n_classes = advice["evidence"]["n_classes"]
+    train = [{"backbone": jobs[0]["backbone"], "mode": m.group(3), "classes": n_classes, "size": int(m.group(2)),
+              "batch": int(m.group(1)) // 2, "seed": jobs[0]["seed"]}]
+    if "from-scratch" in price.get("offers", {}):  # advise measured the scratch rates too
+        train.append({**train[0], "mode": "scratch"})
+    return {"data": data, "seed": jobs[0]["seed"], "forward": jobs, "train": train}
+
+
+def _advise_floor(quick: bool) -> list:
+    """``transferlab advise`` as a user types it (fresh cache: it extracts), wall and CPU time, against its floor:
+    the forward passes over the images it extracted (pretrained and random weights) and, timed apart, the training
+    steps pass_rates runs for the price, in a plain loop. One run each (advise takes minutes), advise first."""
+    import json
+    import shutil
+    import uuid
+
+    from common import figure
+
+    from transferlab.finetuning.run import REPEATS
+
+    rows = []
+    for label, data, extra in _advise_cases(quick):
+        cache = WORK / "advise" / uuid.uuid4().hex[:8]
+        cmd = [sys.executable, "-m", "transferlab", "advise", "--data", data, *extra, "--cache-dir", str(cache),
+               "--json", "--quiet"]
+        try:
+            aw, ac, out = _timed_child_out(cmd)
+            advice = json.loads(out)
+            plan = _advise_plan(data, cache, advice)
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+        floor = [sys.executable, "-c", ADVISE_FLOOR, json.dumps(plan)]
+        fw, fc, out = _timed_child_out(floor)
+        steps = json.loads(out.strip().splitlines()[-1])
+        images = " + ".join(f"{sum(j['rows'].values())} ({j['weights']}, {j['size']} px)" for j in plan["forward"])
+        trains = ", ".join(f"{j['mode']} {1 + REPEATS} x 2 batches of {j['batch']} at {j['size']} px + their evaluation"
+                           for j in plan["train"])
+        forward_w, forward_c = fw - steps["train_wall"], fc - steps["train_cpu"]
+        ratio = aw / fw
+        rows.append(figure(
+            f"advise, {label}, fresh cache / its floor (wall; CPU ratio beside)",
+            f"{aw:.1f} s wall, {ac:.1f} s CPU (CPU ratio {ac / fc:.2f})",
+            f"{fw:.1f} s wall, {fc:.1f} s CPU: import torch, build lite0 with each weights, forward over {images} "
+            f"images ({forward_w:.1f} s wall, {forward_c:.1f} s CPU; advise / forward alone "
+            f"{aw / forward_w:.2f} wall, {ac / forward_c:.2f} CPU), then pass_rates' training steps in a plain "
+            f"loop: {trains} ({steps['train_wall']:.1f} s wall, {steps['train_cpu']:.1f} s CPU)",
+            ratio, f"<= {ADVISE_TARGET}", ratio <= ADVISE_TARGET, cpu_ratio=round(ac / fc, 3),
+            strategy=advice["strategy"], advise_seconds_reported=advice["seconds"]))
+    return rows
+
+
+def _timed_child_out(cmd) -> tuple[float, float, str]:
+    """(wall, CPU, stdout) of one child process."""
+    import resource
+    import subprocess
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=BENCH.parent)
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd[:3]))} failed: {proc.stderr.strip().splitlines()[-3:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), proc.stdout
 
 
 def write_readme(results: dict) -> None:

@@ -112,9 +112,9 @@ def measure_curve(source, layers: list, *, seed: int = 0, val_fraction: float = 
 
     ``known`` maps a layer to a one-split validation accuracy already measured by the same probe
     on the same rows (a sweep's logreg rows): those layers are not refitted on the one-split path
-    (the peak and the last layer are, for their per-row pairs). The k-fold fits, one per layer and
-    fold, run through joblib (``n_jobs``, ``backend``: :mod:`transferlab.classifiers.parallel`), each
-    reading its layer from the cache file. Returns a :class:`CurveMeasurement`.
+    (the peak and the last layer are, for their per-row pairs). The k-fold fits run through joblib
+    (``n_jobs``, ``backend``: :mod:`transferlab.classifiers.parallel`), one task per layer and repeat,
+    each reading its layer from the cache file once for its folds. Returns a :class:`CurveMeasurement`.
     """
     log = log or (lambda m: None)
     known = known or {}
@@ -146,10 +146,11 @@ def _labelled_rows(source, layer: str, val_fraction: float, seed: int):
     return (np.concatenate([X, Xv]), np.concatenate([y, yv])) if Xv is not None else (X, y)
 
 
-def _fold_task(source, layer, split, val_fraction, seed):
-    """One (layer, fold) fit of the k-fold measurement; reads its own rows (a worker gets only the source)."""
+def _fold_task(source, layer, splits, val_fraction, seed):
+    """The fits of one layer on some folds of the k-fold measurement (one repeat's), in order; reads the layer's
+    rows once (a worker gets only the source)."""
     X, y = _labelled_rows(source, layer, val_fraction, seed)
-    return fold_scores(X, y, split, PROBE, seed=seed)
+    return [fold_scores(X, y, split, PROBE, seed=seed) for split in splits]
 
 
 def _kfold_curve(source, layers, seed, val_fraction, folds, repeats, n_jobs, backend, log) -> CurveMeasurement:
@@ -159,9 +160,10 @@ def _kfold_curve(source, layers, seed, val_fraction, folds, repeats, n_jobs, bac
     _, y_all = _labelled_rows(source, layers[0], val_fraction, seed)
     splits = repeated_folds(y_all, folds, repeats, seed)
     method = kfold_shape(splits)
-    tasks = [(source, name, split, val_fraction, seed) for name in layers for split in splits]
+    k = len(splits) // repeats  # one task per layer and repeat: enough tasks to share out, one read per task
+    tasks = [(source, name, splits[i:i + k], val_fraction, seed) for name in layers for i in range(0, len(splits), k)]
     with parallel(n_jobs, backend) as run:
-        results = run(_fold_task, tasks)
+        results = [r for chunk in run(_fold_task, tasks) for r in chunk]  # layer by layer, the folds in order
     points, per_fold, params = [], {}, {}
     for i, name in enumerate(layers):
         mine = results[i * len(splits):(i + 1) * len(splits)]

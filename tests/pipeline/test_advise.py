@@ -65,6 +65,34 @@ def test_advise_never_reads_the_test_split(advice, monkeypatch, caps):
         assert len(full) == 1
 
 
+def test_the_evidence_equals_a_direct_computation_from_the_cache_files(advice):
+    """Each layer's probe accuracy (repeated k-fold), kNN accuracy and LogME, and the random weights' best layer, as
+    advise reports them, against the same quantities computed here from the cache files it wrote: however advise
+    shares the work (one read of a layer for several folds), its figures stay these."""
+    from transferlab.classifiers.compare import kfold_accuracies, repeated_folds
+    from transferlab.classifiers.transferability import knn_accuracy, logme
+    from transferlab.features.cache import load_split, read_cache_meta
+
+    adv, _, tmp = advice
+    files = {read_cache_meta(p)["weights"]: p for p in sorted((tmp / "cache").glob("*.h5"))
+             if sorted(read_cache_meta(p)["splits"]) == ["train", "val"]}  # the capped subset's, one per weights
+
+    def direct(path, layer):
+        X, y, _ = load_split(path, "train", layer)
+        Xv, yv, _ = load_split(path, "val", layer)
+        ya = np.concatenate([y, yv])
+        per_fold, _ = kfold_accuracies(np.concatenate([X, Xv]), ya, repeated_folds(ya, 5, 2, seed=0), "logreg", seed=0)
+        return float(per_fold.mean()), (X, y, Xv, yv)
+
+    for point in adv["evidence"]["curve"]:
+        acc, (X, y, Xv, yv) = direct(files["imagenet"], point["layer"])
+        assert point["val_accuracy"] == acc
+        assert point["knn"] == knn_accuracy(X, y, Xv, yv, k=10)
+        assert point["logme"] == pytest.approx(logme(X, y), rel=1e-9)
+    layers = [p["layer"] for p in adv["evidence"]["curve"]]
+    assert adv["evidence"]["random_best"] == max(direct(files["random"], layer)[0] for layer in layers)
+
+
 def test_the_text_output_states_thresholds_and_the_next_command(advice):
     _, npz, tmp = advice
     out = run_cli("advise", "--data", f"npz:{npz}", "--image-size", "32", "--max-train", "60", "--max-val", "30",
