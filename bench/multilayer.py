@@ -17,8 +17,8 @@ accuracy adds a layer). All are scored once on the same test rows: the paired di
 single, in points) and its standard error over test rows (``std(d) / sqrt(n)``, ``d`` in {-1, 0, 1} per
 row); a case's mean row averages the seeds, its error combines the seeds' paired errors.
 
-Integrity rule of ``bench/multilayer.json`` (or ``--out``): rewritten whole (``atomic_write``) after every case, a case's
-entry replaced and the others kept, so a kill loses at most the case being measured. A case whose data
+Integrity rule of ``bench/multilayer.json`` (or ``--out``): rewritten whole (``atomic_write``) after every
+case, a case's entry replaced and the others kept, so a kill loses at most the case being measured. A case whose data
 set is absent is recorded as skipped with the reason.
 """
 from __future__ import annotations
@@ -112,9 +112,9 @@ def mean_row(seeds: list[dict], key: str) -> tuple[float, float, float]:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| case | seed | train / val / test rows | best single layer, logreg (val / test) | multi-layer head: layers "
-             "(val / test) | multi - single, points ± paired SE | earlier stop ('rise'): layers (val / test) | "
-             "rise - single |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| case | seed | train / val / test rows | best single layer, logreg (val / test) | "
+             "multi-layer head: layers (val / test) | multi - single, points ± paired SE | "
+             "earlier stop ('rise'): layers (val / test) | rise - single |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "skipped" in r:
             lines.append(f"| {r['case']} | | skipped: {r['skipped']} | | | | | |")

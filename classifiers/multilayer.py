@@ -7,7 +7,8 @@ scaled so that every layer has the same total variance, the mean block width: a 
 dimensions does not drown one of 40 by size alone. The layers are chosen by greedy forward
 selection on validation rows only (the best single layer first, then the layer whose addition
 raises validation accuracy most, while that rise beats its paired noise: :func:`paired_gain_test`),
-each candidate scored over the C grid in one batched solve (:class:`~transferlab.classifiers.fast_logreg.BatchedLogisticRegressionCV`);
+each candidate scored over the C grid in one batched solve
+(:class:`~transferlab.classifiers.fast_logreg.BatchedLogisticRegressionCV`);
 the chosen layers and C are refitted on train+val. :func:`transferlab.classifiers.train.train_multilayer`
 does this off the HDF5 cache and saves the head like any other (:mod:`.persistence`: arrays and JSON,
 no pickle).
@@ -142,8 +143,8 @@ class MultiLayerLogisticRegression(LogisticProbaMixin, ClassifierMixin, BaseEsti
     """
 
     def __init__(self, layer_dims=None, layer_names=None, *, Cs=None, selection="greedy", max_layers=None,
-                 stop="mcnemar", alpha=0.05, min_gain=0.0, val_fraction=0.2, random_state=0, refit=True, prior_rows=10.0, tol=1e-4,
-                 max_iter=200, device="cpu", memory_budget=DEFAULT_MEMORY_BUDGET):
+                 stop="mcnemar", alpha=0.05, min_gain=0.0, val_fraction=0.2, random_state=0, refit=True,
+                 prior_rows=10.0, tol=1e-4, max_iter=200, device="cpu", memory_budget=DEFAULT_MEMORY_BUDGET):
         self.layer_dims = layer_dims
         self.layer_names = layer_names
         self.Cs = Cs

@@ -7,8 +7,13 @@ import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from tests.cache_fixtures import digits_splits, write_cache
-from transferlab.classifiers.multilayer import (DEFAULT_CS, MultiLayerLogisticRegression, block_scaling, c_window,
-                                                paired_gain_test)
+from transferlab.classifiers.multilayer import (
+    DEFAULT_CS,
+    MultiLayerLogisticRegression,
+    block_scaling,
+    c_window,
+    paired_gain_test,
+)
 from transferlab.classifiers.persistence import load_head
 from transferlab.classifiers.train import train_multilayer
 from transferlab.features.cache import load_split
