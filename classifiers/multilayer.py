@@ -98,11 +98,13 @@ class MultiLayerLogisticRegression(LogisticProbaMixin, ClassifierMixin, BaseEsti
         the validation rows beats their paired noise, the exact one-sided McNemar test of
         :func:`paired_gain_test` at level ``alpha`` (the step's head against the previous step's, row by
         row). Why this test: both heads are scored on the same rows, so only the rows where they disagree
-        carry the gain, and the exact binomial holds at the 20-row holdouts of low shots where a
+        carry the gain, and the exact binomial holds on small holdouts (20% of 100 rows is 20) where a
         normal ``mean > k * SE`` rule does not; a rise of one row (1 gained, 0 lost: p = 0.5) is noise.
         ``rise``: on any rise of validation accuracy (the earlier rule: one row more is enough).
         Either way the rise must also exceed ``min_gain``. The test is not corrected for the step
         choosing the best of the remaining layers, so it is still optimistic; a smaller ``alpha`` is stricter.
+        It errs towards fewer layers: a gain that comes as several small steps is refused step by step
+        (``bench/multilayer.md`` measures both rules).
     alpha : float
         The level of the ``mcnemar`` stop (default 0.05: with no row lost, 5 rows gained is a gain, 4 is not).
     min_gain : float
