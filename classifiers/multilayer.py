@@ -6,8 +6,9 @@
 scaled so that every layer has the same total variance, the mean block width: a layer of 1,280
 dimensions does not drown one of 40 by size alone. The layers are chosen by greedy forward
 selection on validation rows only (the best single layer first, then the layer whose addition
-raises validation accuracy most, while it does), each candidate scored over the whole C grid in
-one batched solve (:class:`~transferlab.classifiers.fast_logreg.BatchedLogisticRegressionCV`);
+raises validation accuracy most, while that rise beats its paired noise: :func:`paired_gain_test`),
+each candidate scored over the C grid in one batched solve
+(:class:`~transferlab.classifiers.fast_logreg.BatchedLogisticRegressionCV`);
 the chosen layers and C are refitted on train+val. :func:`transferlab.classifiers.train.train_multilayer`
 does this off the HDF5 cache and saves the head like any other (:mod:`.persistence`: arrays and JSON,
 no pickle).
@@ -17,6 +18,7 @@ Head2Toe (Evci et al., ICML 2022) selects features across layers in the same spi
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import binomtest
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
@@ -27,10 +29,11 @@ from .holdout import stratified_holdout
 from .names import MULTI_HEAD
 from .preprocessing import ShrunkStandardScaler
 
-__all__ = ["MULTI_HEAD", "MultiLayerLogisticRegression", "block_scaling"]
+__all__ = ["MULTI_HEAD", "MultiLayerLogisticRegression", "block_scaling", "paired_gain_test"]
 
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-6, 5, 12))  # the logreg head's grid
 WINDOW_DECADES = 2.0  # after the first greedy step, C is searched this far (log10) around the previous step's
+STOPS = ("mcnemar", "rise")
 
 
 def c_window(Cs, C: float, decades: float = WINDOW_DECADES) -> np.ndarray:
@@ -38,6 +41,23 @@ def c_window(Cs, C: float, decades: float = WINDOW_DECADES) -> np.ndarray:
     previous step's: adding a layer moves the best C little)."""
     Cs = np.asarray(Cs, dtype=np.float64)
     return Cs[np.abs(np.log10(Cs) - np.log10(C)) <= decades + 1e-9]
+
+
+def paired_gain_test(before, after) -> dict:
+    """The greedy step's stop statistic: does ``after`` (per validation row, True where the larger head is
+    right) beat ``before`` (the previous step's head) by more than paired noise?
+
+    The exact one-sided McNemar test: of the rows where the two disagree, ``gained`` are right only
+    after and ``lost`` only before; if the added layer changed nothing but noise, each such row is
+    a fair coin, so ``p_value`` = P(Binomial(gained + lost, 1/2) >= gained) (1 when none disagree).
+    Returns ``{"gained", "lost", "p_value"}``.
+    """
+    before, after = np.asarray(before, dtype=bool), np.asarray(after, dtype=bool)
+    if before.shape != after.shape:
+        raise ValueError(f"paired rows differ: {before.shape} and {after.shape}")
+    gained, lost = int(np.sum(after & ~before)), int(np.sum(before & ~after))
+    p = 1.0 if gained + lost == 0 else float(binomtest(gained, gained + lost, 0.5, alternative="greater").pvalue)
+    return {"gained": gained, "lost": lost, "p_value": p}
 
 
 def block_scaling(X, dims, prior_rows: float = 10.0):
@@ -73,6 +93,20 @@ class MultiLayerLogisticRegression(LogisticProbaMixin, ClassifierMixin, BaseEsti
         only C chosen.
     max_layers : int, optional
         Stop the greedy selection at this many layers.
+    stop : {"mcnemar", "rise"}
+        When a greedy step adds its best layer. ``mcnemar`` (default): only when the step's gain on
+        the validation rows beats their paired noise, the exact one-sided McNemar test of
+        :func:`paired_gain_test` at level ``alpha`` (the step's head against the previous step's, row by
+        row). Why this test: both heads are scored on the same rows, so only the rows where they disagree
+        carry the gain, and the exact binomial holds on small holdouts (20% of 100 rows is 20) where a
+        normal ``mean > k * SE`` rule does not; a rise of one row (1 gained, 0 lost: p = 0.5) is noise.
+        ``rise``: on any rise of validation accuracy (the earlier rule: one row more is enough).
+        Either way the rise must also exceed ``min_gain``. The test is not corrected for the step
+        choosing the best of the remaining layers, so it is still optimistic; a smaller ``alpha`` is stricter.
+        It errs towards fewer layers: a gain that comes as several small steps is refused step by step
+        (``bench/multilayer.md`` measures both rules).
+    alpha : float
+        The level of the ``mcnemar`` stop (default 0.05: with no row lost, 5 rows gained is a gain, 4 is not).
     min_gain : float
         A layer is added only when validation accuracy rises by more than this.
     val_fraction, random_state : float, int
@@ -97,7 +131,11 @@ class MultiLayerLogisticRegression(LogisticProbaMixin, ClassifierMixin, BaseEsti
     n_val_ : int
         Validation rows it was chosen on.
     selection_path_ : list of dict
-        Each greedy step: ``layers``, ``C``, ``val_accuracy``.
+        Each greedy step taken: ``layers``, ``C``, ``val_accuracy``; after the first also ``gained``,
+        ``lost``, ``p_value`` (:func:`paired_gain_test` against the step before).
+    refused_step_ : dict or None
+        The best next step the stop refused (the same fields), None when the selection ran out of layers
+        or ``max_layers`` ended it.
     selection_ : str
         Where the choice was made.
     mean_, scale_, block_weight_ : ndarray
@@ -107,13 +145,15 @@ class MultiLayerLogisticRegression(LogisticProbaMixin, ClassifierMixin, BaseEsti
     """
 
     def __init__(self, layer_dims=None, layer_names=None, *, Cs=None, selection="greedy", max_layers=None,
-                 min_gain=0.0, val_fraction=0.2, random_state=0, refit=True, prior_rows=10.0, tol=1e-4,
-                 max_iter=200, device="cpu", memory_budget=DEFAULT_MEMORY_BUDGET):
+                 stop="mcnemar", alpha=0.05, min_gain=0.0, val_fraction=0.2, random_state=0, refit=True,
+                 prior_rows=10.0, tol=1e-4, max_iter=200, device="cpu", memory_budget=DEFAULT_MEMORY_BUDGET):
         self.layer_dims = layer_dims
         self.layer_names = layer_names
         self.Cs = Cs
         self.selection = selection
         self.max_layers = max_layers
+        self.stop = stop
+        self.alpha = alpha
         self.min_gain = min_gain
         self.val_fraction = val_fraction
         self.random_state = random_state
@@ -157,6 +197,10 @@ class MultiLayerLogisticRegression(LogisticProbaMixin, ClassifierMixin, BaseEsti
         dims, names = self._blocks(X.shape[1])
         if self.selection not in ("greedy", "all"):
             raise ValueError(f"selection must be 'greedy' or 'all', got {self.selection!r}")
+        if self.stop not in STOPS:
+            raise ValueError(f"stop must be one of {STOPS}, got {self.stop!r}")
+        if not 0.0 < float(self.alpha) < 1.0:
+            raise ValueError(f"alpha must be between 0 and 1, got {self.alpha}")
         Cs = np.asarray(DEFAULT_CS if self.Cs is None else self.Cs, dtype=np.float64).ravel()
         if (X_val is None) != (y_val is None):
             raise ValueError("give both X_val and y_val, or neither")
@@ -175,11 +219,11 @@ class MultiLayerLogisticRegression(LogisticProbaMixin, ClassifierMixin, BaseEsti
                 X_sel, y_sel = X, y_idx
                 self.selection_ = f"none: {reason}; every layer, C closest to 1"
         if X_val is not None:
-            chosen, C, self.val_accuracy_, self.selection_path_ = self._select(X_sel, y_sel, X_val, val_idx, dims,
-                                                                               names, Cs)
+            chosen, C, self.val_accuracy_, self.selection_path_, self.refused_step_ = self._select(
+                X_sel, y_sel, X_val, val_idx, dims, names, Cs)
         else:
             chosen, C = list(range(len(dims))), float(Cs[int(np.argmin(np.abs(np.log(Cs))))])
-            self.val_accuracy_, self.selection_path_ = None, []
+            self.val_accuracy_, self.selection_path_, self.refused_step_ = None, [], None
         self.n_val_ = 0 if X_val is None else int(X_val.shape[0])
         if self.refit or X_val is None:
             X_fit, y_fit = X_all, y_all
@@ -203,49 +247,57 @@ class MultiLayerLogisticRegression(LogisticProbaMixin, ClassifierMixin, BaseEsti
         return self
 
     def _score(self, Z_tr, y_tr, Z_val, val_idx, cols, Cs):
-        """Best validation accuracy over the C grid of the columns ``cols``, and its C."""
+        """Best validation accuracy over the C grid of the columns ``cols``, its C, and per validation row
+        whether that solution is right."""
         cv = BatchedLogisticRegressionCV(Cs=Cs, refit=False, tol=self.tol, max_iter=self.max_iter,
                                          device=self.device, memory_budget=self.memory_budget)
         cv.fit(Z_tr[:, cols], y_tr, Z_val[:, cols], val_idx)
-        return float(np.nanmax(cv.scores_)), float(cv.C_)
+        correct = cv.predict(Z_val[:, cols]) == val_idx  # refit=False: the grid's solution at C_
+        return float(np.nanmax(cv.scores_)), float(cv.C_), correct
 
     def _score_near(self, Z_tr, y_tr, Z_val, val_idx, cols, Cs, near):
         """:meth:`_score` over ``near`` (a window of the grid ``Cs``), widened by another window on the side
         where the best C lies at the window's edge, until it lies inside or at the grid's end."""
-        acc, C = self._score(Z_tr, y_tr, Z_val, val_idx, cols, near)
+        acc, C, correct = self._score(Z_tr, y_tr, Z_val, val_idx, cols, near)
         lo, hi = float(near[0]), float(near[-1])
         while (C == lo and lo > Cs[0]) or (C == hi and hi < Cs[-1]):
             more = [c for c in c_window(Cs, C) if c < lo or c > hi]
-            acc2, C2 = self._score(Z_tr, y_tr, Z_val, val_idx, cols, np.asarray(more))
+            acc2, C2, correct2 = self._score(Z_tr, y_tr, Z_val, val_idx, cols, np.asarray(more))
             lo, hi = min(lo, *more), max(hi, *more)
             if acc2 > acc:
-                acc, C = acc2, C2
+                acc, C, correct = acc2, C2, correct2
             else:
                 break
-        return acc, C
+        return acc, C, correct
 
     def _select(self, X_tr, y_tr, X_val, val_idx, dims, names, Cs):
-        """Greedy forward selection of blocks on the validation rows; returns (blocks, C, accuracy, path)."""
+        """Greedy forward selection of blocks on the validation rows; returns (blocks, C, accuracy, path,
+        refused step)."""
         mean, scale, weight = block_scaling(X_tr, dims, self.prior_rows)  # training rows only
         Z_tr = self._scaled(X_tr, mean, scale, weight, dims).astype(np.float32)
         Z_val = self._scaled(X_val, mean, scale, weight, dims).astype(np.float32)
         everything = list(range(len(dims)))
         if self.selection == "all":
-            acc, C = self._score(Z_tr, y_tr, Z_val, val_idx, self._columns(dims, everything), Cs)
-            return everything, C, acc, [{"layers": list(names), "C": C, "val_accuracy": acc}]
+            acc, C, _ = self._score(Z_tr, y_tr, Z_val, val_idx, self._columns(dims, everything), Cs)
+            return everything, C, acc, [{"layers": list(names), "C": C, "val_accuracy": acc}], None
         limit = len(dims) if self.max_layers is None else max(1, min(int(self.max_layers), len(dims)))
-        chosen, best, path = [], (-np.inf, None), []
+        chosen, best, path, refused = [], (-np.inf, None, None), [], None
         while len(chosen) < limit:
             near = Cs if not chosen else c_window(Cs, best[1])
             trials = [(*self._score_near(Z_tr, y_tr, Z_val, val_idx, self._columns(dims, chosen + [b]), Cs, near), b)
                       for b in everything if b not in chosen]
-            acc, C, b = max(trials, key=lambda t: t[0])  # the first best in block order
-            if chosen and not acc > best[0] + float(self.min_gain):
-                break
+            acc, C, correct, b = max(trials, key=lambda t: t[0])  # the first best in block order
+            step = {"layers": [names[i] for i in chosen + [b]], "C": C, "val_accuracy": acc}
+            if chosen:
+                step.update(paired_gain_test(best[2], correct))
+                rises = acc > best[0] + float(self.min_gain)
+                if not rises or (self.stop == "mcnemar" and not step["p_value"] < float(self.alpha)):
+                    refused = step
+                    break
             chosen.append(b)
-            best = (acc, C)
-            path.append({"layers": [names[i] for i in chosen], "C": C, "val_accuracy": acc})
-        return chosen, best[1], best[0], path
+            best = (acc, C, correct)
+            path.append(step)
+        return chosen, best[1], best[0], path, refused
 
     def decision_function(self, X):
         check_is_fitted(self, "coef_")

@@ -7,7 +7,13 @@ import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from tests.cache_fixtures import digits_splits, write_cache
-from transferlab.classifiers.multilayer import DEFAULT_CS, MultiLayerLogisticRegression, block_scaling, c_window
+from transferlab.classifiers.multilayer import (
+    DEFAULT_CS,
+    MultiLayerLogisticRegression,
+    block_scaling,
+    c_window,
+    paired_gain_test,
+)
 from transferlab.classifiers.persistence import load_head
 from transferlab.classifiers.train import train_multilayer
 from transferlab.features.cache import load_split
@@ -93,10 +99,70 @@ def test_greedy_path_rises_strictly_and_respects_max_layers():
                                                                                     y[400:])
     accs = [s["val_accuracy"] for s in est.selection_path_]
     assert all(b > a for a, b in zip(accs, accs[1:]))
-    assert sorted(est.layers_) == ["x", "y"]
+    assert sorted(est.layers_) == ["x", "y"]  # a real gain is taken by the noise-aware stop (the default)
+    second = est.selection_path_[1]
+    assert second["gained"] - second["lost"] > 20 and second["p_value"] < 1e-6
+    assert est.refused_step_["layers"][-1] == "noise" and est.refused_step_["p_value"] >= 0.05
     one = MultiLayerLogisticRegression([3, 3, 30], ["x", "y", "noise"], Cs=CS, max_layers=1).fit(
         X[:400], y[:400], X[400:], y[400:])
     assert len(one.layers_) == 1 and one.val_accuracy_ == accs[0]
+
+
+def test_the_stop_statistic_is_the_exact_one_sided_mcnemar_test_by_hand():
+    before = np.array([1] * 10 + [0] * 5 + [1] + [0] * 4, bool)  # 10 agree right, 4 agree wrong
+    after = np.array([1] * 10 + [1] * 5 + [0] + [0] * 4, bool)  # 5 rows gained, 1 lost
+    # P(Binomial(6, 1/2) >= 5) = (C(6,5) + C(6,6)) / 2**6
+    assert paired_gain_test(before, after) == {"gained": 5, "lost": 1, "p_value": pytest.approx(7 / 64)}
+    assert paired_gain_test(after, before) == {"gained": 1, "lost": 5, "p_value": pytest.approx(63 / 64)}
+    assert paired_gain_test([0, 1], [1, 1])["p_value"] == pytest.approx(0.5)  # one row gained: a coin's toss
+    assert paired_gain_test([0, 1], [0, 1])["p_value"] == 1.0  # nothing changed
+    with pytest.raises(ValueError, match="paired rows differ"):
+        paired_gain_test([0, 1], [0, 1, 1])
+
+
+def _signal_and_noise(seed):
+    """Block 'signal' carries the label (weakly), block 'noise' nothing; 200 training, 60 validation rows."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(260) % 2
+    signal, noise = rng.normal(size=(260, 3)), rng.normal(size=(260, 3))
+    signal[:, 0] += 1.2 * (2 * y - 1)
+    X = np.concatenate([signal, noise], 1)
+    return X[:200], y[:200], X[200:], y[200:]
+
+
+@pytest.mark.parametrize("seed", [3, 7])
+def test_a_noise_layer_that_wins_one_validation_row_is_refused_where_the_rise_rule_took_it(seed):
+    data = _signal_and_noise(seed)
+    rise = MultiLayerLogisticRegression([3, 3], ["signal", "noise"], Cs=CS, stop="rise").fit(*data)
+    assert rise.layers_ == ["signal", "noise"]  # the earlier rule: one row more on validation is enough
+    step = rise.selection_path_[1]
+    assert (step["gained"], step["lost"]) == (1, 0) and step["val_accuracy"] - rise.selection_path_[0][
+        "val_accuracy"] == pytest.approx(1 / 60)
+    new = MultiLayerLogisticRegression([3, 3], ["signal", "noise"], Cs=CS).fit(*data)
+    assert new.layers_ == ["signal"] and new.selected_.tolist() == [0]
+    assert new.refused_step_ == {**step, "p_value": pytest.approx(0.5)}  # the same step, P(Bin(1, 1/2) >= 1)
+    assert np.all(new.coef_[:, 3:] == 0)
+
+
+def test_the_stop_takes_a_step_exactly_when_its_p_value_is_below_alpha(monkeypatch):
+    """With no row lost, 5 rows gained (p = 1/32) is taken at alpha 0.05 and 4 (p = 1/16) is not; alpha moves it."""
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 4)), np.arange(60) % 2
+    X_val, y_val = rng.normal(size=(100, 4)), np.arange(100) % 2
+
+    for gained, alpha, taken in [(5, 0.05, True), (4, 0.05, False), (4, 0.07, True), (5, 0.03, False)]:
+        def score(Z_tr, y_tr, Z_val, val_idx, cols, Cs):  # block a: 80 rows right; a + b: `gained` more
+            correct = np.arange(100) < (80 if cols.size == 2 and cols[0] == 0 else 80 + gained)
+            if cols.size == 2 and cols[0] == 2:  # block b alone: worse
+                correct = np.arange(100) < 50
+            return float(correct.mean()), 1.0, correct
+
+        est = MultiLayerLogisticRegression([2, 2], ["a", "b"], Cs=CS, alpha=alpha)
+        monkeypatch.setattr(est, "_score", score)
+        est.fit(X, y, X_val, y_val)
+        assert est.layers_ == (["a", "b"] if taken else ["a"]), (gained, alpha)
+        last = est.selection_path_[-1] if taken else est.refused_step_
+        assert last["p_value"] == pytest.approx(0.5 ** gained)
 
 
 def test_restricted_head_predicts_exactly_as_the_full_one_from_its_layers_alone():
@@ -125,10 +191,10 @@ def test_later_steps_search_c_near_the_last_and_follow_a_peak_outside_the_window
         def score(Z_tr, y_tr, Z_val, val_idx, cols, Cs):  # validation accuracy unimodal in log C, peak at `peak`
             seen.append(list(Cs))
             acc = [1 - abs(np.log10(c) - np.log10(peak)) / 100 for c in Cs]
-            return max(acc), float(Cs[int(np.argmax(acc))])
+            return max(acc), float(Cs[int(np.argmax(acc))]), None
 
         monkeypatch.setattr(m, "_score", score)
-        acc, C = m._score_near(None, None, None, None, None, np.asarray(DEFAULT_CS), c_window(DEFAULT_CS, 1e-2))
+        acc, C, _ = m._score_near(None, None, None, None, None, np.asarray(DEFAULT_CS), c_window(DEFAULT_CS, 1e-2))
         assert C == pytest.approx(peak) and acc == pytest.approx(1.0), (peak, seen)
         flat = [c for batch in seen for c in batch]
         assert len(flat) == len(set(flat)), seen  # never a C twice
@@ -140,6 +206,10 @@ def test_bad_layer_dims_are_errors():
         MultiLayerLogisticRegression([4, 2], Cs=CS).fit(X, y)
     with pytest.raises(ValueError, match="layer_names"):
         MultiLayerLogisticRegression([4, 2, 200], ["a"], Cs=CS).fit(X, y)
+    with pytest.raises(ValueError, match="stop must be one of"):
+        MultiLayerLogisticRegression([4, 2, 200], Cs=CS, stop="strict").fit(X, y)
+    with pytest.raises(ValueError, match="alpha must be between 0 and 1"):
+        MultiLayerLogisticRegression([4, 2, 200], Cs=CS, alpha=1.5).fit(X, y)
 
 
 # --- off the cache ----------------------------------------------------------------------------------
