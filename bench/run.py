@@ -9,7 +9,9 @@ Sections: ``extract`` (P1 throughput / pure forward at 64, 96, 224 px; P2 all la
 heads use), ``folder`` (PNG/JPEG decode in DataLoader workers against arrays), ``thingsvision``
 (the peer extractor, in its own interpreter), ``heads`` (each head's selection against one default
 scikit-learn fit, 5,000 and 50,000 rows), ``warm`` (P3), ``firstline`` (each command's first line against the
-interpreter's start; ``predict`` on 20 images against its floor). Every figure is a ratio against its limit
+interpreter's start; ``predict`` on 20 images against its floor), ``finetune`` (the Trainer's images/s against a
+plain PyTorch loop), ``outofcore`` (the logreg selection from a 1,000,000-row file against a slice in memory,
+time per row, peak RSS). Every figure is a ratio against its limit
 or peer measured in this run, with the absolute numbers beside it. Writes ``bench/results.json``
 (whole, atomically, after every section) and the table between the markers of ``bench/README.md``.
 ``bench/gpu.sh`` holds the GPU figures (P7).
@@ -29,7 +31,8 @@ sys.path.insert(0, str(BENCH.parent))
 
 from common import WORK, Skip, load_average, machine  # noqa: E402
 
-SECTIONS = ("extract", "memory", "folder", "thingsvision", "heads", "threads", "warm", "firstline")
+SECTIONS = ("extract", "memory", "folder", "thingsvision", "heads", "threads", "warm", "firstline", "finetune",
+            "outofcore")
 RESULTS = BENCH / "results.json"
 README = BENCH / "README.md"
 BEGIN, END = "<!-- bench:table:begin -->", "<!-- bench:table:end -->"
@@ -63,6 +66,10 @@ def _run_sections(names, quick, threads, save=lambda out, state: None) -> dict:
                 rows = ex.p3_warm(quick)
             elif name == "firstline":
                 rows = _first_lines(quick) + _predict_floor(quick)
+            elif name == "finetune":
+                rows = _finetune(quick)
+            elif name == "outofcore":
+                rows = _out_of_core(quick)
             out[name] = {"figures": rows, "seconds": round(time.perf_counter() - t0, 1), "load_average_before": load0,
                          "load_average_after": load_average(), "threads": threads,
                          "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -285,6 +292,51 @@ def _predict_floor(quick: bool) -> list:
                    f"import torch + build lite0 + forward of the 20 images {fw:.2f} s wall, {fc:.2f} s CPU (with "
                    f"scikit-learn's logistic regression imported too: {hw:.2f} s wall, {hc:.2f} s CPU)", ratio,
                    "<= 1.3", ratio <= 1.3, cpu_ratio=round(pc / fc, 3))]
+
+
+def _finetune(quick: bool) -> list:
+    """``bench/finetune_throughput.py`` at this run's thread count: the Trainer's images/s in ``full`` and
+    ``last:2`` against the plain loop (the frozen part in ``inference_mode`` for ``last:2``)."""
+    import finetune_throughput as ft
+    from common import figure
+
+    size, batch, batches, repeats = (32, 16, 2, 1) if quick else (64, 64, 4, 3)
+    rows = []
+    for mode in ft.MODES:
+        r = ft.measure(mode, size, batch, batches, repeats)
+        limit = "plain loop" + (f", stem to blocks.{r['frozen_prefix'] - 1} in inference_mode"
+                                if r["frozen_prefix"] else "")
+        rows.append(figure(f"fine-tuning `--mode {mode}`, lite0 at {size} px, batch {batch}, {r['n']} synthetic "
+                           f"images per epoch (images/s, best of {repeats} epochs)",
+                           f"Trainer {r['trainer']:.1f} img/s", f"{limit} {r['plain']:.1f} img/s", r["ratio"],
+                           f">= {ft.TARGET}", r["ratio"] >= ft.TARGET, cpu_ratio=round(r["cpu_ratio"], 3)))
+    return rows
+
+
+def _out_of_core(quick: bool) -> list:
+    """``bench/out_of_core.py``: the logreg selection read in chunks from a 1,000,000 x 1,280 float16 file (peak
+    RSS under 2 GB) against the same selection on a 200,000-row slice in memory, time per row; the full size also
+    rewrites ``bench/out_of_core.md``. ``--quick``: 40,000 rows against 10,000, a 16 MB budget (still streamed)."""
+    import out_of_core as oc
+    import torch
+
+    from common import figure
+
+    rows, slice_rows, budget = (40_000, 10_000, 16) if quick else (1_000_000, 200_000, 256)
+    res = oc.measure(rows, slice_rows, budget, torch.get_num_threads())
+    disk, mem = res["disk"], res["memory"]
+    if not quick:
+        from transferlab.util import atomic_write
+
+        atomic_write(BENCH / "out_of_core.md", res["text"])
+    met = res["per_row"] <= oc.TARGET_PER_ROW and disk["peak_rss_mb"] < oc.TARGET_RSS_MB
+    return [figure(f"logreg selection (45-value C grid + refit) from a {rows:,} x 1,280 float16 file, read in chunks "
+                   f"({budget} MB budget), 100 classes: time per row / in memory",
+                   f"{disk['seconds']:.1f} s, peak RSS {disk['peak_rss_mb']:,} MB, test {disk['test_accuracy']:.3f}",
+                   f"a {mem['rows']:,}-row slice in memory {mem['seconds']:.1f} s, peak RSS {mem['peak_rss_mb']:,} MB, "
+                   f"test {mem['test_accuracy']:.3f}", res["per_row"],
+                   f"<= {oc.TARGET_PER_ROW} and peak RSS < {oc.TARGET_RSS_MB:,} MB", met,
+                   peak_rss_mb=disk["peak_rss_mb"], seconds=disk["seconds"], peer_seconds=mem["seconds"])]
 
 
 def write_readme(results: dict) -> None:
