@@ -1,6 +1,6 @@
 """Every performance figure of TransferLab in one command; never part of CI.
 
-    python bench/run.py                       # all sections (about 10-15 min on a quiet 2-core CPU)
+    python bench/run.py                       # all sections (about 20-25 min on a quiet 2-core CPU)
     python bench/run.py --quick               # small sizes, a few minutes: checks that it all runs
     python bench/run.py --sections heads,warm # some sections; results merge into bench/results.json
 
@@ -10,8 +10,10 @@ heads use), ``folder`` (PNG/JPEG decode in DataLoader workers against arrays), `
 (the peer extractor, in its own interpreter), ``heads`` (each head's selection against one default
 scikit-learn fit, 5,000 and 50,000 rows), ``warm`` (P3), ``firstline`` (each command's first line against the
 interpreter's start; ``predict`` on 20 images against its floor), ``advise`` (against its floor: the
-forward passes over the images it extracts, and the training steps of its price). Every figure is a ratio
-against its limit or peer measured in this run, with the absolute numbers beside it. Writes ``bench/results.json``
+forward passes over the images it extracts, and the training steps of its price), ``finetune`` (the
+Trainer's images/s against a plain PyTorch loop), ``outofcore`` (the logreg selection from a 1,000,000-row
+file against a slice in memory, time per row, peak RSS). Every figure is a ratio against its limit
+or peer measured in this run, with the absolute numbers beside it. Writes ``bench/results.json``
 (whole, atomically, after every section) and the table between the markers of ``bench/README.md``.
 ``bench/gpu.sh`` holds the GPU figures (P7).
 """
@@ -30,13 +32,14 @@ sys.path.insert(0, str(BENCH.parent))
 
 from common import WORK, Skip, load_average, machine  # noqa: E402
 
-SECTIONS = ("extract", "memory", "folder", "thingsvision", "heads", "threads", "warm", "firstline", "advise")
+SECTIONS = ("extract", "memory", "folder", "thingsvision", "heads", "threads", "warm", "firstline", "advise",
+            "finetune", "outofcore")
 RESULTS = BENCH / "results.json"
 README = BENCH / "README.md"
 BEGIN, END = "<!-- bench:table:begin -->", "<!-- bench:table:end -->"
 
 
-def _run_sections(names, quick, threads, save=lambda out, state: None) -> dict:
+def _run_sections(names, quick, threads, save=lambda out, state: None, outofcore_rows=1_000_000) -> dict:
     import extraction_figures as ex
     from peers.thingsvision import peer as tv
 
@@ -66,6 +69,10 @@ def _run_sections(names, quick, threads, save=lambda out, state: None) -> dict:
                 rows = _first_lines(quick) + _predict_floor(quick)
             elif name == "advise":
                 rows = _advise_floor(quick)
+            elif name == "finetune":
+                rows = _finetune(quick)
+            elif name == "outofcore":
+                rows = _out_of_core(quick, outofcore_rows)
             out[name] = {"figures": rows, "seconds": round(time.perf_counter() - t0, 1), "load_average_before": load0,
                          "load_average_after": load_average(), "threads": threads,
                          "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -431,6 +438,55 @@ def _timed_child_out(cmd) -> tuple[float, float, str]:
         raise RuntimeError(f"{' '.join(map(str, cmd[:3]))} failed: {proc.stderr.strip().splitlines()[-3:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), proc.stdout
+def _finetune(quick: bool) -> list:
+    """``bench/finetune_throughput.py`` at this run's thread count: the Trainer's images/s in ``full`` and
+    ``last:2`` against the plain loop (the frozen part in ``inference_mode`` for ``last:2``)."""
+    import finetune_throughput as ft
+    from common import figure
+
+    size, batch, batches, repeats = (32, 16, 2, 1) if quick else (64, 64, 4, 3)
+    rows = []
+    for mode in ft.MODES:
+        r = ft.measure(mode, size, batch, batches, repeats)
+        limit = "plain loop" + (f", stem to blocks.{r['frozen_prefix'] - 1} in inference_mode"
+                                if r["frozen_prefix"] else "")
+        rows.append(figure(f"fine-tuning `--mode {mode}`, lite0 at {size} px, batch {batch}, {r['n']} synthetic "
+                           f"images per epoch (images/s, best of {repeats} epochs)",
+                           f"Trainer {r['trainer']:.1f} img/s", f"{limit} {r['plain']:.1f} img/s", r["ratio"],
+                           f">= {ft.TARGET}", r["ratio"] >= ft.TARGET, cpu_ratio=round(r["cpu_ratio"], 3)))
+    return rows
+
+
+def _out_of_core(quick: bool, n_rows: int = 1_000_000) -> list:
+    """``bench/out_of_core.py``: the logreg selection read in chunks from an ``n_rows`` x 1,280 float16 file (peak
+    RSS under 2 GB) against the same selection on a slice of a fifth of the rows in memory, time per row, with a
+    solver budget of 256 MB per million rows (the rows streamed); 1,000,000 rows also rewrite
+    ``bench/out_of_core.md``. ``--quick``: 40,000 rows against 10,000, a 16 MB budget (still streamed)."""
+    import out_of_core as oc
+    import torch
+    from common import figure
+
+    rows, slice_rows, budget = (40_000, 10_000, 16) if quick else (n_rows, n_rows // 5, max(16, 256 * n_rows // 10**6))
+    res = oc.measure(rows, slice_rows, budget, torch.get_num_threads())
+    disk, mem = res["disk"], res["memory"]
+    if not quick and rows == 1_000_000:
+        from transferlab.util import atomic_write
+
+        atomic_write(BENCH / "out_of_core.md", res["text"])
+    met = res["per_row"] <= oc.TARGET_PER_ROW and disk["peak_rss_mb"] < oc.TARGET_RSS_MB
+    cpu_per_row = (disk["cpu_seconds"] / disk["rows"]) / (mem["cpu_seconds"] / mem["rows"])
+    per_pass = (disk["seconds"] / disk["row_passes"]) / (mem["seconds"] / mem["row_passes"])
+    return [figure(f"logreg selection (45-value C grid + refit) from a {rows:,} x 1,280 float16 file, read in chunks "
+                   f"({budget} MB budget), 100 classes: time per row / in memory",
+                   f"{disk['seconds']:.1f} s ({disk['cpu_seconds']:.1f} s CPU, {disk['row_passes'] / 1e6:.1f} M "
+                   f"row-passes), peak RSS {disk['peak_rss_mb']:,} MB, test {disk['test_accuracy']:.3f}",
+                   f"a {mem['rows']:,}-row slice in memory {mem['seconds']:.1f} s ({mem['cpu_seconds']:.1f} s CPU, "
+                   f"{mem['row_passes'] / 1e6:.1f} M row-passes), peak RSS {mem['peak_rss_mb']:,} MB, "
+                   f"test {mem['test_accuracy']:.3f}; per row by CPU time {cpu_per_row:.2f}, per row-pass "
+                   f"{per_pass:.2f}", res["per_row"],
+                   f"<= {oc.TARGET_PER_ROW} and peak RSS < {oc.TARGET_RSS_MB:,} MB", met,
+                   peak_rss_mb=disk["peak_rss_mb"], seconds=disk["seconds"], peer_seconds=mem["seconds"],
+                   cpu_ratio=round(cpu_per_row, 3), per_row_pass_ratio=round(per_pass, 3))]
 
 
 def write_readme(results: dict) -> None:
@@ -488,6 +544,9 @@ def main(argv=None) -> int:
                    help="torch and BLAS threads for every figure (0: all cores when the load average is below 1, "
                         "else 1: spinning threads lose 10x under contention)")
     p.add_argument("--no-write", action="store_true", help="print only; leave results.json and README.md alone")
+    p.add_argument("--outofcore-rows", type=int, default=1_000_000,
+                   help="rows of the outofcore section's file (its slice in memory: a fifth); 1,000,000 also rewrites "
+                        "bench/out_of_core.md")
     args = p.parse_args(argv)
     names = [s.strip() for s in args.sections.split(",") if s.strip()]
     bad = [s for s in names if s not in SECTIONS]
@@ -520,7 +579,7 @@ def main(argv=None) -> int:
             write_readme(results)
 
     with threadpool_limits(threads):
-        _run_sections(names, args.quick, threads, save)
+        _run_sections(names, args.quick, threads, save, args.outofcore_rows)
     if not args.no_write:
         print(f"wrote {RESULTS} and the table in {README}")
     return 0

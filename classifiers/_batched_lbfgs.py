@@ -97,24 +97,34 @@ class RowBlocks:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def _gather(self, rows) -> np.ndarray:
-        """Rows ``rows`` (sorted row numbers of ``data``) as float32, transformed, read block by block."""
-        out = np.empty((rows.size, self.shape[1]), dtype=np.float32)
+    def _gather(self, rows, out=None) -> np.ndarray:
+        """Rows ``rows`` (sorted row numbers of ``data``) as float32, transformed, read block by block into
+        ``out`` (float32, one row per entry of ``rows``; None: a new array)."""
+        import torch
+
+        out = np.empty((rows.size, self.shape[1]), dtype=np.float32) if out is None else out
         done = 0
         while done < rows.size:
             lo = rows[done]
             stop = done + int(np.searchsorted(rows[done:done + self.block_rows], lo + self.block_rows))
             hi = int(rows[stop - 1]) + 1  # read only the span the kept rows cover
             block = self._read(int(lo), hi)
-            block = block if hi - lo == stop - done else np.take(block, rows[done:stop] - lo, axis=0)
+            if hi - lo != stop - done:  # the kept rows, into a buffer the next block reuses
+                if getattr(self, "_picked", None) is None or self._picked.dtype != block.dtype:
+                    self._picked = np.empty((self.block_rows, self.shape[1]), dtype=block.dtype)
+                block = np.take(block, rows[done:stop] - lo, axis=0, out=self._picked[:stop - done])
             if block.dtype in (np.float16, np.float32, np.float64):  # torch converts float16 faster than numpy
-                import torch
-
                 torch.from_numpy(out[done:stop]).copy_(torch.from_numpy(np.ascontiguousarray(block)))
             else:
                 out[done:stop] = block
             done = stop
         return out if self.transform is None else np.asarray(self.transform(out), dtype=np.float32)
+
+    def read_into(self, a: int, b: int, out: np.ndarray) -> np.ndarray:
+        """Rows a..b-1 of the selection, as float32 (transformed), written into ``out[:b - a]`` (which
+        the caller reuses from one block of rows to the next); returns that view."""
+        positions = np.arange(a, b)
+        return self._gather(positions if self.index is None else self.index[positions], out[:b - a])
 
     def _read(self, lo: int, hi: int) -> np.ndarray:
         """Rows lo..hi-1 of ``data`` in its own dtype: a view of an array, or a file's rows read into a
@@ -170,6 +180,9 @@ class RowSource:
             rows = max(1, int(min(memory_budget, STREAM_CHUNK_BYTES) // (self.d * 4)))
             step = (getattr(X, "chunks", None) or (1,))[0] if is_h5(X) else 1
             self.rows = max(step, rows // step * step)
+            # streamed rows are read, converted and transformed into one float32 buffer per pass
+            self._blocks = X if isinstance(X, RowBlocks) else RowBlocks(X if is_h5(X) else np.asarray(X),
+                                                                        block_rows=self.rows)
 
     @property
     def streamed(self) -> bool:
@@ -202,13 +215,16 @@ class RowSource:
         low = self.low_center is not None
         if low and self._full is not None and self._full_low is None:
             self._full_low = (self._full - self.low_center).to(torch.bfloat16)
+        buffer = None if self._full is not None else np.empty((min(self.rows, self.n), self.d_in), dtype=np.float32)
         for start in range(0, self.n, self.rows):
             stop = min(self.n, start + self.rows)
             if self._full is not None:
                 yield start, stop, (self._full_low if low else self._full)[start:stop]
-            else:
-                block = torch.as_tensor(check_features(self._X[start:stop], "features chunk"))
-                block = block.to(device=self.device, dtype=self.dtype)  # a fresh array: centred in place
+            else:  # the pass's own buffer: the consumer is done with a block when it asks for the next
+                block = torch.from_numpy(self._blocks.read_into(start, stop, buffer))
+                if not bool(torch.isfinite(block).all()):
+                    raise UserInputError("features chunk contains NaN or infinite values: re-extract the features")
+                block = block.to(device=self.device, dtype=self.dtype)
                 yield start, stop, block.sub_(self.low_center).to(torch.bfloat16) if low else block
 
 

@@ -9,8 +9,10 @@ Matrix products run in bfloat16 where the CPU has bfloat16 arithmetic (float32 w
 optimiser state), else in float32. Other solvers are scikit-learn's own ``fit``.
 
 ``score_grid`` screens the alpha grid on the selection's own validation rows: every alpha from the
-same initial weights and minibatch order (paired), scored after every epoch and stopped by the rule
-above, its score the best epoch's. ``refit_init`` then refits the chosen alpha on train+val for that
+same initial weights and minibatch order (paired), the networks trained side by side as one stack
+(each minibatch's first-layer products of every alpha one matrix product, the same numbers as each
+network's own), scored after every epoch and stopped by the rule above (a stopped network leaves
+the stack), its score the best epoch's. ``refit_init`` then refits the chosen alpha on train+val for that
 alpha's best number of epochs, without a second early-stopping split.
 """
 from __future__ import annotations
@@ -112,7 +114,7 @@ def bfloat16_products() -> bool:
 
 
 def _train(est, alphas, X, codes, n_classes, X_val, val_codes, epochs):
-    """Train one network per alpha from the same initial weights and minibatch order.
+    """Train one network per alpha from the same initial weights and minibatch order, all at once.
 
     With ``epochs``: exactly that many epochs. Else up to ``max_iter`` epochs, early-stopped on the
     validation rows when given (best epoch kept), else on the training loss (scikit-learn's rule).
@@ -130,23 +132,12 @@ def _train(est, alphas, X, codes, n_classes, X_val, val_codes, epochs):
                      torch.empty(fan_out).uniform_(-bound, bound, generator=gen)))
     n = X.shape[0]
     batch = min(200, n) if est.batch_size == "auto" else int(np.clip(est.batch_size, 1, n))
-    n_epochs = est.max_iter if epochs is None else int(epochs)
     half = bfloat16_products()
-    cast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=half)
     dtype = torch.bfloat16 if half else torch.float32  # the rows cast once, not at every step
-    Xt, yt = torch.from_numpy(X).to(dtype), torch.from_numpy(codes.astype(np.int64))
-    Xv = None if X_val is None else torch.from_numpy(X_val)  # scored in float32, as predict scores
-    act = _ACTIVATIONS[est.activation]
-    act = getattr(torch, act) if act else (lambda h: h)
-
-    def forward(A, params, cast=cast):
-        with cast:
-            for i, (W, b) in enumerate(params):
-                A = torch.addmm(b, A, W)
-                if i < len(params) - 1:
-                    A = act(A)
-        return A.float()
-
+    data = {"X": torch.from_numpy(X).to(dtype), "y": torch.from_numpy(codes.astype(np.int64)),
+            "X_val": None if X_val is None else torch.from_numpy(X_val), "val_codes": val_codes,
+            "batch": batch, "epochs": est.max_iter if epochs is None else int(epochs), "fixed": epochs is not None,
+            "cast": torch.autocast("cpu", dtype=torch.bfloat16, enabled=half)}
     # a minibatch step is many short operations: on a shared machine, threads handing them off cost more than
     # the products gain
     step_work = batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
@@ -154,54 +145,137 @@ def _train(est, alphas, X, codes, n_classes, X_val, val_codes, epochs):
     if step_work < STEP_WORK:
         torch.set_num_threads(1)
     try:
-        return [_train_one(est, alpha, init, seed, X, Xt, yt, Xv, val_codes, batch, n_epochs, epochs, forward)
-                for alpha in alphas]
+        return _train_networks(est, alphas, init, seed, data)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train_one(est, alpha, init, seed, X, Xt, yt, Xv, val_codes, batch, n_epochs, epochs, forward):
-    """One network of :func:`_train`: its kept weights and curves."""
+class _Networks:
+    """The networks of :func:`_train` stacked along a leading axis, one per alpha still training: the
+    first layer's weights as one (inputs, networks, units) tensor, so every network's first product is one
+    matrix product (the same numbers as the networks' own products), the later layers batched products."""
+
+    def __init__(self, layers, lr, betas, eps):
+        import torch
+
+        self.layers = [(W.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()) for W, b in layers]
+        self.opt = torch.optim.Adam([p for layer in self.layers for p in layer], lr=lr, betas=betas, eps=eps,
+                                    fused=True)
+        self.act = None
+
+    @classmethod
+    def start(cls, init, count, act, lr, betas, eps):
+        W0, b0 = init[0]
+        layers = [(W0.unsqueeze(1).repeat(1, count, 1), b0.repeat(count, 1))]
+        layers += [(W.expand(count, *W.shape).clone(), b.expand(count, 1, -1).clone()) for W, b in init[1:]]
+        nets = cls(layers, lr, betas, eps)
+        nets.act = act
+        return nets
+
+    def keep(self, which):
+        """Only the networks at positions ``which``, with their optimiser state."""
+        import torch
+
+        index = torch.as_tensor(which)
+        picked = [(W[:, index] if i == 0 else W[index], b[index]) for i, (W, b) in enumerate(self.layers)]
+        nets = _Networks(picked, **{k: self.opt.defaults[k] for k in ("lr", "betas", "eps")})
+        nets.act = self.act
+        old = [p for layer in self.layers for p in layer]
+        for i, (p_old, p_new) in enumerate(zip(old, (p for layer in nets.layers for p in layer))):
+            state = self.opt.state.get(p_old)
+            if state:
+                axis = 1 if i == 0 else 0
+                nets.opt.state[p_new] = {k: (v.index_select(axis, index).clone() if v.dim() else v.clone())
+                                         for k, v in state.items()}
+        return nets
+
+    def forward(self, A, cast):
+        """Outputs (networks, rows, classes) in float32."""
+        import torch
+
+        (W0, b0), rest = self.layers[0], self.layers[1:]
+        count, units = b0.shape
+        with cast:
+            H = torch.addmm(b0.reshape(-1), A, W0.reshape(W0.shape[0], -1)).view(A.shape[0], count, units)
+            H = H.transpose(0, 1)
+            for W, b in rest:
+                H = torch.baddbmm(b, self.act(H), W)
+        return H.float()
+
+    def weights(self, a):
+        """Network ``a``'s weights and intercepts, detached copies."""
+        return [((W[:, a] if i == 0 else W[a]).detach().clone(), b[a].reshape(-1).detach().clone())
+                for i, (W, b) in enumerate(self.layers)]
+
+
+def _train_networks(est, alphas, init, seed, data):
+    """The loop of :func:`_train`: every network steps on the same minibatch; one that stops (early
+    stopping) leaves the stack."""
     import torch
 
-    n = X.shape[0]
-    params = [(W.clone().requires_grad_(), b.clone().requires_grad_()) for W, b in init]
-    # the penalty's gradient, alpha W / rows, is Adam's L2 term on the weights (not the intercepts)
-    opt = torch.optim.Adam([{"params": [W for W, _ in params]}, {"params": [b for _, b in params]}],
-                           lr=est.learning_rate_init, betas=(est.beta_1, est.beta_2), eps=est.epsilon, fused=True)
+    act = _ACTIVATIONS[est.activation]
+    act = getattr(torch, act) if act else (lambda h: h)
+    Xt, yt, Xv, val_codes, batch = data["X"], data["y"], data["X_val"], data["val_codes"], data["batch"]
+    n, count = Xt.shape[0], len(alphas)
+    nets = _Networks.start(init, count, act, est.learning_rate_init, (est.beta_1, est.beta_2), est.epsilon)
+    active = list(range(count))  # the networks in the stack, in stack order
+    runs = [{"losses": [], "val_scores": [], "best": -np.inf, "best_epoch": 0, "stall": 0, "steps": 0,
+             "best_loss": np.inf, "kept": None} for _ in alphas]
     order = torch.Generator().manual_seed(seed + 1)  # the same minibatches for every alpha
-    losses, val_scores, best, best_epoch, stall, steps = [], [], -np.inf, 0, 0, 0
-    best_loss, kept = np.inf, None
-    for epoch in range(n_epochs):
-        total, perm = 0.0, torch.randperm(n, generator=order) if est.shuffle else torch.arange(n)
+    n_steps = -(-n // batch)
+    for epoch in range(data["epochs"]):
+        decay = torch.tensor([alphas[a] for a in active], dtype=torch.float32)
+        total = torch.zeros(len(active), dtype=torch.float64)
+        perm = torch.randperm(n, generator=order) if est.shuffle else torch.arange(n)
         for start in range(0, n, batch):
             rows = perm[start:start + batch]
-            loss = torch.nn.functional.cross_entropy(forward(Xt[rows], params), yt[rows])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.param_groups[0]["weight_decay"] = alpha / len(rows)
-            opt.step()
-            total += loss.item() * len(rows)
-            steps += 1
+            out = nets.forward(Xt[rows], data["cast"])
+            m = len(rows)
+            losses = torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), yt[rows].repeat(len(active)),
+                                                       reduction="none").view(len(active), m).mean(1)
+            nets.opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            with torch.no_grad():  # the penalty's gradient, alpha W / rows: Adam's L2 term, weights only
+                wd = decay / m
+                for i, (W, _) in enumerate(nets.layers):
+                    W.grad.addcmul_(W, wd.view(1, -1, 1) if i == 0 else wd.view(-1, 1, 1))
+            nets.opt.step()
+            total += losses.detach().double() * m
         with torch.no_grad():  # the epoch's loss as scikit-learn reports it: data term plus the penalty
-            total += 0.5 * alpha * sum(float((W * W).sum()) for W, _ in params) * -(-n // batch)
-        losses.append(total / n)
-        if epochs is not None:
-            continue
-        if Xv is not None:
-            with torch.no_grad():
-                score = float((forward(Xv, params, nullcontext()).argmax(1).numpy() == val_codes).mean())
-            val_scores.append(score)
-            stall = stall + 1 if score < best + est.tol else 0
-            if score > best:
-                best, best_epoch = score, epoch + 1
-                kept = [(W.detach().clone(), b.detach().clone()) for W, b in params]
-        else:
-            stall = stall + 1 if losses[-1] > best_loss - est.tol else 0
-            best_loss = min(best_loss, losses[-1])
-        if stall > est.n_iter_no_change:
-            break
-    kept = kept or [(W.detach(), b.detach()) for W, b in params]
-    return {"coefs": [W.numpy().copy() for W, _ in kept], "intercepts": [b.numpy().copy() for _, b in kept],
-            "losses": losses, "val_scores": val_scores, "best_score": best if val_scores else None,
-            "best_epoch": best_epoch if val_scores else len(losses), "epochs": len(losses), "steps": steps}
+            penalty = sum((W * W).sum(dim=(0, 2) if i == 0 else (1, 2)).double() for i, (W, _) in
+                          enumerate(nets.layers))
+            total += 0.5 * decay.double() * penalty * n_steps
+            scores = None
+            if Xv is not None and not data["fixed"]:  # scored in float32, as predict scores
+                scores = (nets.forward(Xv, nullcontext()).argmax(2).numpy() == val_codes).mean(1)
+        stopped = []
+        for j, a in enumerate(active):
+            run = runs[a]
+            run["losses"].append(float(total[j]) / n)
+            run["steps"] += n_steps
+            if data["fixed"]:
+                continue
+            if scores is not None:
+                score = float(scores[j])
+                run["val_scores"].append(score)
+                run["stall"] = run["stall"] + 1 if score < run["best"] + est.tol else 0
+                if score > run["best"]:
+                    run["best"], run["best_epoch"], run["kept"] = score, epoch + 1, nets.weights(j)
+            else:
+                run["stall"] = run["stall"] + 1 if run["losses"][-1] > run["best_loss"] - est.tol else 0
+                run["best_loss"] = min(run["best_loss"], run["losses"][-1])
+            if run["stall"] > est.n_iter_no_change:
+                stopped.append(j)
+        for j in stopped:
+            runs[active[j]]["kept"] = runs[active[j]]["kept"] or nets.weights(j)
+        if stopped:
+            left = [j for j in range(len(active)) if j not in stopped]
+            if not left:
+                break
+            nets, active = nets.keep(left), [active[j] for j in left]
+    for j, a in enumerate(active):
+        runs[a]["kept"] = runs[a]["kept"] or nets.weights(j)
+    return [{"coefs": [W.numpy().copy() for W, _ in r["kept"]], "intercepts": [b.numpy().copy() for _, b in r["kept"]],
+             "losses": r["losses"], "val_scores": r["val_scores"], "best_score": r["best"] if r["val_scores"] else None,
+             "best_epoch": r["best_epoch"] if r["val_scores"] else len(r["losses"]), "epochs": len(r["losses"]),
+             "steps": r["steps"]} for r in runs]

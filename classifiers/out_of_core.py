@@ -84,8 +84,10 @@ def select_logreg(X, y, Cs, *, val_fraction: float = 0.2, seed: int = 0, block_r
         X_val[first:last] = rows[val[first:last] - lo]
 
     def view(data, index, scaler):  # standardised in place as read: the pipeline's transform, in float32
-        mean, scale = scaler.mean_.astype(np.float32), scaler.scale_.astype(np.float32)
-        return RowBlocks(data, index, lambda rows: np.divide(np.subtract(rows, mean, out=rows), scale, out=rows),
+        import torch
+
+        mean, scale = (torch.from_numpy(a.astype(np.float32)) for a in (scaler.mean_, scaler.scale_))
+        return RowBlocks(data, index, lambda rows: torch.from_numpy(rows).sub_(mean).div_(scale).numpy(),
                          block_rows=block_rows)
 
     head = template.named_steps["head"]

@@ -93,8 +93,8 @@ def test_small_minibatch_steps_train_on_one_thread_and_the_count_is_restored(row
     import torch
 
     X, y, _, _, _, _ = rows
-    seen, real = [], fast_mlp._train_one
-    monkeypatch.setattr(fast_mlp, "_train_one", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    seen, real = [], fast_mlp._train_networks
+    monkeypatch.setattr(fast_mlp, "_train_networks", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -96,3 +96,18 @@ def test_select_logreg_needs_validation_rows():
     X, y = _classes(10, 4, 10)
     with pytest.raises(UserInputError, match="no validation rows"):
         select_logreg(X, np.arange(10), CS)
+
+
+def test_rows_streamed_from_an_array_leave_it_as_it_was():
+    """A float32 array beyond the memory budget is streamed through the pass's own buffer: the bfloat16
+    passes centre each chunk in place, in that buffer, never in the caller's rows; and the fit is the one
+    on the same rows held in memory."""
+    from transferlab.classifiers.fast_logreg import TorchLogisticRegression
+
+    X, y = _classes(6000, 32, 5)
+    X = X.astype(np.float32)  # off-centre, as _classes makes them: centring in place would move every entry
+    before = X.copy()
+    streamed = TorchLogisticRegression(C=0.1, precision="mixed", memory_budget=256 << 10).fit(X, y)
+    np.testing.assert_array_equal(X, before)
+    held = TorchLogisticRegression(C=0.1, precision="mixed").fit(X, y)
+    assert _rel(streamed.coef_, held.coef_) < 1e-2
