@@ -26,6 +26,7 @@ from .persistence import save_head
 from .protocol import per_class_report, sample_shots, select_and_fit
 
 # root attributes of the cache copied into head.json beside the extraction spec (provenance of the rows)
+STOP_FIELDS = ("gained", "lost", "p_value")  # multilayer.paired_gain_test of a greedy step, kept in its val_scores
 _CACHE_FIELDS = ("data", "data_fingerprint", "key")
 
 
@@ -245,8 +246,10 @@ def train_multilayer(features_file, layers=None, out=None, *, val_fraction: floa
         "dim": int(sum(infos[n]["dim"] for n in chosen)),
         "head": MULTI_HEAD, "params": {"C": est.C_, "layers": chosen},
         "val_accuracy": est.val_accuracy_, "test_accuracy": test_accuracy, "fit_seconds": fit_seconds,
-        "val_scores": [{"params": {"C": s["C"], "layers": s["layers"]}, "val_accuracy": s["val_accuracy"]}
-                       for s in jsonable(est.selection_path_)], "report": jsonable(report), "seed": seed,
+        "val_scores": [{"params": {"C": s["C"], "layers": s["layers"]}, "val_accuracy": s["val_accuracy"],
+                        **{k: s[k] for k in STOP_FIELDS if k in s}}  # the stop's test of each step after the first
+                       for s in jsonable(est.selection_path_)],
+        "report": jsonable(report), "seed": seed,
         "preprocessing": "standardize+layer-scaling", "pca": None, "selection": est.selection_,
         "solver": "torch", "n_train": int(y_tr.size) - (n_val if held_out else 0), "n_val": n_val,
         "n_test": 0 if y_te is None else int(y_te.size), "notes": [], "shots": shots,

@@ -251,6 +251,15 @@ def test_train_multilayer_saves_a_head_that_loads_without_pickle_and_predicts_th
     np.testing.assert_array_equal(head.predict_proba(X_te), fresh.restricted().predict_proba(X_te))
 
 
+def test_each_greedy_step_after_the_first_keeps_the_stops_paired_test_in_its_row(cache_with_val):
+    row = train_multilayer(cache_with_val, grid=CS, head_params={"stop": "rise"})
+    first, *later = row["val_scores"]
+    assert later, row["val_scores"]  # 'rise' takes a second layer here
+    assert "p_value" not in first and all({"gained", "lost", "p_value"} <= set(s) for s in later)
+    for before, after in zip(row["val_scores"], later):  # gained - lost rows is the step's rise on 200 rows
+        assert (after["gained"] - after["lost"]) / 200 == pytest.approx(after["val_accuracy"] - before["val_accuracy"])
+
+
 def test_the_choice_never_reads_the_test_rows(tmp_path):
     labels, features = digits_splits(with_val=True)
     a = write_cache(tmp_path / "a.h5", labels, features)
