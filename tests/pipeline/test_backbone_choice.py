@@ -198,6 +198,9 @@ def test_sweep_of_imagenet_against_random_weights_picks_imagenet_with_section_pl
                                                                                             monkeypatch):
     from transferlab.classifiers.compare import split_correctness
     from transferlab.features.cache import load_split
+    from transferlab.pipeline import evidence
+
+    monkeypatch.setattr(evidence, "SMALL_VAL", 500)  # the 500 validation rows on one split: the paired split gap
 
     out = tmp_path / "run"
     args = ["sweep", "--data", f"npz:{digits_npz}", "--backbone", "lite0", "--weights", "imagenet,random",
