@@ -110,6 +110,18 @@ def _permuted(source: Path, target: Path) -> None:
     _write_npz(target, d)
 
 
+def _derived(source: Path, name: str, build) -> str | None:
+    """The data spec of ``SCRATCH/<name>.npz``, built from ``source`` by ``build(source, target)`` when absent
+    (written whole by :func:`_write_npz`); None when ``source`` is absent."""
+    if not source.exists():
+        return None
+    target = SCRATCH / f"{name}.npz"
+    if not target.exists():
+        SCRATCH.mkdir(parents=True, exist_ok=True)
+        build(source, target)
+    return f"npz:{target}"
+
+
 def data_spec(name: str) -> str | None:
     """The data spec of a case's data set, building derived sets in the scratch folder; None when absent."""
     if name == "digits":
@@ -118,22 +130,9 @@ def data_spec(name: str) -> str | None:
         target = _cifar_full_arrays()
         return None if target is None else f"npz:{target}"
     if name in ("mnist_100", "cifar10_100"):
-        source = SHARED / f"{name.split('_')[0]}_small.npz"
-        target = SCRATCH / f"{name}.npz"
-        if not source.exists():
-            return None
-        if not target.exists():
-            SCRATCH.mkdir(parents=True, exist_ok=True)
-            _per_class_subset(source, target, 100)
-        return f"npz:{target}"
+        return _derived(SHARED / f"{name.split('_')[0]}_small.npz", name, lambda s, t: _per_class_subset(s, t, 100))
     if name == "cifar10_up96":
-        source, target = SHARED / "cifar10_small.npz", SCRATCH / "cifar10_up96.npz"
-        if not source.exists():
-            return None
-        if not target.exists():
-            SCRATCH.mkdir(parents=True, exist_ok=True)
-            _upsampled(source, target, 96)
-        return f"npz:{target}"
+        return _derived(SHARED / "cifar10_small.npz", name, lambda s, t: _upsampled(s, t, 96))
     if name == "cifar10_perm":
         target = SCRATCH / "cifar10_perm.npz"
         if not target.exists():

@@ -257,17 +257,7 @@ with torch.inference_mode():
 
 def _timed_child(cmd) -> tuple[float, float]:
     """(wall, CPU) seconds of one child process."""
-    import resource
-    import subprocess
-
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=BENCH.parent)
-    wall = time.perf_counter() - t
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(map(str, cmd[:4]))} failed: {proc.stderr.strip().splitlines()[-1:]}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return _timed_child_out(cmd)[:2]
 
 
 def _predict_floor(quick: bool) -> list:

@@ -13,7 +13,7 @@ with the last layer by a paired statistic (:mod:`transferlab.classifiers.compare
   the last, in standard errors), one split against the folds: CIFAR-10 at 128 px 2.4, 1.0, 1.8
   against 3.5, 4.1, 2.2; CIFAR-10 enlarged to 96 px 2.2, 0.5, and the last layer on top, against
   2.0, 1.9, 1.8; MNIST at 128 px 3.0, 3.0, 2.7 against 4.8, 6.2, 5.3. The folds cost about ten
-  fits per layer (30 s of one CPU thread for 9 layers of 5,000 rows).
+  fits per layer where the split costs one.
 - otherwise: one split (the data's ``val`` split, else the heads' own stratified holdout of
   train: :func:`transferlab.classifiers.protocol.stratified_holdout`, the same rows), each layer's
   accuracy the probe's validation accuracy, and the peak-vs-last gap paired on the same rows.
