@@ -45,6 +45,9 @@ def torch_max(a, b):
 
 PRECISIONS = ("exact", "bfloat16", "mixed")
 LOW_MIN_ROWS = 2048  # fewer rows: bfloat16's gradient error is near the default tolerance, and passes are cheap
+# fewer dimensions: a pass's elementwise work on the scores (float32 either way), not its two products, sets its
+# time, and bfloat16's stalls at large C cost more than its products save (bench/README.md, advise)
+LOW_MIN_DIMS = 128
 
 
 def native_bfloat16(device) -> bool:
@@ -59,10 +62,11 @@ def native_bfloat16(device) -> bool:
                                                                        "_is_amx_tile_supported"))
 
 
-def bfloat16_pays(device, rows: int) -> bool:
-    """Whether passes in bfloat16 pay off for a solve on ``rows`` rows: a native device
-    (:func:`native_bfloat16`) and at least ``LOW_MIN_ROWS`` rows. What ``precision="auto"`` follows."""
-    return rows >= LOW_MIN_ROWS and native_bfloat16(device)
+def bfloat16_pays(device, rows: int, dims: int | None = None) -> bool:
+    """Whether passes in bfloat16 pay off for a solve on ``rows`` rows of ``dims`` features: a native device
+    (:func:`native_bfloat16`), at least ``LOW_MIN_ROWS`` rows and ``LOW_MIN_DIMS`` dimensions (None: not
+    checked). What ``precision="auto"`` follows."""
+    return rows >= LOW_MIN_ROWS and (dims is None or dims >= LOW_MIN_DIMS) and native_bfloat16(device)
 
 
 STREAM_CHUNK_BYTES = 64 << 20  # rows streamed from disk are read in chunks of at most this many float32 bytes
@@ -374,11 +378,23 @@ class Problem:
         g = x.shape[0]
         return x[:, : self.r * self.K].view(g, self.K, self.r), x[:, self.r * self.K :]
 
-    def evaluate(self, x, C):
-        """Objective (g,) float64, gradient (g, P) and mean curvature (g,) at parameters x (g, P).
+    def row_count(self):
+        """Rows each problem of the stack being solved sums its loss over (scalar: all of them)."""
+        return self.source.n
+
+    def row_weights(self, ids, start: int, stop: int):
+        """Weights (g, stop - start) of the rows of a chunk for problems ``ids`` of the stack (None: all
+        problems); None when every problem counts every row."""
+        return None
+
+    def evaluate(self, x, C, ids=None):
+        """Objective (g,) float64, gradient (g, P) and mean curvature (g,) at parameters x (g, P) of the
+        problems ``ids`` of the stack being solved (None: all of it, in order).
 
         The mean curvature ``mean_i (1 - sum_k p_ik^2) / (K - 1)`` is 1/K at W = 0 and shrinks as
-        the rows get classified confidently; it scales the preconditioner.
+        the rows get classified confidently; it scales the preconditioner. It is averaged over all
+        rows even where a problem counts some (:meth:`row_weights`): the preconditioner, built from
+        all rows' Gram, then fits a subset's, which is about its share of the whole.
         """
         import torch
 
@@ -406,9 +422,15 @@ class Problem:
             lse = total.log().add_(top)
             R.div_(total)
             yc = self.y[start:stop].view(1, 1, n).expand(g, 1, n)
-            loss += (lse.squeeze(1) - Z.gather(1, yc).squeeze(1)).sum(1, dtype=torch.float64)
-            curv += (1.0 - (R * R).sum(1)).sum(1, dtype=torch.float64)
+            per_row, spread = lse.squeeze(1) - Z.gather(1, yc).squeeze(1), 1.0 - (R * R).sum(1)
+            M = self.row_weights(ids, start, stop)
+            if M is not None:
+                per_row, spread = per_row * M, spread * M
+            loss += per_row.sum(1, dtype=torch.float64)
+            curv += spread.sum(1, dtype=torch.float64)
             R.scatter_add_(1, yc, torch.full((g, 1, n), -1.0, dtype=R.dtype, device=R.device))
+            if M is not None:
+                R.mul_(M.unsqueeze(1))
             R = R.view(g * K, n)
             if low:  # R^T (X - mu) from the rounded R, so that its centring is exact
                 R = R.to(torch.bfloat16)
@@ -494,7 +516,7 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=30, precision="exa
     # sklearn's criterion is max|grad| / (C n) <= tol. Above C = 1 the objective is so flat that a warm
     # start from the previous C already passes it (measured: C >= 100 stopped after 0 iterations with
     # an objective 3-9x sklearn's), so there the scale grows only as sqrt(C): each C gets its own solution.
-    scale = torch.where(C > 1, C.sqrt(), C) * problem.source.n
+    scale = torch.where(C > 1, C.sqrt(), C) * problem.row_count()
     source = problem.source
     stored = 0  # pairs written to the memory so far (its ring position), across phases
     loops = 0
@@ -552,7 +574,7 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=30, precision="exa
                 accepted = torch.zeros(a.numel(), dtype=torch.bool, device=x.device)
                 for _ in range(max_ls):
                     idx = a[pending]
-                    ft, gt, ht = problem.evaluate(x[idx] + t[pending, None] * d[pending], C[idx])
+                    ft, gt, ht = problem.evaluate(x[idx] + t[pending, None] * d[pending], C[idx], idx)
                     if low:  # decrease t (gd + g_new.d) / 2 <= 1e-4 t gd, from the gradients alone
                         ok = torch.isfinite(ft) & (torch.linalg.vecdot(gt, d[pending]) <= -(1 - 2e-4) * gd[pending])
                     else:
@@ -689,3 +711,78 @@ def solve_path(source, y_idx, n_classes, Cs, tol, max_iter, history_size, block_
         if stop is not None and stop(where, W, b):
             break
     return coefs, intercepts, n_iter, converged, kept
+
+
+class MaskedProblem(Problem):
+    """:class:`Problem` whose stack mixes subsets of the rows (the training rows of k folds): problem j
+    sums its loss over the rows of ``masks[group[j]]`` only. ``group`` is set for each stack solved."""
+
+    def __init__(self, source, y_idx, n_classes, mu, V, lam, masks, basis=None, lowrank=None):
+        super().__init__(source, y_idx, n_classes, mu, V, lam, basis=basis, lowrank=lowrank)
+        self.masks = masks  # (subsets, n) in the solve's dtype: 1 on a subset's rows, else 0
+        self.counts = masks.sum(1)
+        self.group = None  # (g,) long: the subset of each problem of the stack being solved
+
+    def row_count(self):
+        return self.counts[self.group]
+
+    def row_weights(self, ids, start: int, stop: int):
+        return self.masks[self.group if ids is None else self.group[ids], start:stop]
+
+
+class SubsetSolver:
+    """Multinomial logistic problems on subsets of one matrix's rows, any number solved as one stack.
+
+    The k folds of a k-fold measurement are subsets of the same labelled rows: fitted apart, each
+    estimates its own preconditioner and walks its own path with a Python loop per iteration. Here
+    one basis of all the rows serves every subset (the optimum of a subset lies in the span of all
+    rows too, so a row-space basis stays exact) and every pass over the rows is one product for the
+    whole stack, each problem's loss and gradient summing over its own rows
+    (:class:`MaskedProblem`). ``masks`` is (subsets, n) boolean; C is the multinomial problem's
+    (two classes: the binomial C / 2, as :func:`solve_path` lays them out).
+    """
+
+    def __init__(self, X, y_idx, n_classes, masks, *, device="cpu", memory_budget=1 << 30, dtype="float32",
+                 max_eigh_dim=4096):
+        import torch
+
+        self.torch_dtype = getattr(torch, dtype)
+        source = RowSource(X, device, memory_budget, self.torch_dtype)
+        self.n, self.K = source.n, int(n_classes)
+        M = torch.as_tensor(np.asarray(masks, dtype=np.float32), device=source.device).to(self.torch_dtype)
+        mu, V, lam, lowrank, _ = _basis(source, "auto", max_eigh_dim)
+        if V is not None and source.rotate_(mu, V):
+            self.problem = MaskedProblem(source, y_idx, n_classes, torch.zeros_like(lam), None, lam, M, basis=V)
+        else:
+            self.problem = MaskedProblem(source, y_idx, n_classes, mu, V, lam, M, lowrank=lowrank)
+        self.P = self.problem.P
+        self.device = source.device
+
+    def zeros(self, g: int):
+        import torch
+
+        return torch.zeros(g, self.P, dtype=self.torch_dtype, device=self.device)
+
+    def solve(self, x0, C, group, *, tol, max_iter, history_size=10, precision="exact"):
+        """Solve the stack started at ``x0`` (g, P) at ``C`` (g,), problem j on subset ``group[j]``;
+        returns the solutions (g, P), iterations and whether each converged (:func:`_lbfgs`)."""
+        import torch
+
+        self.problem.group = torch.as_tensor(np.asarray(group), dtype=torch.long, device=self.device)
+        C = torch.as_tensor(np.asarray(C, dtype=np.float64), dtype=self.torch_dtype, device=self.device)
+        return _lbfgs(self.problem, x0.clone(), C, tol, max_iter, history_size, precision=precision)
+
+    def predictions(self, x) -> np.ndarray:
+        """Class index (g, n) of every row under each of the models x (g, P)."""
+        import torch
+
+        p, g, K = self.problem, x.shape[0], self.K
+        A, b = p.split(x)
+        WT = A.reshape(g * K, p.r)
+        if p.V is not None:
+            WT = WT @ p.V.T
+        offset = (b.reshape(g * K) - WT @ p.mu).unsqueeze(1)
+        out = torch.empty(g, self.n, dtype=torch.long, device=self.device)
+        for start, stop, Xc in p.source.chunks():
+            out[:, start:stop] = torch.addmm(offset, WT, Xc.T).view(g, K, stop - start).argmax(1)
+        return out.cpu().numpy()

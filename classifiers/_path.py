@@ -26,7 +26,7 @@ from ._batched_lbfgs import PRECISIONS, Preconditioner, RowSource, bfloat16_pays
 from ._validation import check_features, check_labels, check_two_classes
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
-_SMALL_WORK = 5e7  # multiply-adds per pass below which one thread is faster
+SMALL_WORK = 5e7  # multiply-adds per pass below which one thread is faster, and a pass costs about its overhead
 
 
 @dataclass
@@ -185,13 +185,10 @@ def fit_logreg_path(
     if precision not in PRECISIONS + ("auto",):
         raise UserInputError(f"precision must be one of {', '.join(PRECISIONS)} or auto, got {precision!r}")
     if precision == "auto":
-        precision = "mixed" if dtype == "float32" and bfloat16_pays(device, int(X.shape[0])) else "exact"
+        precision = "mixed" if dtype == "float32" and bfloat16_pays(device, int(X.shape[0]), int(X.shape[1])) else "exact"
     source = RowSource(X, device, memory_budget, tdtype)
     if num_threads is None:
-        small = source.n * source.d * Cs.size * K < _SMALL_WORK
-        # torch's own count: every core in a plain process, and what joblib allots inside its workers
-        # (loky sets OMP_NUM_THREADS to cores / n_jobs), so parallel fits do not oversubscribe.
-        num_threads = 1 if small else torch.get_num_threads()
+        num_threads = solve_threads(source.n * source.d * Cs.size * K)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(num_threads)))
     try:
@@ -202,6 +199,16 @@ def fit_logreg_path(
         torch.set_num_threads(previous_threads)
     return LogRegPath(Cs=Cs, classes=classes, coefs=coefs, intercepts=intercepts, n_iter=n_iter, converged=converged,
                       seconds=time.perf_counter() - started, preconditioner=used)
+
+
+def solve_threads(work: float) -> int:
+    """Torch CPU threads for a solve of ``work`` multiply-adds per pass: one below ``SMALL_WORK`` (many small
+    operations thread badly), else torch's own count: every core in a plain process, and what joblib
+    allots inside its workers (loky sets OMP_NUM_THREADS to cores / n_jobs), so parallel fits do not
+    oversubscribe."""
+    import torch
+
+    return 1 if work < SMALL_WORK else torch.get_num_threads()
 
 
 PAST_PEAK_DECADES = 1.0  # the path stops once a whole decade of C past the best scores clearly below it

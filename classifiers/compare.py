@@ -114,18 +114,16 @@ def corrected_kfold_gap(acc_a, acc_b, splits: list) -> Gap:
     return Gap(float(d.mean()), se, kfold_shape(splits), int(round(n_test + n_train)))
 
 
-def fold_scores(X, y, split: tuple, head: str = "logreg", *, seed: int = 0, grid=None) -> tuple[list, np.ndarray]:
-    """The whole grid of ``head`` fitted on one fold's training rows and scored on its held-out rows.
+def fold_table(X, y, splits: list, head: str = "logreg", *, seed: int = 0, grid=None) -> tuple[list, np.ndarray]:
+    """The whole grid of ``head`` fitted on each fold's training rows and scored on its held-out rows.
 
-    ``split`` is one ``(train_idx, test_idx)`` of :func:`repeated_folds`; returns ``(grid_points, scores)``
-    (:func:`transferlab.classifiers.protocol.grid_scores`). One task of :func:`kfold_accuracies`, so
-    callers can run the folds in parallel.
+    ``splits`` are ``(train_idx, test_idx)`` of :func:`repeated_folds`; returns ``(grid_points, table)``
+    with ``table`` (folds, points) (:func:`transferlab.classifiers.protocol.fold_grid_scores`: the
+    logistic regression fits every fold in one stack, standardised once on all rows).
     """
-    from .protocol import grid_scores
+    from .protocol import fold_grid_scores
 
-    tr, te = split
-    X, y = np.asarray(X), np.asarray(y)
-    return grid_scores(X[tr], y[tr], X[te], y[te], head, grid=grid, seed=seed)
+    return fold_grid_scores(X, y, splits, head, grid=grid, seed=seed)
 
 
 def choose_on_folds(points: list, table) -> tuple[np.ndarray, dict]:
@@ -145,11 +143,11 @@ def kfold_accuracies(X, y, splits: list, head: str = "logreg", *, seed: int = 0,
     """Each fold's accuracy of ``head``, at the grid point whose mean over the folds is best.
 
     Every layer compared on the same ``splits`` is measured the same way: the whole grid fitted per
-    fold (:func:`fold_scores`), the grid point chosen on the mean over folds (:func:`choose_on_folds`).
+    fold (:func:`fold_table`), the grid point chosen on the mean over folds (:func:`choose_on_folds`).
     Returns ``(per_fold_accuracy, params)``.
     """
-    results = [fold_scores(X, y, split, head, seed=seed, grid=grid) for split in splits]
-    return choose_on_folds(results[0][0], [scores for _, scores in results])
+    points, table = fold_table(X, y, splits, head, seed=seed, grid=grid)
+    return choose_on_folds(points, table)
 
 
 def split_correctness(X, y, X_val, y_val, head: str = "logreg", *, seed: int = 0) -> tuple[np.ndarray, dict]:

@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._batched_lbfgs import RowBlocks, bfloat16_pays, out_of_core
 from ._linear import GridWarmStartMixin, LogisticProbaMixin, validation_rows
+from ._validation import check_features
 from ._path import DEFAULT_MEMORY_BUDGET, LogRegPath, class_index, fit_logreg_path, past_the_peak, path_scores
 from .holdout import stratified_holdout
 
@@ -121,7 +122,7 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
             from sklearn.model_selection import train_test_split
 
             rows = np.sort(train_test_split(rows, train_size=int(self.screen_rows), stratify=y, random_state=0)[0])
-        fast = self.precision == "mixed" or (self.precision == "auto" and bfloat16_pays(self.device, rows.size))
+        fast = self.precision == "mixed" or (self.precision == "auto" and bfloat16_pays(self.device, rows.size, int(X.shape[1])))
         screen_precision = "bfloat16" if fast else self.precision
         if screened:
             X_sub = X.take(rows) if isinstance(X, RowBlocks) else X[rows]
@@ -150,6 +151,90 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
                            if np.all(np.isfinite(path.coefs[j]))}
         self._preconditioner = path.preconditioner
         return [float(s) for s in out]
+
+    def score_folds(self, Cs, X, y, splits) -> np.ndarray:
+        """Held-out accuracy (folds, n_C) of this estimator at every C worth fitting (NaN elsewhere), fitted
+        on the training rows of each ``(train_idx, test_idx)`` of ``splits`` (rows of ``X``), every fold
+        in one stack (:class:`SubsetSolver`: one preconditioner for all, one product per pass).
+
+        Each fold follows :meth:`score_grid`'s schedule on all its training rows (no subsample):
+        the screen in increasing C to ``SCREEN_TOL``, each fold leaving the stack once past its
+        peak (:func:`past_the_peak`), then the refine of each fold's best C and its neighbours to
+        ``tol`` (none when its top is flat). Where a fold's best C is the same, so is its solution,
+        to the solvers' tolerance.
+        """
+        from ._batched_lbfgs import SubsetSolver, path_start
+        from ._path import solve_threads
+
+        Cs = np.asarray(Cs, dtype=np.float64).ravel()
+        X = check_features(X)
+        classes, y_idx = np.unique(np.asarray(y), return_inverse=True)
+        n, K = int(X.shape[0]), int(classes.size)
+        masks = np.zeros((len(splits), n), dtype=bool)
+        held = [np.asarray(te) for _, te in splits]
+        for f, (tr, _) in enumerate(splits):
+            masks[f, tr] = True
+        rows = int(masks.sum(1).max())
+        precision = self.precision
+        if precision == "auto":
+            precision = "mixed" if bfloat16_pays(self.device, rows, int(X.shape[1])) else "exact"
+        screen_precision = "bfloat16" if precision in ("mixed", "bfloat16") else "exact"
+        model_C = Cs / 2.0 if K == 2 else Cs  # the multinomial pair's C (see solve_path)
+        order = np.argsort(Cs, kind="stable")
+        steps = np.diff(np.log10(Cs[order]))
+        coarse = order[::2] if Cs.size >= 9 and steps.size and np.max(steps) <= 0.35 else order
+        out = np.full((len(splits), Cs.size), np.nan)
+
+        def score(x, group, where):
+            pred = solver.predictions(x)
+            for i, (f, j) in enumerate(zip(group, where)):
+                out[f, j] = float(np.mean(pred[i, held[f]] == y_idx[held[f]]))
+
+        import torch
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(solve_threads(n * X.shape[1] * K * len(splits)))
+        try:
+            solver = SubsetSolver(X, y_idx.astype(np.int64), K, masks, device=self.device,
+                                  memory_budget=self.memory_budget)
+            active = np.arange(len(splits))
+            screen = {}  # (fold, position in Cs) -> the screen's solution
+            last = {}  # fold -> the path's last two (C, solution)
+            for lo in range(0, coarse.size, SCREEN_BLOCK):
+                js = coarse[lo:lo + SCREEN_BLOCK]
+                c = torch.as_tensor(model_C[js], dtype=torch.float64, device=solver.device)
+                x0 = torch.cat([path_start(last.get(f, []), c, solver.P).to(solver.torch_dtype) for f in active])
+                group, where = np.repeat(active, js.size), np.tile(js, active.size)
+                x, _, _ = solver.solve(x0, model_C[where], group, tol=max(float(self.tol), SCREEN_TOL),
+                                       max_iter=self.max_iter, precision=screen_precision)
+                score(x, group, where)
+                for i, (f, j) in enumerate(zip(group, where)):
+                    screen[f, j] = x[i]
+                    last[f] = (last.get(f, []) + [(float(model_C[j]), x[i])])[-2:]
+                active = np.array([f for f in active if not past_the_peak(Cs[coarse], out[f, coarse], held[f].size)],
+                                  dtype=int)
+                if active.size == 0:
+                    break
+            rank_of = np.empty(Cs.size, dtype=int)
+            rank_of[order] = np.arange(Cs.size)
+            group, where, starts = [], [], []
+            for f in range(len(splits)):
+                best = int(np.nanargmax(out[f]))
+                if flat_top(out[f, coarse], int(np.flatnonzero(coarse == best)[0]), held[f].size):
+                    continue
+                reached = np.array([j for j in coarse if (f, j) in screen])
+                for i in order[max(0, rank_of[best] - 1):rank_of[best] + 2]:
+                    near = reached[np.argmin(np.abs(rank_of[reached] - rank_of[i]))]
+                    group.append(f)
+                    where.append(int(i))
+                    starts.append(screen[f, near])
+            if group:
+                x, _, _ = solver.solve(torch.stack(starts), model_C[where], group, tol=float(self.tol),
+                                       max_iter=self.max_iter, precision=precision)
+                score(x, group, where)
+        finally:
+            torch.set_num_threads(previous)
+        return out
 
 
 def accuracies(X, y_idx, coefs, intercepts) -> np.ndarray:

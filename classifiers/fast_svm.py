@@ -36,7 +36,7 @@ class _SquaredHinge(Problem):
         rows = torch.arange(n_classes, device=source.device).view(-1, 1) == self.y.view(1, -1)  # (classes, N)
         self.t = (rows[1:] if n_classes == 2 else rows).to(source.dtype) * 2 - 1  # (K, N) of +-1
 
-    def evaluate(self, x, C):
+    def evaluate(self, x, C, ids=None):
         """Objective (g,) float64, gradient (g, P) and per-problem curvature (g, K) at x (g, P)."""
         import torch
 

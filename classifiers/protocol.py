@@ -145,6 +145,33 @@ def grid_scores(X_train, y_train, X_val, y_val, head: str, *, grid=None, preproc
     return points, np.asarray(scores, dtype=float)
 
 
+def fold_grid_scores(X, y, splits: list, head: str, *, grid=None, preprocessing: str | None = None,
+                     seed: int = 0) -> tuple[list, np.ndarray]:
+    """Held-out accuracy of every grid point of ``head`` on every fold of ``splits``: :func:`grid_scores`
+    per fold, ``(grid_points, table)`` with ``table`` (folds, points).
+
+    A head whose estimator has ``score_folds`` (the torch logistic regression) fits every fold in one
+    stack; its preprocessing (the scaler's centre and scale) is then fitted once on all of ``X``'s
+    rows, the held-out folds' features included (never their labels), so that every fold's problem
+    is on the same rows. Other heads: one :func:`grid_scores` per fold.
+    """
+    spec = get_head_spec(head)
+    X = check_features(X, "features")
+    y = check_labels(y, X.shape[0], "labels")
+    template = make_head(head, preprocessing=preprocessing, seed=seed)
+    grid = default_grid(head) if grid is None else grid if isinstance(grid, dict) else {spec.param: list(grid)}
+    points = list(ParameterGrid(grid))
+    estimator = template.named_steps["head"]
+    if not hasattr(estimator, "score_folds") or not all(list(p) == [spec.param] for p in points):
+        table = [grid_scores(X[tr], y[tr], X[te], y[te], head, grid=grid, preprocessing=preprocessing, seed=seed)[1]
+                 for tr, te in splits]
+        return points, np.asarray(table, dtype=float)
+    pre, _ = adapt_to_data(Pipeline(template.steps[:-1] + [("head", "passthrough")]), X.shape[0], X.shape[1],
+                           np.unique(y).size)
+    table = estimator.score_folds([p[spec.param] for p in points], pre.fit_transform(X, y), y, splits)
+    return points, np.asarray(table, dtype=float)
+
+
 def select_and_fit(X_train, y_train, X_val, y_val, X_test, y_test, head: str, *, preprocessing: str | None = None,
                    pca: int | None = None, grid=None, full_grid: bool = False, val_fraction: float = 0.2,
                    seed: int = 0, n_jobs: int = 1, backend: str | None = None, solver: str | None = None,

@@ -13,7 +13,8 @@ with the last layer by a paired statistic (:mod:`transferlab.classifiers.compare
   the last, in standard errors), one split against the folds: CIFAR-10 at 128 px 2.4, 1.0, 1.8
   against 3.5, 4.1, 2.2; CIFAR-10 enlarged to 96 px 2.2, 0.5, and the last layer on top, against
   2.0, 1.9, 1.8; MNIST at 128 px 3.0, 3.0, 2.7 against 4.8, 6.2, 5.3. The folds cost about ten
-  fits per layer where the split costs one.
+  fits per layer where the split costs one; a layer's folds are solved as one stack, standardised
+  once on train+val (:func:`transferlab.classifiers.protocol.fold_grid_scores`).
 - otherwise: one split (the data's ``val`` split, else the heads' own stratified holdout of
   train: :func:`transferlab.classifiers.protocol.stratified_holdout`, the same rows), each layer's
   accuracy the probe's validation accuracy, and the peak-vs-last gap paired on the same rows.
@@ -31,7 +32,7 @@ from transferlab.classifiers.compare import (
     Gap,
     choose_on_folds,
     corrected_kfold_gap,
-    fold_scores,
+    fold_table,
     kfold_shape,
     paired_split_gap,
     repeated_folds,
@@ -119,8 +120,8 @@ def measure_curve(source, layers: list, *, seed: int = 0, val_fraction: float = 
     ``known`` maps a layer to a one-split validation accuracy already measured by the same probe
     on the same rows (a sweep's logreg rows): those layers are not refitted on the one-split path
     (the peak and the last layer are, for their per-row pairs). The k-fold fits run through joblib
-    (``n_jobs``, ``backend``: :mod:`transferlab.classifiers.parallel`), one task per layer and repeat,
-    each reading its layer from the cache file once for its folds. Returns a :class:`CurveMeasurement`.
+    (``n_jobs``, ``backend``: :mod:`transferlab.classifiers.parallel`), one task per layer,
+    reading its layer from the cache file once for all folds. Returns a :class:`CurveMeasurement`.
     """
     log = log or (lambda m: None)
     known = known or {}
@@ -154,10 +155,10 @@ def _labelled_rows(source, layer: str, val_fraction: float, seed: int):
 
 
 def _fold_task(source, layer, splits, val_fraction, seed):
-    """The fits of one layer on some folds of the k-fold measurement (one repeat's), in order; reads the layer's
+    """The fits of one layer on every fold of the k-fold measurement, ``(grid_points, table)``; reads the layer's
     rows once (a worker gets only the source)."""
     X, y = _labelled_rows(source, layer, val_fraction, seed)
-    return [fold_scores(X, y, split, PROBE, seed=seed) for split in splits]
+    return fold_table(X, y, splits, PROBE, seed=seed)
 
 
 def _kfold_curve(source, layers, seed, val_fraction, folds, repeats, n_jobs, backend, log) -> CurveMeasurement:
@@ -167,14 +168,12 @@ def _kfold_curve(source, layers, seed, val_fraction, folds, repeats, n_jobs, bac
     _, y_all = _labelled_rows(source, layers[0], val_fraction, seed)
     splits = repeated_folds(y_all, folds, repeats, seed)
     method = kfold_shape(splits)
-    k = len(splits) // repeats  # one task per layer and repeat: enough tasks to share out, one read per task
-    tasks = [(source, name, splits[i:i + k], val_fraction, seed) for name in layers for i in range(0, len(splits), k)]
+    tasks = [(source, name, splits, val_fraction, seed) for name in layers]  # one task, one read per layer
     with parallel(n_jobs, backend) as run:
-        results = [r for chunk in run(_fold_task, tasks) for r in chunk]  # layer by layer, the folds in order
+        results = run(_fold_task, tasks)
     points, per_fold, params = [], {}, {}
-    for i, name in enumerate(layers):
-        mine = results[i * len(splits):(i + 1) * len(splits)]
-        per_fold[name], params[name] = choose_on_folds(mine[0][0], [scores for _, scores in mine])
+    for name, (grid, table) in zip(layers, results):
+        per_fold[name], params[name] = choose_on_folds(grid, table)
         acc = float(per_fold[name].mean())
         points.append(LayerPoint(name, layer_info(_path(source), name)["rel_depth"], acc, int(y_all.size),
                                  method=method))

@@ -241,7 +241,7 @@ def test_score_grid_refines_fewer_values_when_the_screen_is_flat_within_noise(ca
     scores = np.array(head.score_grid(Cs, X, y, Xv, yv))
     screen, refine = calls[0], calls[1:]
     assert screen.rows == (rows or len(y)) and screen.tol == 1e-3
-    assert screen.precision == ("bfloat16" if bfloat16_pays("cpu", screen.rows) else "auto")
+    assert screen.precision == ("bfloat16" if bfloat16_pays("cpu", screen.rows, X.shape[1]) else "auto")
     # the screen's validation accuracies, computed here from its coefficients (NaN: not reached)
     acc = np.array([np.mean((Xv @ W.T + b).argmax(1) == yv) if np.isfinite(W).all() else np.nan
                     for W, b in zip(screen.path.coefs, screen.path.intercepts)])
@@ -454,9 +454,9 @@ def _passes(monkeypatch):
     """Count the solver's passes over the rows: [bfloat16 ones, full-precision ones]."""
     counts, original = [0, 0], Problem.evaluate
 
-    def evaluate(self, x, C):
+    def evaluate(self, x, C, ids=None):
         counts[self.source.low_center is None] += x.shape[0]
-        return original(self, x, C)
+        return original(self, x, C, ids)
 
     monkeypatch.setattr(Problem, "evaluate", evaluate)
     return counts
@@ -519,12 +519,16 @@ def test_bfloat16_precision_runs_every_pass_in_bfloat16(digits_arrays, monkeypat
 
 @pytest.mark.parametrize("native", [False, True])
 def test_auto_precision_is_mixed_only_where_bfloat16_pays(digits_arrays, monkeypatch, native):
-    X, y, _, _ = digits_arrays  # 600 rows
+    X, y, _, _ = digits_arrays  # 600 rows of 64 features
     monkeypatch.setattr(f"{LBFGS}.native_bfloat16", lambda device: native)
     counts = _passes(monkeypatch)
     fit_logreg_path(X, y, [0.1], precision="auto")
-    assert counts[0] == 0 and counts[1] > 0  # too few rows to pay
+    assert counts[0] == 0 and counts[1] > 0  # too few rows (and dimensions) to pay
     monkeypatch.setattr(f"{LBFGS}.LOW_MIN_ROWS", 500)
+    counts[:] = [0, 0]
+    fit_logreg_path(X, y, [0.1], precision="auto")
+    assert counts[0] == 0 and counts[1] > 0  # enough rows, too few dimensions
+    monkeypatch.setattr(f"{LBFGS}.LOW_MIN_DIMS", 64)
     counts[:] = [0, 0]
     fit_logreg_path(X, y, [0.1], precision="auto")
     assert (counts[0] > 0) == native and counts[1] > 0

@@ -21,10 +21,10 @@ def cache_file(tmp_path_factory):
 
 def test_small_validation_measures_every_layer_by_the_same_repeated_folds(cache_file, monkeypatch):
     seen = []
-    real = evidence.fold_scores
-    monkeypatch.setattr(evidence, "fold_scores",
-                        lambda X, y, split, *a, **k: (seen.append((X.shape[1], split[1].tolist())),
-                                                      real(X, y, split, *a, **k))[1])
+    real = evidence.fold_table
+    monkeypatch.setattr(evidence, "fold_table",
+                        lambda X, y, splits, *a, **k: (seen.extend((X.shape[1], te.tolist()) for _, te in splits),
+                                                       real(X, y, splits, *a, **k))[1])
     m = evidence.measure_curve(cache_file, LAYERS, seed=0)  # n_jobs=1: in this process, so the patch sees it
     assert m.method == "kfold 2x5" and [p.layer for p in m.points] == LAYERS
     assert all(p.n_val == 120 and p.method == "kfold 2x5" for p in m.points)  # 90 train + 30 val rows
