@@ -14,11 +14,12 @@ _API = {name: f".{module}" for module, names in {
     "backbones": ("Backbone", "build_backbone", "resolve_device"),
     "cache": ("list_cache", "list_layers", "load_split", "read_cache_meta", "read_spec", "read_status", "verify"),
     "data": ("Dataset", "Split", "default_data_root", "load_dataset", "default_cache_dir"),
-    "engine": ("ExtractionJob", "FeatureTap"),
+    "engine": ("ExtractionJob",),
     "extraction": ("extract",),
     "layers": ("LayerInfo", "catalog", "default_layers", "parameter_groups"),
     "pooling": ("Pooling", "parse_pooling"),
     "spec": ("DEFAULT_IMAGE_SIZE", "ExtractionSpec"),
+    "tap": ("FeatureTap",),
 }.items() for name in names}
 
 __all__ = ["UserInputError", *_API]

@@ -33,9 +33,9 @@ from .backbones import Backbone
 from .data import Dataset
 from .decode import device_batches
 from .layers import LayerInfo
-from .pooling import Pooling
 from .preprocess import ImageFiles, normalize_batch, to_rgb_uint8
 from .spec import ExtractionSpec, storage_dtype
+from .tap import FeatureTap
 
 PROBE_SIZE = 64  # image side of the catalog's probe when the real size would not fit (see check_memory)
 ESTIMATE_NOTE_SECONDS = 60  # an extraction whose first batches predict a longer run says so in one note
@@ -84,40 +84,7 @@ class ExtractionJob:
         object.__setattr__(self, "batch_size", int(self.batch_size))
 
 
-# --- the tap and the batches ----------------------------------------------------------------------
-
-class _StopForward(Exception):
-    pass
-
-
-class FeatureTap:
-    """Hooks that pool the outputs of named modules; stops the forward after the deepest one."""
-
-    def __init__(self, model: torch.nn.Module, layers: list[str], pooling: Pooling, stop_after: str | None = None):
-        mods = dict(model.named_modules())
-        self.model, self.pooling, self.out = model, pooling, {}
-        self.handles = [mods[n].register_forward_hook(self._hook(n, n == stop_after)) for n in layers]
-
-    def _hook(self, name, stop):
-        def hook(_m, _i, output):
-            if name not in self.out and isinstance(output, torch.Tensor):
-                self.out[name] = self.pooling(output.float())
-            if stop:
-                raise _StopForward
-        return hook
-
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        self.out = {}
-        try:
-            self.model(x)
-        except _StopForward:
-            pass
-        return self.out
-
-    def close(self):
-        for h in self.handles:
-            h.remove()
-
+# --- the batches (the tap: features.tap) ----------------------------------------------------------
 
 def _autocast(device: torch.device):
     if device.type != "cuda":

@@ -26,7 +26,7 @@ from .layers import catalog, default_layers, resolve_names
 from .memo import cached_extraction, write_memo
 from .spec import ExtractionSpec, parse_image_size, resolve_image_size
 
-__all__ = ["extract", "FeatureTap"]  # FeatureTap lives in features.engine; kept importable from here
+__all__ = ["extract", "FeatureTap"]  # FeatureTap lives in features.tap; kept importable from here
 
 
 def extract(data, backbone="lite0", layers="all", pool="gap", image_size: "int | str | None" = "auto",
