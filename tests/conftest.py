@@ -5,10 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
 # a fixed thread count, in this process and the commands the tests start, so no command adds its
-# "note: N threads ..." line on a busy machine (tests/test_machine_threads.py clears it to test that)
-os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+# "note: N threads ..." line on a busy machine (tests/test_machine_threads.py clears it to test that): the
+# user's OMP_NUM_THREADS where set, else two. The same in both, since a test may compare the bits of a
+# forward pass run here with one run in a child (a convolution's sums differ with the thread count).
+_threads = os.environ.get("OMP_NUM_THREADS", "")
+torch.set_num_threads(int(_threads) if _threads.isdigit() and int(_threads) > 0 else min(2, os.cpu_count() or 1))
+os.environ["OMP_NUM_THREADS"] = str(torch.get_num_threads())
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
