@@ -449,7 +449,7 @@ def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", 
                                         default_layers(bb.model) + extra, extra[0] if extra else None, **how)
         layers = list(read_cache_meta(source.path)["catalog"])
         log(f"pretrained, per layer (validation){f' at {px} px' if len(sizes) > 1 else ''}:")
-        at[px] = (source, logits, measure_curve(source, layers, seed=seed, val_fraction=val_fraction, n_jobs=-1,
+        at[px] = (source, logits, measure_curve(source, layers, seed=seed, val_fraction=val_fraction,
                                                 log=log))
     size_record, size_gap = None, None
     if len(sizes) > 1:
@@ -470,7 +470,7 @@ def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", 
         rspec = ExtractionSpec(backbone, "random", seed, image_size, pool)
         rsource, _ = _measured_rows(ds, rows, rspec, "all", None, **how)
         log("random weights, per layer (validation):")
-        rcurve = measure_curve(rsource, layers, seed=seed, val_fraction=val_fraction, n_jobs=-1, log=log).points
+        rcurve = measure_curve(rsource, layers, seed=seed, val_fraction=val_fraction, log=log).points
         best = max(rcurve, key=lambda p: p.val_accuracy)
         random_best, random_n = best.val_accuracy, best.n_val
     ev = Evidence(n_train=int(y.size), n_classes=int(classes.size), per_class_min=int(counts.min()),
