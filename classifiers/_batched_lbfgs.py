@@ -491,7 +491,7 @@ LOW_ERROR_MARGIN = 2.0  # "mixed": bfloat16 passes stop at this many times their
 LOW_START_MARGIN = 4.0  # "mixed": none when the gradient starts within this many times that error
 
 
-def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=30, precision="exact"):
+def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exact"):
     """Batched preconditioned L-BFGS with per-problem Armijo backtracking. Returns x, n_iter, converged.
 
     ``precision``: ``"exact"`` runs every pass in x's dtype. ``"bfloat16"`` runs every pass on the rows
