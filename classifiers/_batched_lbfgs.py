@@ -487,8 +487,8 @@ class Problem:
 
 
 LOW_STALL = 20  # a bfloat16 phase ends after this many iterations without a new low of the gradient
-LOW_ERROR_MARGIN = 2.0  # "mixed": bfloat16 passes stop at this many times their gradient's measured error
-LOW_START_MARGIN = 4.0  # "mixed": none when the gradient starts within this many times that error
+LOW_ERROR_MARGIN = 2.0  # a bfloat16 phase stops at this many times its gradient's measured error
+LOW_START_MARGIN = 4.0  # none when the gradient starts within this many times that error
 
 
 def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exact"):
@@ -497,11 +497,13 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exa
     ``precision``: ``"exact"`` runs every pass in x's dtype. ``"bfloat16"`` runs every pass on the rows
     centred in bfloat16 (:meth:`RowSource.chunks`); the objective is then noisy at the level of the
     last steps, so a step is accepted on the gradient's estimate of the decrease (trapezoid rule,
-    exact for a quadratic) instead of Armijo's, and converged means the bfloat16 gradient met ``tol``.
-    A bfloat16 phase ends for a problem when its gradient has set no new low for ``LOW_STALL``
-    iterations (its rounding error dominates). ``"mixed"`` runs bfloat16 passes to ``tol`` (or that
-    stall), then full-precision passes from there with the same memory, to ``tol``: the rule of
-    ``"exact"``, with fewer slow passes.
+    exact for a quadratic) instead of Armijo's. A bfloat16 phase ends for a problem when its gradient
+    meets ``tol``, or ``LOW_ERROR_MARGIN`` times the bfloat16 gradient's error measured at the start
+    (against one full-precision pass: below it the rounding decides; none when the start is already
+    within ``LOW_START_MARGIN`` times it), or has set no new low for ``LOW_STALL`` iterations; with
+    ``"bfloat16"`` converged means one of the first two. ``"mixed"`` runs such a bfloat16 phase, then
+    full-precision passes from there with the same memory, to ``tol``: the rule of ``"exact"``, with
+    fewer slow passes.
     """
     import torch
 
@@ -524,11 +526,11 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exa
         for low in {"exact": (False,), "bfloat16": (True,), "mixed": (True, False)}[precision]:
             target = torch.full((g,), float(tol))
             done = torch.zeros(g, dtype=torch.bool)
-            if low and precision == "mixed":  # the bfloat16 gradient's error here, against a full-precision pass
+            if low:  # the bfloat16 gradient's error here, against a full-precision pass
                 _, exact_grad, _ = problem.evaluate(x, C)
             source.low_center = problem.mu if low else None
             f, grad, h = problem.evaluate(x, C)
-            if low and precision == "mixed":
+            if low:
                 error = (problem.grad_max(grad - exact_grad) / scale).cpu()
                 target = torch.maximum(target, LOW_ERROR_MARGIN * error)
                 done = (problem.grad_max(grad) / scale).cpu() <= LOW_START_MARGIN * error  # too close to gain
