@@ -10,7 +10,8 @@
     Learning"): the log marginal evidence, per row, of a Bayesian linear regression from the
     features to each class's one-hot target, with the prior precision ``alpha`` and the noise
     precision ``beta`` set by the evidence-maximising fixed-point iteration (MacKay), averaged over
-    classes. One SVD of the features serves every class and every iteration. Higher is better;
+    classes. One eigendecomposition of the features' Gram matrix (as the authors' code does) serves
+    every class and every iteration. Higher is better;
     values are comparable between layers of one data set, not across data sets.
 
 For one target ``y`` (n rows) and features ``F`` (n x d) the model is
@@ -30,35 +31,56 @@ import numpy as np
 from ._validation import check_features, check_labels
 
 
+class Spectrum:
+    """The eigendecomposition of the Gram matrix of features ``F`` (n x d), float64: of ``F^T F`` when
+    n >= d, else of ``F F^T``; ``sigma`` are the squared singular values padded with zeros to d
+    entries. One serves every class and every iteration: :meth:`target` reduces a target to its
+    projections, after which the evidence costs O(d) (no pass over the rows)."""
+
+    def __init__(self, F):
+        F = np.asarray(F, dtype=np.float64)
+        self.F, (self.n, self.d) = F, F.shape
+        lam, self.basis = np.linalg.eigh(F.T @ F if self.n >= self.d else F @ F.T)
+        lam = np.clip(lam, 0.0, None)
+        self.sigma = np.zeros(self.d)
+        self.sigma[: lam.size] = lam
+        self.r = lam.size
+
+    def target(self, y) -> tuple[np.ndarray, float]:
+        """``(p, |y|^2)``: ``p = V^T F^T y`` (= S U^T y, in the order of ``sigma``) for a target ``y`` (n,)."""
+        y = np.asarray(y, dtype=np.float64)
+        if self.n >= self.d:
+            p = self.basis.T @ (self.F.T @ y)
+        else:
+            p = np.sqrt(self.sigma[: self.r]) * (self.basis.T @ y)
+        return p, float(y @ y)
+
+
 def logme_evidence(F: np.ndarray, y: np.ndarray, alpha: float, beta: float) -> float:
     """Log evidence per row of the target ``y`` under features ``F`` at given precisions (float64)."""
-    F = np.asarray(F, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    n, d = F.shape
-    U, s, Vt = np.linalg.svd(F, full_matrices=False)
-    return _evidence(U, s, d, y, alpha, beta)[0]
+    spec = Spectrum(F)
+    return _evidence(spec, *spec.target(y), alpha, beta)[0]
 
 
-def _evidence(U, s, d, y, alpha, beta):
-    n = U.shape[0]
-    sigma = np.zeros(d)
-    sigma[: s.size] = s**2
-    uy = U.T @ y  # (r,)
-    # m in the V basis: beta * s / (alpha + beta s^2) * (U^T y)
-    m_v = beta * s / (alpha + beta * s**2) * uy
+def _evidence(spec, p, yy, alpha, beta):
+    """Evidence per row, ||m||^2 and ||F m - y||^2 from the projections ``p`` and ``|y|^2`` of a target."""
+    n, d, sigma = spec.n, spec.d, spec.sigma
+    m_v = beta * p / (alpha + beta * sigma[: p.size])  # m in the eigenbasis
     m2 = float(m_v @ m_v)
-    fitted = U @ (s * m_v)
-    res2 = float(np.sum((fitted - y) ** 2))
+    # ||F m - y||^2 = |y|^2 - 2 y^T F m + m^T F^T F m, in the eigenbasis
+    res2 = max(yy - 2.0 * float(p @ m_v) + float(sigma[: p.size] @ (m_v * m_v)), 0.0)
     ev = (n / 2 * np.log(beta) + d / 2 * np.log(alpha) - n / 2 * np.log(2 * np.pi) - beta / 2 * res2
           - alpha / 2 * m2 - 0.5 * np.sum(np.log(alpha + beta * sigma)))
-    return ev / n, sigma, m2, res2
+    return ev / n, m2, res2
 
 
-def fixed_point(U, s, d, y, max_iter=11, tol=1e-3):
-    n = U.shape[0]
+def fixed_point(spec: Spectrum, y, max_iter=11, tol=1e-3):
+    """MacKay's fixed point for ``(alpha, beta)`` of a target ``y`` (n,) under :class:`Spectrum` ``spec``."""
+    p, yy = spec.target(y)
+    n, sigma = spec.n, spec.sigma
     alpha, beta = 1.0, 1.0
     for _ in range(max_iter):
-        _, sigma, m2, res2 = _evidence(U, s, d, y, alpha, beta)
+        _, m2, res2 = _evidence(spec, p, yy, alpha, beta)
         gamma = float(np.sum(beta * sigma / (alpha + beta * sigma)))
         new_alpha = gamma / max(m2, 1e-12)
         new_beta = max(n - gamma, 1e-12) / max(res2, 1e-12)
@@ -92,13 +114,12 @@ def logme(features, labels) -> float:
     """
     F = check_features(features).astype(np.float64)
     y = check_labels(labels, F.shape[0])
-    d = F.shape[1]
-    U, s, _ = np.linalg.svd(F, full_matrices=False)
+    spec = Spectrum(F)
     scores = []
     for c in np.unique(y):
         target = (y == c).astype(np.float64)
-        alpha, beta = fixed_point(U, s, d, target)
-        scores.append(_evidence(U, s, d, target, alpha, beta)[0])
+        alpha, beta = fixed_point(spec, target)
+        scores.append(_evidence(spec, *spec.target(target), alpha, beta)[0])
     return float(np.mean(scores))
 
 

@@ -5,7 +5,7 @@ from scipy.stats import multivariate_normal
 from sklearn.datasets import load_digits
 from sklearn.neighbors import KNeighborsClassifier
 
-from transferlab.classifiers.transferability import fixed_point, knn_accuracy, logme, logme_evidence
+from transferlab.classifiers.transferability import Spectrum, fixed_point, knn_accuracy, logme, logme_evidence
 
 
 def test_logme_evidence_is_the_gaussian_marginal_likelihood():
@@ -29,8 +29,7 @@ def test_thefixed_point_maximises_the_evidence():
     rng = np.random.default_rng(2)
     F = rng.normal(size=(60, 6))
     y = F @ rng.normal(size=6) + 0.5 * rng.normal(size=60)
-    U, s, _ = np.linalg.svd(F, full_matrices=False)
-    alpha, beta = fixed_point(U, s, 6, y, max_iter=200, tol=1e-12)
+    alpha, beta = fixed_point(Spectrum(F), y, max_iter=200, tol=1e-12)
     best = logme_evidence(F, y, alpha, beta)
     for fa, fb in ((1.5, 1), (1 / 1.5, 1), (1, 1.5), (1, 1 / 1.5)):
         assert logme_evidence(F, y, alpha * fa, beta * fb) < best
@@ -58,3 +57,21 @@ def test_knn_accuracy_equals_scikit_learns_cosine_knn():
         ref = KNeighborsClassifier(n_neighbors=k, metric="cosine", algorithm="brute").fit(X[:1000], y[:1000])
         expected = np.mean(ref.predict(X[1000:]) == y[1000:])
         assert knn_accuracy(X[:1000], y[:1000], X[1000:], y[1000:], k=k) == pytest.approx(expected, abs=0.003)
+
+
+def test_logme_equals_its_definition_by_the_features_own_svd():
+    """The Gram's eigendecomposition against an independent SVD of the features (the form of the paper's
+    equations), with fewer and with more dimensions than rows, at the fixed point each reaches."""
+    rng = np.random.default_rng(3)
+    for n, d in ((80, 12), (15, 40)):
+        F = rng.normal(size=(n, d)) * np.linspace(0.1, 3, d)
+        y = (F[:, 0] + 0.3 * rng.normal(size=n) > 0).astype(float)
+        U, s, _ = np.linalg.svd(F, full_matrices=False)
+        for alpha, beta in ((1.0, 1.0), (0.05, 8.0)):
+            m_v = beta * s / (alpha + beta * s**2) * (U.T @ y)
+            sigma = np.zeros(d)
+            sigma[: s.size] = s**2
+            res2 = np.sum((U @ (s * m_v) - y) ** 2)
+            direct = (n / 2 * np.log(beta) + d / 2 * np.log(alpha) - n / 2 * np.log(2 * np.pi) - beta / 2 * res2
+                      - alpha / 2 * (m_v @ m_v) - 0.5 * np.sum(np.log(alpha + beta * sigma))) / n
+            assert logme_evidence(F, y, alpha, beta) == pytest.approx(direct, rel=1e-9)
