@@ -185,7 +185,8 @@ def fit_logreg_path(
     if precision not in PRECISIONS + ("auto",):
         raise UserInputError(f"precision must be one of {', '.join(PRECISIONS)} or auto, got {precision!r}")
     if precision == "auto":
-        precision = "mixed" if dtype == "float32" and bfloat16_pays(device, int(X.shape[0]), int(X.shape[1])) else "exact"
+        pays = bfloat16_pays(device, int(X.shape[0]), int(X.shape[1]))
+        precision = "mixed" if dtype == "float32" and pays else "exact"
     source = RowSource(X, device, memory_budget, tdtype)
     if num_threads is None:
         num_threads = solve_threads(source.n * source.d * Cs.size * K)

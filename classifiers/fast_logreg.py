@@ -18,8 +18,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._batched_lbfgs import RowBlocks, bfloat16_pays, out_of_core
 from ._linear import GridWarmStartMixin, LogisticProbaMixin, validation_rows
-from ._validation import check_features
 from ._path import DEFAULT_MEMORY_BUDGET, LogRegPath, class_index, fit_logreg_path, past_the_peak, path_scores
+from ._validation import check_features
 from .holdout import stratified_holdout
 
 __all__ = ["BatchedLogisticRegressionCV", "DEFAULT_MEMORY_BUDGET", "LogRegPath", "TorchLogisticRegression",
@@ -122,7 +122,8 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
             from sklearn.model_selection import train_test_split
 
             rows = np.sort(train_test_split(rows, train_size=int(self.screen_rows), stratify=y, random_state=0)[0])
-        fast = self.precision == "mixed" or (self.precision == "auto" and bfloat16_pays(self.device, rows.size, int(X.shape[1])))
+        pays = bfloat16_pays(self.device, rows.size, int(X.shape[1]))
+        fast = self.precision == "mixed" or (self.precision == "auto" and pays)
         screen_precision = "bfloat16" if fast else self.precision
         if screened:
             X_sub = X.take(rows) if isinstance(X, RowBlocks) else X[rows]
