@@ -15,6 +15,9 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.utils.validation import check_is_fitted
 
 BLOCK_ELEMENTS = 1 << 24  # similarities held at once (64 MB of float32): query rows per block = this / fitted rows
+EXTRA_CANDIDATES = 16  # candidates kept per query beyond k by the bfloat16 pass (cosine_neighbours)
+OUTPUT_ROUNDING = 2.0 ** -7  # |float32 sum - its bfloat16 result| <= this * |result|: one bfloat16 ulp, any rounding
+FLOAT32_SLACK = 2.0 ** -22  # per dimension: float32 dot products of unit rows err by at most d * 2**-24; twice that
 
 
 class TorchKNeighborsClassifier(KNeighborsClassifier):
@@ -77,22 +80,132 @@ def vote_weights(dist: np.ndarray, weights) -> np.ndarray:
 def cosine_neighbours(X: np.ndarray, F: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Cosine distances (float32) and indices of the ``k`` rows of ``F`` nearest each row of ``X``, sorted.
 
-    Rows are L2-normalised (a zero row stays zero, at distance 1 from everything), then compared in
-    float32 blocks of :data:`BLOCK_ELEMENTS` similarities.
+    Rows are L2-normalised (a zero row stays zero, at distance 1 from everything). The answer is the
+    float32 search's (ties aside), found in two passes where ``F`` has more rows than candidates: a
+    bfloat16 product keeps ``k + m`` candidates per query (:func:`candidate_search`), reranked by their
+    float32 similarities; a query whose k-th similarity is not above a proven ceiling on every row
+    left out is searched again in float32. Blocks hold :data:`BLOCK_ELEMENTS` similarities.
     """
     import torch
 
-    def unit(A):
-        A = torch.from_numpy(np.ascontiguousarray(A, dtype=np.float32))
-        return A / A.norm(dim=1, keepdim=True).clamp_min(np.finfo(np.float32).tiny)
-
-    Q, R = unit(X), unit(F)
+    Q, R = unit_rows(X), unit_rows(F)
     dist = np.empty((len(Q), k), np.float32)
     ind = np.empty((len(Q), k), np.int64)
-    step = max(1, BLOCK_ELEMENTS // max(1, len(R)))
     with torch.inference_mode():
-        for start in range(0, len(Q), step):
-            sim, idx = torch.topk(Q[start:start + step] @ R.T, k, dim=1)  # sorted, largest first
-            dist[start:start + step] = (1.0 - sim).clamp_(0.0, 2.0).numpy()
-            ind[start:start + step] = idx.numpy()
+        exact = candidate_search(Q, R, k, dist, ind) if k + EXTRA_CANDIDATES < len(R) else np.arange(len(Q))
+        step = max(1, BLOCK_ELEMENTS // max(1, len(R)))
+        for start in range(0, len(exact), step):
+            rows = exact[start:start + step]
+            sim, idx = torch.topk(Q[torch.from_numpy(rows)] @ R.T, k, dim=1)  # sorted, largest first
+            dist[rows] = (1.0 - sim).clamp_(0.0, 2.0).numpy()
+            ind[rows] = idx.numpy()
     return dist, ind
+
+
+def unit_rows(A):
+    """float32 torch rows of ``A`` scaled to unit L2 norm; a zero row stays zero."""
+    import torch
+
+    A = torch.from_numpy(np.ascontiguousarray(A, dtype=np.float32))
+    return A / A.norm(dim=1, keepdim=True).clamp_min(np.finfo(np.float32).tiny)
+
+
+def candidate_search(Q, R, k, dist, ind) -> np.ndarray:
+    """Fill ``dist`` and ``ind`` for unit rows ``Q`` against unit rows ``R``; return the queries to be
+    searched again in float32.
+
+    Per block of queries: ``s~ = bf16(q) @ bf16(R - mean).T`` (centring moves every similarity of a
+    query by ``q . mean``, so the order is the same, and shrinks the values and their rounding); the
+    ``k + m`` largest are the candidates, the ``k`` largest of their float32 similarities the answer.
+    Every row left out has ``s~ <= a``, the smallest candidate's, so its similarity is at most
+    ``a + OUTPUT_ROUNDING |a| + excluded_bound + q . mean``; the answer stands when its k-th
+    similarity, less float32 rounding (``FLOAT32_SLACK``), is above that. ``m`` starts at
+    :data:`EXTRA_CANDIDATES` and doubles after a block where more than one query in 16 failed.
+    """
+    import torch
+
+    mu = R.mean(dim=0)
+    Rb, r_norm, r_err = centred_bf16(R, mu)
+    shift = Q @ mu
+    slack = FLOAT32_SLACK * R.shape[1]
+    failed, m = [], EXTRA_CANDIDATES
+    step = max(1, BLOCK_ELEMENTS // len(R))
+    products = torch.empty((min(step, len(Q)), len(R)), dtype=torch.bfloat16)  # reused: no page faults per block
+    for start in range(0, len(Q), step):
+        q = Q[start:start + step]
+        rows = slice(start, start + len(q))
+        qb, q_err = bf16_rounded(q)
+        approx = torch.mm(qb, Rb.T, out=products[:len(q)])
+        approx, cand = torch.topk(approx, min(k + m, len(R)), dim=1, sorted=False)
+        a = approx.min(dim=1).values.float()
+        ceiling = a + OUTPUT_ROUNDING * a.abs() + excluded_bound(q, q_err, r_norm, r_err) + shift[rows]
+        if k + m >= len(R):
+            ceiling.fill_(-np.inf)  # no row left out
+        cand = cand.sort(dim=1).values  # a sparse pattern's column order
+        sim, order = torch.topk(candidate_products(q, R, cand), k, dim=1)  # sorted, largest first
+        bad = np.flatnonzero((sim[:, -1] - slack <= ceiling).numpy())
+        failed.append(bad + start)
+        dist[rows] = (1.0 - sim).clamp_(0.0, 2.0).numpy()
+        ind[rows] = torch.gather(cand, 1, order).numpy()
+        if 16 * len(bad) > len(q):
+            m *= 2
+    return np.concatenate(failed)
+
+
+def centred_bf16(R, mu):
+    """``bf16(R - mu)``, the largest row norm of the result and the largest row norm of its rounding
+    error, in row chunks of reused buffers."""
+    import torch
+
+    Rb = torch.empty(R.shape, dtype=torch.bfloat16)
+    norm, err = torch.empty(len(R)), torch.empty(len(R))
+    rows = max(1, (1 << 18) // R.shape[1])
+    centred, back = torch.empty((min(rows, len(R)), R.shape[1])), torch.empty((min(rows, len(R)), R.shape[1]))
+    for s in range(0, len(R), rows):
+        n = min(rows, len(R) - s)
+        c, b = centred[:n], back[:n]
+        torch.sub(R[s:s + n], mu, out=c)
+        Rb[s:s + n].copy_(c)
+        b.copy_(Rb[s:s + n]).sub_(c)  # exact: a value and its rounding
+        torch.linalg.vector_norm(c, dim=1, out=norm[s:s + n])
+        torch.linalg.vector_norm(b, dim=1, out=err[s:s + n])
+    return Rb, (norm + err).max(), err.max()  # |r~| <= |r| + |r~ - r|
+
+
+def bf16_rounded(A):
+    """``A`` in bfloat16 and the L2 norm of each row's rounding error (exact differences, float32)."""
+    import torch
+
+    Ab = A.bfloat16()
+    return Ab, torch.linalg.vector_norm(A - Ab, dim=1)
+
+
+def excluded_bound(q, q_err, r_norm, r_err):
+    """Per unit query ``q``, a bound on ``|q . r - fl32(bf16(q) . bf16(r))|`` over rows ``r`` whose
+    bfloat16 values have norms at most ``r_norm`` and rounding errors at most ``r_err``.
+
+    With ``q~ = q + dq`` and ``r~ = r + dr``, ``q~ . r~ - q . r = dq . r~ + q . dr``, at most
+    ``|dq| |r~| + |q| |dr|`` (Cauchy-Schwarz on the measured rounding errors); float32 accumulation of
+    the exact bfloat16 products adds at most ``2 d 2**-24 |q~| |r~|`` (twice the textbook bound for
+    d terms). float32 norms err by at most d * 2**-24 relative: the factor 1 + 1e-3 covers d <= 16,000.
+    """
+    import torch
+
+    q_norm = torch.linalg.vector_norm(q, dim=1)
+    accumulation = 2 * q.shape[1] * 2.0 ** -24 * (q_norm + q_err)
+    return ((q_err + accumulation) * r_norm + q_norm * r_err) * (1 + 1e-3) + 1e-30
+
+
+def candidate_products(q, R, cand):
+    """float32 ``q[i] . R[cand[i, j]]`` for every (i, j), without gathering the rows: a sampled matrix
+    product over the sparsity pattern ``cand`` (sorted within each row)."""
+    import warnings
+
+    import torch
+
+    n, c = cand.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+        pattern = torch.sparse_csr_tensor(torch.arange(0, n * c + 1, c), cand.reshape(-1), q.new_zeros(n * c),
+                                          size=(n, len(R)), check_invariants=False)
+        return torch.sparse.sampled_addmm(pattern, q, R.T, beta=0.0).values().view(n, c)
