@@ -1,11 +1,13 @@
 """k-NN with a cosine neighbour search in torch, and a k grid scored from one search.
 
 :class:`TorchKNeighborsClassifier` is scikit-learn's ``KNeighborsClassifier`` (same parameters,
-attributes and votes) whose brute-force cosine search runs as float32 matrix products in torch,
-in row blocks of bounded memory, keeping the k largest similarities of each block (``torch.topk``);
-any other metric, algorithm or query falls back to scikit-learn's search. Its ``score_grid``
-scores every k of a grid from one search for the largest k: the k nearest neighbours are the first
-k of the largest k's, so each k's vote is the one ``predict`` would cast.
+attributes and votes) whose brute-force cosine search runs in torch, in row blocks of bounded memory:
+a bfloat16 matrix product picks candidates, their float32 similarities pick the neighbours, and a
+proven bound sends any query the candidates might have missed to the float32 search
+(:func:`cosine_neighbours`), so the neighbours are the float32 search's. Any other metric, algorithm
+or query falls back to scikit-learn's search. Its ``score_grid`` scores every k of a grid from one
+search for the largest k: the k nearest neighbours are the first k of the largest k's, so each k's
+vote is the one ``predict`` would cast.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 BLOCK_ELEMENTS = 1 << 24  # similarities held at once (64 MB of float32): query rows per block = this / fitted rows
 EXTRA_CANDIDATES = 16  # candidates kept per query beyond k by the bfloat16 pass (cosine_neighbours)
 OUTPUT_ROUNDING = 2.0 ** -7  # |float32 sum - its bfloat16 result| <= this * |result|: one bfloat16 ulp, any rounding
-FLOAT32_SLACK = 2.0 ** -22  # per dimension: float32 dot products of unit rows err by at most d * 2**-24; twice that
+FLOAT32_SLACK = 2.0 ** -22  # per dimension: covers two float32 dot products of unit rows (d * 2**-24 each) and centring
 
 
 class TorchKNeighborsClassifier(KNeighborsClassifier):
@@ -103,11 +105,15 @@ def cosine_neighbours(X: np.ndarray, F: np.ndarray, k: int) -> tuple[np.ndarray,
 
 
 def unit_rows(A):
-    """float32 torch rows of ``A`` scaled to unit L2 norm; a zero row stays zero."""
+    """float32 torch rows of ``A`` scaled to unit L2 norm (a zero row stays zero); rows already unit to
+    within float32 rounding (the head's own L2 step) are used as they are, without a copy."""
     import torch
 
     A = torch.from_numpy(np.ascontiguousarray(A, dtype=np.float32))
-    return A / A.norm(dim=1, keepdim=True).clamp_min(np.finfo(np.float32).tiny)
+    norm = torch.linalg.vector_norm(A, dim=1, keepdim=True)
+    if len(A) and float((norm - 1).abs().max()) <= 1e-6:
+        return A
+    return A / norm.clamp_min(np.finfo(np.float32).tiny)
 
 
 def candidate_search(Q, R, k, dist, ind) -> np.ndarray:
