@@ -131,20 +131,21 @@ def candidate_search(Q, R, k, dist, ind) -> np.ndarray:
     import torch
 
     mu = R.mean(dim=0)
-    Rb, r_norm, r_err = centred_bf16(R, mu)
-    shift = Q @ mu
+    Rb, r_norm, r_err = bf16_rows(R, mu)
+    r_norm, r_err = (r_norm + r_err).max(), r_err.max()  # |r~| <= |r| + |r~ - r|
+    Qb, q_norm, q_err = bf16_rows(Q)
+    bound = excluded_bound(q_norm, q_err, r_norm, r_err, Q.shape[1]) + Q @ mu  # q . mu: see above
     slack = FLOAT32_SLACK * R.shape[1]
     failed, m = [], EXTRA_CANDIDATES
-    step = max(1, BLOCK_ELEMENTS // len(R))
-    products = torch.empty((min(step, len(Q)), len(R)), dtype=torch.bfloat16)  # reused: no page faults per block
+    step = min(256, max(1, BLOCK_ELEMENTS // len(R)))  # 256 rows keep the product's buffer small and fast
+    products = torch.empty((min(step, len(Q)), len(R)), dtype=torch.bfloat16)  # one buffer for every block
     for start in range(0, len(Q), step):
-        q = Q[start:start + step]
-        rows = slice(start, start + len(q))
-        qb, q_err = bf16_rounded(q)
-        approx = torch.mm(qb, Rb.T, out=products[:len(q)])
+        rows = slice(start, min(start + step, len(Q)))
+        q = Q[rows]
+        approx = torch.mm(Qb[rows], Rb.T, out=products[:len(q)])
         approx, cand = torch.topk(approx, min(k + m, len(R)), dim=1, sorted=False)
         a = approx.min(dim=1).values.float()
-        ceiling = a + OUTPUT_ROUNDING * a.abs() + excluded_bound(q, q_err, r_norm, r_err) + shift[rows]
+        ceiling = a + OUTPUT_ROUNDING * a.abs() + bound[rows]
         if k + m >= len(R):
             ceiling.fill_(-np.inf)  # no row left out
         cand = cand.sort(dim=1).values  # a sparse pattern's column order
@@ -158,47 +159,41 @@ def candidate_search(Q, R, k, dist, ind) -> np.ndarray:
     return np.concatenate(failed)
 
 
-def centred_bf16(R, mu):
-    """``bf16(R - mu)``, the largest row norm of the result and the largest row norm of its rounding
-    error, in row chunks of reused buffers."""
+def bf16_rows(A, mu=None):
+    """``bf16(A - mu)`` (``mu`` None: ``A``), each row's norm before rounding and each row's rounding
+    error norm (exact differences), in row chunks through two small reused buffers: fresh memory is
+    what a first call pays most for."""
     import torch
 
-    Rb = torch.empty(R.shape, dtype=torch.bfloat16)
-    norm, err = torch.empty(len(R)), torch.empty(len(R))
-    rows = max(1, (1 << 18) // R.shape[1])
-    centred, back = torch.empty((min(rows, len(R)), R.shape[1])), torch.empty((min(rows, len(R)), R.shape[1]))
-    for s in range(0, len(R), rows):
-        n = min(rows, len(R) - s)
-        c, b = centred[:n], back[:n]
-        torch.sub(R[s:s + n], mu, out=c)
-        Rb[s:s + n].copy_(c)
-        b.copy_(Rb[s:s + n]).sub_(c)  # exact: a value and its rounding
-        torch.linalg.vector_norm(c, dim=1, out=norm[s:s + n])
+    Ab = torch.empty(A.shape, dtype=torch.bfloat16)
+    norm, err = torch.empty(len(A)), torch.empty(len(A))
+    rows = max(1, min(len(A), (1 << 18) // max(1, A.shape[1])))
+    value, back = torch.empty((rows, A.shape[1])), torch.empty((rows, A.shape[1]))
+    for s in range(0, len(A), rows):
+        n = min(rows, len(A) - s)
+        v, b = value[:n], back[:n]
+        if mu is None:
+            v.copy_(A[s:s + n])
+        else:
+            torch.sub(A[s:s + n], mu, out=v)
+        Ab[s:s + n].copy_(v)
+        b.copy_(Ab[s:s + n]).sub_(v)  # exact: a value and its rounding
+        torch.linalg.vector_norm(v, dim=1, out=norm[s:s + n])
         torch.linalg.vector_norm(b, dim=1, out=err[s:s + n])
-    return Rb, (norm + err).max(), err.max()  # |r~| <= |r| + |r~ - r|
+    return Ab, norm, err
 
 
-def bf16_rounded(A):
-    """``A`` in bfloat16 and the L2 norm of each row's rounding error (exact differences, float32)."""
-    import torch
-
-    Ab = A.bfloat16()
-    return Ab, torch.linalg.vector_norm(A - Ab, dim=1)
-
-
-def excluded_bound(q, q_err, r_norm, r_err):
-    """Per unit query ``q``, a bound on ``|q . r - fl32(bf16(q) . bf16(r))|`` over rows ``r`` whose
-    bfloat16 values have norms at most ``r_norm`` and rounding errors at most ``r_err``.
+def excluded_bound(q_norm, q_err, r_norm, r_err, d):
+    """Per query ``q`` (its norm ``q_norm``, the norm of its bfloat16 rounding error ``q_err``), a bound
+    on ``|q . r - fl32(bf16(q) . bf16(r))|`` over ``d``-dimensional rows ``r`` whose bfloat16 values
+    have norms at most ``r_norm`` and rounding errors at most ``r_err``.
 
     With ``q~ = q + dq`` and ``r~ = r + dr``, ``q~ . r~ - q . r = dq . r~ + q . dr``, at most
     ``|dq| |r~| + |q| |dr|`` (Cauchy-Schwarz on the measured rounding errors); float32 accumulation of
     the exact bfloat16 products adds at most ``2 d 2**-24 |q~| |r~|`` (twice the textbook bound for
     d terms). float32 norms err by at most d * 2**-24 relative: the factor 1 + 1e-3 covers d <= 16,000.
     """
-    import torch
-
-    q_norm = torch.linalg.vector_norm(q, dim=1)
-    accumulation = 2 * q.shape[1] * 2.0 ** -24 * (q_norm + q_err)
+    accumulation = 2 * d * 2.0 ** -24 * (q_norm + q_err)
     return ((q_err + accumulation) * r_norm + q_norm * r_err) * (1 + 1e-3) + 1e-30
 
 

@@ -182,12 +182,13 @@ def test_the_bound_holds_for_torchs_bfloat16_product(kind):
         R = torch.from_numpy(R / np.linalg.norm(R, axis=1, keepdims=True)).float()
         Q = R[:200] + 0.01 * torch.from_numpy(rng.normal(size=(200, d))).float()
         Q, mu = Q / Q.norm(dim=1, keepdim=True), R.mean(dim=0)
-    Rb, r_norm, r_err = fast_knn.centred_bf16(R, mu)
-    qb, q_err = fast_knn.bf16_rounded(Q)
+    Rb, r_norm, r_err = fast_knn.bf16_rows(R, mu)
+    r_norm, r_err = (r_norm + r_err).max(), r_err.max()
+    qb, q_norm, q_err = fast_knn.bf16_rows(Q)
     with torch.inference_mode():
         approx = (qb @ Rb.T).double()
     exact = Q.double() @ (R - mu).double().T  # the similarity the ceiling is about, less q . mu
-    bound = fast_knn.excluded_bound(Q, q_err, r_norm, r_err).double()[:, None]
+    bound = fast_knn.excluded_bound(q_norm, q_err, r_norm, r_err, d).double()[:, None]
     err = (exact - approx).abs()
     assert (err <= bound + fast_knn.OUTPUT_ROUNDING * approx.abs()).all()
     if kind == "bfloat16 inputs":
