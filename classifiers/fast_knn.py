@@ -137,14 +137,14 @@ def candidate_search(Q, R, k, dist, ind) -> np.ndarray:
     bound = excluded_bound(q_norm, q_err, r_norm, r_err, Q.shape[1]) + Q @ mu  # q . mu: see above
     slack = FLOAT32_SLACK * R.shape[1]
     failed, m = [], EXTRA_CANDIDATES
-    step = min(256, max(1, BLOCK_ELEMENTS // len(R)))  # 256 rows keep the product's buffer small and fast
+    step = min(512, max(1, BLOCK_ELEMENTS // len(R)))  # 512 rows: a small buffer, few blocks
     products = torch.empty((min(step, len(Q)), len(R)), dtype=torch.bfloat16)  # one buffer for every block
     for start in range(0, len(Q), step):
         rows = slice(start, min(start + step, len(Q)))
         q = Q[rows]
         approx = torch.mm(Qb[rows], Rb.T, out=products[:len(q)])
-        approx, cand = torch.topk(approx, min(k + m, len(R)), dim=1, sorted=False)
-        a = approx.min(dim=1).values.float()
+        approx, cand = torch.topk(approx, min(k + m, len(R)), dim=1)
+        a = approx[:, -1].float()  # the smallest candidate's
         ceiling = a + OUTPUT_ROUNDING * a.abs() + bound[rows]
         if k + m >= len(R):
             ceiling.fill_(-np.inf)  # no row left out
@@ -162,12 +162,13 @@ def candidate_search(Q, R, k, dist, ind) -> np.ndarray:
 def bf16_rows(A, mu=None):
     """``bf16(A - mu)`` (``mu`` None: ``A``), each row's norm before rounding and each row's rounding
     error norm (exact differences), in row chunks through two small reused buffers: fresh memory is
-    what a first call pays most for."""
+    what a first call pays most for, and a chunk too small for torch to split across threads never
+    waits at a barrier for a thread the scheduler took away (a loaded machine)."""
     import torch
 
     Ab = torch.empty(A.shape, dtype=torch.bfloat16)
     norm, err = torch.empty(len(A)), torch.empty(len(A))
-    rows = max(1, min(len(A), (1 << 18) // max(1, A.shape[1])))
+    rows = max(1, min(len(A), (1 << 15) // max(1, A.shape[1]) - 1))  # below torch's grain: no threads to wait for
     value, back = torch.empty((rows, A.shape[1])), torch.empty((rows, A.shape[1]))
     for s in range(0, len(A), rows):
         n = min(rows, len(A) - s)
