@@ -83,3 +83,115 @@ def test_other_metrics_and_training_row_queries_are_scikit_learns(noisy):
     np.testing.assert_array_equal(head.kneighbors()[1], _sklearn(3).fit(X, y).kneighbors()[1])  # X=None: leave-one-out
     with pytest.raises(ValueError, match="n_neighbors"):
         head.kneighbors(Xt, n_neighbors=len(X) + 1)
+
+
+def _bands(d=64, queries=8, band=150, others=300, spacing=2e-5, seed=0):
+    """Adversarial rows for the bfloat16 pass: around each query, ``band`` training rows whose cosine
+    similarities to it are 0.9, 0.9 + spacing, ... (a band narrower than one bfloat16 step, 0.004, so
+    that pass cannot order them), plus random rows; every similarity is distinct in float32."""
+    rng = np.random.default_rng(seed)
+    Q = rng.normal(size=(queries, d))
+    Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+    rows = [rng.normal(size=(others, d))]
+    for q in Q:
+        v = rng.normal(size=(band, d))
+        v -= np.outer(v @ q, q)
+        v /= np.linalg.norm(v, axis=1, keepdims=True)
+        cos = 0.9 + spacing * rng.permutation(band)
+        rows.append(cos[:, None] * q + np.sqrt(1 - cos ** 2)[:, None] * v)
+    F = np.concatenate(rows)
+    order = rng.permutation(len(F))
+    return (F[order] * rng.uniform(0.5, 2.0, (len(F), 1))).astype(np.float32), Q.astype(np.float32), rng
+
+
+def _assert_same_neighbours(F, Q, k, ties=False):
+    """Our search against scikit-learn's brute cosine search: distances, neighbours (the rows
+    themselves where ``ties``: any of equal rows is right) and distance-weighted votes."""
+    y = np.unique(F, axis=0, return_inverse=True)[1].ravel() % 3  # equal rows, equal labels
+    ours = TorchKNeighborsClassifier(k, weights="distance", metric="cosine", algorithm="brute").fit(F, y)
+    ref = _sklearn(k).fit(F, y)
+    (d, i), (rd, ri) = ours.kneighbors(Q), ref.kneighbors(Q)
+    np.testing.assert_allclose(d, rd, atol=2e-6)
+    if ties:
+        np.testing.assert_array_equal(F[i], F[ri])
+    else:
+        np.testing.assert_array_equal(i, ri)
+    np.testing.assert_array_equal(ours.predict(Q), ref.predict(Q))
+
+
+@pytest.mark.parametrize("block", [fast_knn.BLOCK_ELEMENTS, 2000])  # one block; a block per query (m grows)
+@pytest.mark.parametrize("k", [1, 10, 100, 149])
+def test_near_ties_below_bfloat16_resolution_are_ordered_exactly(monkeypatch, block, k):
+    """The k-th neighbour sits in a band of rows the bfloat16 pass cannot tell apart: the check must
+    send those queries to the float32 search (with the check skipped, most answers here are wrong)."""
+    monkeypatch.setattr(fast_knn, "BLOCK_ELEMENTS", block)
+    F, Q, _ = _bands()
+    _assert_same_neighbours(F, Q, k)
+    _assert_same_neighbours(F, np.concatenate([Q, -Q, F[:20]]), k)  # also far queries, and training rows
+
+
+def test_duplicate_and_zero_rows(monkeypatch):
+    """40 copies of a row (exact ties at the k-th place), zero training rows (distance 1 from every
+    query) and zero queries (every row at distance 1)."""
+    F, Q, rng = _bands(queries=4, band=60)
+    F[:40] = F[40]
+    F[50:60] = 0.0
+    Q = np.concatenate([Q, F[40:41] * 3, F[40:41] + rng.normal(0, 1e-3, (3, F.shape[1])).astype(np.float32)])
+    for k in (5, 45, 60):
+        _assert_same_neighbours(F, Q, k, ties=True)
+    zero = np.zeros((2, F.shape[1]), np.float32)
+    ours = TorchKNeighborsClassifier(7, metric="cosine", algorithm="brute").fit(F, np.arange(len(F)) % 3)
+    np.testing.assert_allclose(ours.kneighbors(zero)[0], 1.0)
+
+
+@pytest.mark.parametrize("k", [1, 2, 43, 44, 59, 60])  # k + 16 below, at and past the 60 rows
+def test_every_k_up_to_the_number_of_rows(k):
+    F, Q, _ = _bands(queries=3, band=20, others=0)
+    _assert_same_neighbours(F, np.concatenate([Q, F[::7]]), k)
+
+
+def test_the_grid_on_near_ties_scores_as_scikit_learn():
+    F, Q, rng = _bands(queries=20, band=100)
+    y = rng.integers(0, 4, len(F))
+    queries = np.concatenate([Q, F[:200] + rng.normal(0, 0.05, (200, F.shape[1])).astype(np.float32)])
+    yq = rng.integers(0, 4, len(queries))
+    grid = [1, 3, 5, 10, 20, 50, 99]
+    scores = TorchKNeighborsClassifier(weights="distance", metric="cosine", algorithm="brute").score_grid(
+        grid, F, y, queries, yq)
+    assert scores == [_sklearn(k).fit(F, y).score(queries, yq) for k in grid]
+
+
+@pytest.mark.parametrize("kind", ["random", "aligned", "spiky", "bfloat16 inputs"])
+def test_the_bound_holds_for_torchs_bfloat16_product(kind):
+    """What the check assumes of torch's bfloat16 product: its error against the exact similarity of
+    the float32 rows is within ``excluded_bound`` plus one bfloat16 step of the result. Rows already
+    in bfloat16 leave only the result's rounding, which the bound alone does not cover."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    d = 1280
+    R = rng.normal(size=(3000, d))
+    if kind == "aligned":  # near-duplicates of one direction: products close to 1, the largest output steps
+        R = R[0] + 0.05 * R
+    elif kind == "spiky":  # a few large components: rounding errors concentrated
+        R = R * (rng.random(R.shape) < 0.01) * 100 + R * 0.01
+    if kind == "bfloat16 inputs":  # 8-bit integers / 2**12, one direction: exact in bfloat16, products large
+        R = torch.from_numpy((rng.integers(-100, 100, d) + rng.integers(-27, 28, (3000, d))) / 4096.0).float()
+        Q, mu = R[:200].clone(), torch.zeros(d)
+    else:
+        R = torch.from_numpy(R / np.linalg.norm(R, axis=1, keepdims=True)).float()
+        Q = R[:200] + 0.01 * torch.from_numpy(rng.normal(size=(200, d))).float()
+        Q, mu = Q / Q.norm(dim=1, keepdim=True), R.mean(dim=0)
+    Rb, r_norm, r_err = fast_knn.bf16_rows(R, mu)
+    r_norm, r_err = (r_norm + r_err).max(), r_err.max()
+    qb, q_norm, q_err = fast_knn.bf16_rows(Q)
+    with torch.inference_mode():
+        approx = (qb @ Rb.T).double()
+    exact = Q.double() @ (R - mu).double().T  # the similarity the ceiling is about, less q . mu
+    bound = fast_knn.excluded_bound(q_norm, q_err, r_norm, r_err, d).double()[:, None]
+    err = (exact - approx).abs()
+    assert (err <= bound + fast_knn.OUTPUT_ROUNDING * approx.abs()).all()
+    if kind == "bfloat16 inputs":
+        assert r_err == 0 and (q_err == 0).all() and (err > bound).double().mean() > 0.5
+    else:
+        assert err.max() > 0.05 * bound.min()  # the bound is about the right size, not vacuous
