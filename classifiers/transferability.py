@@ -2,7 +2,8 @@
 
 ``knn_accuracy``
     Accuracy of a k-nearest-neighbour vote (cosine similarity, features L2-normalised) of the
-    validation rows among the training rows. No fitting, one matrix product; large studies of
+    validation rows among the training rows, by the k-NN head's own search
+    (:func:`transferlab.classifiers.fast_knn.cosine_neighbours`). No fitting; large studies of
     transferability metrics found this plain evaluator predicts transfer better than most
     published scores.
 ``logme``
@@ -132,23 +133,17 @@ def knn_accuracy(X_train, y_train, X_val, y_val, k: int = 10) -> float:
     >>> knn_accuracy(X, [0, 0, 1, 1], np.array([[1.0, 0.2], [0.2, 1.0]]), [0, 1], k=1)
     1.0
     """
-    A = check_features(X_train, "training features").astype(np.float64)
-    B = check_features(X_val, "validation features").astype(np.float64)
+    from .fast_knn import cosine_neighbours
+
+    A = check_features(X_train, "training features")
+    B = check_features(X_val, "validation features")
     ya = check_labels(y_train, A.shape[0])
     yb = check_labels(y_val, B.shape[0])
-    A /= np.linalg.norm(A, axis=1, keepdims=True) + 1e-12
-    B /= np.linalg.norm(B, axis=1, keepdims=True) + 1e-12
     k = int(min(max(1, k), A.shape[0]))
     classes = np.unique(ya)
-    correct = 0
-    for s in range(0, B.shape[0], 2048):
-        sim = B[s:s + 2048] @ A.T
-        idx = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        order = np.take_along_axis(sim, idx, 1).argsort(1)[:, ::-1]
-        idx = np.take_along_axis(idx, order, 1)  # nearest first
-        votes = np.zeros((idx.shape[0], classes.size))
-        lab = np.searchsorted(classes, ya[idx])
-        for j in range(k):  # a tiny weight by rank breaks ties toward the nearer neighbours
-            np.add.at(votes, (np.arange(idx.shape[0]), lab[:, j]), 1.0 + 1e-6 * (k - j))
-        correct += int(np.sum(classes[votes.argmax(1)] == yb[s:s + 2048]))
-    return correct / B.shape[0]
+    _, idx = cosine_neighbours(B, A, k)  # the k-NN head's search: nearest first
+    lab = np.searchsorted(classes, ya[idx])
+    votes = np.zeros((B.shape[0], classes.size))
+    rank = 1.0 + 1e-6 * (k - np.arange(k))  # a tiny weight by rank breaks ties toward the nearer neighbours
+    np.add.at(votes, (np.arange(B.shape[0])[:, None], lab), rank[None, :])
+    return float(np.mean(classes[votes.argmax(1)] == yb))

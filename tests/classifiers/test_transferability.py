@@ -75,3 +75,10 @@ def test_logme_equals_its_definition_by_the_features_own_svd():
             direct = (n / 2 * np.log(beta) + d / 2 * np.log(alpha) - n / 2 * np.log(2 * np.pi) - beta / 2 * res2
                       - alpha / 2 * (m_v @ m_v) - 0.5 * np.sum(np.log(alpha + beta * sigma))) / n
             assert logme_evidence(F, y, alpha, beta) == pytest.approx(direct, rel=1e-9)
+
+
+def test_knn_accuracy_breaks_a_tied_vote_toward_the_nearer_neighbour():
+    X = np.array([[1.0, 0.0], [0.0, 1.0]])  # one row per class: with k = 2 every vote is a tie
+    queries = np.array([[0.9, 0.2], [0.3, 0.9]])  # nearer the first row, nearer the second
+    assert knn_accuracy(X, [0, 1], queries, [0, 1], k=2) == 1.0
+    assert knn_accuracy(X, [0, 1], queries, [1, 0], k=2) == 0.0
