@@ -529,7 +529,8 @@ def main(argv=None) -> int:
         return 0
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {', '.join(SECTIONS)}")
-    p.add_argument("--quick", action="store_true", help="small sizes: check that everything runs")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes: check that everything runs (prints only, writes nothing)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch and BLAS threads for every figure (0: all cores when the load average is below 1, "
                         "else 1: spinning threads lose 10x under contention)")
@@ -553,7 +554,8 @@ def main(argv=None) -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     info = machine()
-    base = json.loads(RESULTS.read_text()) if RESULTS.is_file() and not args.quick else {}
+    base = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    write = not (args.no_write or args.quick)  # quick figures never replace a section's full ones
 
     def save(sections, state):
         from transferlab.util import write_json
@@ -564,14 +566,13 @@ def main(argv=None) -> int:
                        wall_seconds=round(time.perf_counter() - started, 1))
         if "memory" in state:
             results.setdefault("state", {})["memory"] = state["memory"]
-        if not args.no_write:
+        if write:
             write_json(RESULTS, results)
             write_readme(results)
 
     with threadpool_limits(threads):
         _run_sections(names, args.quick, threads, save, args.outofcore_rows)
-    if not args.no_write:
-        print(f"wrote {RESULTS} and the table in {README}")
+    print(f"wrote {RESULTS} and the table in {README}" if write else "printed only: results.json, README.md unchanged")
     return 0
 
 
