@@ -164,6 +164,8 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
         ``tol`` (none when its top is flat). Where a fold's best C is the same, so is its solution,
         to the solvers' tolerance.
         """
+        import torch
+
         from ._batched_lbfgs import SubsetSolver, path_start
         from ._path import solve_threads
 
@@ -190,8 +192,6 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
             pred = solver.predictions(x)
             for i, (f, j) in enumerate(zip(group, where)):
                 out[f, j] = float(np.mean(pred[i, held[f]] == y_idx[held[f]]))
-
-        import torch
 
         previous = torch.get_num_threads()
         torch.set_num_threads(solve_threads(n * X.shape[1] * K * len(splits)))
