@@ -31,8 +31,8 @@ from transferlab.util import UserInputError
 from ._validation import check_features, is_h5
 
 _EVAL_ROWS = 16384  # rows per pass on an accelerator: few large products
-# On a CPU, rows held in memory are passed in chunks of about this many bytes: both products of a
-# pass (scores, then gradient) then read a chunk while it is still in cache, instead of streaming
+# On a CPU, rows (held in memory or streamed) are passed in chunks of about this many bytes: both products
+# of a pass (scores, then gradient) then read a chunk while it is still in cache, instead of streaming
 # the whole array from memory twice (the products are memory-bound at these shapes).
 CPU_CHUNK_BYTES = 4 << 20
 
@@ -91,7 +91,7 @@ class RowBlocks:
     def __init__(self, data, index=None, transform=None, block_rows: int = 16384):
         if data.ndim != 2:
             raise UserInputError(f"features must be a 2-D array (rows, dims), got shape {data.shape}")
-        self.data = data
+        self.data = data if is_h5(data) else np.asarray(data)
         self.index = None if index is None else np.asarray(index, dtype=np.int64)
         if self.index is not None and self.index.size and (
                 np.any(np.diff(self.index) <= 0) or self.index[0] < 0 or self.index[-1] >= data.shape[0]):
@@ -99,8 +99,8 @@ class RowBlocks:
         self.shape = (int(data.shape[0]) if self.index is None else int(self.index.size), int(data.shape[1]))
         self.ndim = 2
         self.transform = transform
-        self.step = (getattr(data, "chunks", None) or (1,))[0]
-        self.block_rows = max(self.step, int(block_rows) // self.step * self.step)
+        step = (getattr(data, "chunks", None) or (1,))[0]
+        self.block_rows = max(step, int(block_rows) // step * step)
         self._buffer = self._first = None  # a file's block last read, and its first row
         self._picked = None  # GATHER_ROWS rows picked out of a block, in data's dtype
 
@@ -184,10 +184,10 @@ def out_of_core(X) -> bool:
 class RowSource:
     """Rows of an array, ``h5py.Dataset`` or :class:`RowBlocks`, held on the device or streamed.
 
-    Either way a pass yields chunks of ``pass_rows`` rows (:func:`pass_rows`), so a streamed pass sums
-    over the same chunks as a held one. Streamed rows are read in blocks of ``rows`` rows (at most
-    ``STREAM_CHUNK_BYTES`` as float32, whole HDF5 chunks) and converted one chunk at a time into
-    buffers of the pass's own: both products of a pass read a chunk while it is in cache."""
+    Either way a pass yields chunks of ``pass_rows`` rows (:func:`pass_rows`, no more than ``rows``), so a
+    streamed pass sums over the same chunks as a held one. Streamed rows are read in blocks of ``rows``
+    rows (at most ``STREAM_CHUNK_BYTES`` as float32, whole HDF5 chunks) and converted one chunk at a time
+    into buffers of the pass's own: both products of a pass read a chunk while it is in cache."""
 
     def __init__(self, X, device, memory_budget, dtype):
         import torch
