@@ -191,3 +191,23 @@ def test_streamed_rows_are_checked_for_nan_without_false_alarms(tmp_path):
     bad[450, 3] = np.nan
     with pytest.raises(UserInputError, match="NaN"):
         list(lbfgs.RowSource(bad, "cpu", 100 * 8 * 4, torch.float32).chunks())
+
+
+@pytest.mark.parametrize("storage", ["chunks", "gzip", "partly written", "big-endian", "contiguous"])
+def test_row_blocks_read_any_hdf5_storage(tmp_path, storage):
+    """Aligned blocks read from any storage, the last one short: plain or compressed chunks, chunks never
+    written (HDF5's fill value), big-endian or contiguous rows."""
+    X, _ = _classes(1000, 12, 3)
+    kwargs = {"contiguous": {}, "gzip": {"chunks": (64, 12), "compression": "gzip"}}.get(storage, {"chunks": (64, 12)})
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        d = f.create_dataset("X", X.shape, dtype=">f2" if storage == "big-endian" else "f2", **kwargs)
+        if storage == "partly written":
+            d[:300], d[700:] = X[:300], X[700:]
+            X[300:700] = 0  # HDF5's fill value, never stored
+        else:
+            d[...] = X
+    index = np.sort(np.random.default_rng(4).choice(1000, 800, replace=False))
+    with h5py.File(tmp_path / "x.h5", "r") as f:
+        blocks = RowBlocks(f["X"], index, block_rows=192)
+        np.testing.assert_array_equal(blocks[0:800], X[index].astype(np.float32))
+        np.testing.assert_array_equal(RowBlocks(f["X"], block_rows=192)[0:1000], X.astype(np.float32))
