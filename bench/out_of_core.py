@@ -97,9 +97,9 @@ def run_child(mode: str, path: str, rows: int, budget_mb: int) -> dict:
     passes = [0]
     evaluate = Problem.evaluate
 
-    def counted(self, x, C):  # row-passes: rows x problems of every evaluation
+    def counted(self, x, C, ids=None):  # row-passes: rows x problems of every evaluation
         passes[0] += self.source.n * x.shape[0]
-        return evaluate(self, x, C)
+        return evaluate(self, x, C, ids)
 
     Problem.evaluate = counted
     Cs = default_grid("logreg", full=True)["C"]

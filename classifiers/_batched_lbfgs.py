@@ -31,8 +31,8 @@ from transferlab.util import UserInputError
 from ._validation import check_features, is_h5
 
 _EVAL_ROWS = 16384  # rows per pass on an accelerator: few large products
-# On a CPU, rows held in memory are passed in chunks of about this many bytes: both products of a
-# pass (scores, then gradient) then read a chunk while it is still in cache, instead of streaming
+# On a CPU, rows (held in memory or streamed) are passed in chunks of about this many bytes: both products
+# of a pass (scores, then gradient) then read a chunk while it is still in cache, instead of streaming
 # the whole array from memory twice (the products are memory-bound at these shapes).
 CPU_CHUNK_BYTES = 4 << 20
 
@@ -77,17 +77,21 @@ class RowBlocks:
     (sorted, unique; None: all) of ``data``, as float32, passed through ``transform`` (a fitted
     standardiser's ``transform``, say) as they are read.
 
-    ``blocks[a:b]`` gives rows a..b-1 of the selection and :meth:`take` the rows at given positions,
-    each reading ``data`` in blocks of about ``block_rows`` rows (whole HDF5 chunks) and converting
-    only the rows it keeps. The solver streams it as it streams a file (:class:`RowSource`);
-    :func:`~transferlab.classifiers.out_of_core.select_logreg` hands it the training and validation
-    rows of a file.
+    ``blocks[a:b]`` gives rows a..b-1 of the selection, :meth:`take` the rows at given positions and
+    :meth:`read_into` rows a..b-1 into the caller's buffer. A file is read in aligned blocks of about
+    ``block_rows`` rows (whole HDF5 chunks) into one buffer, kept until a row outside it is asked for:
+    a pass asking for a few hundred rows at a time reads every block once. Rows are picked and
+    converted ``GATHER_ROWS`` at a time (in cache), only those kept. The solver streams it as it
+    streams a file (:class:`RowSource`); :func:`~transferlab.classifiers.out_of_core.select_logreg`
+    hands it the training and validation rows of a file.
     """
+
+    GATHER_ROWS = 512  # rows picked out of a block and converted at a time: in cache for the steps after
 
     def __init__(self, data, index=None, transform=None, block_rows: int = 16384):
         if data.ndim != 2:
             raise UserInputError(f"features must be a 2-D array (rows, dims), got shape {data.shape}")
-        self.data = data
+        self.data = data if is_h5(data) else np.asarray(data)
         self.index = None if index is None else np.asarray(index, dtype=np.int64)
         if self.index is not None and self.index.size and (
                 np.any(np.diff(self.index) <= 0) or self.index[0] < 0 or self.index[-1] >= data.shape[0]):
@@ -97,48 +101,67 @@ class RowBlocks:
         self.transform = transform
         step = (getattr(data, "chunks", None) or (1,))[0]
         self.block_rows = max(step, int(block_rows) // step * step)
+        self._buffer = self._first = None  # a file's block last read, and its first row
+        self._picked = None  # GATHER_ROWS rows picked out of a block, in data's dtype
 
     def __len__(self) -> int:
         return self.shape[0]
 
+    def _block(self, row: int):
+        """(first row, rows) of a block of ``data`` holding row ``row``: an array as it is, or a file's aligned
+        block read into the buffer (again only when it holds another block)."""
+        if not is_h5(self.data):
+            return 0, self.data
+        first = row // self.block_rows * self.block_rows
+        stop = min(int(self.data.shape[0]), first + self.block_rows)
+        if self._first != first:
+            if self._buffer is None:
+                self._buffer = np.empty((self.block_rows, self.shape[1]), dtype=self.data.dtype)
+            self._first = None  # a failed read leaves no block behind
+            self.data.read_direct(self._buffer, np.s_[first:stop], np.s_[0:stop - first])
+            self._first = first
+        return first, self._buffer[:stop - first]
+
     def _gather(self, rows, out=None) -> np.ndarray:
-        """Rows ``rows`` (sorted row numbers of ``data``) as float32, transformed, read block by block into
-        ``out`` (float32, one row per entry of ``rows``; None: a new array)."""
+        """Rows ``rows`` (sorted row numbers of ``data``) as float32, transformed, written into ``out``
+        (float32, one row per entry of ``rows``; None: a new array), which is returned."""
         import torch
 
         out = np.empty((rows.size, self.shape[1]), dtype=np.float32) if out is None else out
         done = 0
         while done < rows.size:
-            lo = rows[done]
-            stop = done + int(np.searchsorted(rows[done:done + self.block_rows], lo + self.block_rows))
-            hi = int(rows[stop - 1]) + 1  # read only the span the kept rows cover
-            block = self._read(int(lo), hi)
-            if hi - lo != stop - done:  # the kept rows, into a buffer the next block reuses
-                if getattr(self, "_picked", None) is None or self._picked.dtype != block.dtype:
-                    self._picked = np.empty((self.block_rows, self.shape[1]), dtype=block.dtype)
-                block = np.take(block, rows[done:stop] - lo, axis=0, out=self._picked[:stop - done])
-            if block.dtype in (np.float16, np.float32, np.float64):  # torch converts float16 faster than numpy
-                torch.from_numpy(out[done:stop]).copy_(torch.from_numpy(np.ascontiguousarray(block)))
+            first, block = self._block(int(rows[done]))
+            stop = done + int(np.searchsorted(rows[done:], first + block.shape[0]))
+            part = rows[done:stop] - first
+            fast = block.dtype in (np.float16, np.float32, np.float64) and block.flags.writeable \
+                and block.dtype.isnative  # torch converts float16 faster than numpy, and picks rows faster
+            if part[-1] - part[0] + 1 == part.size:  # consecutive rows: converted from the block itself
+                if fast:
+                    torch.from_numpy(out[done:stop]).copy_(torch.from_numpy(block[part[0]:part[-1] + 1]))
+                else:
+                    out[done:stop] = block[part[0]:part[-1] + 1]
+            elif fast:
+                source, picks = torch.from_numpy(block), torch.from_numpy(part)
+                if self._picked is None or self._picked.dtype != source.dtype:
+                    self._picked = torch.empty((self.GATHER_ROWS, self.shape[1]), dtype=source.dtype)
+                for lo in range(0, part.size, self.GATHER_ROWS):
+                    hi = min(part.size, lo + self.GATHER_ROWS)
+                    picked = torch.index_select(source, 0, picks[lo:hi], out=self._picked[:hi - lo])
+                    torch.from_numpy(out[done + lo:done + hi]).copy_(picked)
             else:
-                out[done:stop] = block
+                out[done:stop] = block[part]
             done = stop
-        return out if self.transform is None else np.asarray(self.transform(out), dtype=np.float32)
+        if self.transform is not None:
+            result = np.asarray(self.transform(out), dtype=np.float32)
+            if result.ctypes.data != out.ctypes.data or result.strides != out.strides:
+                out[...] = result
+        return out
 
     def read_into(self, a: int, b: int, out: np.ndarray) -> np.ndarray:
         """Rows a..b-1 of the selection, as float32 (transformed), written into ``out[:b - a]`` (which
         the caller reuses from one block of rows to the next); returns that view."""
         positions = np.arange(a, b)
         return self._gather(positions if self.index is None else self.index[positions], out[:b - a])
-
-    def _read(self, lo: int, hi: int) -> np.ndarray:
-        """Rows lo..hi-1 of ``data`` in its own dtype: a view of an array, or a file's rows read into a
-        buffer that the next read reuses."""
-        if not is_h5(self.data):
-            return self.data[lo:hi]
-        if getattr(self, "_buffer", None) is None:
-            self._buffer = np.empty((self.block_rows, self.shape[1]), dtype=self.data.dtype)
-        self.data.read_direct(self._buffer, np.s_[lo:hi], np.s_[0:hi - lo])
-        return self._buffer[:hi - lo]
 
     def __getitem__(self, key) -> np.ndarray:
         if not isinstance(key, slice) or key.step not in (None, 1):
@@ -159,8 +182,12 @@ def out_of_core(X) -> bool:
 
 
 class RowSource:
-    """Rows of an array, ``h5py.Dataset`` or :class:`RowBlocks`, held on the device or streamed in
-    chunks (of at most ``STREAM_CHUNK_BYTES``)."""
+    """Rows of an array, ``h5py.Dataset`` or :class:`RowBlocks`, held on the device or streamed.
+
+    Either way a pass yields chunks of ``pass_rows`` rows (:func:`pass_rows`, no more than ``rows``), so a
+    streamed pass sums over the same chunks as a held one. Streamed rows are read in blocks of ``rows``
+    rows (at most ``STREAM_CHUNK_BYTES`` as float32, whole HDF5 chunks) and converted one chunk at a time
+    into buffers of the pass's own: both products of a pass read a chunk while it is in cache."""
 
     def __init__(self, X, device, memory_budget, dtype):
         import torch
@@ -175,16 +202,16 @@ class RowSource:
         self._full = None
         self.low_center = None  # set (the rows' mean): chunks() yields bfloat16(rows - low_center)
         self._full_low = None
+        self.pass_rows = min(self.n, pass_rows(self.device, self.d))
         if self.n * self.d * 4 <= memory_budget:
             self._full = torch.as_tensor(check_features(np.asarray(X[0:self.n] if out_of_core(X) else X)))
             self._full = self._full.to(device=self.device, dtype=dtype)
-            per_chunk = _EVAL_ROWS if self.device.type != "cpu" else max(256, CPU_CHUNK_BYTES // (self.d * 4))
-            self.rows = min(self.n, per_chunk)
+            self.rows = self.pass_rows
         else:
             rows = max(1, int(min(memory_budget, STREAM_CHUNK_BYTES) // (self.d * 4)))
             step = (getattr(X, "chunks", None) or (1,))[0] if is_h5(X) else 1
             self.rows = max(step, rows // step * step)
-            # streamed rows are read, converted and transformed into one float32 buffer per pass
+            self.pass_rows = min(self.pass_rows, self.rows)
             self._blocks = X if isinstance(X, RowBlocks) else RowBlocks(X if is_h5(X) else np.asarray(X),
                                                                         block_rows=self.rows)
 
@@ -219,17 +246,35 @@ class RowSource:
         low = self.low_center is not None
         if low and self._full is not None and self._full_low is None:
             self._full_low = (self._full - self.low_center).to(torch.bfloat16)
-        buffer = None if self._full is not None else np.empty((min(self.rows, self.n), self.d_in), dtype=np.float32)
-        for start in range(0, self.n, self.rows):
-            stop = min(self.n, start + self.rows)
-            if self._full is not None:
-                yield start, stop, (self._full_low if low else self._full)[start:stop]
-            else:  # the pass's own buffer: the consumer is done with a block when it asks for the next
-                block = torch.from_numpy(self._blocks.read_into(start, stop, buffer))
-                if not bool(torch.isfinite(block).all()):
-                    raise UserInputError("features chunk contains NaN or infinite values: re-extract the features")
-                block = block.to(device=self.device, dtype=self.dtype)
-                yield start, stop, block.sub_(self.low_center).to(torch.bfloat16) if low else block
+        if self._full is not None:
+            rows = self._full_low if low else self._full
+            for start in range(0, self.n, self.rows):
+                yield start, min(self.n, start + self.rows), rows[start:start + self.rows]
+            return
+        # the pass's own buffers (never the caller's rows, which the centring would change): the consumer
+        # is done with a chunk when it asks for the next
+        buffer = np.empty((self.pass_rows, self.d_in), dtype=np.float32)
+        on_host = self.device.type == "cpu" and self.dtype == torch.float32
+        low_buffer = torch.empty((self.pass_rows, self.d_in), dtype=torch.bfloat16) if low and on_host else None
+        for start in range(0, self.n, self.pass_rows):
+            stop = min(self.n, start + self.pass_rows)
+            block = torch.from_numpy(self._blocks.read_into(start, stop, buffer))
+            # NaN or inf make the sum so; a finite sum that overflows is told apart by the exact test
+            if not bool(torch.isfinite(block.sum())) and not bool(torch.isfinite(block).all()):
+                raise UserInputError("features chunk contains NaN or infinite values: re-extract the features")
+            block = block if on_host else block.to(device=self.device, dtype=self.dtype)
+            if low:
+                block = block.sub_(self.low_center)
+                block = low_buffer[:stop - start].copy_(block) if on_host else block.to(torch.bfloat16)
+            yield start, stop, block
+
+
+def pass_rows(device, dims: int) -> int:
+    """Rows per chunk of a pass over rows of ``dims`` features: on a CPU about ``CPU_CHUNK_BYTES`` of float32
+    (both products of a pass read a chunk while it is in cache), on an accelerator ``_EVAL_ROWS``."""
+    import torch
+
+    return _EVAL_ROWS if torch.device(device).type != "cpu" else max(256, CPU_CHUNK_BYTES // (dims * 4))
 
 
 LOWRANK_ROWS = 16384  # the low-rank preconditioner is estimated on at most this many (evenly spaced) rows

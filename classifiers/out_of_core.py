@@ -7,6 +7,7 @@ What :func:`~transferlab.classifiers.protocol.select_and_fit` runs without a val
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,8 +46,9 @@ def select_logreg(X, y, Cs, *, val_fraction: float = 0.2, seed: int = 0, block_r
     the head's ``score_grid`` (:class:`~transferlab.classifiers.fast_logreg.TorchLogisticRegression`)
     on the standardised rows; the head refitted on all rows from the chosen solution (its
     ``refit_init``). Rows are never read all at once: one pass over ``X`` in blocks of
-    ``block_rows`` fits both standardisers and copies the validation rows (in ``X``'s dtype: a
-    float16 cache keeps them at half the size), and every solve reads the rows it needs as
+    ``block_rows`` fits the training rows' standardiser and copies the validation rows (in ``X``'s
+    dtype: a float16 cache keeps them at half the size), which then update a copy of it into all
+    rows' standardiser; every solve reads the rows it needs as
     :class:`RowBlocks`, standardised as they are read; a solve holds them in memory when they fit
     ``memory_budget`` (see :func:`~transferlab.classifiers.fast_logreg.fit_logreg_path`), else
     streams them at every pass. ``head_params`` go to the head (``memory_budget``, ``precision``,
@@ -68,7 +70,7 @@ def select_logreg(X, y, Cs, *, val_fraction: float = 0.2, seed: int = 0, block_r
     if reason is not None:
         raise UserInputError(f"no validation rows to choose C on: {reason}")
     template = make_head("logreg", preprocessing="standardize", solver="torch", **head_params)
-    scalers = [clone(template.named_steps["standardize"]) for _ in range(2)]  # training rows, all rows
+    scaler = clone(template.named_steps["standardize"])  # the training rows'
     is_train = np.zeros(y.size, dtype=bool)
     is_train[train] = True
     X_val = np.empty((val.size, X.shape[1]), dtype=X.dtype)
@@ -78,10 +80,14 @@ def select_logreg(X, y, Cs, *, val_fraction: float = 0.2, seed: int = 0, block_r
         rows = np.asarray(X[lo:lo + block])
         mine = is_train[lo:lo + rows.shape[0]]
         if mine.any():
-            scalers[0].partial_fit(rows[mine])
-        scalers[1].partial_fit(rows)
+            scaler.partial_fit(rows[mine])
         first, last = np.searchsorted(val, [lo, lo + rows.shape[0]])
         X_val[first:last] = rows[val[first:last] - lo]
+    # all rows': the training rows' statistics updated with the validation rows (instead of a second fit on all),
+    # a block at a time (scikit-learn converts what it is given to float64, with temporaries)
+    scalers = [scaler, deepcopy(scaler)]
+    for lo in range(0, val.size, block):
+        scalers[1].partial_fit(X_val[lo:lo + block])
 
     def view(data, index, scaler):  # standardised in place as read: the pipeline's transform, in float32
         import torch
