@@ -532,8 +532,21 @@ class Problem:
 
 
 LOW_STALL = 20  # a bfloat16 phase ends after this many iterations without a new low of the gradient
+LOW_SETTLE = 2  # "bfloat16": the gradient's error is measured once some gradient sets no new low for this many
 LOW_ERROR_MARGIN = 2.0  # a bfloat16 phase stops at this many times its gradient's measured error
 LOW_START_MARGIN = 4.0  # none when the gradient starts within this many times that error
+
+
+def _low_error(problem, x, C, grad, scale):
+    """Per problem, the largest error of the bfloat16 gradient ``grad`` at ``x`` against one full-precision
+    pass, on the stopping rule's scale."""
+    source = problem.source
+    center, source.low_center = source.low_center, None
+    try:
+        _, exact, _ = problem.evaluate(x, C)
+    finally:
+        source.low_center = center
+    return (problem.grad_max(grad - exact) / scale).cpu()
 
 
 def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exact"):
@@ -543,10 +556,12 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exa
     centred in bfloat16 (:meth:`RowSource.chunks`); the objective is then noisy at the level of the
     last steps, so a step is accepted on the gradient's estimate of the decrease (trapezoid rule,
     exact for a quadratic) instead of Armijo's. A bfloat16 phase ends for a problem when its gradient
-    meets ``tol``, or ``LOW_ERROR_MARGIN`` times the bfloat16 gradient's error measured at the start
-    (against one full-precision pass: below it the rounding decides; none when the start is already
-    within ``LOW_START_MARGIN`` times it), or has set no new low for ``LOW_STALL`` iterations; with
-    ``"bfloat16"`` converged means one of the first two. ``"mixed"`` runs such a bfloat16 phase, then
+    meets ``tol``, or ``LOW_ERROR_MARGIN`` times the bfloat16 gradient's error measured against one
+    full-precision pass (below it the rounding decides), or has set no new low for ``LOW_STALL``
+    iterations; with ``"bfloat16"`` converged means one of the first two. ``"mixed"`` measures that
+    error at the start (no bfloat16 phase when the start is already within ``LOW_START_MARGIN`` times
+    it); ``"bfloat16"`` once a gradient has set no new low for ``LOW_SETTLE`` iterations (a smooth
+    descent to ``tol`` pays no full-precision pass). ``"mixed"`` runs such a bfloat16 phase, then
     full-precision passes from there with the same memory, to ``tol``: the rule of ``"exact"``, with
     fewer slow passes.
     """
@@ -571,15 +586,14 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exa
         for low in {"exact": (False,), "bfloat16": (True,), "mixed": (True, False)}[precision]:
             target = torch.full((g,), float(tol))
             done = torch.zeros(g, dtype=torch.bool)
-            if low:  # the bfloat16 gradient's error here, against a full-precision pass
-                _, exact_grad, _ = problem.evaluate(x, C)
             source.low_center = problem.mu if low else None
             f, grad, h = problem.evaluate(x, C)
-            if low:
-                error = (problem.grad_max(grad - exact_grad) / scale).cpu()
+            measured = not low  # the bfloat16 gradient's error; "bfloat16": once a gradient stops falling
+            if low and precision == "mixed":  # at the start: a phase too close to its floor is not worth running
+                error = _low_error(problem, x, C, grad, scale)
                 target = torch.maximum(target, LOW_ERROR_MARGIN * error)
-                done = (problem.grad_max(grad) / scale).cpu() <= LOW_START_MARGIN * error  # too close to gain
-                del exact_grad
+                done = (problem.grad_max(grad) / scale).cpu() <= LOW_START_MARGIN * error
+                measured = True
             lowest = torch.full((g,), float("inf"))
             since = torch.zeros(g, dtype=torch.long)  # iterations since the gradient's last new low
             while True:
@@ -589,6 +603,11 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exa
                 if low:
                     since = torch.where(gnorm < lowest, 0, since + 1)
                     lowest = torch.minimum(lowest, gnorm)
+                    if not measured and bool((since[~done] >= LOW_SETTLE).any()):
+                        target = torch.maximum(target, LOW_ERROR_MARGIN * _low_error(problem, x, C, grad, scale))
+                        measured = True
+                        converged = gnorm <= target
+                        done |= converged
                     done |= since >= LOW_STALL
                 if loops == max_iter or bool(done.all()):
                     break
