@@ -139,8 +139,8 @@ def _train(est, alphas, X, codes, n_classes, X_val, val_codes, epochs):
             "batch": batch, "epochs": est.max_iter if epochs is None else int(epochs), "fixed": epochs is not None,
             "cast": torch.autocast("cpu", dtype=torch.bfloat16, enabled=half)}
     # a minibatch step is many short operations: on a shared machine, threads handing them off cost more than
-    # the products gain
-    step_work = batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    # the products gain. A step trains every alpha of the stack.
+    step_work = batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) * len(alphas)
     previous_threads = torch.get_num_threads()
     if step_work < STEP_WORK:
         torch.set_num_threads(1)

@@ -106,6 +106,26 @@ def test_small_minibatch_steps_train_on_one_thread_and_the_count_is_restored(row
         torch.set_num_threads(before)
 
 
+def test_a_stacked_alpha_screen_counts_every_network_of_its_step(rows, monkeypatch):
+    """One minibatch step of the screen trains every alpha of the stack: five small networks are one step's
+    work five times over, which threads pay for where one network's does not."""
+    import torch
+
+    X, y, Xv, yv, _, _ = rows
+    seen, real = [], fast_mlp._train_networks
+    monkeypatch.setattr(fast_mlp, "_train_networks", lambda *a: seen.append(torch.get_num_threads()) or real(*a))
+    one = min(200, len(y)) * (X.shape[1] * 32 + 32 * len(np.unique(y)))  # one network's multiply-adds per step
+    monkeypatch.setattr(fast_mlp, "STEP_WORK", 3 * one)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        TorchMLPClassifier((32,), random_state=0, max_iter=2).fit(X, y)
+        TorchMLPClassifier((32,), random_state=0, max_iter=2).score_grid([1e-4, 1e-3, 1e-2, 1e-1, 1.0], X, y, Xv, yv)
+        assert seen == [1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_without_bfloat16_products_it_trains_in_float32(rows, monkeypatch):
     X, y, _, _, Xt, yt = rows
     monkeypatch.setattr(fast_mlp, "bfloat16_products", lambda: False)
