@@ -109,17 +109,34 @@ def _fit_score(template, params, X_tr, y_tr, X_val, y_val, n_classes):
     return float(np.mean(est.predict(X_val) == y_val))
 
 
+def _resolved_grid(spec, grid, full: bool = False) -> dict:
+    """``grid`` as ``{parameter: values}``: given so, the values of the head's own parameter, or None (the
+    registry's grid, its full one with ``full``)."""
+    if grid is None:
+        return default_grid(spec.name, full=full)
+    return grid if isinstance(grid, dict) else {spec.param: list(grid)}
+
+
+def _one_parameter(spec, grid_points) -> bool:
+    """Whether every point sets only the head's own parameter (what ``score_grid``/``score_folds`` take)."""
+    return all(list(p) == [spec.param] for p in grid_points)
+
+
+def _preprocessor(template, n_rows: int, dims: int, n_classes: int):
+    """The template's preprocessing steps alone (the head passed through), adapted to the data's shape."""
+    return adapt_to_data(Pipeline(template.steps[:-1] + [("head", "passthrough")]), n_rows, dims, n_classes)[0]
+
+
 def _grid_scores(template, values, X_tr, y_tr, X_val, y_val, n_classes):
     """One call of the head's ``score_grid`` over the whole grid, on once-preprocessed rows."""
-    pre, _ = adapt_to_data(Pipeline(template.steps[:-1] + [("head", "passthrough")]), X_tr.shape[0],
-                           X_tr.shape[1], n_classes)
+    pre = _preprocessor(template, X_tr.shape[0], X_tr.shape[1], n_classes)
     Z_tr = pre.fit_transform(X_tr, y_tr)
     return template.named_steps["head"].score_grid(values, Z_tr, y_tr, pre.transform(X_val), y_val)
 
 
 def _select(template, spec, grid_points, X_tr, y_tr, X_val, y_val, n_classes, n_jobs, backend):
     """Validation accuracy per grid point. Sees training and validation rows only."""
-    if hasattr(template.named_steps["head"], "score_grid") and all(list(p) == [spec.param] for p in grid_points):
+    if hasattr(template.named_steps["head"], "score_grid") and _one_parameter(spec, grid_points):
         return _grid_scores(template, [p[spec.param] for p in grid_points], X_tr, y_tr, X_val, y_val, n_classes)
     with parallel(n_jobs, backend) as run:
         return run(_fit_score, [(template, p, X_tr, y_tr, X_val, y_val, n_classes) for p in grid_points])
@@ -131,7 +148,7 @@ def grid_scores(X_train, y_train, X_val, y_val, head: str, *, grid=None, preproc
 
     Returns ``(grid_points, scores)``; a score is NaN where the head's ``score_grid`` judged the
     point not worth fitting (past the validation peak). No refit, no test rows: repeated k-fold
-    comparisons (:mod:`transferlab.classifiers.compare`) call it once per fold.
+    comparisons call it once per fold for heads that cannot stack their folds (:func:`fold_grid_scores`).
     """
     spec = get_head_spec(head)
     X_train = check_features(X_train, "training features")
@@ -139,8 +156,7 @@ def grid_scores(X_train, y_train, X_val, y_val, head: str, *, grid=None, preproc
     X_val = check_features(X_val, "validation features")
     y_val = check_labels(y_val, X_val.shape[0], "validation labels")
     template = make_head(head, preprocessing=preprocessing, seed=seed)
-    grid = default_grid(head) if grid is None else grid if isinstance(grid, dict) else {spec.param: list(grid)}
-    points = list(ParameterGrid(grid))
+    points = list(ParameterGrid(_resolved_grid(spec, grid)))
     scores = _select(template, spec, points, X_train, y_train, X_val, y_val, np.unique(y_train).size, n_jobs, backend)
     return points, np.asarray(scores, dtype=float)
 
@@ -159,15 +175,13 @@ def fold_grid_scores(X, y, splits: list, head: str, *, grid=None, preprocessing:
     X = check_features(X, "features")
     y = check_labels(y, X.shape[0], "labels")
     template = make_head(head, preprocessing=preprocessing, seed=seed)
-    grid = default_grid(head) if grid is None else grid if isinstance(grid, dict) else {spec.param: list(grid)}
-    points = list(ParameterGrid(grid))
+    points = list(ParameterGrid(_resolved_grid(spec, grid)))
     estimator = template.named_steps["head"]
-    if not hasattr(estimator, "score_folds") or not all(list(p) == [spec.param] for p in points):
+    if not hasattr(estimator, "score_folds") or not _one_parameter(spec, points):
         table = [grid_scores(X[tr], y[tr], X[te], y[te], head, grid=grid, preprocessing=preprocessing, seed=seed)[1]
                  for tr, te in splits]
         return points, np.asarray(table, dtype=float)
-    pre, _ = adapt_to_data(Pipeline(template.steps[:-1] + [("head", "passthrough")]), X.shape[0], X.shape[1],
-                           np.unique(y).size)
+    pre = _preprocessor(template, X.shape[0], X.shape[1], np.unique(y).size)
     table = estimator.score_folds([p[spec.param] for p in points], pre.fit_transform(X, y), y, splits)
     return points, np.asarray(table, dtype=float)
 
@@ -221,10 +235,7 @@ def select_and_fit(X_train, y_train, X_val, y_val, X_test, y_test, head: str, *,
     y_train = check_labels(y_train, X_train.shape[0], "training labels")
     check_two_classes(y_train)
     template = make_head(head, preprocessing=preprocessing, pca=pca, seed=seed, solver=solver, **(head_params or {}))
-    if grid is None:
-        grid = default_grid(head, full=full_grid)
-    elif not isinstance(grid, dict):
-        grid = {spec.param: list(grid)}
+    grid = _resolved_grid(spec, grid, full=full_grid)
     grid_points = list(ParameterGrid(grid))
     if not grid_points:
         raise UserInputError("the hyperparameter grid is empty: give at least one value")
