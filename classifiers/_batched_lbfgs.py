@@ -8,6 +8,21 @@
   the rows' current mean curvature of the loss (exact at W = 0). Its inverse is the L-BFGS starting
   metric, so the conditioning of the features barely matters. Wide features get the top eigenpairs
   only (:func:`lowrank_spectrum`); fewer rows than dimensions, the exact row-space basis.
+- **Small problems** (at most ``METRIC_MAX_P`` parameters: narrow features, few classes): a solve
+  still running after ``METRIC_AFTER`` iterations replaces that metric by the Hessian itself
+  (:meth:`Problem.hessian`, estimated on at most ``HESSIAN_ROWS`` evenly spaced rows, Cholesky
+  factors), refreshed every ``METRIC_AFTER`` iterations. At large C the curvature concentrates on
+  the few rows near the class boundaries, where the mean-curvature metric is far off: measured on
+  digits' 16-40-dimensional layers, 10 folds per stack, the screen at C >= 1000 took 100-200
+  iterations with it and 12-21 with the Hessian (about 30 ms to form and factor, 10 problems of
+  330 parameters), and advise's k-fold probe fell from 13.0 to 7.6 s of CPU.
+- **Line search**: Armijo backtracking to the minimum of the quadratic through the objective's
+  value and slope at 0 and its value at the step (within [t/10, t/2]). A step that moves the
+  objective by no more than its own rounding (``F32_ROUNDING``: its rows' terms are summed in
+  float32) while the slope's own prediction of the decrease is below that rounding too ends the
+  problem's descent at once: no shorter step can show a decrease. At C = 1e5 the objective is
+  about 1e8 and its last decreases are below its rounding; halving until ``max_ls`` spent 20
+  evaluations there (CIFAR-10 at 112 dimensions: 94 evaluations for 24 iterations, now 26).
 - **Rows**: held on the device (on a CPU, passed in cache-sized chunks) or, beyond the memory
   budget, streamed from an ``h5py.Dataset`` at every pass (:class:`RowSource`); loss and gradient
   are sums over chunks, so the result is the same.
@@ -427,9 +442,9 @@ class Problem:
         """Rows each problem of the stack being solved sums its loss over (scalar: all of them)."""
         return self.source.n
 
-    def row_weights(self, ids, start: int, stop: int):
-        """Weights (g, stop - start) of the rows of a chunk for problems ``ids`` of the stack (None: all
-        problems); None when every problem counts every row."""
+    def row_weights(self, ids, start: int, stop: int, step: int = 1):
+        """Weights (g, rows) of the rows ``start:stop:step`` of a chunk for problems ``ids`` of the stack (None:
+        all problems); None when every problem counts every row."""
         return None
 
     def evaluate(self, x, C, ids=None):
@@ -502,6 +517,89 @@ class Problem:
         f = C.double() * loss + 0.5 * (A.double() ** 2).sum((1, 2))
         return f, torch.cat([gA.reshape(g, -1), gb], 1)
 
+    supports_hessian = True  # the multinomial logistic loss (a subclass with another loss sets False)
+
+    def hessian_stride(self) -> int:
+        """Every how many rows :meth:`hessian` reads: at most about ``HESSIAN_ROWS`` rows, evenly spaced."""
+        return -(-self.source.n // HESSIAN_ROWS)
+
+    def hessian_flops(self, g: int) -> float:
+        """Multiply-adds of :meth:`hessian` for a stack of g problems (its one product)."""
+        rows = -(-self.source.n // self.hessian_stride())
+        return float(g) * self.K * (self.K + 1) / 2 * (self.r + 1) * (self.r + 2) / 2 * rows
+
+    def _hessian_layout(self):
+        """The index that scatters the Hessian's distinct entries (class pair k <= l, feature pair i <= j, the
+        intercept as feature r) to its (P, P) entries in x's layout, and the feature pairs (2, IJ)."""
+        import torch
+
+        if getattr(self, "_layout", None) is None:
+            K, r = self.K, self.r
+            kl, ij = np.zeros((K, K), dtype=np.int64), np.zeros((r + 1, r + 1), dtype=np.int64)
+            tk, tl = np.triu_indices(K)
+            kl[tk, tl] = kl[tl, tk] = np.arange(tk.size)
+            ti, tj = np.triu_indices(r + 1)
+            ij[ti, tj] = ij[tj, ti] = np.arange(ti.size)
+            ka = np.concatenate([np.repeat(np.arange(K), r), np.arange(K)])  # class of each entry of x
+            ia = np.concatenate([np.tile(np.arange(r), K), np.full(K, r)])  # feature (r: the intercept)
+            flat = kl[ka[:, None], ka[None, :]] * ti.size + ij[ia[:, None], ia[None, :]]
+            dev = self.source.device
+            self._layout = (torch.as_tensor(flat.ravel(), device=dev), torch.as_tensor(np.stack([tk, tl]), device=dev),
+                            torch.as_tensor(np.stack([ti, tj]), device=dev))
+        return self._layout
+
+    def hessian(self, x, C, ids=None):
+        """Cholesky factors (g, P, P) float64 of the objective's Hessian at x (g, P), in x's coordinates, or
+        None where one is not positive definite.
+
+        The data term ``sum_n w_n (diag(p_n) - p_n p_n^T) (x) [x_n, 1][x_n, 1]^T`` is symmetric in the
+        class pair and in the feature pair: one product of the distinct class-pair weights (g, K(K+1)/2, n)
+        with the distinct feature products (n, (r+1)(r+2)/2) gives every entry (a quarter of the full
+        product's work). The class-mean direction of the intercepts, along which the loss is flat and every
+        gradient is zero, gets the intercepts' mean curvature, so that the factors exist and a solve with
+        them leaves that direction alone."""
+        import torch
+
+        g, K, r = x.shape[0], self.K, self.r
+        flat, (tk, tl), (ti, tj) = self._hessian_layout()
+        A, b = self.split(x)
+        WT = A.reshape(g * K, r)
+        M = torch.zeros(g * tk.numel(), ti.numel(), dtype=x.dtype, device=x.device)
+        centred = self.V is None and not bool(self.mu.any())
+        diagonal = (tk == tl).to(x.dtype).view(1, -1, 1)
+        step = self.hessian_stride()
+        seen = torch.zeros(g, dtype=torch.float64, device=x.device)  # the rows' weight read, per problem
+        for start, stop, Xc in self.source.chunks():
+            first = -start % step  # the chunk's first row on the stride
+            Xc = Xc[first::step]
+            n = Xc.shape[0]
+            if n == 0:
+                continue
+            Xr = Xc if centred else (Xc - self.mu) if self.V is None else (Xc - self.mu) @ self.V
+            Xa = torch.cat([Xr, torch.ones(n, 1, dtype=Xr.dtype, device=Xr.device)], 1)
+            p = torch.softmax(torch.addmm(b.reshape(g * K, 1), WT, Xr.T).view(g, K, n), 1)
+            w = p[:, tk] * (diagonal - p[:, tl])  # (g, pairs, n): p_k (1 - p_k) on the diagonal, -p_k p_l off it
+            rows = self.row_weights(ids, start + first, stop, step)
+            if rows is not None:
+                w = w * rows.unsqueeze(1)
+                seen += rows.sum(1, dtype=torch.float64)
+            else:
+                seen += n
+            M.addmm_(w.reshape(-1, n), Xa[:, ti] * Xa[:, tj])
+        total = self.row_count()  # a sample's sum, scaled to all the rows each problem counts
+        total = (total[ids] if ids is not None and torch.is_tensor(total) else total)
+        scale = torch.as_tensor(total, dtype=torch.float64, device=x.device) / seen.clamp_min(1.0)
+        H = M.view(g, -1)[:, flat].view(g, self.P, self.P).double() * (C.double() * scale).view(g, 1, 1)
+        H.diagonal(dim1=1, dim2=2)[:, : K * r] += 1.0
+        bias = slice(K * r, self.P)
+        e = H[:, bias, bias].diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-12)
+        H[:, bias, bias] += (e / K).view(g, 1, 1)
+        # the data term is summed in x's precision: a ridge of that rounding's size keeps it positive definite
+        H.diagonal(dim1=1, dim2=2).add_((H.diagonal(dim1=1, dim2=2).mean(1) * self.P * torch.finfo(x.dtype).eps)
+                                        .view(g, 1))
+        L, info = torch.linalg.cholesky_ex(H)
+        return None if bool((info != 0).any()) else L
+
     def grad_max(self, grad):
         """Largest gradient entry per problem in the original coordinates (W, b), as scikit-learn measures it."""
         gA, gb = self.split(grad)
@@ -531,6 +629,10 @@ class Problem:
         return torch.cat([outA.reshape(q.shape[0], -1), outb], 1)
 
 
+# the objective's relative rounding, its rows' terms summed in the solve's dtype (a generous bound: float32's own
+# relative rounding is 6e-8): below it the line search sees no decrease
+F32_ROUNDING = 1e-6
+F64_ROUNDING = 1e-12
 LOW_STALL = 20  # a bfloat16 phase ends after this many iterations without a new low of the gradient
 LOW_SETTLE = 2  # "bfloat16": the gradient's error is measured once some gradient sets no new low for this many
 LOW_ERROR_MARGIN = 2.0  # a bfloat16 phase stops at this many times its gradient's measured error
@@ -549,7 +651,20 @@ def _low_error(problem, x, C, grad, scale):
     return (problem.grad_max(grad - exact) / scale).cpu()
 
 
-def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exact"):
+METRIC_AFTER = 10  # iterations of a solve after which a small problem's Hessian replaces the preconditioner
+HESSIAN_ROWS = 2048  # the Hessian as a metric is estimated on at most about this many rows (it shapes convergence only)
+METRIC_MAX_P = 512  # ... of at most this many parameters
+METRIC_MAX_FLOPS = 4e9  # ... whose stack's Hessian costs at most this many multiply-adds
+
+
+def exact_metric(problem, g: int) -> bool:
+    """Whether the Hessian of a stack of g problems may serve as L-BFGS's starting metric: a logistic
+    problem with few parameters (narrow features, few classes) and a cheap Hessian."""
+    return (getattr(problem, "supports_hessian", False) and problem.P <= METRIC_MAX_P
+            and problem.hessian_flops(g) <= METRIC_MAX_FLOPS)
+
+
+def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exact", metric_after=None):
     """Batched preconditioned L-BFGS with per-problem Armijo backtracking. Returns x, n_iter, converged.
 
     ``precision``: ``"exact"`` runs every pass in x's dtype. ``"bfloat16"`` runs every pass on the rows
@@ -569,6 +684,7 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exa
 
     g, P = x.shape
     ftol = 1e-10 if x.dtype == torch.float32 else 1e-15  # relative decrease below rounding noise
+    noise = F32_ROUNDING if x.dtype == torch.float32 else F64_ROUNDING
     S = torch.zeros(history_size, g, P, dtype=x.dtype, device=x.device)
     Y = torch.zeros_like(S)
     rho = torch.zeros(history_size, g, dtype=x.dtype, device=x.device)
@@ -582,6 +698,18 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exa
     source = problem.source
     stored = 0  # pairs written to the memory so far (its ring position), across phases
     loops = 0
+    metric_after = METRIC_AFTER if metric_after is None else metric_after
+    metric_at = 0  # the iteration the metric was last set at
+    factors = None  # Cholesky factors of the Hessian where it replaced the preconditioner (exact_metric)
+
+    def metric(q, idx):
+        """The starting metric's inverse applied to q (rows ``idx`` of the stack)."""
+        if factors is None:
+            return problem.precondition(q, C[idx], h[idx])
+        L = factors if isinstance(idx, slice) else factors[idx]
+        z = torch.linalg.solve_triangular(L, q.double().unsqueeze(2), upper=False)
+        return torch.linalg.solve_triangular(L.transpose(1, 2), z, upper=True).squeeze(2).to(q.dtype)
+
     try:
         for low in {"exact": (False,), "bfloat16": (True,), "mixed": (True, False)}[precision]:
             target = torch.full((g,), float(tol))
@@ -611,6 +739,18 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exa
                     done |= since >= LOW_STALL
                 if loops == max_iter or bool(done.all()):
                     break
+                if not low and loops - metric_at >= metric_after and exact_metric(problem, g):
+                    metric_at = loops
+                    threads = torch.get_num_threads()
+                    torch.set_num_threads(max(threads, getattr(problem, "hessian_threads", None) or threads))
+                    try:
+                        fresh = problem.hessian(x, C)
+                    finally:
+                        torch.set_num_threads(threads)
+                    if fresh is not None:  # a new metric: the memory and its scale start again
+                        factors = fresh
+                        rho.zero_()
+                        gamma.fill_(1.0)
                 loops += 1
                 a = (~done).nonzero().squeeze(1).to(x.device)
                 act = slice(None) if a.numel() == g else a  # all active (the usual case): views, not copies
@@ -621,7 +761,7 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exa
                     alpha = rho[j, act] * torch.linalg.vecdot(S[j, act], q)
                     q -= alpha[:, None] * Y[j, act]
                     alphas.append(alpha)
-                d = gamma[act, None] * problem.precondition(q, C[act], h[act])
+                d = gamma[act, None] * metric(q, act)
                 for j, alpha in zip(reversed(order), reversed(alphas)):
                     beta = rho[j, act] * torch.linalg.vecdot(Y[j, act], d)
                     d += S[j, act] * (alpha - beta)[:, None]
@@ -630,7 +770,7 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exa
                 bad = gd >= 0  # lost descent: restart that problem's memory from the preconditioner
                 if bool(bad.any()):
                     rho[:, a[bad]] = 0
-                    d[bad] = -problem.precondition(grad[a[bad]], C[a[bad]], h[a[bad]])
+                    d[bad] = -metric(grad[a[bad]], a[bad])
                     gd[bad] = (grad[a[bad]] * d[bad]).sum(1)
                 t = torch.ones(a.numel(), dtype=x.dtype, device=x.device)
                 pending = torch.arange(a.numel(), device=x.device)
@@ -643,16 +783,31 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exa
                     ft, gt, ht = problem.evaluate(x[idx] + t[pending, None] * d[pending], C[idx], idx)
                     if low:  # decrease t (gd + g_new.d) / 2 <= 1e-4 t gd, from the gradients alone
                         ok = torch.isfinite(ft) & (torch.linalg.vecdot(gt, d[pending]) <= -(1 - 2e-4) * gd[pending])
-                    else:
+                    else:  # Armijo
                         ok = ft <= f[idx] + 1e-4 * t[pending].double() * gd[pending].double()
+                        # no step shows a decrease where the objective moved by no more than its rounding and even
+                        # the slope's prediction of the decrease is below it: that descent ends here, not after
+                        # max_ls evaluations
+                        floor = noise * f[idx].abs()
+                        hopeless = ~ok & ((ft - f[idx]).abs() <= floor) & (
+                            t[pending].double() * gd[pending].double().abs() <= floor)
                     f_new[pending[ok]] = ft[ok]
                     g_new[pending[ok]] = gt[ok]
                     h_new[pending[ok]] = ht[ok]
                     accepted[pending[ok]] = True
+                    if low:
+                        shrink = torch.full_like(ft[~ok], 0.5)
+                    else:  # the minimum of the quadratic through f(0), f'(0) and f(t), kept within [t/10, t/2]
+                        go_on = ~ok & ~hopeless
+                        tp, slope = t[pending[go_on]].double(), gd[pending[go_on]].double()
+                        rise = ft[go_on] - f[idx[go_on]] - slope * tp
+                        best = -slope * tp / (2.0 * rise)  # as a fraction of t (rise > 0 where Armijo failed)
+                        shrink = torch.where(torch.isfinite(best), best, 0.1).clamp(0.1, 0.5)
+                        ok = ok | hopeless  # leaves the search, not accepted
                     pending = pending[~ok]
                     if pending.numel() == 0:
                         break
-                    t[pending] *= 0.5
+                    t[pending] *= shrink.to(t.dtype)
                 # no decrease found, or one below float precision: as good as it gets
                 stuck = ~accepted if low else ~accepted | ((f[a] - f_new) <= ftol * f[a].abs().clamp_min(1.0))
                 done[a[stuck].cpu()] = True
@@ -670,7 +825,7 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exa
                 S[slot, keep] = s
                 Y[slot, keep] = yv
                 h[keep] = h_new[accepted]
-                yMy = (yv * problem.precondition(yv, C[keep], h[keep])).sum(1)
+                yMy = (yv * metric(yv, keep)).sum(1)
                 gamma[keep] = torch.where(good, sy / yMy.clamp_min(1e-30), gamma[keep])
                 x[keep] += s
                 f[keep] = f_new[accepted]
@@ -792,8 +947,8 @@ class MaskedProblem(Problem):
     def row_count(self):
         return self.counts[self.group]
 
-    def row_weights(self, ids, start: int, stop: int):
-        return self.masks[self.group if ids is None else self.group[ids], start:stop]
+    def row_weights(self, ids, start: int, stop: int, step: int = 1):
+        return self.masks[self.group if ids is None else self.group[ids], start:stop:step]
 
 
 class SubsetSolver:

@@ -29,6 +29,8 @@ from ._path import DEFAULT_MEMORY_BUDGET, LogRegPath, fit_logreg_path
 class _SquaredHinge(Problem):
     """One-vs-rest squared-hinge problems, one stack per C, in :class:`Problem`'s (A, b) coordinates."""
 
+    supports_hessian = False  # Problem.hessian is the logistic loss's
+
     def __init__(self, source, y_idx, n_classes, mu, V, lam, basis=None, lowrank=None):
         import torch
 
