@@ -18,7 +18,15 @@ from sklearn.utils.validation import check_is_fitted
 
 from ._batched_lbfgs import RowBlocks, bfloat16_pays, out_of_core
 from ._linear import GridWarmStartMixin, LogisticProbaMixin, validation_rows
-from ._path import DEFAULT_MEMORY_BUDGET, LogRegPath, class_index, fit_logreg_path, past_the_peak, path_scores
+from ._path import (
+    DEFAULT_MEMORY_BUDGET,
+    PAST_PEAK_Z,
+    LogRegPath,
+    class_index,
+    fit_logreg_path,
+    past_the_peak,
+    path_scores,
+)
 from ._validation import check_features
 from .holdout import stratified_holdout
 
@@ -161,8 +169,10 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
         Each fold follows :meth:`score_grid`'s schedule on all its training rows (no subsample):
         the screen in increasing C to ``SCREEN_TOL``, each fold leaving the stack once past its
         peak (:func:`past_the_peak`), then the refine of each fold's best C and its neighbours to
-        ``tol`` (none when its top is flat). Where a fold's best C is the same, so is its solution,
-        to the solvers' tolerance.
+        ``tol`` (none when its top is flat; a neighbour more than ``PAST_PEAK_Z`` standard errors
+        below the best keeps its screen score: a tighter tolerance moves a score by a row or two,
+        not by that). Where a fold's best C is the same, so is its solution, to the solvers'
+        tolerance.
         """
         import torch
 
@@ -198,6 +208,7 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
         try:
             solver = SubsetSolver(X, y_idx.astype(np.int64), K, masks, device=self.device,
                                   memory_budget=self.memory_budget)
+            solver.problem.hessian_threads = previous  # one large product: every thread the caller had
             active = np.arange(len(splits))
             screen = {}  # (fold, position in Cs) -> the screen's solution
             last = {}  # fold -> the path's last two (C, solution)
@@ -224,7 +235,11 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
                 if flat_top(out[f, coarse], int(np.flatnonzero(coarse == best)[0]), held[f].size):
                     continue
                 reached = np.array([j for j in coarse if (f, j) in screen])
+                p = out[f, best]
+                clearly = p - PAST_PEAK_Z * np.sqrt(max(p * (1.0 - p), 0.0) / max(1, held[f].size))
                 for i in order[max(0, rank_of[best] - 1):rank_of[best] + 2]:
+                    if i != best and out[f, i] < clearly:  # a neighbour clearly below the best cannot overtake it
+                        continue
                     near = reached[np.argmin(np.abs(rank_of[reached] - rank_of[i]))]
                     group.append(f)
                     where.append(int(i))

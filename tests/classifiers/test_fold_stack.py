@@ -80,3 +80,32 @@ def test_each_fold_leaves_the_stack_past_its_own_peak():
         if reached[f] < Cs.size:  # it stopped where its own path may stop, and not one C earlier
             assert past_the_peak(Cs, table[f], te.size)
             assert not past_the_peak(Cs, np.where(np.arange(Cs.size) < reached[f] - 1, table[f], np.nan), te.size)
+
+
+def test_the_refine_leaves_out_only_neighbours_that_stay_clearly_below_the_best(monkeypatch):
+    import transferlab.classifiers.fast_logreg as fast_logreg
+    from transferlab.classifiers._batched_lbfgs import SubsetSolver
+
+    X, y = _digits(n=400)
+    splits = repeated_folds(y, folds=4, repeats=1, seed=0)
+    Cs = np.logspace(-4, 2, 7)
+    refined = []
+    real = SubsetSolver.solve
+
+    def spy(self, x0, C, group, *, tol, **kw):
+        if tol == 1e-4:  # the refine (the screen runs at SCREEN_TOL)
+            refined.extend(zip(np.asarray(group).tolist(), np.asarray(C).tolist()))
+        return real(self, x0, C, group, tol=tol, **kw)
+
+    monkeypatch.setattr(SubsetSolver, "solve", spy)
+    table = TorchLogisticRegression(tol=1e-4, max_iter=1000).score_folds(Cs, X, y, splits)
+    kept = set(refined)
+    refined.clear()
+    monkeypatch.setattr(fast_logreg, "PAST_PEAK_Z", 1e9)  # every neighbour refined: the rule off
+    every = TorchLogisticRegression(tol=1e-4, max_iter=1000).score_folds(Cs, X, y, splits)
+    left_out = set(refined) - kept
+    assert left_out and kept < set(refined)  # the rule left some out on these folds
+    for f, C in left_out:  # ... each, refined all the same, more than 2 standard errors below its fold's best
+        p, n = np.nanmax(every[f]), splits[f][1].size
+        assert every[f, list(Cs).index(C)] < p - 2 * np.sqrt(p * (1 - p) / n)
+    assert (np.nanargmax(table, 1) == np.nanargmax(every, 1)).all()  # the same best C on every fold
