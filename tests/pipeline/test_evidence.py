@@ -105,3 +105,32 @@ def test_seeds_give_one_regime_or_a_named_close_call(cache_file):
     strategies = {s for s, _ in answers}
     # differing answers are allowed only where the output calls it a close call (which keeps the last layer)
     assert len(strategies) == 1 or any(s == "linear-probe" and close for s, close in answers), answers
+
+
+def test_in_process_the_layers_run_a_thread_per_core_each_on_one_torch_thread(cache_file, monkeypatch):
+    import threading
+
+    import torch
+
+    seen = []
+    real = evidence._fold_task
+
+    def task(*args):
+        seen.append((threading.get_ident(), torch.get_num_threads()))
+        return real(*args)
+
+    monkeypatch.setattr(evidence, "_fold_task", task)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = evidence.measure_curve(cache_file, LAYERS, seed=0)  # one core: in this thread, in turn
+        assert {ident for ident, _ in seen} == {threading.get_ident()} and len(seen) == len(LAYERS)
+        seen.clear()
+        torch.set_num_threads(2)
+        two = evidence.measure_curve(cache_file, LAYERS, seed=0)
+        assert torch.get_num_threads() == 2  # set back
+    finally:
+        torch.set_num_threads(before)
+    assert threading.get_ident() not in {ident for ident, _ in seen} and {n for _, n in seen} == {1}
+    assert [p.val_accuracy for p in one.points] == [p.val_accuracy for p in two.points]
+    assert one.params == two.params and one.gap_record() == two.gap_record()
