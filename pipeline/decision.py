@@ -75,6 +75,7 @@ class Evidence:
     curve: list = field(default_factory=list)  # LayerPoint, forward order, pretrained weights
     random_best: float | None = None  # best validation accuracy with random weights
     random_n_val: int | None = None
+    random_method: str | None = None  # how the random curve was measured ("split", "kfold 1x5")
     source_confidence: float | None = None  # mean max-softmax of the source classifier
     source_entropy: float | None = None  # mean entropy / log(n_source_classes)
     learning_curve: dict | None = None  # fraction of training rows -> validation accuracy at the chosen layer
