@@ -66,20 +66,24 @@ def test_the_hessian_is_the_logistic_loss_hessian_of_each_problem_on_its_rows(ce
                                    rtol=1e-9, atol=1e-9 * np.abs(ref).max())
 
 
-def test_the_hessian_of_many_rows_is_estimated_on_every_kth_row_scaled_to_all(monkeypatch):
+@pytest.mark.parametrize("keep_floats", [1 << 24, 200])  # the rows' feature products kept; or, 5 rows at a time
+def test_the_hessian_of_many_rows_is_estimated_on_every_kth_row_scaled_to_all(keep_floats, monkeypatch):
     rng = np.random.default_rng(1)
     n, d, K = 90, 3, 3
     X, y = rng.normal(size=(n, d)).astype(np.float32).astype(np.float64), rng.integers(0, K, n)
     monkeypatch.setattr(B, "HESSIAN_ROWS", 30)  # every third row
+    monkeypatch.setattr(B, "HESSIAN_KEEP_FLOATS", keep_floats)
     prob = Problem(RowSource(X, "cpu", 1 << 30, torch.float64), y, K, torch.zeros(d, dtype=torch.float64), None,
                    torch.ones(d, dtype=torch.float64))
-    x = torch.as_tensor(rng.normal(size=(1, prob.P)))
-    got = (prob.hessian(x, torch.tensor([2.0], dtype=torch.float64))[0] @
-           prob.hessian(x, torch.tensor([2.0], dtype=torch.float64))[0].T).numpy()
+    x = torch.as_tensor(rng.normal(size=(2, prob.P)))
     A, b = x[0, :K * d].view(K, d).numpy(), x[0, K * d:].numpy()
     ref = _reference_hessian(X[::3], np.full(30, n / 30), A, b, 2.0, np.zeros(d), K)
-    np.testing.assert_allclose(_off_the_flat_direction(got, K, prob.P), _off_the_flat_direction(ref, K, prob.P),
-                               rtol=1e-9, atol=1e-9 * np.abs(ref).max())
+    for _ in range(2):  # the second call reads the feature products the first kept (where it kept them)
+        L = prob.hessian(x, torch.tensor([2.0, 5.0], dtype=torch.float64))
+        got = (L[0] @ L[0].T).numpy()
+        np.testing.assert_allclose(_off_the_flat_direction(got, K, prob.P), _off_the_flat_direction(ref, K, prob.P),
+                                   rtol=1e-9, atol=1e-9 * np.abs(ref).max())
+    assert (getattr(prob, "_pairs", None) is not None) == (keep_floats > 200)
 
 
 def _narrow_digits():
