@@ -202,7 +202,11 @@ def _kfold_curve(source, layers, seed, val_fraction, folds, repeats, n_jobs, bac
     method = kfold_shape(splits)
     tasks = [(source, name, splits, val_fraction, seed) for name in layers]  # one task, one read per layer
     if n_jobs == 1 and backend is None:
-        results = _in_threads(_fold_task, tasks)
+        # the widest layers first (their stacks cost the most): the last task to start is a cheap one
+        widest = sorted(range(len(layers)), key=lambda i: -layer_info(_path(source), layers[i])["dim"])
+        results = [None] * len(layers)
+        for i, result in zip(widest, _in_threads(_fold_task, [tasks[i] for i in widest])):
+            results[i] = result
     else:
         with parallel(n_jobs, backend) as run:
             results = run(_fold_task, tasks)
