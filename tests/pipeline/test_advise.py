@@ -132,3 +132,19 @@ def test_bad_input_is_one_line_exit_2(tmp_path, case):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert ("single class" in lines[0]) if case == "single class" else ("d.npz" in lines[0])
+
+
+def test_the_measurements_run_numpys_blas_on_one_thread_and_set_it_back(advice, monkeypatch):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from transferlab.pipeline import advise as advise_mod
+
+    _, npz, tmp = advice
+    blas = lambda: {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}  # noqa: E731
+    seen = []
+    real = advise_mod._learning_curve
+    monkeypatch.setattr(advise_mod, "_learning_curve", lambda *a: (seen.append(blas()), real(*a))[1])
+    with threadpool_limits(2, user_api="blas"):
+        advise_mod.advise(f"npz:{npz}", image_size=32, max_train=60, max_val=30, cache_dir=tmp / "cache",
+                          compare_random=False, scores=False, log=lambda m: None)
+        assert seen == [{1}] and blas() == {2}
