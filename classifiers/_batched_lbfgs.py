@@ -14,8 +14,9 @@
   factors), refreshed every ``METRIC_AFTER`` iterations. At large C the curvature concentrates on
   the few rows near the class boundaries, where the mean-curvature metric is far off: measured on
   digits' 16-40-dimensional layers, 10 folds per stack, the screen at C >= 1000 took 100-200
-  iterations with it and 12-21 with the Hessian (about 30 ms to form and factor, 10 problems of
-  330 parameters), and advise's k-fold probe fell from 13.0 to 7.6 s of CPU.
+  iterations with it and 12-21 with the Hessian (about 20 ms to form and factor, 10 problems of
+  330 parameters); with the line search below, advise's k-fold probe on digits (both weights, two
+  repeats of five folds, one thread) fell from 13.0 to 6.3 s of CPU.
 - **Line search**: Armijo backtracking to the minimum of the quadratic through the objective's
   value and slope at 0 and its value at the step (within [t/10, t/2]). A step that moves the
   objective by no more than its own rounding (``F32_ROUNDING``: its rows' terms are summed in
