@@ -65,7 +65,9 @@ def test_the_cpu_clock_prices_the_work_not_the_load(monkeypatch):
         two = pass_rates("lite0", "last:2", 3, 32, device="cpu", batch_size=16, clock="cpu")
     finally:
         torch.set_num_threads(threads)
-    assert two["threads"] == 2 and 2 / 1.5 <= two["train"] / cpu["train"] <= 2 * 1.5, (cpu, two)
+    # (not counting the threads gives about 1; a second job on the 2 cores moved it to 3.1, CPU time too being
+    # inflated by contention: the band is 1.75x either way)
+    assert two["threads"] == 2 and 2 / 1.75 <= two["train"] / cpu["train"] <= 2 * 1.75, (cpu, two)
     # auto: the wall clock with a core per runnable process, CPU time above that; the thread count is restored
     monkeypatch.setattr(os, "getloadavg", lambda: (10.0 * (os.cpu_count() or 1), 0.0, 0.0))
     assert pass_rates("lite0", "last:2", 3, 32, device="cpu", batch_size=16)["clock"] == "cpu"
