@@ -162,33 +162,34 @@ def _fold_task(source, layer, splits, val_fraction, seed):
     return fold_table(X, y, splits, PROBE, seed=seed)
 
 
+def _on_one_torch_thread(fn, *args):
+    """``fn(*args)`` with torch on one intra-op thread in this thread (OpenMP's count is each thread's own)."""
+    import torch
+
+    torch.set_num_threads(1)
+    return fn(*args)
+
+
 def _in_threads(fn, tasks: list) -> list:
-    """``[fn(*t) for t in tasks]`` in this process, one thread per core torch would use, each task running its
-    torch operations on its own thread (one intra-op thread each: the cores are the tasks').
+    """``[fn(*t) for t in tasks]`` in this process, through joblib's threading backend: one thread per core torch
+    would use, each task running its torch operations on its own thread (one intra-op thread each: the cores are
+    the tasks'). Torch's thread count is set back afterwards.
 
     A layer's k-fold stack is many small operations (narrow layers: mostly the Python of each solver
     iteration, which holds the interpreter lock); two layers at once still overlap one's operations with
-    the other's Python (9 layers, 2 cores, the same tables: digits 3.3-3.6 s to 2.6-2.9 s, CIFAR-10 small at
-    64 px 7.4 s to 5.9 s, with less CPU: one thread's spinning for small products is gone). The thread count is
-    torch's, set back afterwards; an interrupt cancels the layers not started (those running finish).
+    the other's Python, and one thread's spinning for small products is gone (bench/README.md, advise).
     """
     import torch
+
+    from transferlab.classifiers.parallel import parallel
 
     cores = torch.get_num_threads()
     if cores < 2 or len(tasks) < 2:
         return [fn(*t) for t in tasks]
-    from concurrent.futures import ThreadPoolExecutor
-
     torch.set_num_threads(1)
     try:
-        with ThreadPoolExecutor(min(cores, len(tasks)), initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            futures = [pool.submit(fn, *t) for t in tasks]
-            try:
-                return [f.result() for f in futures]
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
+        with parallel(min(cores, len(tasks)), "threading") as run:
+            return run(_on_one_torch_thread, [(fn, *t) for t in tasks])
     finally:
         torch.set_num_threads(cores)
 
@@ -201,9 +202,10 @@ def _kfold_curve(source, layers, seed, val_fraction, folds, repeats, n_jobs, bac
     splits = repeated_folds(y_all, folds, repeats, seed)
     method = kfold_shape(splits)
     tasks = [(source, name, splits, val_fraction, seed) for name in layers]  # one task, one read per layer
+    info = {name: layer_info(_path(source), name) for name in layers}
     if n_jobs == 1 and backend is None:
         # the widest layers first (their stacks cost the most): the last task to start is a cheap one
-        widest = sorted(range(len(layers)), key=lambda i: -layer_info(_path(source), layers[i])["dim"])
+        widest = sorted(range(len(layers)), key=lambda i: -info[layers[i]]["dim"])
         results = [None] * len(layers)
         for i, result in zip(widest, _in_threads(_fold_task, [tasks[i] for i in widest])):
             results[i] = result
@@ -214,8 +216,7 @@ def _kfold_curve(source, layers, seed, val_fraction, folds, repeats, n_jobs, bac
     for name, (grid, table) in zip(layers, results):
         per_fold[name], params[name] = choose_on_folds(grid, table)
         acc = float(per_fold[name].mean())
-        points.append(LayerPoint(name, layer_info(_path(source), name)["rel_depth"], acc, int(y_all.size),
-                                 method=method))
+        points.append(LayerPoint(name, info[name]["rel_depth"], acc, int(y_all.size), method=method))
         log(f"  {name:<12} {method} {acc:.3f}")
     peak, last = _peak_and_last(points)
     gap = corrected_kfold_gap(per_fold[peak.layer], per_fold[last.layer], splits) if peak.layer != last.layer else None
