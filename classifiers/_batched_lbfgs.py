@@ -12,11 +12,9 @@
   still running after ``METRIC_AFTER`` iterations replaces that metric by the Hessian itself
   (:meth:`Problem.hessian`, estimated on at most ``HESSIAN_ROWS`` evenly spaced rows, Cholesky
   factors), refreshed every ``METRIC_AFTER`` iterations. At large C the curvature concentrates on
-  the few rows near the class boundaries, where the mean-curvature metric is far off: measured on
-  digits' 16-40-dimensional layers, 10 folds per stack, the screen at C >= 1000 took 100-200
-  iterations with it and 12-21 with the Hessian (about 20 ms to form and factor, 10 problems of
-  330 parameters); with the line search below, advise's k-fold probe on digits (both weights, two
-  repeats of five folds, one thread) fell from 13.0 to 6.3 s of CPU.
+  the few rows near the class boundaries, where the mean-curvature metric is far off: on digits'
+  16-40-dimensional layers, 10 folds per stack, the screen at C >= 1000 took 100-200 iterations
+  with it and 12-21 with the Hessian (advise's time: bench/README.md).
 - **Line search**: Armijo backtracking to the minimum of the quadratic through the objective's
   value and slope at 0 and its value at the step (within [t/10, t/2]). A step that moves the
   objective by no more than its own rounding (``F32_ROUNDING``: its rows' terms are summed in
@@ -575,6 +573,7 @@ class Problem:
         keep = (not self.source.streamed and kept is None
                 and -(-self.source.n // step) * ti.numel() <= HESSIAN_KEEP_FLOATS)
         pairs, part = [], max(1, HESSIAN_KEEP_FLOATS // 4 // ti.numel())  # rows per product: bounded temporaries
+        products = 0
         for start, stop, Xc in self.source.chunks():
             first = -start % step  # the chunk's first row on the stride
             for s0 in range(first, stop - start, part * step):
@@ -583,11 +582,13 @@ class Problem:
                 n = Xs.shape[0]
                 Xr = Xs if centred else (Xs - self.mu) if self.V is None else (Xs - self.mu) @ self.V
                 if kept is not None:
-                    G = kept[len(pairs)]
+                    G = kept[products]
                 else:
                     Xa = torch.cat([Xr, torch.ones(n, 1, dtype=Xr.dtype, device=Xr.device)], 1)
                     G = Xa[:, ti] * Xa[:, tj]
-                pairs.append(G if keep or kept is not None else None)
+                    if keep:
+                        pairs.append(G)
+                products += 1
                 p = torch.softmax(torch.addmm(b.reshape(g * K, 1), WT, Xr.T).view(g, K, n), 1)
                 w = p[:, tk] * (diagonal - p[:, tl])  # (g, pairs, n): p_k (1 - p_k) on the diagonal, -p_k p_l off
                 rows = self.row_weights(ids, start + s0, start + s1, step)
@@ -679,7 +680,7 @@ def exact_metric(problem, g: int) -> bool:
             and problem.hessian_flops(g) <= METRIC_MAX_FLOPS)
 
 
-def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exact", metric_after=None):
+def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exact"):
     """Batched preconditioned L-BFGS with per-problem Armijo backtracking. Returns x, n_iter, converged.
 
     ``precision``: ``"exact"`` runs every pass in x's dtype. ``"bfloat16"`` runs every pass on the rows
@@ -713,7 +714,6 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exa
     source = problem.source
     stored = 0  # pairs written to the memory so far (its ring position), across phases
     loops = 0
-    metric_after = METRIC_AFTER if metric_after is None else metric_after
     metric_at = 0  # the iteration the metric was last set at
     factors = None  # Cholesky factors of the Hessian where it replaced the preconditioner (exact_metric)
 
@@ -754,7 +754,7 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exa
                     done |= since >= LOW_STALL
                 if loops == max_iter or bool(done.all()):
                     break
-                if not low and loops - metric_at >= metric_after and exact_metric(problem, g):
+                if not low and loops - metric_at >= METRIC_AFTER and exact_metric(problem, g):
                     metric_at = loops
                     threads = torch.get_num_threads()
                     torch.set_num_threads(max(threads, getattr(problem, "hessian_threads", None) or threads))
@@ -1019,6 +1019,6 @@ class SubsetSolver:
             WT = WT @ p.V.T
         offset = (b.reshape(g * K) - WT @ p.mu).unsqueeze(1)
         out = torch.empty(g, self.n, dtype=torch.long, device=self.device)
-        for start, stop, Xc in p.source.chunks():  # max's indices, the first maximum's: argmax(1) is 4x slower here
+        for start, stop, Xc in p.source.chunks():  # max's indices, the first maximum's: argmax(1)'s, on a slow path
             out[:, start:stop] = torch.addmm(offset, WT, Xc.T).view(g, K, stop - start).max(1).indices
         return out.cpu().numpy()

@@ -59,7 +59,7 @@ MIN_PER_CLASS = 5  # fewer training images in a class: nothing can be measured, 
 # The random-weights curve on k-fold rows: the first repeat's folds only. Only its best layer's accuracy enters
 # the decision (pretrained minus random, against an unpaired binomial standard error over all the rows, which one
 # repeat already scores once each); the second repeat, which steadies the pretrained peak-vs-last gap, would
-# double its cost (half of advise's probe time on digits) for a figure the decision reads against 2 points.
+# double the random curve's cost for a figure the decision reads against 2 points.
 RANDOM_REPEATS = 1
 
 
@@ -457,7 +457,7 @@ def advise(data, backbone: str = "lite0", image_size="auto", pool: str = "gap", 
         f"({rows.source}), {bb.spec} at {' and '.join(f'{px or bb.input_size} px' for px in sizes)}")
     how = dict(val_fraction=val_fraction, seed=seed, log=log, cache_dir=cache_dir, device=device, progress=progress)
     # the measurements alternate numpy's and torch's small operations: numpy's BLAS threads, spinning between
-    # calls, took the cores torch's threads wanted (CIFAR-10 small, 2 cores: the learning curve 0.58 to 0.36 s)
+    # calls, take the cores torch's threads want
     with _one_blas_thread():
         at = {}  # input size -> (feature rows, source logits, curve measurement)
         for px in sizes:
