@@ -17,8 +17,6 @@ alpha's best number of epochs, without a second early-stopping split.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import numpy as np
 from sklearn.neural_network import MLPClassifier
 from sklearn.preprocessing import LabelBinarizer
@@ -132,12 +130,12 @@ def _train(est, alphas, X, codes, n_classes, X_val, val_codes, epochs):
                      torch.empty(fan_out).uniform_(-bound, bound, generator=gen)))
     n = X.shape[0]
     batch = min(200, n) if est.batch_size == "auto" else int(np.clip(est.batch_size, 1, n))
-    half = bfloat16_products()
-    dtype = torch.bfloat16 if half else torch.float32  # the rows cast once, not at every step
-    data = {"X": torch.from_numpy(X).to(dtype), "y": torch.from_numpy(codes.astype(np.int64)),
+    dtype = torch.bfloat16 if bfloat16_products() else None  # the products' type; None: float32
+    # the rows cast once, not at every step
+    data = {"X": torch.from_numpy(X).to(dtype or torch.float32), "y": torch.from_numpy(codes.astype(np.int64)),
             "X_val": None if X_val is None else torch.from_numpy(X_val), "val_codes": val_codes,
             "batch": batch, "epochs": est.max_iter if epochs is None else int(epochs), "fixed": epochs is not None,
-            "cast": torch.autocast("cpu", dtype=torch.bfloat16, enabled=half)}
+            "dtype": dtype}
     # a minibatch step is many short operations: on a shared machine, threads handing them off cost more than
     # the products gain. A step trains every alpha of the stack.
     step_work = batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) * len(alphas)
@@ -153,58 +151,122 @@ def _train(est, alphas, X, codes, n_classes, X_val, val_codes, epochs):
 class _Networks:
     """The networks of :func:`_train` stacked along a leading axis, one per alpha still training: the
     first layer's weights as one (inputs, networks, units) tensor, so every network's first product is one
-    matrix product (the same numbers as the networks' own products), the later layers batched products."""
+    matrix product (the same numbers as the networks' own products), the later layers batched products.
 
-    def __init__(self, layers, lr, betas, eps):
+    A minibatch step is written out (forward, backpropagation as scikit-learn's ``_backprop``, and torch's
+    fused Adam through its functional form) rather than taped by autograd: a step is a few large products
+    and some thirty small operations, and the tape and the optimiser object cost more than those.
+    ``tests/classifiers/test_fast_mlp.py`` checks the gradients against autograd's."""
+
+    def __init__(self, layers, activation, lr, betas, eps, state=None):
         import torch
 
-        self.layers = [(W.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()) for W, b in layers]
-        self.opt = torch.optim.Adam([p for layer in self.layers for p in layer], lr=lr, betas=betas, eps=eps,
-                                    fused=True)
-        self.act = None
+        self.layers = layers  # [(W, b)] float32; the first W (inputs, networks, units), b (networks, units)
+        self.activation = activation
+        self.hyper = {"lr": lr, "beta1": betas[0], "beta2": betas[1], "eps": eps}
+        flat = self.params()
+        self.state = state or {"m": [torch.zeros_like(p) for p in flat], "v": [torch.zeros_like(p) for p in flat],
+                               "steps": [torch.zeros((), dtype=torch.float32) for _ in flat]}
 
     @classmethod
-    def start(cls, init, count, act, lr, betas, eps):
+    def start(cls, init, count, activation, lr, betas, eps):
         W0, b0 = init[0]
-        layers = [(W0.unsqueeze(1).repeat(1, count, 1), b0.repeat(count, 1))]
+        layers = [(W0.unsqueeze(1).repeat(1, count, 1).contiguous(), b0.repeat(count, 1))]
         layers += [(W.expand(count, *W.shape).clone(), b.expand(count, 1, -1).clone()) for W, b in init[1:]]
-        nets = cls(layers, lr, betas, eps)
-        nets.act = act
-        return nets
+        return cls(layers, activation, lr, betas, eps)
+
+    def params(self):
+        return [p for layer in self.layers for p in layer]
 
     def keep(self, which):
         """Only the networks at positions ``which``, with their optimiser state."""
         import torch
 
         index = torch.as_tensor(which)
-        picked = [(W[:, index] if i == 0 else W[index], b[index]) for i, (W, b) in enumerate(self.layers)]
-        nets = _Networks(picked, **{k: self.opt.defaults[k] for k in ("lr", "betas", "eps")})
-        nets.act = self.act
-        old = [p for layer in self.layers for p in layer]
-        for i, (p_old, p_new) in enumerate(zip(old, (p for layer in nets.layers for p in layer))):
-            state = self.opt.state.get(p_old)
-            if state:
-                axis = 1 if i == 0 else 0
-                nets.opt.state[p_new] = {k: (v.index_select(axis, index).clone() if v.dim() else v.clone())
-                                         for k, v in state.items()}
-        return nets
 
-    def forward(self, A, cast):
-        """Outputs (networks, rows, classes) in float32."""
+        def pick(i, t):  # parameter i of the flat list: the first layer's weight stacks along axis 1
+            return (t.index_select(1, index) if i == 0 else t.index_select(0, index)).contiguous()
+
+        flat = [pick(i, p) for i, p in enumerate(self.params())]
+        layers = [(flat[2 * i], flat[2 * i + 1]) for i in range(len(self.layers))]
+        state = {"m": [pick(i, t) for i, t in enumerate(self.state["m"])],
+                 "v": [pick(i, t) for i, t in enumerate(self.state["v"])],
+                 "steps": [s.clone() for s in self.state["steps"]]}
+        h = self.hyper
+        return _Networks(layers, self.activation, h["lr"], (h["beta1"], h["beta2"]), h["eps"], state)
+
+    def _activate(self, Z):
         import torch
 
+        return {"relu": torch.relu, "tanh": torch.tanh, "logistic": torch.sigmoid}.get(self.activation,
+                                                                                     lambda z: z)(Z)
+
+    def _derivative(self, H, D):
+        """``D`` times the activation's derivative, from the activation's output ``H`` (in place on ``D``)."""
+        if self.activation == "relu":
+            return D.mul_(H > 0)
+        if self.activation == "tanh":
+            return D.mul_(1 - H * H)
+        if self.activation == "logistic":
+            return D.mul_(H * (1 - H))
+        return D
+
+    def forward(self, A, dtype=None):
+        """Outputs (networks, rows, classes) in float32, and the hidden layers' activations; the products in
+        ``dtype`` (the rows ``A`` already in it), else in float32."""
         (W0, b0), rest = self.layers[0], self.layers[1:]
+        cast = (lambda t: t) if dtype is None or dtype == W0.dtype else (lambda t: t.to(dtype))
         count, units = b0.shape
-        with cast:
-            H = torch.addmm(b0.reshape(-1), A, W0.reshape(W0.shape[0], -1)).view(A.shape[0], count, units)
-            H = H.transpose(0, 1)
-            for W, b in rest:
-                H = torch.baddbmm(b, self.act(H), W)
-        return H.float()
+        Z = cast(b0.reshape(-1)).addmm(A, cast(W0.view(W0.shape[0], -1)))
+        hidden = [self._activate(Z.view(A.shape[0], count, units).transpose(0, 1))]
+        for W, b in rest[:-1]:
+            hidden.append(self._activate(cast(b).baddbmm(hidden[-1], cast(W))))
+        W, b = rest[-1]
+        return cast(b).baddbmm(hidden[-1], cast(W)).float(), hidden
+
+    def step(self, A, y, decay, dtype=None):
+        """One Adam step of every network on the minibatch ``A`` (labels ``y``); each network's mean data loss."""
+        import torch
+        from torch.optim.adam import adam
+
+        losses, grads = self.gradients(A, y, decay, dtype)
+        h = self.hyper
+        with torch.no_grad():
+            adam(self.params(), grads, self.state["m"], self.state["v"], [], self.state["steps"], fused=True,
+                 amsgrad=False, weight_decay=0.0, maximize=False, **h)
+        return losses
+
+    def gradients(self, A, y, decay, dtype=None):
+        """Each network's mean cross-entropy on the minibatch ``A`` (labels ``y``), and the gradients (in
+        :meth:`params` order) of that plus ``decay / rows * ||W||^2 / 2`` (decay per network, weights only:
+        scikit-learn's penalty per minibatch)."""
+        import torch
+
+        out, hidden = self.forward(A, dtype)
+        m = A.shape[0]
+        logp = out.log_softmax(-1)
+        losses = -logp.gather(2, y.view(1, -1, 1).expand(out.shape[0], -1, 1)).mean((1, 2))
+        D = logp.exp_()  # softmax minus one-hot, over rows: the output's gradient
+        D.scatter_add_(2, y.view(1, -1, 1).expand(out.shape[0], -1, 1),
+                       torch.full((1, 1, 1), -1.0).expand(out.shape[0], m, 1)).div_(m)
+        cast = (lambda t: t) if dtype is None else (lambda t: t.to(dtype))
+        grads = [None] * (2 * len(self.layers))
+        for i in range(len(self.layers) - 1, 0, -1):  # the batched layers, last first
+            W, _ = self.layers[i]
+            H = hidden[i - 1]
+            grads[2 * i] = torch.bmm(H.transpose(1, 2), cast(D)).float().addcmul_(W, decay.view(-1, 1, 1), value=1 / m)
+            grads[2 * i + 1] = D.sum(1, keepdim=True, dtype=torch.float32)
+            D = self._derivative(H, torch.bmm(cast(D), cast(W).transpose(1, 2)))
+        W0 = self.layers[0][0]
+        count, units = self.layers[0][1].shape
+        D0 = D.transpose(0, 1).reshape(m, count * units)  # (rows, networks x units), the first product's layout
+        grads[0] = torch.mm(A.t(), D0).float().view_as(W0).addcmul_(W0, decay.view(1, -1, 1), value=1 / m)
+        grads[1] = D.sum(1, dtype=torch.float32)
+        return losses, grads
 
     def weights(self, a):
         """Network ``a``'s weights and intercepts, detached copies."""
-        return [((W[:, a] if i == 0 else W[a]).detach().clone(), b[a].reshape(-1).detach().clone())
+        return [((W[:, a] if i == 0 else W[a]).clone(), b[a].reshape(-1).clone())
                 for i, (W, b) in enumerate(self.layers)]
 
 
@@ -213,11 +275,9 @@ def _train_networks(est, alphas, init, seed, data):
     stopping) leaves the stack."""
     import torch
 
-    act = _ACTIVATIONS[est.activation]
-    act = getattr(torch, act) if act else (lambda h: h)
     Xt, yt, Xv, val_codes, batch = data["X"], data["y"], data["X_val"], data["val_codes"], data["batch"]
     n, count = Xt.shape[0], len(alphas)
-    nets = _Networks.start(init, count, act, est.learning_rate_init, (est.beta_1, est.beta_2), est.epsilon)
+    nets = _Networks.start(init, count, est.activation, est.learning_rate_init, (est.beta_1, est.beta_2), est.epsilon)
     active = list(range(count))  # the networks in the stack, in stack order
     runs = [{"losses": [], "val_scores": [], "best": -np.inf, "best_epoch": 0, "stall": 0, "steps": 0,
              "best_loss": np.inf, "kept": None} for _ in alphas]
@@ -226,28 +286,21 @@ def _train_networks(est, alphas, init, seed, data):
     for epoch in range(data["epochs"]):
         decay = torch.tensor([alphas[a] for a in active], dtype=torch.float32)
         total = torch.zeros(len(active), dtype=torch.float64)
-        perm = torch.randperm(n, generator=order) if est.shuffle else torch.arange(n)
+        if est.shuffle:  # the epoch's rows gathered once in its order: every minibatch a slice of them
+            perm = torch.randperm(n, generator=order)
+            X_epoch, y_epoch = Xt[perm], yt[perm]
+        else:
+            X_epoch, y_epoch = Xt, yt
         for start in range(0, n, batch):
-            rows = perm[start:start + batch]
-            out = nets.forward(Xt[rows], data["cast"])
-            m = len(rows)
-            losses = torch.nn.functional.cross_entropy(out.reshape(-1, out.shape[-1]), yt[rows].repeat(len(active)),
-                                                       reduction="none").view(len(active), m).mean(1)
-            nets.opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            with torch.no_grad():  # the penalty's gradient, alpha W / rows: Adam's L2 term, weights only
-                wd = decay / m
-                for i, (W, _) in enumerate(nets.layers):
-                    W.grad.addcmul_(W, wd.view(1, -1, 1) if i == 0 else wd.view(-1, 1, 1))
-            nets.opt.step()
-            total += losses.detach().double() * m
+            total += nets.step(X_epoch[start:start + batch], y_epoch[start:start + batch], decay,
+                               data["dtype"]).double() * min(batch, n - start)
         with torch.no_grad():  # the epoch's loss as scikit-learn reports it: data term plus the penalty
             penalty = sum((W * W).sum(dim=(0, 2) if i == 0 else (1, 2)).double() for i, (W, _) in
                           enumerate(nets.layers))
             total += 0.5 * decay.double() * penalty * n_steps
             scores = None
             if Xv is not None and not data["fixed"]:  # scored in float32, as predict scores
-                scores = (nets.forward(Xv, nullcontext()).argmax(2).numpy() == val_codes).mean(1)
+                scores = (nets.forward(Xv)[0].argmax(2).numpy() == val_codes).mean(1)
         stopped = []
         for j, a in enumerate(active):
             run = runs[a]

@@ -133,3 +133,32 @@ def test_without_bfloat16_products_it_trains_in_float32(rows, monkeypatch):
     assert ours.n_iter_ <= 30 and ours.best_loss_ == min(ours.loss_curve_) and ours.score(Xt, yt) > 0.4  # chance: 0.1
     again = TorchMLPClassifier((32,), random_state=0, max_iter=30).fit(X, y)
     np.testing.assert_array_equal(ours.coefs_[0], again.coefs_[0])  # seeded: the same network
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "logistic", "identity"])
+def test_the_written_out_gradients_are_autograds(activation):
+    """The stacked networks' hand-written backpropagation against autograd on each network alone: mean
+    cross-entropy plus alpha / rows * ||W||^2 / 2 (scikit-learn's minibatch penalty, weights only)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    sizes, alphas, m = [6, 5, 4, 3], [1e-3, 0.5, 2.0], 9
+    init = [(torch.randn(a, b, generator=gen), torch.randn(b, generator=gen)) for a, b in zip(sizes[:-1], sizes[1:])]
+    nets = fast_mlp._Networks.start(init, len(alphas), activation, 1e-3, (0.9, 0.999), 1e-8)
+    for p in nets.params():  # the networks differ, so a mix-up between them shows
+        p.add_(torch.randn(p.shape, generator=gen))
+    A, y = torch.randn(m, sizes[0], generator=gen), torch.randint(0, sizes[-1], (m,), generator=gen)
+    losses, grads = nets.gradients(A, y, torch.tensor(alphas))
+    act = {"relu": torch.relu, "tanh": torch.tanh, "logistic": torch.sigmoid, "identity": lambda h: h}[activation]
+    for j, alpha in enumerate(alphas):
+        own = [(W.clone().requires_grad_(), b.clone().requires_grad_()) for W, b in nets.weights(j)]
+        H = A
+        for i, (W, b) in enumerate(own):
+            H = H @ W + b if i == len(own) - 1 else act(H @ W + b)
+        data = torch.nn.functional.cross_entropy(H, y)
+        (data + alpha / m * sum((W * W).sum() for W, _ in own) / 2).backward()
+        assert abs(float(losses[j]) - data.item()) < 1e-5
+        for i, (W, b) in enumerate(own):
+            gW, gb = grads[2 * i], grads[2 * i + 1]
+            torch.testing.assert_close(gW[:, j] if i == 0 else gW[j], W.grad, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(gb[j].reshape(-1), b.grad, rtol=1e-5, atol=1e-6)
