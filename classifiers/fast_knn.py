@@ -19,6 +19,7 @@ from sklearn.utils.validation import check_is_fitted
 BLOCK_ELEMENTS = 1 << 24  # similarities held at once (64 MB of float32): query rows per block = this / fitted rows
 EXTRA_CANDIDATES = 16  # candidates kept per query beyond k by the bfloat16 pass (cosine_neighbours)
 OUTPUT_ROUNDING = 2.0 ** -7  # |float32 sum - its bfloat16 result| <= this * |result|: one bfloat16 ulp, any rounding
+BF16_CHUNK_ROWS = 256  # rows per chunk of bf16_rows (its buffers: 2 x 256 x d float32)
 FLOAT32_SLACK = 2.0 ** -22  # per dimension: covers two float32 dot products of unit rows (d * 2**-24 each) and centring
 
 
@@ -161,26 +162,32 @@ def candidate_search(Q, R, k, dist, ind) -> np.ndarray:
 
 def bf16_rows(A, mu=None):
     """``bf16(A - mu)`` (``mu`` None: ``A``), each row's norm before rounding and each row's rounding
-    error norm (exact differences), in row chunks through two small reused buffers: fresh memory is
-    what a first call pays most for, and a chunk too small for torch to split across threads never
-    waits at a barrier for a thread the scheduler took away (a loaded machine)."""
+    error norm (exact differences), in chunks of :data:`BF16_CHUNK_ROWS` rows through two small reused
+    buffers, on one torch thread: the operations are memory-bound (a second thread gains little), fresh
+    memory is what a first call pays most for, and a single-threaded operation never waits at a barrier
+    for a thread the scheduler took away (a loaded machine). Torch's thread count is set back after."""
     import torch
 
     Ab = torch.empty(A.shape, dtype=torch.bfloat16)
     norm, err = torch.empty(len(A)), torch.empty(len(A))
-    rows = max(1, min(len(A), (1 << 15) // max(1, A.shape[1]) - 1))  # below torch's grain: no threads to wait for
+    rows = max(1, min(len(A), BF16_CHUNK_ROWS))
     value, back = torch.empty((rows, A.shape[1])), torch.empty((rows, A.shape[1]))
-    for s in range(0, len(A), rows):
-        n = min(rows, len(A) - s)
-        v, b = value[:n], back[:n]
-        if mu is None:
-            v.copy_(A[s:s + n])
-        else:
-            torch.sub(A[s:s + n], mu, out=v)
-        Ab[s:s + n].copy_(v)
-        b.copy_(Ab[s:s + n]).sub_(v)  # exact: a value and its rounding
-        torch.linalg.vector_norm(v, dim=1, out=norm[s:s + n])
-        torch.linalg.vector_norm(b, dim=1, out=err[s:s + n])
+    threads = torch.get_num_threads()  # this thread's own count (OpenMP's is per thread)
+    torch.set_num_threads(1)
+    try:
+        for s in range(0, len(A), rows):
+            n = min(rows, len(A) - s)
+            v, b = value[:n], back[:n]
+            if mu is None:
+                v.copy_(A[s:s + n])
+            else:
+                torch.sub(A[s:s + n], mu, out=v)
+            Ab[s:s + n].copy_(v)
+            b.copy_(Ab[s:s + n]).sub_(v)  # exact: a value and its rounding
+            torch.linalg.vector_norm(v, dim=1, out=norm[s:s + n])
+            torch.linalg.vector_norm(b, dim=1, out=err[s:s + n])
+    finally:
+        torch.set_num_threads(threads)
     return Ab, norm, err
 
 

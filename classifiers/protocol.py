@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from sklearn import config_context
 from sklearn.base import clone
 from sklearn.metrics import classification_report
 from sklearn.model_selection import ParameterGrid
@@ -258,7 +259,8 @@ def select_and_fit(X_train, y_train, X_val, y_val, X_test, y_test, head: str, *,
         selection = f"none: {reason}; default hyperparameters"
         X_fit, y_fit, n_val, n_train = X_train, y_train, 0, X_train.shape[0]
     else:
-        scores = _select(template, spec, grid_points, X_sel, y_sel, X_val, y_val, n_classes, n_jobs, backend)
+        with _checked():
+            scores = _select(template, spec, grid_points, X_sel, y_sel, X_val, y_val, n_classes, n_jobs, backend)
         scores = np.asarray(scores, dtype=float)
         best = int(np.nanargmax(scores))  # NaN: a grid point the head's score_grid did not fit
         params, val_accuracy = dict(grid_points[best]), float(scores[best])
@@ -279,14 +281,16 @@ def select_and_fit(X_train, y_train, X_val, y_val, X_test, y_test, head: str, *,
         notes.append(edge)
     if reason is None and skipped:
         notes.append(skipped)
-    final.fit(X_fit, y_fit, **_warm_start(template, spec.param, params, reason is None and pca is None))
+    with _checked():
+        final.fit(X_fit, y_fit, **_warm_start(template, spec.param, params, reason is None and pca is None))
     fit_seconds = time.perf_counter() - started
 
     test_accuracy, report, n_test = None, None, 0
     if X_test is not None:  # the single look at the test rows
         X_test = check_features(X_test, "test features")
         y_test = check_labels(y_test, X_test.shape[0], "test labels")
-        pred = final.predict(X_test)
+        with _checked():
+            pred = final.predict(X_test)
         test_accuracy = float(np.mean(pred == y_test))
         report = per_class_report(y_test, pred, np.unique(y_fit), class_names)
         n_test = X_test.shape[0]
@@ -298,6 +302,12 @@ def select_and_fit(X_train, y_train, X_val, y_val, X_test, y_test, head: str, *,
         selection=selection, solver=solver_of(head_step) if spec.solvers else None,
         n_train=int(n_train), n_val=int(n_val), n_test=int(n_test), notes=notes,
     )
+
+
+def _checked():
+    """scikit-learn without its finiteness checks, for rows :func:`check_features` has checked: each step of a
+    pipeline checks its input again (a whole pass over the rows each, a tenth of a k-NN selection)."""
+    return config_context(assume_finite=True)
 
 
 def per_class_report(y_test, pred, trained_classes, class_names=None) -> dict:
