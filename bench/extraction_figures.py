@@ -43,7 +43,8 @@ def _extract_seconds(bb, x, y, size, layers, tmp):
 
 
 def p1_p2(quick: bool) -> list:
-    """P1 at 64, 96 and 224 px and P2 at 64 px, lite0 on CIFAR-10 (small), in this process, warm."""
+    """P1 at 64, 96 and 224 px and P2 at 64 px, lite0 on CIFAR-10 (small), in this process, warm; every time
+    the best of two."""
     from transferlab.features import build_backbone
 
     d = cifar_small()
@@ -55,12 +56,13 @@ def p1_p2(quick: bool) -> list:
         _forward_seconds(bb, x[:BATCH], 64)  # warm-up
         for size, n in sizes.items():
             small = max(BATCH, n // 5 // BATCH * BATCH)
-            fwd = _forward_seconds(bb, x[:n], size)
-            t_small = _extract_seconds(bb, x[:small], y[:small], size, "all", tmp)
-            t_all = _extract_seconds(bb, x[:n], y[:n], size, "all", tmp)
-            # the floor again after, its best counting: one pass of a few seconds on a shared machine can lose a
-            # quarter of its speed to another job (a 1.31 "faster than the forward pass" measured so)
-            fwd = min(fwd, _forward_seconds(bb, x[:n], size))
+            # each side twice, alternated, its best counting: one pass of a few seconds on a shared machine can
+            # lose a quarter of its speed to another job (a floor of 540 img/s against 793 in the next run)
+            fwd, t_small, t_all = np.inf, np.inf, np.inf
+            for _ in range(2):
+                fwd = min(fwd, _forward_seconds(bb, x[:n], size))
+                t_small = min(t_small, _extract_seconds(bb, x[:small], y[:small], size, "all", tmp))
+                t_all = min(t_all, _extract_seconds(bb, x[:n], y[:n], size, "all", tmp))
             marginal = (n - small) / max(1e-9, t_all - t_small)
             ratio = marginal / (n / fwd)
             rows.append(figure(
@@ -69,7 +71,7 @@ def p1_p2(quick: bool) -> list:
                 f"pure forward {n / fwd:.0f} img/s ({fwd:.1f} s)", ratio, ">= 0.95 (done: >= 0.9)", ratio >= 0.9,
                 incl_fixed_ratio=round((n / t_all) / (n / fwd), 3)))
             if size == 64:
-                t_last = _extract_seconds(bb, x[:n], y[:n], size, "bn2", tmp)
+                t_last = min(_extract_seconds(bb, x[:n], y[:n], size, "bn2", tmp) for _ in range(2))
                 rows.append(figure(f"P2 all 9 layers / last layer only, {n} images at 64 px",
                                    f"all layers {t_all:.1f} s", f"bn2 only {t_last:.1f} s", t_all / t_last,
                                    "<= 1.05 (done: <= 1.1)", t_all / t_last <= 1.1))
