@@ -160,3 +160,13 @@ def test_logreg_selection_estimates_its_preconditioner_once_and_the_refit_still_
     ref = LogisticRegression(C=result.params["C"], tol=1e-8, max_iter=5000).fit(Z, y[:600]).coef_
     coef = result.estimator.named_steps["head"].coef_
     assert np.linalg.norm(coef - ref) / np.linalg.norm(ref) < 0.02
+
+
+@pytest.mark.parametrize("head", ["knn", "logreg", "mlp"])
+@pytest.mark.parametrize("where, name", [(0, "training features"), (2, "validation features"), (4, "test features")])
+def test_a_non_finite_feature_anywhere_is_a_one_line_error_naming_its_rows(noisy_digits, head, where, name):
+    """select_and_fit checks every row itself, before scikit-learn's own checks (switched off inside it) would."""
+    arrays = [a.copy() for a in noisy_digits]
+    arrays[where][3, 5] = np.inf if where == 2 else np.nan
+    with pytest.raises(UserInputError, match=f"^{name} contains NaN or infinite values: re-extract the features$"):
+        select_and_fit(*arrays, head, grid=[1, 3] if head == "knn" else [1e-2, 1.0])
