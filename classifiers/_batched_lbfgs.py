@@ -42,6 +42,7 @@ import numpy as np
 
 from transferlab.util import UserInputError
 
+from ._threads import torch_threads
 from ._validation import check_features, is_h5
 
 _EVAL_ROWS = 16384  # rows per pass on an accelerator: few large products
@@ -757,11 +758,8 @@ def _lbfgs(problem, x, C, tol, max_iter, history_size, max_ls=20, precision="exa
                 if not low and loops - metric_at >= METRIC_AFTER and exact_metric(problem, g):
                     metric_at = loops
                     threads = torch.get_num_threads()
-                    torch.set_num_threads(max(threads, getattr(problem, "hessian_threads", None) or threads))
-                    try:
+                    with torch_threads(max(threads, getattr(problem, "hessian_threads", None) or threads)):
                         fresh = problem.hessian(x, C)
-                    finally:
-                        torch.set_num_threads(threads)
                     if fresh is not None:  # a new metric: the memory and its scale start again
                         factors = fresh
                         rho.zero_()

@@ -23,6 +23,7 @@ import numpy as np
 from transferlab.util import UserInputError
 
 from ._batched_lbfgs import PRECISIONS, Preconditioner, RowSource, bfloat16_pays, solve_path
+from ._threads import torch_threads
 from ._validation import check_features, check_labels, check_two_classes
 
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
@@ -190,14 +191,10 @@ def fit_logreg_path(
     source = RowSource(X, device, memory_budget, tdtype)
     if num_threads is None:
         num_threads = solve_threads(source.n * source.d * Cs.size * K)
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(num_threads)))
-    try:
+    with torch_threads(num_threads):
         coefs, intercepts, n_iter, converged, used = solve_path(
             source, y_idx, K, Cs, tol, max_iter, history_size, block_size, preconditioner, max_eigh_dim,
             problem_cls=problem_cls, stop=stop, init=init, reuse=reuse, precision=precision)
-    finally:
-        torch.set_num_threads(previous_threads)
     return LogRegPath(Cs=Cs, classes=classes, coefs=coefs, intercepts=intercepts, n_iter=n_iter, converged=converged,
                       seconds=time.perf_counter() - started, preconditioner=used)
 
@@ -214,6 +211,12 @@ def solve_threads(work: float) -> int:
 
 PAST_PEAK_DECADES = 1.0  # the path stops once a whole decade of C past the best scores clearly below it
 PAST_PEAK_Z = 2.0  # "clearly": more than this many standard errors of the best validation accuracy
+
+
+def clearly_below(p: float, n_val: int, z: float = PAST_PEAK_Z) -> float:
+    """The accuracy ``z`` standard errors below ``p``, the standard error of an accuracy p on ``n_val`` rows being
+    sqrt(p (1 - p) / n_val): a score under it is clearly below p."""
+    return p - z * np.sqrt(max(p * (1.0 - p), 0.0) / max(1, int(n_val)))
 
 
 def past_the_peak(Cs, scores, n_val: int, decades: float = PAST_PEAK_DECADES, z: float = PAST_PEAK_Z) -> bool:
@@ -249,5 +252,5 @@ def past_the_peak(Cs, scores, n_val: int, decades: float = PAST_PEAK_DECADES, z:
         return False
     window = (np.log10(c_sorted) >= np.log10(c_sorted[last]) - decades + 1e-9) & np.isfinite(s_sorted)
     window[: best + 1] = False
-    threshold = p - z * np.sqrt(max(p * (1.0 - p), 0.0) / max(1, int(n_val)))
+    threshold = clearly_below(p, n_val, z)
     return bool(window.any() and np.all(s_sorted[window] < threshold))

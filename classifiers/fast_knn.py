@@ -16,6 +16,8 @@ from sklearn.base import clone
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.utils.validation import check_is_fitted
 
+from ._threads import torch_threads
+
 BLOCK_ELEMENTS = 1 << 24  # similarities held at once (64 MB of float32): query rows per block = this / fitted rows
 EXTRA_CANDIDATES = 16  # candidates kept per query beyond k by the bfloat16 pass (cosine_neighbours)
 OUTPUT_ROUNDING = 2.0 ** -7  # |float32 sum - its bfloat16 result| <= this * |result|: one bfloat16 ulp, any rounding
@@ -172,9 +174,7 @@ def bf16_rows(A, mu=None):
     norm, err = torch.empty(len(A)), torch.empty(len(A))
     rows = max(1, min(len(A), BF16_CHUNK_ROWS))
     value, back = torch.empty((rows, A.shape[1])), torch.empty((rows, A.shape[1]))
-    threads = torch.get_num_threads()  # this thread's own count (OpenMP's is per thread)
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         for s in range(0, len(A), rows):
             n = min(rows, len(A) - s)
             v, b = value[:n], back[:n]
@@ -186,8 +186,6 @@ def bf16_rows(A, mu=None):
             b.copy_(Ab[s:s + n]).sub_(v)  # exact: a value and its rounding
             torch.linalg.vector_norm(v, dim=1, out=norm[s:s + n])
             torch.linalg.vector_norm(b, dim=1, out=err[s:s + n])
-    finally:
-        torch.set_num_threads(threads)
     return Ab, norm, err
 
 

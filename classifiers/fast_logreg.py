@@ -23,10 +23,12 @@ from ._path import (
     PAST_PEAK_Z,
     LogRegPath,
     class_index,
+    clearly_below,
     fit_logreg_path,
     past_the_peak,
     path_scores,
 )
+from ._threads import torch_threads
 from ._validation import check_features
 from .holdout import stratified_holdout
 
@@ -203,9 +205,7 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
             for i, (f, j) in enumerate(zip(group, where)):
                 out[f, j] = float(np.mean(pred[i, held[f]] == y_idx[held[f]]))
 
-        previous = torch.get_num_threads()
-        torch.set_num_threads(solve_threads(n * X.shape[1] * K * len(splits)))
-        try:
+        with torch_threads(solve_threads(n * X.shape[1] * K * len(splits))) as previous:
             solver = SubsetSolver(X, y_idx.astype(np.int64), K, masks, device=self.device,
                                   memory_budget=self.memory_budget)
             solver.problem.hessian_threads = previous  # one large product: every thread the caller had
@@ -235,8 +235,7 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
                 if flat_top(out[f, coarse], int(np.flatnonzero(coarse == best)[0]), held[f].size):
                     continue
                 reached = np.array([j for j in coarse if (f, j) in screen])
-                p = out[f, best]
-                clearly = p - PAST_PEAK_Z * np.sqrt(max(p * (1.0 - p), 0.0) / max(1, held[f].size))
+                clearly = clearly_below(out[f, best], held[f].size, PAST_PEAK_Z)
                 for i in order[max(0, rank_of[best] - 1):rank_of[best] + 2]:
                     if i != best and out[f, i] < clearly:  # a neighbour clearly below the best cannot overtake it
                         continue
@@ -248,8 +247,6 @@ class TorchLogisticRegression(GridWarmStartMixin, LogisticProbaMixin, Classifier
                 x, _, _ = solver.solve(torch.stack(starts), model_C[where], group, tol=float(self.tol),
                                        max_iter=self.max_iter, precision=precision)
                 score(x, group, where)
-        finally:
-            torch.set_num_threads(previous)
         return out
 
 

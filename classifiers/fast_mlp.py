@@ -23,6 +23,7 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import validate_data
 
+from ._threads import torch_threads
 from .holdout import stratified_holdout
 
 STEP_WORK = 2.5e8  # multiply-adds per minibatch step below which training runs on one thread
@@ -139,13 +140,8 @@ def _train(est, alphas, X, codes, n_classes, X_val, val_codes, epochs):
     # a minibatch step is many short operations: on a shared machine, threads handing them off cost more than
     # the products gain. A step trains every alpha of the stack.
     step_work = batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:])) * len(alphas)
-    previous_threads = torch.get_num_threads()
-    if step_work < STEP_WORK:
-        torch.set_num_threads(1)
-    try:
+    with torch_threads(1 if step_work < STEP_WORK else None):
         return _train_networks(est, alphas, init, seed, data)
-    finally:
-        torch.set_num_threads(previous_threads)
 
 
 class _Networks:
