@@ -194,8 +194,8 @@ class _Networks:
     def _activate(self, Z):
         import torch
 
-        return {"relu": torch.relu, "tanh": torch.tanh, "logistic": torch.sigmoid}.get(self.activation,
-                                                                                     lambda z: z)(Z)
+        name = _ACTIVATIONS[self.activation]  # identity: None
+        return getattr(torch, name)(Z) if name else Z
 
     def _derivative(self, H, D):
         """``D`` times the activation's derivative, from the activation's output ``H`` (in place on ``D``)."""
@@ -222,14 +222,11 @@ class _Networks:
 
     def step(self, A, y, decay, dtype=None):
         """One Adam step of every network on the minibatch ``A`` (labels ``y``); each network's mean data loss."""
-        import torch
         from torch.optim.adam import adam
 
         losses, grads = self.gradients(A, y, decay, dtype)
-        h = self.hyper
-        with torch.no_grad():
-            adam(self.params(), grads, self.state["m"], self.state["v"], [], self.state["steps"], fused=True,
-                 amsgrad=False, weight_decay=0.0, maximize=False, **h)
+        adam(self.params(), grads, self.state["m"], self.state["v"], [], self.state["steps"], fused=True,
+             amsgrad=False, weight_decay=0.0, maximize=False, **self.hyper)  # the tensors carry no tape
         return losses
 
     def gradients(self, A, y, decay, dtype=None):
