@@ -57,7 +57,7 @@ def p1_p2(quick: bool) -> list:
         for size, n in sizes.items():
             small = max(BATCH, n // 5 // BATCH * BATCH)
             # each side twice, alternated, its best counting: one pass of a few seconds on a shared machine can
-            # lose a quarter of its speed to another job (a floor of 540 img/s against 793 in the next run)
+            # lose much of its speed to another job
             fwd, t_small, t_all = np.inf, np.inf, np.inf
             for _ in range(2):
                 fwd = min(fwd, _forward_seconds(bb, x[:n], size))

@@ -306,7 +306,7 @@ def select_and_fit(X_train, y_train, X_val, y_val, X_test, y_test, head: str, *,
 
 def _checked():
     """scikit-learn without its finiteness checks, for rows :func:`check_features` has checked: each step of a
-    pipeline checks its input again (a whole pass over the rows each, a tenth of a k-NN selection)."""
+    pipeline checks its input again (a whole pass over the rows each)."""
     return config_context(assume_finite=True)
 
 
